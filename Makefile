@@ -1,0 +1,44 @@
+# make demo: the operator's main job on the local stack.  make test: the whole suite.
+VENV   := .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+
+.PHONY: venv stack-up stack-down test lint unit crds demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+stack-up: venv
+	scripts/dev-stack up
+
+stack-down:
+	@if [ -x $(BIN)/python ]; then scripts/dev-stack down; fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: venv
+	scripts/pytest-strict tests/unit
+
+# Starts the stack if none is running, runs lint and every test, and stops what it started.
+test: lint
+	scripts/with-stack scripts/pytest-strict tests
+
+crds: venv
+	$(BIN)/habitat-operator crds --output crds/
+
+demo: venv
+	scripts/with-stack scripts/demo
+
+bench: venv
+	scripts/with-stack $(BIN)/python -m bench.backup
+
+clean: stack-down
+	rm -rf $(VENV) .bin
