@@ -99,7 +99,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Path |
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - anything short of success means "not yet"
+        except Exception:  # anything short of success means "not yet"
             pass
         time.sleep(0.2)
     tail = ""
@@ -179,11 +179,12 @@ def apt_install(package: str, probe: str) -> None:
 
 def write_pki(pki: Path) -> None:
     """A CA, a serving cert for 127.0.0.1/localhost, and the service-account signing key pair."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     if (pki / "serving.crt").exists():
         return
@@ -256,7 +257,9 @@ def write_kubeconfig(path: Path, server: str, token: str) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "habitat-dev", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "clusters": [
+            {"name": "habitat-dev", "cluster": {"server": server, "certificate-authority-data": ca}}
+        ],
         "users": [{"name": ADMIN_USER, "user": {"token": token}}],
         "contexts": [{"name": "habitat-dev", "context": {"cluster": "habitat-dev", "user": ADMIN_USER}}],
         "current-context": "habitat-dev",
@@ -424,17 +427,16 @@ def start_postgres(state: State) -> None:
         pwfile.unlink()
     port = state.port("postgres")
     options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    server_log = STACK_DIR / "postgres" / "server.log"  # in the postgres-owned folder: the server writes it
     subprocess.run(
         as_user(
             "postgres",
-            # The log sits in the postgres-owned folder: the server runs as that user.
-            [pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(STACK_DIR / "postgres" / "server.log")]
-            + ["-w", "-t", "60", "start"],
+            [pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(server_log), "-w", "start"],
         ),
         check=False,
         capture_output=True,
     )
-    wait_until("postgres", lambda: _pg_ready(state), 30, STACK_DIR / "postgres" / "server.log")
+    wait_until("postgres", lambda: _pg_ready(state), 30, server_log)
     state.pids["postgres"] = int((data / "postmaster.pid").read_text().split()[0])
 
 
@@ -512,7 +514,9 @@ def stop_rabbitmq(state: State) -> None:
     pid = state.pids.get("rabbitmq")
     if pid_alive(pid) and "amqp" in state.ports:
         subprocess.run(
-            as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", rabbitmq_env(state)["RABBITMQ_NODENAME"], "stop"]),
+            as_user(
+                "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", rabbitmq_env(state)["RABBITMQ_NODENAME"], "stop"]
+            ),
             env={**os.environ, **rabbitmq_env(state)},
             capture_output=True,
             timeout=60,
@@ -587,7 +591,9 @@ def up() -> Path:
     state.save()
     # The three services are independent: start them side by side.
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(start, state) for start in (start_control_plane, start_postgres, start_rabbitmq)]
+        futures = [
+            pool.submit(start, state) for start in (start_control_plane, start_postgres, start_rabbitmq)
+        ]
         errors = [f.exception() for f in futures if f.exception()]
     state.save()
     if errors:
@@ -603,7 +609,10 @@ def down() -> None:
         stop_group(state.pids.get(name, 0))
     if state.pids.get("postgres") and (STACK_DIR / "postgres" / "data").exists():
         subprocess.run(
-            as_user("postgres", [pg_bin("pg_ctl"), "-D", str(STACK_DIR / "postgres" / "data"), "-m", "fast", "stop"]),
+            as_user(
+                "postgres",
+                [pg_bin("pg_ctl"), "-D", str(STACK_DIR / "postgres" / "data"), "-m", "fast", "stop"],
+            ),
             capture_output=True,
             check=False,
         )
@@ -623,7 +632,7 @@ def _probes(state: State) -> dict[str, Callable[[], bool]]:
         def probe() -> bool:
             try:
                 return bool(state.ports) and check()
-            except Exception:  # noqa: BLE001 - a failing probe means down
+            except Exception:  # a failing probe means down
                 return False
 
         return probe
