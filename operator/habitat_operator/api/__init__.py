@@ -1,0 +1,12 @@
+"""The custom resources' API: pydantic models, the source of truth for the CRDs in crds/.
+
+Adding a kind: write a module like backup.py that defines its spec/status models and a
+KindInfo, then list that KindInfo in ALL_KINDS.
+"""
+
+from habitat_operator.api.backup import BACKUP
+from habitat_operator.api.common import API_VERSION, GROUP, VERSION, KindInfo
+
+ALL_KINDS: list[KindInfo] = [BACKUP]
+
+__all__ = ["ALL_KINDS", "API_VERSION", "GROUP", "VERSION", "KindInfo"]

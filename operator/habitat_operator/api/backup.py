@@ -1,0 +1,216 @@
+"""Backup: a pg_dump of a Habitat database, once or on a cron schedule."""
+
+from enum import StrEnum
+from typing import Annotated
+
+from croniter import croniter
+from pydantic import AfterValidator, Field
+
+from habitat_operator.api.common import (
+    ApiModel,
+    CelRule,
+    DatabaseRef,
+    Duration,
+    EncryptionKeySecretRef,
+    KindInfo,
+    PrinterColumn,
+    ResourceStatus,
+    Timestamp,
+)
+
+# Five cron fields or a macro; croniter then checks the values (the apiserver cannot).
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
+    r"|[0-9*/,A-Za-z?-]+([ \t]+[0-9*/,A-Za-z?-]+){4})$"
+)
+
+
+def _check_cron(expression: str) -> str:
+    if not croniter.is_valid(expression):
+        raise ValueError(f"invalid cron expression {expression!r}")
+    return expression
+
+
+CronSchedule = Annotated[str, Field(pattern=CRON_PATTERN, max_length=256), AfterValidator(_check_cron)]
+
+RelativePath = Annotated[
+    str,
+    Field(min_length=1, max_length=1024),
+    CelRule(
+        "!self.startsWith('/')",
+        "path must be relative to the operator's backup root",
+        lambda path: not path.startswith("/"),
+    ),
+    CelRule(
+        "!self.matches('(^|/)[.][.](/|$)')",
+        "path must not contain '..' segments",
+        lambda path: ".." not in path.split("/"),
+    ),
+]
+
+# pg_dump -n/-t patterns; bounded so the apiserver's CEL cost estimate stays finite.
+ObjectPatterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)]
+
+
+class BackupFormat(StrEnum):
+    """pg_dump output format."""
+
+    CUSTOM = "custom"
+    DIRECTORY = "directory"
+
+
+class Verification(StrEnum):
+    """Outcome of restoring the artifact's table of contents with pg_restore --list."""
+
+    VERIFIED = "Verified"
+    NOT_VERIFIED = "NotVerified"
+    VERIFICATION_FAILED = "VerificationFailed"
+
+
+class FilesystemStorage(ApiModel):
+    """Store the artifact on the filesystem the operator mounts as its backup root."""
+
+    path: RelativePath = Field(
+        description="Directory for this backup's artifacts, relative to the operator's backup root."
+    )
+
+
+class BackupStorage(ApiModel):
+    """Where artifacts go."""
+
+    filesystem: FilesystemStorage = Field(description="Filesystem storage under the operator's backup root.")
+
+
+class RetryPolicy(ApiModel):
+    """How often to retry a failed run before giving up."""
+
+    limit: int = Field(3, ge=0, le=20, description="Retries after the first failed attempt.")
+    backoff: Duration = Field("30s", description="Wait before the first retry; doubles with each retry.")
+
+
+class RetentionPolicy(ApiModel):
+    """Which artifacts of a schedule to keep; an artifact is kept if any rule keeps it."""
+
+    keep_last: int | None = Field(None, ge=0, description="Keep the newest N artifacts.")
+    keep_daily: int | None = Field(
+        None, ge=0, description="Keep the newest artifact of each of the last N days."
+    )
+    keep_weekly: int | None = Field(
+        None, ge=0, description="Keep the newest artifact of each of the last N weeks."
+    )
+    keep_monthly: int | None = Field(
+        None, ge=0, description="Keep the newest artifact of each of the last N months."
+    )
+    max_age: Duration | None = Field(None, description="Delete artifacts older than this, e.g. 30d.")
+
+
+class Encryption(ApiModel):
+    """Encrypt the artifact at rest."""
+
+    key_secret_ref: EncryptionKeySecretRef = Field(description="Secret key holding the encryption key.")
+
+
+class ObjectSelection(ApiModel):
+    """Schemas and tables, as pg_dump patterns (wildcards allowed)."""
+
+    schemas: ObjectPatterns = Field(default_factory=list, description="Schema patterns (pg_dump -n / -N).")
+    tables: ObjectPatterns = Field(default_factory=list, description="Table patterns (pg_dump -t / -T).")
+
+
+class BackupSpec(ApiModel):
+    """Desired backup: what to dump, where, how and when."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.jobs) || self.jobs <= 1 || (has(self.format) && self.format == 'directory')",
+            "jobs > 1 requires format: directory",
+            lambda spec: spec.jobs <= 1 or spec.format is BackupFormat.DIRECTORY,
+        ),
+        CelRule(
+            "!has(self.retention) || has(self.schedule)",
+            "retention requires a schedule",
+            lambda spec: spec.retention is None or spec.schedule is not None,
+        ),
+        CelRule(
+            "!has(self.encryption) || !has(self.format) || self.format == 'custom'",
+            "encryption is supported with format: custom only",
+            lambda spec: spec.encryption is None or spec.format is BackupFormat.CUSTOM,
+        ),
+    )
+
+    database: DatabaseRef = Field(description="The database to back up.")
+    storage: BackupStorage = Field(description="Where to write the artifact.")
+    format: BackupFormat = Field(BackupFormat.CUSTOM, description="pg_dump format: custom or directory.")
+    jobs: int = Field(1, ge=1, le=16, description="Parallel pg_dump jobs; above 1 needs format: directory.")
+    schedule: CronSchedule | None = Field(
+        None, description='Cron schedule (e.g. "0 3 * * *" or "@daily"); without it the backup runs once.'
+    )
+    suspend: bool = Field(False, description="Pause the schedule; runs already started finish.")
+    timeout: Duration = Field("1h", description="Give up on a run that takes longer than this.")
+    retry: RetryPolicy = Field(RetryPolicy(), description="Retries of a failed run.")
+    retention: RetentionPolicy | None = Field(
+        None, description="Pruning of the schedule's artifacts; needs a schedule."
+    )
+    verify: bool = Field(True, description="Check the artifact with pg_restore --list after dumping.")
+    encryption: Encryption | None = Field(None, description="Encrypt the artifact; needs format: custom.")
+    include: ObjectSelection | None = Field(None, description="Dump only these schemas/tables.")
+    exclude: ObjectSelection | None = Field(None, description="Leave out these schemas/tables.")
+
+
+class Artifact(ApiModel):
+    """The artifact a successful run produced."""
+
+    uri: str | None = Field(None, description="Where the artifact is, e.g. file:///backups/app/2024-...dump.")
+    size_bytes: int | None = Field(
+        None, ge=0, description="Artifact size in bytes.", json_schema_extra={"format": "int64"}
+    )
+    size: str | None = Field(None, description='Artifact size for humans, e.g. "12.3 MiB".')
+    sha256: str | None = Field(None, description="SHA-256 of the artifact (hex).")
+    format: BackupFormat | None = Field(None, description="pg_dump format of the artifact.")
+    encrypted: bool | None = Field(None, description="Whether the artifact is encrypted.")
+    pg_version: str | None = Field(None, description="Server version of the dumped database.")
+
+
+class BackupStatus(ResourceStatus):
+    """Observed state of a backup or of a backup schedule."""
+
+    database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
+    started_at: Timestamp | None = Field(None, description="When the current or last run started.")
+    completed_at: Timestamp | None = Field(None, description="When the last run finished.")
+    attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last run.")
+    message: str | None = Field(None, description="Last failure, one line.")
+    artifact: Artifact | None = Field(None, description="The artifact of the last successful run.")
+    verification: Verification | None = Field(None, description="Result of verifying the artifact.")
+    last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a run.")
+    next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next run.")
+    last_successful_time: Timestamp | None = Field(None, description="When a run last succeeded.")
+    missed_runs: int | None = Field(
+        None, ge=0, description="Scheduled runs skipped (operator down, or a run still active)."
+    )
+    recent_runs: list[str] | None = Field(
+        None, max_length=100, description="Names of the schedule's recent child Backups, newest first."
+    )
+    active_run: str | None = Field(None, description="Name of the child Backup now running, if any.")
+
+
+BACKUP = KindInfo(
+    kind="Backup",
+    plural="backups",
+    singular="backup",
+    short_names=("hbk", "hbackup"),
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Database", ".status.database"),
+        PrinterColumn("Size", ".status.artifact.size"),
+        PrinterColumn("Verified", ".status.verification", priority=1),
+        PrinterColumn("Schedule", ".spec.schedule"),
+        PrinterColumn("Last-Success", ".status.lastSuccessfulTime", type="date", priority=1),
+        PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
+    ),
+    spec_model=BackupSpec,
+    status_model=BackupStatus,
+    description=(
+        "Backup dumps a Habitat PostgreSQL database with pg_dump into the operator's backup storage, "
+        "once or on a cron schedule, with retries, retention and verification."
+    ),
+)

@@ -1,0 +1,210 @@
+"""Building blocks shared by every kind: the base model, CEL rules, references, status and KindInfo."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+from habitat_operator.conditions import rfc3339
+from habitat_operator.durations import DURATION_PATTERN, parse_duration
+
+GROUP = "ops.habitat.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+VALIDATIONS_KEY = "x-kubernetes-validations"
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """An `x-kubernetes-validations` rule and the same check in Python, kept side by side.
+
+    The apiserver enforces `rule` at apply time; `check` makes `model_validate` agree with it.
+    Put instances in a model's `cel_rules` (check gets the model) or in a field's `Annotated[...]`
+    (check gets the field value).
+    """
+
+    rule: str
+    message: str
+    check: Callable[[Any], bool] = field(compare=False)
+
+    def as_schema(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+    def _validate(self, value: Any) -> Any:
+        if not self.check(value):
+            raise ValueError(self.message)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault(VALIDATIONS_KEY, []).append(self.as_schema())
+        return json_schema
+
+
+def _add_model_rules(schema: dict[str, Any], cls: type) -> None:
+    rules: tuple[CelRule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema[VALIDATIONS_KEY] = [rule.as_schema() for rule in rules]
+
+
+class ApiModel(BaseModel):
+    """Base of every CRD model: snake_case in Python, camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=_add_model_rules,
+    )
+
+    # Cross-field rules; emitted as x-kubernetes-validations on this object's schema.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        for rule in self.cel_rules:
+            rule._validate(self)
+        return self
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)  # the pattern already matched; this rejects values too large for a timedelta
+    return text
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32), AfterValidator(_check_duration)]
+"""A duration such as "90s", "15m", "1h30m", "7d"; turn it into a timedelta with parse_duration()."""
+
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_used="json")]
+"""A point in time, RFC 3339 on the wire (UTC, whole seconds, like Kubernetes' own timestamps)."""
+
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+SecretName = Annotated[
+    str,
+    Field(
+        pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of a Secret in the same namespace."
+    ),
+]
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: SecretName
+    key: str = Field(
+        "uri",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description="Key within the Secret whose value is a libpq connection URI.",
+    )
+
+
+class EncryptionKeySecretRef(SecretKeyRef):
+    """A key of a Secret in the resource's namespace holding an encryption key."""
+
+    key: str = Field(
+        "key",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description="Key within the Secret whose value is the encryption key.",
+    )
+
+
+class DatabaseRef(ApiModel):
+    """Which PostgreSQL database to work on."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key holding a libpq URI (postgresql://user:password@host:port/dbname)."
+    )
+
+
+class Phase(StrEnum):
+    """Coarse lifecycle state shown by `kubectl get`."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SCHEDULED = "Scheduled"
+    SUSPENDED = "Suspended"
+
+
+class Condition(ApiModel):
+    """One observation of the resource's state, in the shape of metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Type of the condition: Ready, Reconciling or Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Status of the condition.")
+    reason: str | None = Field(None, max_length=1024, description="CamelCase reason for the last transition.")
+    message: str | None = Field(None, max_length=32768, description="Human-readable detail, one line.")
+    last_transition_time: Timestamp | None = Field(
+        None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+class ResourceStatus(ApiModel):
+    """Status fields every kind has; each kind's status model extends this."""
+
+    phase: Phase | None = Field(None, description="Coarse lifecycle state.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the operator last acted on."
+    )
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready, Reconciling and Stalled conditions (kstatus conventions).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """A column of `kubectl get`; priority 1 shows only with `-o wide`."""
+
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """Everything needed to generate a kind's CRD; each kind's module defines one."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    printer_columns: tuple[PrinterColumn, ...]
+    spec_model: type[ApiModel]
+    status_model: type[ResourceStatus]
+    description: str
+    categories: tuple[str, ...] = ("habitat",)
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
