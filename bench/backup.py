@@ -1,0 +1,105 @@
+"""Backup versus raw `pg_dump -Fc > file` on a pgbench database of at least 1 GB, in the same run.
+
+Run on the local stack: `make bench` (or `python -m bench.backup` with .stack/env sourced).
+Prints the median wall time of each variant and its ratio to the raw tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+
+from habitat_operator.ops.backup import BackupRequest, run_backup
+from habitat_operator.ops.pguri import ConnectionTarget
+
+DATABASE = "habitat_bench"
+MIN_BYTES = 1 << 30
+
+
+def ensure_database(admin_uri: str, scale: int) -> str:
+    """A pgbench database of at least 1 GiB, created once and reused by later runs."""
+    uri = admin_uri.rsplit("/", 1)[0] + f"/{DATABASE}"
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        if exists:
+            size = conn.execute("SELECT pg_database_size(%s)", (DATABASE,)).fetchone()
+            if size and size[0] >= MIN_BYTES:
+                return uri
+            conn.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    target = ConnectionTarget(uri)
+    print(f"creating pgbench database at scale {scale} ...", flush=True)
+    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale)], env={**os.environ, **target.env()}, check=True)
+    return uri
+
+
+def raw_pg_dump(target: ConnectionTarget, out: Path) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        with out.open("wb") as sink:
+            subprocess.run(["pg_dump", "-Fc"], stdout=sink, env={**os.environ, **target.env()}, check=True)
+
+    return run
+
+
+def habitat_backup(target: ConnectionTarget, out: Path, **options: object) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await run_backup(BackupRequest(target=target, destination=out, **options))  # type: ignore[arg-type]
+
+    return run
+
+
+async def measure(runs: dict[str, Callable[[], Awaitable[None]]], rounds: int) -> dict[str, float]:
+    """Rounds interleave the variants, so drift in the machine's speed hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            await run()
+            times[name].append(time.perf_counter() - started)
+            print(f"  round {round_ + 1} {name}: {times[name][-1]:.2f}s", flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is about 1.05 GB)")
+    args = parser.parse_args()
+    uri = ensure_database(os.environ["HABITAT_PG_URI"], args.scale)
+    target = ConnectionTarget(uri)
+    with psycopg.connect(uri) as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    print(f"database {DATABASE}: {size[0] / 2**30:.2f} GiB" if size else "")
+    key = os.urandom(32)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("HABITAT_BENCH_DIR")) as tmp:
+        out = Path(tmp)
+        results = asyncio.run(
+            measure(
+                {
+                    "raw pg_dump -Fc > file": raw_pg_dump(target, out / "raw.dump"),
+                    "Backup (checksum, no verify)": habitat_backup(target, out / "a.dump", verify=False),
+                    "Backup (checksum + verify)": habitat_backup(target, out / "b.dump", verify=True),
+                    "Backup (encrypted + verify)": habitat_backup(
+                        target, out / "c.dump", verify=True, encryption_key=key
+                    ),
+                },
+                args.rounds,
+            )
+        )
+    raw = results["raw pg_dump -Fc > file"]
+    print(f"\n{'variant':34} {'median s':>9} {'ratio':>7}")
+    for name, seconds in results.items():
+        print(f"{name:34} {seconds:9.2f} {seconds / raw:6.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`habitat-operator run` runs the operator; `habitat-operator crds` prints or writes the CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="habitat-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics, /healthz and /readyz")
+    run.add_argument(
+        "--backup-root",
+        type=Path,
+        default=Path("/var/lib/habitat/backups"),
+        help="where artifacts are stored",
+    )
+    run.add_argument("--log-format", choices=["json", "console"], default="console")
+    run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+    crds = commands.add_parser("crds", help="print the CRDs generated from the API models, or write them")
+    crds.add_argument("--output", "-o", type=Path, help="directory to write one file per kind into")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crds":
+        from habitat_operator.api import crdgen
+
+        if args.output:
+            for path in crdgen.write_crds(args.output):
+                print(path)
+        else:
+            sys.stdout.write(crdgen.render_all())
+        return 0
+
+    from habitat_operator import runtime
+
+    runtime.run(
+        runtime.Options(
+            namespaces=args.namespace,
+            metrics_port=args.metrics_port,
+            backup_root=args.backup_root,
+            log_format=args.log_format,
+            verbose=args.verbose,
+        )
+    )
+    return 0

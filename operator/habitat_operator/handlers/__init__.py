@@ -1,0 +1,5 @@
+"""Kopf glue, one module per kind; importing this package registers every handler."""
+
+from habitat_operator.handlers import backup
+
+__all__ = ["backup"]

@@ -1,0 +1,58 @@
+"""Backup: a one-shot run (no schedule) or a schedule that creates one child Backup per run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from habitat_operator import metrics
+from habitat_operator.api import GROUP, VERSION
+from habitat_operator.ops import backup_run, backup_schedule
+
+KIND = "Backup"
+PLURAL = backup_run.PLURAL
+
+
+def _is_schedule(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("schedule"))
+
+
+def _is_one_shot(spec: kopf.Spec, **_: Any) -> bool:
+    return not spec.get("schedule")
+
+
+# No retries limit here: the run counts its own attempts against spec.retry and ends Failed by itself.
+@kopf.on.create(GROUP, VERSION, PLURAL, when=_is_one_shot)
+async def run_once(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    with metrics.reconcile_timer(KIND):
+        retry = await backup_run.run_backup_object(dict(body), memo.config)
+    if retry:
+        raise kopf.TemporaryError("backup not finished yet", delay=retry.seconds)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, when=_is_one_shot, field="spec")
+async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
+    """A one-shot Backup, like a Job, runs for the spec it was created with."""
+    kopf.warn(
+        body, reason="SpecChangeIgnored", message="a one-shot Backup runs once; create a new one to run again"
+    )
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_is_schedule, cancellation_timeout=10)
+async def run_schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    while not stopped:
+        with metrics.reconcile_timer(KIND):
+            delay = await backup_schedule.tick(dict(body), memo.config)
+        await stopped.wait(delay)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=_is_one_shot)
+async def restore_metrics(body: kopf.Body, **_: Any) -> None:
+    backup_run.restore_metrics(dict(body))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def forget(body: kopf.Body, **_: Any) -> None:
+    """A deleted Backup's artifact stays (deleting data is retention's job); its series go."""
+    metrics.forget_backup(body["metadata"]["namespace"], body["metadata"]["name"])

@@ -1,0 +1,134 @@
+"""The operator as users run it: the `habitat-operator run` process, with its own ServiceAccount token.
+
+The CRDs and the RBAC of manifests/base are applied once; the operator authenticates with a token of
+the habitat-operator ServiceAccount, so a missing permission fails the tests as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import REPO, Kubectl, Stack, dev_stack
+
+OPERATOR_NAMESPACE = "habitat-system"
+
+
+class OperatorProcess:
+    """Starts, kills and restarts `habitat-operator run`; its log is kept for failure messages."""
+
+    def __init__(self, kubeconfig: Path, backup_root: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.backup_root = backup_root
+        self.log_path = log_path
+        self.metrics_port = dev_stack.free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> None:
+        argv = [
+            str(REPO / ".venv" / "bin" / "habitat-operator"),
+            "run",
+            "--all-namespaces",
+            f"--metrics-port={self.metrics_port}",
+            f"--backup-root={self.backup_root}",
+            "--log-format=json",
+        ]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.metrics_url.replace("/metrics", "/readyz"), timeout=2):
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"operator did not become ready:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no status written — as when a pod is OOM-killed or its node dies."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _service_account_kubeconfig(stack: Stack, admin: Kubectl, path: Path) -> Path:
+    token = admin.run("create", "token", "habitat-operator", "--duration=24h").stdout.strip()
+    config = yaml.safe_load(Path(stack.kubeconfig).read_text())
+    config["users"] = [{"name": "habitat-operator", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "habitat-operator"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def installed(stack: Stack) -> None:
+    """The CRDs and the operator's RBAC, applied as a user would (server-side apply)."""
+    admin = Kubectl(stack, OPERATOR_NAMESPACE)
+    admin.run("apply", "--server-side", "-k", str(REPO / "crds"))
+    admin.run("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    for manifest in ("namespace.yaml", "rbac.yaml"):
+        admin.run("apply", "--server-side", "-f", str(REPO / "manifests" / "base" / manifest))
+
+
+@pytest.fixture(scope="session")
+def operator(
+    stack: Stack, installed: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator")
+    admin = Kubectl(stack, OPERATOR_NAMESPACE)
+    kubeconfig = _service_account_kubeconfig(stack, admin, workdir / "kubeconfig")
+    process = OperatorProcess(kubeconfig, workdir / "backups", workdir / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def operator_alive(operator: OperatorProcess) -> OperatorProcess:
+    """The shared operator, restarted first if an earlier test killed it."""
+    if operator.process is None or operator.process.poll() is not None:
+        operator.start()
+    return operator
+
+
+@pytest.fixture
+def db_secret(kubectl: Kubectl, fresh_database: str) -> str:
+    """A Secret `habitat-db` in the test namespace holding the fresh database's URI."""
+    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={fresh_database}")
+    return "habitat-db"
