@@ -1,0 +1,126 @@
+"""Scheduled Backups end to end: runs as child objects, no overlap, retention, suspend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import OperatorProcess
+from tests.e2e.test_backup import artifact_path, backup, condition, seed, wait_for, wait_ready
+from tests.harness import Kubectl
+
+pytestmark = pytest.mark.e2e
+
+SCHEDULE_LABEL = "ops.habitat.dev/schedule"
+EVERY_MINUTE = "* * * * *"
+NEVER_IN_THIS_TEST = "0 0 1 1 *"  # midnight on New Year's Day
+
+
+def runs_of(kubectl: Kubectl, schedule: str) -> list[dict[str, Any]]:
+    import json
+
+    listing = kubectl.run("get", "backups", "-l", f"{SCHEDULE_LABEL}={schedule}", "-o", "json").stdout
+    return sorted(json.loads(listing)["items"], key=lambda item: item["metadata"]["name"])
+
+
+def run_by_hand(name: str, schedule: str, **spec: Any) -> dict[str, Any]:
+    """A child Backup as the schedule would create it (same label), made by the test."""
+    body = backup(name, **spec)
+    body["metadata"]["labels"] = {SCHEDULE_LABEL: schedule}
+    return body
+
+
+def sleep_past_next_minute() -> None:
+    now = dt.datetime.now(dt.UTC)
+    time.sleep(60 - now.second - now.microsecond / 1e6 + 5)
+
+
+def test_each_run_is_a_child_backup_owned_by_the_schedule(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    seed(fresh_database, rows=100)
+    kubectl.apply(backup("nightly", schedule=EVERY_MINUTE))
+    parent = wait_for(
+        "phase Scheduled",
+        lambda: (o := kubectl.get("backup", "nightly")).get("status", {}).get("phase") == "Scheduled" and o,
+        operator=operator_alive,
+    )
+    assert condition(parent, "Ready")["status"] == "True"
+    assert parent["status"]["nextScheduleTime"]
+
+    children = wait_for(
+        "the first run", lambda: runs_of(kubectl, "nightly"), timeout=90, operator=operator_alive
+    )
+    child = children[0]
+    assert child["metadata"]["name"].startswith("nightly-")
+    owner = child["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Backup", "nightly", parent["metadata"]["uid"])
+    assert "schedule" not in child["spec"] and "retention" not in child["spec"]
+    wait_ready(kubectl, child["metadata"]["name"], operator_alive)
+
+    parent = wait_for(
+        "lastSuccessfulTime",
+        lambda: (o := kubectl.get("backup", "nightly"))["status"].get("lastSuccessfulTime") and o,
+        timeout=30,
+        operator=operator_alive,
+    )
+    assert parent["status"]["recentRuns"][0] == child["metadata"]["name"]
+    assert parent["status"]["lastScheduleTime"]
+
+
+def test_a_run_never_starts_while_another_is_active(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
+) -> None:
+    # An earlier run that cannot finish: its Secret does not exist, so it stays Pending.
+    kubectl.apply(run_by_hand("busy-20200101000000", "busy", database={"secretRef": {"name": "absent"}}))
+    kubectl.apply(backup("busy", schedule=EVERY_MINUTE))
+    parent = wait_for(
+        "a scheduled time to pass",
+        lambda: (o := kubectl.get("backup", "busy")).get("status", {}).get("lastScheduleTime") and o,
+        timeout=90,
+        operator=operator_alive,
+    )
+    assert parent["status"]["missedRuns"] >= 1
+    assert parent["status"]["activeRun"] == "busy-20200101000000"
+    assert [r["metadata"]["name"] for r in runs_of(kubectl, "busy")] == ["busy-20200101000000"]
+    events = kubectl.run("get", "events", "--field-selector=involvedObject.name=busy").stdout
+    assert "RunSkipped" in events
+
+
+def test_retention_expires_old_runs_and_their_artifacts(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    seed(fresh_database, rows=100)
+    kubectl.apply(backup("kept", schedule=NEVER_IN_THIS_TEST, retention={"keepLast": 1}))
+    kubectl.apply(run_by_hand("kept-20200101000000", "kept"))
+    older = artifact_path(wait_ready(kubectl, "kept-20200101000000", operator_alive))
+    kubectl.apply(run_by_hand("kept-20200102000000", "kept"))
+    newer = artifact_path(wait_ready(kubectl, "kept-20200102000000", operator_alive))
+    assert older.exists() and newer.exists()
+
+    wait_for(
+        "the older run to expire",
+        lambda: [r["metadata"]["name"] for r in runs_of(kubectl, "kept")] == ["kept-20200102000000"],
+        timeout=60,
+        operator=operator_alive,
+    )
+    assert not older.exists()
+    assert newer.exists()
+
+
+def test_a_suspended_schedule_starts_nothing(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
+) -> None:
+    kubectl.apply(backup("paused", schedule=EVERY_MINUTE, suspend=True))
+    parent = wait_for(
+        "phase Suspended",
+        lambda: (o := kubectl.get("backup", "paused")).get("status", {}).get("phase") == "Suspended" and o,
+        operator=operator_alive,
+    )
+    assert "nextScheduleTime" not in parent["status"]
+    sleep_past_next_minute()
+    assert runs_of(kubectl, "paused") == []
+    assert kubectl.get("backup", "paused")["status"]["phase"] == "Suspended"
