@@ -194,5 +194,5 @@ def test_yaml_is_deterministic_and_parses() -> None:
 
 def test_write_crds(tmp_path: Path) -> None:
     written = write_crds(tmp_path / "crds")
-    assert [p.name for p in written] == [crd_filename(kind) for kind in ALL_KINDS]
+    assert [p.name for p in written] == [*(crd_filename(kind) for kind in ALL_KINDS), "kustomization.yaml"]
     assert (tmp_path / "crds" / "ops.habitat.dev_backups.yaml").read_text() == render(BACKUP)

@@ -138,9 +138,7 @@ def crd_filename(kind: KindInfo) -> str:
 def render_kustomization() -> str:
     """Lists the CRD files, so `kubectl apply -k crds/` and kustomize bases can include them."""
     files = "".join(f"  - {crd_filename(kind)}\n" for kind in ALL_KINDS)
-    return (
-        f"{HEADER}\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{files}"
-    )
+    return f"{HEADER}\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{files}"
 
 
 def write_crds(directory: Path) -> list[Path]:
