@@ -40,7 +40,9 @@ class Kubectl:
         self.stack = stack
         self.namespace = namespace
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         argv = [self.stack.kubectl_path, "--kubeconfig", self.stack.kubeconfig, "-n", self.namespace, *args]
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:

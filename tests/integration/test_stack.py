@@ -86,7 +86,9 @@ def test_status_subresource_separates_spec_and_status(widget_crd: None, kubectl:
     )
     assert kubectl.get("widget", "w2")["status"] == {"phase": "Ready"}
     # A write to the main resource ignores status.
-    kubectl.run("patch", "widget", "w2", "--type=merge", "-p", '{"spec":{"size":4},"status":{"phase":"Hacked"}}')
+    kubectl.run(
+        "patch", "widget", "w2", "--type=merge", "-p", '{"spec":{"size":4},"status":{"phase":"Hacked"}}'
+    )
     obj = kubectl.get("widget", "w2")
     assert obj["spec"] == {"size": 4}
     assert obj["status"] == {"phase": "Ready"}
@@ -126,7 +128,9 @@ def test_rbac_is_enforced_for_service_account_tokens(stack: Stack, kubectl: Kube
     assert _get_with_token(stack, token, path) == 403
 
     kubectl.run("create", "role", "read-configmaps", "--verb=list", "--resource=configmaps")
-    kubectl.run("create", "rolebinding", "reader", "--role=read-configmaps", f"--serviceaccount={namespace}:reader")
+    kubectl.run(
+        "create", "rolebinding", "reader", "--role=read-configmaps", f"--serviceaccount={namespace}:reader"
+    )
     deadline = time.monotonic() + 10  # the authorizer's cache catches up within moments
     while _get_with_token(stack, token, path) != 200:
         assert time.monotonic() < deadline, "RoleBinding did not take effect"

@@ -24,12 +24,11 @@ from habitat_operator.ops.artifacts import ArtifactStore, remove_partials
 from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.pguri import ConnectionTarget
+from habitat_operator.ops.schedules import SCHEDULE_LABEL, TERMINAL_PHASES
 from habitat_operator.status import StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 PLURAL = "backups"
-SCHEDULE_LABEL = "ops.habitat.dev/schedule"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # A Secret that is missing now may be applied a moment later (GitOps sync order): look again this often.
 SECRET_RECHECK_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 3600.0
