@@ -5,15 +5,14 @@ failure, timeout or cancellation pg_dump is killed and the partial artifact remo
 """
 
 import asyncio
+import fcntl
 import hashlib
 import os
-import re
-import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, ParamSpec, TypeVar
+from typing import IO, Literal, Self
 
 import psycopg
 
@@ -24,6 +23,13 @@ from habitat_operator.ops.artifacts import (
     file_uri,
     remove_partials,
 )
+from habitat_operator.ops.client_tools import (
+    READ_SIZE,
+    ClientTool,
+    classify_failure,
+    in_thread,
+    meaningful_line,
+)
 from habitat_operator.ops.crypto import MAGIC, Decryptor, Encryptor, is_encrypted
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.pguri import ConnectionTarget
@@ -31,11 +37,6 @@ from habitat_operator.ops.pguri import ConnectionTarget
 ArtifactFormat = Literal["custom", "directory"]
 
 MANIFEST_NAME = "MANIFEST.sha256"
-READ_SIZE = 1 << 20
-_STDERR_TAIL_BYTES = 64 << 10
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -108,15 +109,53 @@ async def verify_artifact(
 ) -> None:
     """Check an artifact's checksum and that pg_restore can read its table of contents.
 
-    Raises OperationError "VerificationFailed" (checksum mismatch, unreadable archive) or
-    "DecryptionFailed" (wrong or missing key, tampered or truncated ciphertext).
+    Raises OperationError "ArtifactNotFound", "VerificationFailed" (checksum mismatch, unreadable
+    archive) or "DecryptionFailed" (wrong or missing key, tampered or truncated ciphertext).
     """
+    await verify_checksum(path, format, expected_sha256)
+    await verify_readable(path, format, encryption_key)
+
+
+async def verify_checksum(path: Path, format: ArtifactFormat, expected_sha256: str | None) -> str:
+    """The artifact's SHA-256 (a directory's: of its manifest, once its files match the manifest).
+
+    Raises OperationError "ArtifactNotFound", or "VerificationFailed" when a directory's files do
+    not match its manifest or the SHA-256 is not `expected_sha256` (if given).
+    """
+    await _require_artifact(path)
     if format == "directory":
-        if encryption_key is not None:
-            raise _encryption_unsupported()
-        await _verify_directory(path, expected_sha256)
+        actual = await _directory_sha256(path)
     else:
-        await _verify_custom(path, expected_sha256, encryption_key)
+        actual = await in_thread(_file_sha256, path)
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise _verification_failed(path, "checksum mismatch")
+    return actual
+
+
+async def verify_readable(path: Path, format: ArtifactFormat, encryption_key: bytes | None) -> None:
+    """Check that pg_restore can read the artifact's table of contents (through decryption).
+
+    Raises OperationError "ArtifactNotFound", "VerificationFailed", "DecryptionFailed" or
+    "EncryptionUnsupported" (a key given for a directory).
+    """
+    await _require_artifact(path)
+    if format == "directory" and encryption_key is not None:
+        raise _encryption_unsupported()
+    if encryption_key is None:
+        if format == "custom" and await asyncio.to_thread(_starts_encrypted, path):
+            raise _key_missing()
+        async with ClientTool.start(["pg_restore", "--list", str(path)], None) as restore:
+            await restore.check(lambda stderr: _verification_failed(path, meaningful_line(stderr)))
+        return
+    async with ClientTool.start(["pg_restore", "--list"], None, stdin=asyncio.subprocess.PIPE) as restore:
+        # pg_restore stops reading after the table of contents; decrypting on to the end still
+        # authenticates every chunk.
+        accepting = True
+        async with aclosing(read_plaintext(path, encryption_key)) as chunks:
+            async for chunk in chunks:
+                accepting = accepting and await restore.feed(chunk)
+        await restore.close_stdin()
+        await restore.check(lambda stderr: _verification_failed(path, meaningful_line(stderr)))
 
 
 async def read_plaintext(path: Path, encryption_key: bytes | None) -> AsyncGenerator[bytes, None]:
@@ -128,7 +167,7 @@ async def read_plaintext(path: Path, encryption_key: bytes | None) -> AsyncGener
     """
     reader = await asyncio.to_thread(_PlaintextReader, path, encryption_key)
     try:
-        while chunk := await _in_thread(reader.read):
+        while chunk := await in_thread(reader.read):
             yield chunk
     finally:
         reader.close()
@@ -175,12 +214,12 @@ async def _dump_custom(request: BackupRequest) -> tuple[int, str]:
     remove_partials(request.destination.parent, request.destination.name)
     async with AtomicFile(request.destination) as out:
         sink = _ArtifactSink(out, request.encryption_key)
-        async with _Tool.start(_dump_argv(request), request.target, stdout=asyncio.subprocess.PIPE) as dump:
-            assert dump.process.stdout is not None
-            while chunk := await dump.process.stdout.read(READ_SIZE):
-                await _in_thread(sink.write, chunk)
-            await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
-        await _in_thread(sink.finish)
+        with _OutputPipe() as pipe:
+            async with ClientTool.start(_dump_argv(request), request.target, stdout=pipe.write_end) as dump:
+                pipe.close_write_end()  # pg_dump holds the only write end now: its exit is our EOF
+                await _copy_output(dump, pipe, sink)
+                await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
+        await in_thread(sink.finish)
         if request.verify:
             await _verify_own_artifact(
                 out.temp_path, "custom", sink.sha256.hexdigest(), request.encryption_key
@@ -192,9 +231,9 @@ async def _dump_directory(request: BackupRequest) -> tuple[int, str]:
     remove_partials(request.destination.parent, request.destination.name)
     async with AtomicDirectory(request.destination) as out:
         argv = [*_dump_argv(request), f"--jobs={request.jobs}", f"--file={out.temp_path}"]
-        async with _Tool.start(argv, request.target) as dump:
+        async with ClientTool.start(argv, request.target) as dump:
             await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
-        size, digest = await _in_thread(_write_manifest, out.temp_path)
+        size, digest = await in_thread(_write_manifest, out.temp_path)
         if request.verify:
             await _verify_own_artifact(out.temp_path, "directory", digest, None)
     return size, digest
@@ -211,6 +250,57 @@ async def _verify_own_artifact(
         if error.reason not in ("VerificationFailed", "DecryptionFailed"):
             raise
         raise OperationError("VerificationFailed", error.message, retryable=True) from None
+
+
+class _OutputPipe:
+    """A pipe for pg_dump's stdout, read with large blocking reads in a worker thread.
+
+    pg_dump writes its output in small pieces; reading them through the event loop would cost a
+    wakeup (and a thread hop) per piece, so the whole copy loop runs in one thread instead.
+    """
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        with suppress(OSError):  # a bigger pipe lets pg_dump run ahead while we hash and write
+            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, READ_SIZE)
+
+    def close_write_end(self) -> None:
+        if self.write_end >= 0:
+            os.close(self.write_end)
+            self.write_end = -1
+
+    def copy_to(self, write: Callable[[bytes], None]) -> None:
+        """Pass everything up to EOF to `write`, in blocks of about READ_SIZE."""
+        pending = bytearray()
+        while chunk := os.read(self.read_end, READ_SIZE):
+            pending += chunk
+            if len(pending) >= READ_SIZE:
+                write(bytes(pending))
+                pending.clear()
+        if pending:
+            write(bytes(pending))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close_write_end()
+        os.close(self.read_end)
+
+
+async def _copy_output(dump: ClientTool, pipe: _OutputPipe, sink: "_ArtifactSink") -> None:
+    """pipe.copy_to(sink.write) in a worker thread. If cancelled, kill pg_dump (so the copy meets
+    EOF) and wait for the thread, so that removing the partial file never races a write."""
+    work = asyncio.ensure_future(asyncio.to_thread(pipe.copy_to, sink.write))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with suppress(ProcessLookupError):
+            dump.process.kill()
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what propagates
+        raise
 
 
 class _ArtifactSink:
@@ -267,38 +357,21 @@ def _file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------- verifying
 
 
-async def _verify_custom(path: Path, expected_sha256: str | None, encryption_key: bytes | None) -> None:
-    actual = await _in_thread(_file_sha256, path)
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise _verification_failed(path, "checksum mismatch")
-    if encryption_key is None:
-        if await asyncio.to_thread(_starts_encrypted, path):
-            raise _key_missing()
-        async with _Tool.start(["pg_restore", "--list", str(path)], None) as restore:
-            await restore.check(lambda stderr: _verification_failed(path, _meaningful_line(stderr)))
-        return
-    async with _Tool.start(["pg_restore", "--list"], None, stdin=asyncio.subprocess.PIPE) as restore:
-        # pg_restore stops reading after the table of contents; decrypting on to the end still
-        # authenticates every chunk.
-        accepting = True
-        async for chunk in read_plaintext(path, encryption_key):
-            accepting = accepting and await restore.feed(chunk)
-        await restore.close_stdin()
-        await restore.check(lambda stderr: _verification_failed(path, _meaningful_line(stderr)))
+async def _require_artifact(path: Path) -> None:
+    if not await asyncio.to_thread(path.exists):
+        raise OperationError("ArtifactNotFound", f"artifact {path} does not exist")
 
 
-async def _verify_directory(path: Path, expected_sha256: str | None) -> None:
-    manifest, _ = await _in_thread(_manifest, path)
+async def _directory_sha256(path: Path) -> str:
+    """SHA-256 of a directory artifact's manifest, once its files are checked against it."""
+    manifest, _ = await in_thread(_manifest, path)
     try:
         recorded = await asyncio.to_thread((path / MANIFEST_NAME).read_bytes)
     except FileNotFoundError:
         raise _verification_failed(path, f"{MANIFEST_NAME} is missing") from None
     if manifest != recorded:
         raise _verification_failed(path, f"files do not match {MANIFEST_NAME}")
-    if expected_sha256 is not None and hashlib.sha256(manifest).hexdigest() != expected_sha256:
-        raise _verification_failed(path, "checksum mismatch")
-    async with _Tool.start(["pg_restore", "--list", str(path)], None) as restore:
-        await restore.check(lambda stderr: _verification_failed(path, _meaningful_line(stderr)))
+    return hashlib.sha256(manifest).hexdigest()
 
 
 class _PlaintextReader:
@@ -342,154 +415,3 @@ def _verification_failed(path: Path, detail: str) -> OperationError:
 
 def _encryption_unsupported() -> OperationError:
     return OperationError("EncryptionUnsupported", "encryption is supported with format custom only")
-
-
-# ---------------------------------------------------------------- child processes
-
-
-class _Tool:
-    """A running pg_dump/pg_restore in its own process group, its stderr collected as it comes.
-
-    Leaving `start()`'s block early (error, timeout, cancellation) kills the whole group, so
-    parallel pg_dump workers die with their leader.
-    """
-
-    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
-        self.process = process
-        self.name = name
-        assert process.stderr is not None
-        self._stderr = asyncio.create_task(_read_tail(process.stderr))
-
-    @classmethod
-    @asynccontextmanager
-    async def start(
-        cls,
-        argv: list[str],
-        target: ConnectionTarget | None,
-        *,
-        stdin: int = asyncio.subprocess.DEVNULL,
-        stdout: int = asyncio.subprocess.DEVNULL,
-    ) -> AsyncIterator["_Tool"]:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=asyncio.subprocess.PIPE,
-                env=_tool_env(target),
-                start_new_session=True,
-                limit=READ_SIZE,
-            )
-        except FileNotFoundError:
-            raise OperationError("ToolMissing", f"{argv[0]} is not installed or not on PATH") from None
-        tool = cls(process, argv[0])
-        try:
-            yield tool
-        finally:
-            await tool._stop()
-
-    async def feed(self, data: bytes) -> bool:
-        """Write to stdin; False once the tool stopped reading."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            return False
-        return True
-
-    async def close_stdin(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        with suppress(BrokenPipeError, ConnectionResetError):
-            await self.process.stdin.wait_closed()
-
-    async def check(self, failure: Callable[[str], OperationError]) -> None:
-        """Wait for the exit; a non-zero status raises `failure(stderr)`."""
-        stderr = await self._stderr
-        if await self.process.wait() != 0:
-            raise failure(stderr)
-
-    async def _stop(self) -> None:
-        if self.process.returncode is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            await self.process.wait()
-        self._stderr.cancel()
-
-
-def _tool_env(target: ConnectionTarget | None) -> dict[str, str]:
-    """Our environment without inherited PG* settings, plus the target's; C messages to classify."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env | (target.env() if target is not None else {})
-
-
-async def _read_tail(stream: asyncio.StreamReader) -> str:
-    tail = bytearray()
-    while chunk := await stream.read(READ_SIZE):
-        tail += chunk
-        del tail[:-_STDERR_TAIL_BYTES]
-    return tail.decode(errors="replace")
-
-
-async def _in_thread(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run `function` in a worker thread; if cancelled, still wait for it, so that cleanup (closing
-    or removing the file it works on) never races it."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        if not work.cancelled():
-            work.exception()  # retrieved: the cancellation is what propagates
-        raise
-
-
-# ---------------------------------------------------------------- failures
-
-# (pattern in lower-cased stderr, reason, retryable); first match wins, so auth comes before the
-# generic connection failure it is wrapped in.
-_FAILURES = (
-    (r"authentication failed|no password supplied|no pg_hba\.conf entry", "AuthenticationFailed", True),
-    (r'role "[^"]*" does not exist', "AuthenticationFailed", True),
-    (r'database "[^"]*" does not exist', "DatabaseNotFound", True),
-    (r"no space left on device|disk quota exceeded", "DiskFull", False),
-    (
-        r"connection refused|could not connect|could not translate host name|timeout expired"
-        r"|no route to host|network is unreachable|server closed the connection unexpectedly"
-        r"|the database system is (starting up|shutting down|in recovery mode)"
-        r"|connection to server .* failed",
-        "DatabaseUnreachable",
-        True,
-    ),
-)
-_SUMMARIES = {
-    "AuthenticationFailed": "authentication to {display} failed",
-    "DatabaseNotFound": "database {display} does not exist",
-    "DiskFull": "no space left for the artifact",
-    "DatabaseUnreachable": "cannot connect to {display}",
-}
-
-
-def classify_failure(tool: str, stderr: str, target: ConnectionTarget) -> OperationError:
-    """One-line, redacted OperationError for a failed connection, dump or restore of `target`.
-
-    `stderr` is what libpq or a client tool reported; a failure that is not about reaching the
-    database is "DumpFailed".
-    """
-    stderr = target.redact(stderr)
-    line = _meaningful_line(stderr)
-    lowered = stderr.lower()
-    for pattern, reason, retryable in _FAILURES:
-        if re.search(pattern, lowered):
-            summary = _SUMMARIES[reason].format(display=target.display)
-            return OperationError(reason, f"{summary}: {line}", retryable=retryable)
-    return OperationError("DumpFailed", f"{tool} failed on {target.display}: {line}", retryable=False)
-
-
-def _meaningful_line(stderr: str) -> str:
-    """The last line reporting an error, else the last non-blank line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if re.search(r"error|fatal", line, re.IGNORECASE)]
-    return (errors or lines or ["no error output"])[-1]

@@ -107,6 +107,13 @@ class ConnectionTarget:
         host = f"[{self.host}]" if ":" in self.host and "," not in self.host else self.host
         return f"{host}:{self.port}/{self.dbname}"
 
+    def with_database(self, dbname: str) -> "ConnectionTarget":
+        """The same server and credentials, connected to database `dbname` instead."""
+        other = object.__new__(ConnectionTarget)
+        other._uri, other._secrets = self._uri, self._secrets
+        other._params = MappingProxyType({**self._params, "dbname": dbname})
+        return other
+
     def env(self) -> dict[str, str]:
         """PG* environment variables that make libpq tools connect to this target."""
         return {_ENV_VARS[name]: value for name, value in self._params.items()}
