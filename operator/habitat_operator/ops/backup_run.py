@@ -24,7 +24,7 @@ from habitat_operator.ops.artifacts import ArtifactStore, remove_partials
 from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.pguri import ConnectionTarget
-from habitat_operator.ops.schedules import SCHEDULE_LABEL, TERMINAL_PHASES
+from habitat_operator.ops.schedules import TERMINAL_PHASES, series_name
 from habitat_operator.status import StatusReporter
 from habitat_operator.validation import describe_validation_error
 
@@ -41,12 +41,6 @@ class RetryLater:
     """Ask the caller to run this Backup again after `seconds`."""
 
     seconds: float
-
-
-def series_name(body: kube.JsonDict) -> str:
-    """The metrics' `backup` label: a schedule's runs count under the schedule, so alerts see one series."""
-    labels = body["metadata"].get("labels") or {}
-    return str(labels.get(SCHEDULE_LABEL) or body["metadata"]["name"])
 
 
 def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: str) -> Path:

@@ -47,6 +47,12 @@ class Tick:
     delay: float
 
 
+def series_name(body: kube.JsonDict) -> str:
+    """The metrics' name label: a schedule's runs count under the schedule, so alerts see one series."""
+    labels = body["metadata"].get("labels") or {}
+    return str(labels.get(SCHEDULE_LABEL) or body["metadata"]["name"])
+
+
 def phase(obj: kube.JsonDict) -> str | None:
     return (obj.get("status") or {}).get("phase")
 

@@ -1,0 +1,298 @@
+"""Restore: pg_restore of a Backup's artifact into a database, once, or as scheduled restore drills."""
+
+from typing import Annotated
+
+from pydantic import Field
+
+from habitat_operator.api.backup import BackupFormat, BackupStorage, CronSchedule
+from habitat_operator.api.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    ApiModel,
+    CelRule,
+    DatabaseRef,
+    Duration,
+    EncryptionKeySecretRef,
+    KindInfo,
+    PrinterColumn,
+    ResourceStatus,
+    Timestamp,
+)
+
+LATEST_RUN = "latest"
+MAX_VERIFICATION_QUERIES = 20
+QUERY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+
+
+class BackupRef(ApiModel):
+    """A Backup in the same namespace whose artifact is restored."""
+
+    name: ObjectName = Field(description="Name of the Backup: a one-shot Backup or a scheduled one.")
+    run: ObjectName = Field(
+        LATEST_RUN,
+        description=(
+            'For a scheduled Backup, which run: "latest" (its newest Succeeded child Backup) or the '
+            "name of one of its child Backups. Ignored for a one-shot Backup."
+        ),
+    )
+
+
+class ArtifactSource(ApiModel):
+    """An artifact named by its location, e.g. one whose Backup object has been deleted."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.encryptionKeySecretRef) || !has(self.format) || self.format == 'custom'",
+            "encryption is supported with format: custom only",
+            lambda artifact: (
+                artifact.encryption_key_secret_ref is None or artifact.format is BackupFormat.CUSTOM
+            ),
+        ),
+    )
+
+    uri: str = Field(
+        pattern=r"^file://",
+        max_length=4096,
+        description="file:// URI of the artifact under the operator's backup root, as in a Backup's status.",
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=SHA256_PATTERN,
+        description="Expected SHA-256 (lower-case hex) of the artifact; checked before the restore when set.",
+    )
+    format: BackupFormat = Field(BackupFormat.CUSTOM, description="pg_dump format: custom or directory.")
+    encryption_key_secret_ref: EncryptionKeySecretRef | None = Field(
+        None, description="Secret key holding the key the artifact was encrypted with."
+    )
+
+
+class RestoreSource(ApiModel):
+    """What to restore: exactly one of backupRef or artifact."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.backupRef) != has(self.artifact)",
+            "source needs exactly one of backupRef or artifact",
+            lambda source: (source.backup_ref is None) != (source.artifact is None),
+        ),
+    )
+
+    backup_ref: BackupRef | None = Field(None, description="Restore the artifact of a Backup.")
+    artifact: ArtifactSource | None = Field(None, description="Restore an artifact given by its URI.")
+
+
+class RestoreTarget(ApiModel):
+    """Where to restore."""
+
+    database: DatabaseRef = Field(description="The database to restore into.")
+
+
+class RestoreMode(ApiModel):
+    """How to treat the target database."""
+
+    create_database: bool = Field(False, description="Create the target database when it does not exist.")
+    clean: bool = Field(
+        False, description="Drop the artifact's objects from the target before recreating them."
+    )
+    force: bool = Field(
+        False, description="Restore into a target that is not empty; without it such a target is refused."
+    )
+
+
+class VerificationExpectation(ApiModel):
+    """What the query's single value must be; every bound given must hold."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.min) || has(self.max) || has(self.equals)",
+            "expect needs at least one of min, max or equals",
+            lambda expect: expect.min is not None or expect.max is not None or expect.equals is not None,
+        ),
+        CelRule(
+            "!has(self.min) || !has(self.max) || self.min <= self.max",
+            "expect.min must not be greater than expect.max",
+            lambda expect: expect.min is None or expect.max is None or expect.min <= expect.max,
+        ),
+    )
+
+    min: int | None = Field(
+        None,
+        description="The value, read as a number, must be at least this.",
+        json_schema_extra={"format": "int64"},
+    )
+    max: int | None = Field(
+        None,
+        description="The value, read as a number, must be at most this.",
+        json_schema_extra={"format": "int64"},
+    )
+    equals: str | None = Field(
+        None, max_length=1024, description="The value, as PostgreSQL prints it, must be exactly this text."
+    )
+
+
+class VerificationQuery(ApiModel):
+    """A read-only query run against the restored database, with what its result must be."""
+
+    name: str = Field(
+        pattern=QUERY_NAME_PATTERN, max_length=63, description="Name of the check, shown in status."
+    )
+    sql: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="One SQL statement returning one row with one column; runs in a read-only transaction.",
+    )
+    expect: VerificationExpectation = Field(description="What the returned value must be.")
+
+
+VerificationQueries = Annotated[
+    list[VerificationQuery],
+    Field(max_length=MAX_VERIFICATION_QUERIES),
+    CelRule(
+        "self.all(q, self.exists_one(p, p.name == q.name))",
+        "verification query names must be unique",
+        lambda queries: len({query.name for query in queries}) == len(queries),
+    ),
+]
+
+
+class RestoreVerification(ApiModel):
+    """Checks before and after the restore."""
+
+    checksum: bool = Field(
+        True, description="Check the artifact's SHA-256 (and readability) before the target is touched."
+    )
+    queries: VerificationQueries = Field(
+        default_factory=list, description="Queries run against the restored database; all must pass."
+    )
+
+
+class RestoreSpec(ApiModel):
+    """Desired restore: what to restore, where, how, and for drills when."""
+
+    cel_rules = (
+        CelRule(
+            "!has(self.schedule) || self.drill",
+            "schedule requires drill: true",
+            lambda spec: spec.schedule is None or spec.drill,
+        ),
+        CelRule(
+            "!self.drill || (!self.mode.clean && !self.mode.force)",
+            "a drill restores into a scratch database; mode does not apply",
+            lambda spec: not spec.drill or not (spec.mode.clean or spec.mode.force),
+        ),
+    )
+
+    source: RestoreSource = Field(description="The artifact to restore: a Backup's, or one given by URI.")
+    target: RestoreTarget = Field(description="Where to restore the artifact.")
+    mode: RestoreMode = Field(RestoreMode(), description="How to treat the target database.")
+    pre_restore_backup: bool | None = Field(
+        None,
+        description=(
+            "Back up the target before restoring over it. Unset means: when the target is not empty."
+        ),
+    )
+    safety_backup_storage: BackupStorage | None = Field(
+        None,
+        description=(
+            "Where the pre-restore Backup goes; by default the source Backup's storage, "
+            'or "safety" for an artifact source.'
+        ),
+    )
+    jobs: int = Field(1, ge=1, le=16, description="Parallel pg_restore jobs; 1 restores in one transaction.")
+    verify: RestoreVerification = Field(
+        RestoreVerification(), description="Checksum check before, and queries after, the restore."
+    )
+    timeout: Duration = Field("1h", description="Give up on a restore that takes longer than this.")
+    drill: bool = Field(
+        False,
+        description=(
+            "Restore into a scratch database on the target's server, verify it, then drop it; "
+            "the target database itself is never touched."
+        ),
+    )
+    schedule: CronSchedule | None = Field(
+        None, description='Cron schedule of drills (e.g. "0 4 * * 0"); needs drill: true.'
+    )
+    suspend: bool = Field(False, description="Pause the drill schedule; a drill already started finishes.")
+    history_limit: int = Field(10, ge=1, le=100, description="How many scheduled drill runs to keep.")
+
+
+class RestoredFrom(ApiModel):
+    """The artifact a restore used."""
+
+    backup: str | None = Field(None, description="Name of the Backup whose artifact was restored, if any.")
+    uri: str | None = Field(None, description="URI of the restored artifact.")
+    sha256: str | None = Field(None, description="SHA-256 of the restored artifact (hex).")
+
+
+class QueryResult(ApiModel):
+    """Outcome of one verification query."""
+
+    name: str = Field(description="Name of the verification query.")
+    passed: bool = Field(description="Whether the query's value met its expectation.")
+    value: str | None = Field(None, description="The value the query returned (shortened if long).")
+    message: str | None = Field(None, description="Why the check failed, one line.")
+
+
+class RestoreStatus(ResourceStatus):
+    """Observed state of a restore, or of a drill schedule."""
+
+    target: str | None = Field(None, description="host:port/dbname restored into (no credentials).")
+    restored_from: RestoredFrom | None = Field(None, description="The artifact restored.")
+    safety_backup: str | None = Field(None, description="Name of the Backup taken of the target first.")
+    scratch_database: str | None = Field(None, description="Name of the drill's scratch database.")
+    started_at: Timestamp | None = Field(None, description="When the current or last restore started.")
+    completed_at: Timestamp | None = Field(None, description="When the last restore finished.")
+    duration_seconds: float | None = Field(None, ge=0, description="How long the last restore took.")
+    attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last restore.")
+    message: str | None = Field(None, description="Last failure, one line.")
+    verification: list[QueryResult] | None = Field(
+        None, max_length=MAX_VERIFICATION_QUERIES, description="Outcome of each verification query."
+    )
+    verification_summary: str | None = Field(
+        None, description='Verification at a glance, e.g. "3/3 passed" or "checksum only".'
+    )
+    ignored_generation: int | None = Field(
+        None,
+        ge=0,
+        description="metadata.generation of a spec change made after the restore finished; not acted on.",
+    )
+    waiting_for: str | None = Field(
+        None, description="Name of another Restore into the same database that must finish first."
+    )
+    last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a drill.")
+    next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next drill.")
+    last_successful_time: Timestamp | None = Field(None, description="When a restore last succeeded.")
+    missed_runs: int | None = Field(
+        None, ge=0, description="Scheduled drills skipped (operator down, or a drill still active)."
+    )
+    recent_runs: list[str] | None = Field(
+        None, max_length=100, description="Names of the schedule's recent drill Restores, newest first."
+    )
+    active_run: str | None = Field(None, description="Name of the drill Restore now running, if any.")
+
+
+RESTORE = KindInfo(
+    kind="Restore",
+    plural="restores",
+    singular="restore",
+    short_names=("hrs", "hrestore"),
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Source", ".status.restoredFrom.backup"),
+        PrinterColumn("Target", ".status.target"),
+        PrinterColumn("Verified", ".status.verificationSummary"),
+        PrinterColumn("Duration", ".status.durationSeconds", type="number", priority=1),
+        PrinterColumn("Schedule", ".spec.schedule", priority=1),
+        PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
+    ),
+    spec_model=RestoreSpec,
+    status_model=RestoreStatus,
+    description=(
+        "Restore loads a Backup's artifact into a PostgreSQL database with pg_restore after checking "
+        "its checksum, optionally backing the target up first and verifying the result with queries; "
+        "as a drill it restores into a scratch database, once or on a cron schedule."
+    ),
+)

@@ -1,0 +1,106 @@
+"""Finding what a Restore restores: a Backup's (or a schedule run's) artifact, or an artifact by URI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from habitat_operator import kube
+from habitat_operator.api.backup import BackupFormat
+from habitat_operator.api.restore import RestoreSource
+from habitat_operator.credentials import read_secret_value
+from habitat_operator.ops.artifacts import ArtifactStore
+from habitat_operator.ops.backup_run import PLURAL as BACKUPS
+from habitat_operator.ops.errors import OperationError
+from habitat_operator.ops.schedules import SCHEDULE_LABEL, completed_at, phase
+
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class SourceArtifact:
+    path: Path
+    uri: str
+    format: BackupFormat
+    sha256: str | None
+    encryption_key: bytes | None = field(repr=False)
+    backup: str | None  # the Backup object it came from, if any
+    storage_path: str | None  # that Backup's storage path, for the safety backup
+
+
+class SourceNotReady(Exception):
+    """The Backup exists but has no artifact yet (still running): wait, don't fail."""
+
+
+async def resolve(source: RestoreSource, namespace: str, store: ArtifactStore) -> SourceArtifact:
+    """Raises OperationError (BackupNotFound, BackupFailed, ...) or SourceNotReady."""
+    if source.artifact is not None:
+        given = source.artifact
+        key = None
+        if given.encryption_key_secret_ref:
+            ref = given.encryption_key_secret_ref
+            key = await read_secret_value(namespace, ref.name, ref.key)
+        return SourceArtifact(
+            path=store.path_for(given.uri),
+            uri=given.uri,
+            format=given.format,
+            sha256=given.sha256,
+            encryption_key=key,
+            backup=None,
+            storage_path=None,
+        )
+    assert source.backup_ref is not None  # the CRD requires exactly one source
+    return await _from_backup(
+        await _find_backup(namespace, source.backup_ref.name, source.backup_ref.run), store
+    )
+
+
+async def _from_backup(backup: kube.JsonDict, store: ArtifactStore) -> SourceArtifact:
+    namespace = backup["metadata"]["namespace"]
+    status = backup.get("status") or {}
+    name = backup["metadata"]["name"]
+    if status.get("phase") == "Failed":
+        raise OperationError(
+            "BackupFailed", f"Backup {name} failed: {status.get('message') or 'see its status'}"
+        )
+    artifact = status.get("artifact") or {}
+    if status.get("phase") != "Succeeded" or not artifact.get("uri"):
+        raise SourceNotReady(
+            f"Backup {name} has not succeeded yet (phase {status.get('phase') or 'Pending'})"
+        )
+    spec = backup.get("spec") or {}
+    key = None
+    if artifact.get("encrypted"):
+        ref = (spec.get("encryption") or {}).get("keySecretRef") or {}
+        if not ref.get("name"):
+            raise OperationError(
+                "KeyNotFound", f"Backup {name} is encrypted but no longer names its key Secret"
+            )
+        key = await read_secret_value(namespace, ref["name"], ref.get("key", "key"))
+    return SourceArtifact(
+        path=store.path_for(artifact["uri"]),
+        uri=artifact["uri"],
+        format=BackupFormat(artifact.get("format") or "custom"),
+        sha256=artifact.get("sha256"),
+        encryption_key=key,
+        backup=name,
+        storage_path=((spec.get("storage") or {}).get("filesystem") or {}).get("path"),
+    )
+
+
+async def _find_backup(namespace: str, name: str, run: str) -> kube.JsonDict:
+    backup = await kube.get(BACKUPS, namespace, name)
+    if backup is None:
+        raise OperationError("BackupNotFound", f"Backup {namespace}/{name} not found")
+    if not (backup.get("spec") or {}).get("schedule"):
+        return backup
+    runs = await kube.list_objects(BACKUPS, namespace, f"{SCHEDULE_LABEL}={name}")
+    if run != LATEST:
+        named = next((r for r in runs if r["metadata"]["name"] == run), None)
+        if named is None:
+            raise OperationError("BackupNotFound", f"schedule {name} has no run {run}")
+        return named
+    succeeded = [r for r in runs if phase(r) == "Succeeded" and completed_at(r)]
+    if not succeeded:
+        raise OperationError("BackupNotFound", f"schedule {name} has no successful run yet")
+    return max(succeeded, key=lambda r: completed_at(r) or kube.now())
