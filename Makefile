@@ -38,7 +38,7 @@ demo: venv
 	scripts/with-stack scripts/demo
 
 bench: venv
-	scripts/with-stack $(BIN)/python -m bench.backup
+	scripts/with-stack sh -c "$(BIN)/python -m bench.backup && $(BIN)/python -m bench.restore"
 
 clean: stack-down
 	rm -rf $(VENV) .bin

@@ -108,22 +108,28 @@ def reconcile_timer(kind: str) -> Iterator[None]:
         RECONCILE_DURATION.labels(kind).observe(time.monotonic() - started)
 
 
-_newest_success: dict[tuple[str, str], float] = {}
+_forward_only: dict[tuple[Gauge, str, str], float] = {}
+
+
+def advance(gauge: Gauge, namespace: str, name: str, when: float) -> bool:
+    """Sets a last-success timestamp only if it moves forward: runs of one schedule share a series
+    and may be seen out of order (e.g. when status is read back after a restart)."""
+    key = (gauge, namespace, name)
+    if when < _forward_only.get(key, 0.0):
+        return False
+    _forward_only[key] = when
+    gauge.labels(namespace, name).set(when)
+    return True
 
 
 def note_backup_success(namespace: str, backup: str, when: float, size_bytes: int) -> None:
-    """Moves the last-success gauges forward only: runs of one schedule share a series and may be
-    seen out of order (e.g. when status is read back after a restart)."""
-    if when < _newest_success.get((namespace, backup), 0.0):
-        return
-    _newest_success[(namespace, backup)] = when
-    BACKUP_LAST_SUCCESS.labels(namespace, backup).set(when)
-    BACKUP_LAST_SIZE.labels(namespace, backup).set(size_bytes)
+    if advance(BACKUP_LAST_SUCCESS, namespace, backup, when):
+        BACKUP_LAST_SIZE.labels(namespace, backup).set(size_bytes)
 
 
 def forget_backup(namespace: str, backup: str) -> None:
     """Drops a deleted Backup's series, so alerts do not fire for what no longer exists."""
-    _newest_success.pop((namespace, backup), None)
+    _forward_only.pop((BACKUP_LAST_SUCCESS, namespace, backup), None)
     for metric in (BACKUP_LAST_SUCCESS, BACKUP_LAST_SIZE, BACKUP_EXPECTED_INTERVAL):
         with suppress(KeyError):  # never had a value
             metric.remove(namespace, backup)

@@ -322,7 +322,7 @@ async def _succeed(run: Run, message: str, **fields: object) -> None:
     )
     metrics.RESTORE_RUNS.labels(run.namespace, run.series, "success").inc()
     if run.drill:
-        metrics.RESTORE_DRILL_LAST_SUCCESS.labels(run.namespace, run.series).set(completed.timestamp())
+        metrics.advance(metrics.RESTORE_DRILL_LAST_SUCCESS, run.namespace, run.series, completed.timestamp())
     log.info("restore succeeded", kind="Restore", namespace=run.namespace, name=run.name, detail=message)
     await kube.event(run.body, "Normal", "Succeeded", message)
 

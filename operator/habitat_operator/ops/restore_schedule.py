@@ -7,7 +7,7 @@ from functools import partial
 
 from pydantic import ValidationError
 
-from habitat_operator import kube
+from habitat_operator import kube, metrics
 from habitat_operator.api.restore import RestoreSpec
 from habitat_operator.ops import schedules
 from habitat_operator.ops.restore_run import PLURAL
@@ -28,7 +28,17 @@ async def tick(body: kube.JsonDict) -> float:
         return schedules.POLL_SECONDS * 6
     assert spec.schedule is not None  # the daemon only runs for schedules
     kind = schedules.ScheduledKind(PLURAL, SCHEDULE_FIELDS, partial(_keep_history, spec.history_limit))
-    return (await schedules.tick(kind, body, spec.schedule, spec.suspend)).delay
+    seen = await schedules.tick(kind, body, spec.schedule, spec.suspend)
+    # Until its first success a drill schedule reports its creation, so a drill that never
+    # succeeds still trips the drill alerts.
+    last = schedules.completed_at(seen.last_success) if seen.last_success else None
+    metrics.advance(
+        metrics.RESTORE_DRILL_LAST_SUCCESS,
+        body["metadata"]["namespace"],
+        body["metadata"]["name"],
+        (last or seen.created).timestamp(),
+    )
+    return seen.delay
 
 
 async def _keep_history(
