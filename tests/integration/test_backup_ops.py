@@ -22,11 +22,11 @@ from habitat_operator.ops.backup import (
     MANIFEST_NAME,
     BackupRequest,
     BackupResult,
-    classify_failure,
     read_plaintext,
     run_backup,
     verify_artifact,
 )
+from habitat_operator.ops.client_tools import classify_failure
 from habitat_operator.ops.crypto import MAGIC
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.pguri import ConnectionTarget
