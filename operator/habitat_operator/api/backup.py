@@ -14,7 +14,7 @@ from habitat_operator.api.common import (
     EncryptionKeySecretRef,
     KindInfo,
     PrinterColumn,
-    ResourceStatus,
+    ScheduledStatus,
     Timestamp,
 )
 
@@ -171,7 +171,7 @@ class Artifact(ApiModel):
     pg_version: str | None = Field(None, description="Server version of the dumped database.")
 
 
-class BackupStatus(ResourceStatus):
+class BackupStatus(ScheduledStatus):
     """Observed state of a backup or of a backup schedule."""
 
     database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
@@ -181,16 +181,6 @@ class BackupStatus(ResourceStatus):
     message: str | None = Field(None, description="Last failure, one line.")
     artifact: Artifact | None = Field(None, description="The artifact of the last successful run.")
     verification: Verification | None = Field(None, description="Result of verifying the artifact.")
-    last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a run.")
-    next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next run.")
-    last_successful_time: Timestamp | None = Field(None, description="When a run last succeeded.")
-    missed_runs: int | None = Field(
-        None, ge=0, description="Scheduled runs skipped (operator down, or a run still active)."
-    )
-    recent_runs: list[str] | None = Field(
-        None, max_length=100, description="Names of the schedule's recent child Backups, newest first."
-    )
-    active_run: str | None = Field(None, description="Name of the child Backup now running, if any.")
 
 
 BACKUP = KindInfo(

@@ -181,6 +181,21 @@ class ResourceStatus(ApiModel):
     )
 
 
+class ScheduledStatus(ResourceStatus):
+    """Status of a kind that can run on a schedule, one child object per run (ops/schedules.py)."""
+
+    last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a run.")
+    next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next run.")
+    last_successful_time: Timestamp | None = Field(None, description="When a run last succeeded.")
+    missed_runs: int | None = Field(
+        None, ge=0, description="Scheduled runs skipped (operator down, or a run still active)."
+    )
+    recent_runs: list[str] | None = Field(
+        None, max_length=100, description="Names of the schedule's recent runs (child objects), newest first."
+    )
+    active_run: str | None = Field(None, description="Name of the run now active, if any.")
+
+
 @dataclass(frozen=True)
 class PrinterColumn:
     """A column of `kubectl get`; priority 1 shows only with `-o wide`."""

@@ -14,7 +14,7 @@ from habitat_operator.api.common import (
     EncryptionKeySecretRef,
     KindInfo,
     PrinterColumn,
-    ResourceStatus,
+    ScheduledStatus,
     Timestamp,
 )
 
@@ -236,7 +236,7 @@ class QueryResult(ApiModel):
     message: str | None = Field(None, description="Why the check failed, one line.")
 
 
-class RestoreStatus(ResourceStatus):
+class RestoreStatus(ScheduledStatus):
     """Observed state of a restore, or of a drill schedule."""
 
     target: str | None = Field(None, description="host:port/dbname restored into (no credentials).")
@@ -262,16 +262,6 @@ class RestoreStatus(ResourceStatus):
     waiting_for: str | None = Field(
         None, description="Name of another Restore into the same database that must finish first."
     )
-    last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a drill.")
-    next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next drill.")
-    last_successful_time: Timestamp | None = Field(None, description="When a restore last succeeded.")
-    missed_runs: int | None = Field(
-        None, ge=0, description="Scheduled drills skipped (operator down, or a drill still active)."
-    )
-    recent_runs: list[str] | None = Field(
-        None, max_length=100, description="Names of the schedule's recent drill Restores, newest first."
-    )
-    active_run: str | None = Field(None, description="Name of the drill Restore now running, if any.")
 
 
 RESTORE = KindInfo(

@@ -8,30 +8,19 @@ import kopf
 
 from habitat_operator import metrics
 from habitat_operator.api import GROUP, VERSION
+from habitat_operator.handlers.common import has_schedule, is_one_shot, run_once, run_schedule
 from habitat_operator.ops import backup_run, backup_schedule
 
 KIND = "Backup"
 PLURAL = backup_run.PLURAL
 
 
-def _is_schedule(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("schedule"))
+@kopf.on.create(GROUP, VERSION, PLURAL, when=is_one_shot)
+async def run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await run_once(KIND, backup_run.run_backup_object(dict(body), memo.config))
 
 
-def _is_one_shot(spec: kopf.Spec, **_: Any) -> bool:
-    return not spec.get("schedule")
-
-
-# No retries limit here: the run counts its own attempts against spec.retry and ends Failed by itself.
-@kopf.on.create(GROUP, VERSION, PLURAL, when=_is_one_shot)
-async def run_once(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    with metrics.reconcile_timer(KIND):
-        retry = await backup_run.run_backup_object(dict(body), memo.config)
-    if retry:
-        raise kopf.TemporaryError("backup not finished yet", delay=retry.seconds)
-
-
-@kopf.on.update(GROUP, VERSION, PLURAL, when=_is_one_shot, field="spec")
+@kopf.on.update(GROUP, VERSION, PLURAL, when=is_one_shot, field="spec")
 async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
     """A one-shot Backup, like a Job, runs for the spec it was created with."""
     kopf.warn(
@@ -39,15 +28,12 @@ async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
     )
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, when=_is_schedule, cancellation_timeout=10)
-async def run_schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    while not stopped:
-        with metrics.reconcile_timer(KIND):
-            delay = await backup_schedule.tick(dict(body), memo.config)
-        await stopped.wait(delay)
+@kopf.daemon(GROUP, VERSION, PLURAL, when=has_schedule, cancellation_timeout=10)
+async def schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    await run_schedule(KIND, lambda: backup_schedule.tick(dict(body), memo.config), stopped)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, when=_is_one_shot)
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=is_one_shot)
 async def restore_metrics(body: kopf.Body, **_: Any) -> None:
     backup_run.restore_metrics(dict(body))
 

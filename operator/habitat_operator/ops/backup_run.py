@@ -8,7 +8,6 @@ and never reported Succeeded without a verified artifact in place.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -23,6 +22,7 @@ from habitat_operator.durations import parse_duration
 from habitat_operator.ops.artifacts import ArtifactStore, remove_partials
 from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
 from habitat_operator.ops.errors import OperationError
+from habitat_operator.ops.lifecycle import RetryLater
 from habitat_operator.ops.pguri import ConnectionTarget
 from habitat_operator.ops.schedules import TERMINAL_PHASES, series_name
 from habitat_operator.status import StatusReporter
@@ -34,13 +34,6 @@ SECRET_RECHECK_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 3600.0
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryLater:
-    """Ask the caller to run this Backup again after `seconds`."""
-
-    seconds: float
 
 
 def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: str) -> Path:

@@ -24,8 +24,8 @@ from habitat_operator.durations import parse_duration
 from habitat_operator.ops import restore, restore_source
 from habitat_operator.ops.artifacts import ArtifactStore
 from habitat_operator.ops.backup_run import PLURAL as BACKUPS
-from habitat_operator.ops.backup_run import RetryLater
 from habitat_operator.ops.errors import OperationError
+from habitat_operator.ops.lifecycle import RetryLater
 from habitat_operator.ops.pguri import ConnectionTarget
 from habitat_operator.ops.schedules import TERMINAL_PHASES, series_name
 from habitat_operator.status import StatusReporter
