@@ -305,3 +305,34 @@ def test_scheduled_drills_run_as_children_and_keep_their_history(
     )
     assert parent["status"]["phase"] == "Scheduled"
     assert condition(parent, "Ready")["status"] == "True"
+
+
+def test_two_restores_never_write_to_one_database_at_once(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    db_secret: str,
+    fresh_database: str,
+    target_database: str,
+) -> None:
+    seed(fresh_database, rows=1_000_000)
+    kubectl.apply(backup("source"))
+    wait_ready(kubectl, "source", operator_alive, timeout=240)
+    kubectl.apply(restore("first"))
+    wait_for(
+        "the first restore to run",
+        lambda: kubectl.get("restore", "first").get("status", {}).get("phase") == "Running",
+        operator=operator_alive,
+    )
+    kubectl.apply(restore("second", mode={"force": True, "clean": True}, preRestoreBackup=False))
+    waiting = wait_for(
+        "the second restore to wait",
+        lambda: (o := kubectl.get("restore", "second")).get("status", {}).get("waitingFor") and o,
+        timeout=60,
+        operator=operator_alive,
+    )
+    assert waiting["status"]["waitingFor"].endswith("/first")
+    assert condition(waiting, "Reconciling")["reason"] == "WaitingForRestore"
+    assert finished(kubectl, "first", operator_alive, timeout=240)["status"]["phase"] == "Succeeded"
+    second = finished(kubectl, "second", operator_alive, timeout=240)
+    assert second["status"]["phase"] == "Succeeded", second["status"]
+    assert snapshot(target_database) == snapshot(fresh_database)
