@@ -35,7 +35,7 @@ def main(name: str) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     uri = admin_uri.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(uri) as conn:
-        conn.execute(SCHEMA)  # type: ignore[arg-type]  # a fixed literal, no parameters
+        conn.execute(SCHEMA)
     return uri
 
 
