@@ -15,7 +15,6 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     ScheduledStatus,
-    Timestamp,
 )
 
 # Five cron fields or a macro; croniter then checks the values (the apiserver cannot).
@@ -175,10 +174,6 @@ class BackupStatus(ScheduledStatus):
     """Observed state of a backup or of a backup schedule."""
 
     database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
-    started_at: Timestamp | None = Field(None, description="When the current or last run started.")
-    completed_at: Timestamp | None = Field(None, description="When the last run finished.")
-    attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last run.")
-    message: str | None = Field(None, description="Last failure, one line.")
     artifact: Artifact | None = Field(None, description="The artifact of the last successful run.")
     verification: Verification | None = Field(None, description="Result of verifying the artifact.")
 

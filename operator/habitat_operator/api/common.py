@@ -181,8 +181,17 @@ class ResourceStatus(ApiModel):
     )
 
 
-class ScheduledStatus(ResourceStatus):
-    """Status of a kind that can run on a schedule, one child object per run (ops/schedules.py)."""
+class RunStatus(ResourceStatus):
+    """Status of a kind whose objects run once, like a Job (a backup, a restore)."""
+
+    started_at: Timestamp | None = Field(None, description="When the current or last run started.")
+    completed_at: Timestamp | None = Field(None, description="When the last run finished.")
+    attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last run.")
+    message: str | None = Field(None, description="Last failure, one line.")
+
+
+class ScheduledStatus(RunStatus):
+    """Status of a kind that can also run on a schedule, one child object per run (ops/schedules.py)."""
 
     last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a run.")
     next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next run.")

@@ -15,7 +15,6 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     ScheduledStatus,
-    Timestamp,
 )
 
 LATEST_RUN = "latest"
@@ -243,11 +242,7 @@ class RestoreStatus(ScheduledStatus):
     restored_from: RestoredFrom | None = Field(None, description="The artifact restored.")
     safety_backup: str | None = Field(None, description="Name of the Backup taken of the target first.")
     scratch_database: str | None = Field(None, description="Name of the drill's scratch database.")
-    started_at: Timestamp | None = Field(None, description="When the current or last restore started.")
-    completed_at: Timestamp | None = Field(None, description="When the last restore finished.")
     duration_seconds: float | None = Field(None, ge=0, description="How long the last restore took.")
-    attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last restore.")
-    message: str | None = Field(None, description="Last failure, one line.")
     verification: list[QueryResult] | None = Field(
         None, max_length=MAX_VERIFICATION_QUERIES, description="Outcome of each verification query."
     )
