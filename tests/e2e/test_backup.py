@@ -68,6 +68,18 @@ def wait_for(
         time.sleep(0.3)
 
 
+def wait_phase(
+    kubectl: Kubectl, kind: str, name: str, phases: set[str], operator: OperatorProcess, timeout: float = 90
+) -> dict[str, Any]:
+    """The object, once its status.phase is one of `phases`."""
+    return wait_for(  # type: ignore[no-any-return]
+        f"{kind} {name} to reach {'/'.join(sorted(phases))}",
+        lambda: (o := kubectl.get(kind, name)).get("status", {}).get("phase") in phases and o,
+        timeout=timeout,
+        operator=operator,
+    )
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
@@ -180,11 +192,7 @@ def test_wrong_password_retries_then_fails_without_leaking_it(
     uri = uri.replace(uri.split("@")[0].split(":", 2)[2], password, 1)
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={uri}")
     kubectl.apply(backup("denied", retry={"limit": 1, "backoff": "1s"}))
-    obj = wait_for(
-        "phase Failed",
-        lambda: (o := kubectl.get("backup", "denied")).get("status", {}).get("phase") == "Failed" and o,
-        operator=operator_alive,
-    )
+    obj = wait_phase(kubectl, "backup", "denied", {"Failed"}, operator_alive)
     assert obj["status"]["attempts"] == 2
     assert condition(obj, "Stalled")["reason"] == "AuthenticationFailed"
     events = kubectl.run("get", "events", "-o", "json").stdout
@@ -235,11 +243,7 @@ def test_disk_full_fails_cleanly_and_leaves_no_partial_file(
         pytest.skip("mounting a small tmpfs needs root")
     try:
         kubectl.apply(backup("full", storage={"filesystem": {"path": "tiny"}}))
-        obj = wait_for(
-            "phase Failed",
-            lambda: (o := kubectl.get("backup", "full")).get("status", {}).get("phase") == "Failed" and o,
-            operator=operator_alive,
-        )
+        obj = wait_phase(kubectl, "backup", "full", {"Failed"}, operator_alive)
         assert condition(obj, "Stalled")["reason"] == "DiskFull"
         assert list((tiny / namespace).iterdir()) == []
     finally:
@@ -252,11 +256,7 @@ def test_operator_killed_mid_backup_recovers_without_partial_artifacts(
     # Big enough that the dump is still running when the operator is killed.
     seed(fresh_database, rows=1_500_000)
     kubectl.apply(backup("crash", retry={"limit": 2, "backoff": "1s"}))
-    wait_for(
-        "phase Running",
-        lambda: kubectl.get("backup", "crash").get("status", {}).get("phase") == "Running",
-        operator=operator_alive,
-    )
+    wait_phase(kubectl, "backup", "crash", {"Running"}, operator_alive)
     operator_alive.kill()
     assert kubectl.get("backup", "crash")["status"]["phase"] == "Running"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import artifact_path, backup, condition, seed, wait_for, wait_ready
+from tests.e2e.test_backup import artifact_path, backup, condition, seed, wait_for, wait_phase, wait_ready
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -43,11 +43,7 @@ def test_each_run_is_a_child_backup_owned_by_the_schedule(
 ) -> None:
     seed(fresh_database, rows=100)
     kubectl.apply(backup("nightly", schedule=EVERY_MINUTE))
-    parent = wait_for(
-        "phase Scheduled",
-        lambda: (o := kubectl.get("backup", "nightly")).get("status", {}).get("phase") == "Scheduled" and o,
-        operator=operator_alive,
-    )
+    parent = wait_phase(kubectl, "backup", "nightly", {"Scheduled"}, operator_alive)
     assert condition(parent, "Ready")["status"] == "True"
     assert parent["status"]["nextScheduleTime"]
 
@@ -115,11 +111,7 @@ def test_a_suspended_schedule_starts_nothing(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
 ) -> None:
     kubectl.apply(backup("paused", schedule=EVERY_MINUTE, suspend=True))
-    parent = wait_for(
-        "phase Suspended",
-        lambda: (o := kubectl.get("backup", "paused")).get("status", {}).get("phase") == "Suspended" and o,
-        operator=operator_alive,
-    )
+    parent = wait_phase(kubectl, "backup", "paused", {"Suspended"}, operator_alive)
     assert "nextScheduleTime" not in parent["status"]
     sleep_past_next_minute()
     assert runs_of(kubectl, "paused") == []

@@ -11,7 +11,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import artifact_path, backup, condition, seed, snapshot, wait_for, wait_ready
+from tests.e2e.test_backup import (
+    artifact_path,
+    backup,
+    condition,
+    seed,
+    snapshot,
+    wait_for,
+    wait_phase,
+    wait_ready,
+)
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -31,15 +40,7 @@ def restore(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def finished(kubectl: Kubectl, name: str, operator: OperatorProcess, timeout: float = 120) -> dict[str, Any]:
-    return wait_for(  # type: ignore[no-any-return]
-        f"restore {name} to finish",
-        lambda: (
-            (o := kubectl.get("restore", name)).get("status", {}).get("phase") in ("Succeeded", "Failed")
-            and o
-        ),
-        timeout=timeout,
-        operator=operator,
-    )
+    return wait_phase(kubectl, "restore", name, {"Succeeded", "Failed"}, operator, timeout)
 
 
 def tables(uri: str) -> list[str]:
@@ -268,11 +269,7 @@ def test_operator_killed_mid_restore_retries_the_rolled_back_restore(
     kubectl.apply(backup("source"))
     wait_ready(kubectl, "source", operator_alive, timeout=240)
     kubectl.apply(restore("crash"))
-    wait_for(
-        "phase Running",
-        lambda: kubectl.get("restore", "crash").get("status", {}).get("phase") == "Running",
-        operator=operator_alive,
-    )
+    wait_phase(kubectl, "restore", "crash", {"Running"}, operator_alive)
     operator_alive.kill()
     assert kubectl.get("restore", "crash")["status"]["phase"] == "Running"
 
@@ -318,11 +315,7 @@ def test_two_restores_never_write_to_one_database_at_once(
     kubectl.apply(backup("source"))
     wait_ready(kubectl, "source", operator_alive, timeout=240)
     kubectl.apply(restore("first"))
-    wait_for(
-        "the first restore to run",
-        lambda: kubectl.get("restore", "first").get("status", {}).get("phase") == "Running",
-        operator=operator_alive,
-    )
+    wait_phase(kubectl, "restore", "first", {"Running"}, operator_alive)
     kubectl.apply(restore("second", mode={"force": True, "clean": True}, preRestoreBackup=False))
     waiting = wait_for(
         "the second restore to wait",
