@@ -74,6 +74,16 @@ def source_backup(
     return wait_ready(kubectl, "source", operator_alive)
 
 
+@pytest.fixture
+def big_source_backup(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> dict[str, Any]:
+    """Like source_backup, with enough rows that a restore of it is still running when looked at."""
+    seed(fresh_database, rows=1_500_000)
+    kubectl.apply(backup("source"))
+    return wait_ready(kubectl, "source", operator_alive, timeout=240)
+
+
 def test_restore_into_an_empty_database_matches_the_source(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,
@@ -261,13 +271,10 @@ def test_a_schedule_needs_drill(installed: None, kubectl: Kubectl) -> None:
 def test_operator_killed_mid_restore_retries_the_rolled_back_restore(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,
-    db_secret: str,
+    big_source_backup: dict[str, Any],
     fresh_database: str,
     target_database: str,
 ) -> None:
-    seed(fresh_database, rows=1_500_000)
-    kubectl.apply(backup("source"))
-    wait_ready(kubectl, "source", operator_alive, timeout=240)
     kubectl.apply(restore("crash"))
     wait_phase(kubectl, "restore", "crash", {"Running"}, operator_alive)
     operator_alive.kill()
@@ -307,13 +314,10 @@ def test_scheduled_drills_run_as_children_and_keep_their_history(
 def test_two_restores_never_write_to_one_database_at_once(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,
-    db_secret: str,
+    big_source_backup: dict[str, Any],
     fresh_database: str,
     target_database: str,
 ) -> None:
-    seed(fresh_database, rows=1_000_000)
-    kubectl.apply(backup("source"))
-    wait_ready(kubectl, "source", operator_alive, timeout=240)
     kubectl.apply(restore("first"))
     wait_phase(kubectl, "restore", "first", {"Running"}, operator_alive)
     kubectl.apply(restore("second", mode={"force": True, "clean": True}, preRestoreBackup=False))
