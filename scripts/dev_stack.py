@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import os
 import pwd
@@ -20,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -159,6 +161,20 @@ def chown_tree(path: Path, user: str) -> None:
         for root, dirs, files in os.walk(path):
             for item in [root, *(os.path.join(root, n) for n in dirs + files)]:
                 os.chown(item, entry.pw_uid, entry.pw_gid)
+
+
+def _reachable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
+def service_home(name: str) -> Path:
+    """Where a server that runs as its own user (postgres, rabbitmq) keeps its files: in the stack
+    folder when that user can reach it, else (a checkout under a private home, say) in the temp
+    folder, keyed by the stack folder so that stacks stay apart."""
+    if not is_root() or _reachable_by_others(STACK_DIR):
+        return STACK_DIR / name
+    key = hashlib.sha256(str(STACK_DIR).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"habitat-stack-{key}" / name
 
 
 def apt_install(package: str, probe: str) -> None:
@@ -396,16 +412,16 @@ def pg_bin(name: str) -> str:
 
 def start_postgres(state: State) -> None:
     apt_install("postgresql-15", "/usr/lib/postgresql/15/bin/postgres")
-    data = STACK_DIR / "postgres" / "data"
-    socket_dir = STACK_DIR / "postgres" / "run"
+    data = service_home("postgres") / "data"
+    socket_dir = service_home("postgres") / "run"
     if pid_alive(state.pids.get("postgres")) and _pg_ready(state):
         return
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
         socket_dir.mkdir(parents=True, exist_ok=True)
-        pwfile = STACK_DIR / "postgres" / "pwfile"
+        pwfile = service_home("postgres") / "pwfile"
         pwfile.write_text(state.pg_password + "\n")
-        chown_tree(STACK_DIR / "postgres", "postgres")
+        chown_tree(service_home("postgres"), "postgres")
         subprocess.run(
             as_user(
                 "postgres",
@@ -427,7 +443,7 @@ def start_postgres(state: State) -> None:
         pwfile.unlink()
     port = state.port("postgres")
     options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    server_log = STACK_DIR / "postgres" / "server.log"  # in the postgres-owned folder: the server writes it
+    server_log = service_home("postgres") / "server.log"  # in the postgres-owned folder: the server writes it
     subprocess.run(
         as_user(
             "postgres",
@@ -446,7 +462,7 @@ def _pg_ready(state: State) -> bool:
 
 
 def rabbitmq_env(state: State) -> dict[str, str]:
-    base = STACK_DIR / "rabbitmq"
+    base = service_home("rabbitmq")
     node_port = state.ports["amqp"]
     return {
         "RABBITMQ_NODENAME": f"habitat-{node_port}@localhost",
@@ -471,7 +487,7 @@ def start_rabbitmq(state: State) -> None:
     if pid_alive(state.pids.get("rabbitmq")) and _amqp_ready(state):
         return
     state.port("amqp"), state.port("rabbitmq-dist"), state.port("epmd"), state.port("rabbitmq-management")
-    base = STACK_DIR / "rabbitmq"
+    base = service_home("rabbitmq")
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
@@ -607,18 +623,19 @@ def down() -> None:
     state = State.load()
     for name in reversed(CONTROL_PLANE):
         stop_group(state.pids.get(name, 0))
-    if state.pids.get("postgres") and (STACK_DIR / "postgres" / "data").exists():
+    if state.pids.get("postgres") and (service_home("postgres") / "data").exists():
         subprocess.run(
             as_user(
                 "postgres",
-                [pg_bin("pg_ctl"), "-D", str(STACK_DIR / "postgres" / "data"), "-m", "fast", "stop"],
+                [pg_bin("pg_ctl"), "-D", str(service_home("postgres") / "data"), "-m", "fast", "stop"],
             ),
             capture_output=True,
             check=False,
         )
         stop_group(state.pids["postgres"])
     stop_rabbitmq(state)
-    shutil.rmtree(STACK_DIR, ignore_errors=True)
+    for folder in {STACK_DIR, service_home("postgres").parent}:
+        shutil.rmtree(folder, ignore_errors=True)
     print("dev-stack: down", file=sys.stderr)
 
 
