@@ -50,12 +50,6 @@ def find_condition(conditions: Sequence[dict[str, Any]], type_: str) -> dict[str
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-def is_true(conditions: Sequence[dict[str, Any]], type_: str) -> bool:
-    """Whether the condition of that type exists and has status "True"."""
-    condition = find_condition(conditions, type_)
-    return condition is not None and condition.get("status") == "True"
-
-
 def set_condition(
     conditions: Sequence[dict[str, Any]],
     type_: str,

@@ -3,7 +3,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from habitat_operator.conditions import (
     MESSAGE_LIMIT,
     find_condition,
-    is_true,
     one_line,
     rfc3339,
     set_condition,
@@ -91,12 +90,12 @@ def test_standard_conditions_keeps_others_and_transition_times() -> None:
     first = standard_conditions([{"type": "Verified", "status": "True"}], "reconciling", "Running", "", 1, T0)
     second = standard_conditions(first, "stalled", "Failed", "boom", 1, T1)
     assert find_condition(second, "Verified") == {"type": "Verified", "status": "True"}
+    assert find_condition(second, "Stalled")["status"] == "True"  # type: ignore[index]
+    assert find_condition(second, "Ready")["status"] == "False"  # type: ignore[index]
+    assert find_condition(second, "Missing") is None
     times = {c["type"]: c["lastTransitionTime"] for c in second if "lastTransitionTime" in c}
     assert times == {
         "Ready": "2024-05-01T12:00:00Z",  # stayed False
         "Reconciling": "2024-05-01T12:05:00Z",
         "Stalled": "2024-05-01T12:05:00Z",
     }
-    assert is_true(second, "Stalled")
-    assert not is_true(second, "Ready")
-    assert not is_true(second, "Missing")

@@ -88,7 +88,6 @@ class _AtomicTarget:
     def __init__(self, destination: Path) -> None:
         self.destination = destination
         self.temp_path = partial_path(destination)
-        self._committed = False
 
     def _create(self) -> None:
         raise NotImplementedError
@@ -119,7 +118,6 @@ class _AtomicTarget:
         except BaseException:
             self._abort()
             raise
-        self._committed = True
 
     async def __aenter__(self) -> Self:
         return await asyncio.to_thread(self.__enter__)
@@ -222,13 +220,6 @@ class ArtifactStore:
         if path == self.root or not path.is_relative_to(self.root):
             raise _invalid_path(relative)
         return path
-
-    def uri_for(self, path: Path) -> str:
-        """`file://` URI of a path inside the root."""
-        resolved = path.resolve()
-        if resolved == self.root or not resolved.is_relative_to(self.root):
-            raise _invalid_path(str(path))
-        return resolved.as_uri()
 
     def path_for(self, uri: str) -> Path:
         """The path a `file://` URI of this store names; anything else is InvalidArtifactPath."""
