@@ -333,3 +333,31 @@ def test_two_restores_never_write_to_one_database_at_once(
     second = finished(kubectl, "second", operator_alive, timeout=240)
     assert second["status"]["phase"] == "Succeeded", second["status"]
     assert snapshot(target_database) == snapshot(fresh_database)
+
+
+def test_restore_from_a_schedule_takes_its_latest_run_or_a_named_one(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    db_secret: str,
+    fresh_database: str,
+    target_database: str,
+) -> None:
+    seed(fresh_database, rows=10)
+    kubectl.apply(backup("nightly", schedule="0 0 1 1 *"))
+    for run in ("nightly-20200101000000", "nightly-20200102000000"):
+        child = backup(run)
+        child["metadata"]["labels"] = {"ops.habitat.dev/schedule": "nightly"}
+        kubectl.apply(child)
+        wait_ready(kubectl, run, operator_alive)
+
+    kubectl.apply(restore("latest", source={"backupRef": {"name": "nightly"}}, drill=True))
+    assert (
+        finished(kubectl, "latest", operator_alive)["status"]["restoredFrom"]["backup"]
+        == "nightly-20200102000000"
+    )
+    named = {"backupRef": {"name": "nightly", "run": "nightly-20200101000000"}}
+    kubectl.apply(restore("named", source=named, drill=True))
+    assert (
+        finished(kubectl, "named", operator_alive)["status"]["restoredFrom"]["backup"]
+        == "nightly-20200101000000"
+    )
