@@ -7,6 +7,9 @@ from typing import Any
 from habitat_operator import kube
 from habitat_operator.conditions import ConditionState, standard_conditions
 
+# A one-shot object in one of these has run; it never runs again.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
 
 class StatusReporter:
     """Patches one object's status at once, keeping conditions' transition times across writes."""
@@ -38,3 +41,17 @@ class StatusReporter:
             return  # nothing changed: no write, no watch event, no churn
         await kube.patch_status(self.plural, self.namespace, self.name, update)
         self.current = merged
+
+
+async def record_ignored_change(plural: str, body: kube.JsonDict) -> None:
+    """A finished one-shot object's spec changed: like a Job, it runs once. Say so; do nothing else."""
+    status = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    if status.get("phase") not in TERMINAL_PHASES or status.get("ignoredGeneration") == generation:
+        return
+    meta = body["metadata"]
+    await kube.patch_status(plural, meta["namespace"], meta["name"], {"ignoredGeneration": generation})
+    kind = body["kind"]
+    await kube.event(
+        body, "Warning", "SpecChangeIgnored", f"a {kind} runs once; create a new {kind} to run again"
+    )

@@ -142,6 +142,16 @@ def test_one_shot_backup_restores_with_pg_restore(
     table = kubectl.run("get", "habitat").stdout
     assert "once" in table and "Succeeded" in table and "KiB" in table
 
+    # A one-shot Backup runs once, like a Job: a later spec change is recorded, not acted on.
+    kubectl.run("patch", "backup", "once", "--type=merge", "-p", '{"spec":{"verify":false}}')
+    wait_for(
+        "ignoredGeneration",
+        lambda: kubectl.get("backup", "once")["status"].get("ignoredGeneration") == 2,
+        timeout=30,
+        operator=operator_alive,
+    )
+    assert kubectl.get("backup", "once")["status"]["attempts"] == 1
+
 
 def test_encrypted_artifact_is_unreadable_without_the_key(
     operator_alive: OperatorProcess,

@@ -188,6 +188,11 @@ class RunStatus(ResourceStatus):
     completed_at: Timestamp | None = Field(None, description="When the last run finished.")
     attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last run.")
     message: str | None = Field(None, description="Last failure, one line.")
+    ignored_generation: int | None = Field(
+        None,
+        ge=0,
+        description="metadata.generation of a spec change made after the run finished; not acted on.",
+    )
 
 
 class ScheduledStatus(RunStatus):

@@ -249,11 +249,6 @@ class RestoreStatus(ScheduledStatus):
     verification_summary: str | None = Field(
         None, description='Verification at a glance, e.g. "3/3 passed" or "checksum only".'
     )
-    ignored_generation: int | None = Field(
-        None,
-        ge=0,
-        description="metadata.generation of a spec change made after the restore finished; not acted on.",
-    )
     waiting_for: str | None = Field(
         None, description="Name of another Restore into the same database that must finish first."
     )

@@ -10,6 +10,7 @@ from habitat_operator import metrics
 from habitat_operator.api import GROUP, VERSION
 from habitat_operator.handlers.common import has_schedule, is_one_shot, run_once, run_schedule
 from habitat_operator.ops import backup_run, backup_schedule
+from habitat_operator.status import record_ignored_change
 
 KIND = "Backup"
 PLURAL = backup_run.PLURAL
@@ -22,10 +23,7 @@ async def run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.update(GROUP, VERSION, PLURAL, when=is_one_shot, field="spec")
 async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
-    """A one-shot Backup, like a Job, runs for the spec it was created with."""
-    kopf.warn(
-        body, reason="SpecChangeIgnored", message="a one-shot Backup runs once; create a new one to run again"
-    )
+    await record_ignored_change(PLURAL, dict(body))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, when=has_schedule, cancellation_timeout=10)

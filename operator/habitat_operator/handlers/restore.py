@@ -9,6 +9,7 @@ import kopf
 from habitat_operator.api import GROUP, VERSION
 from habitat_operator.handlers.common import has_schedule, is_one_shot, run_once, run_schedule
 from habitat_operator.ops import restore_run, restore_schedule
+from habitat_operator.status import record_ignored_change
 
 KIND = "Restore"
 PLURAL = restore_run.PLURAL
@@ -21,7 +22,7 @@ async def run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.update(GROUP, VERSION, PLURAL, when=is_one_shot, field="spec")
 async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
-    await restore_run.record_ignored_change(dict(body))
+    await record_ignored_change(PLURAL, dict(body))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, when=has_schedule, cancellation_timeout=10)

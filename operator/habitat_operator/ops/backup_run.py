@@ -24,8 +24,8 @@ from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.lifecycle import RetryLater
 from habitat_operator.ops.pguri import ConnectionTarget
-from habitat_operator.ops.schedules import TERMINAL_PHASES, series_name
-from habitat_operator.status import StatusReporter
+from habitat_operator.ops.schedules import series_name
+from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 PLURAL = "backups"

@@ -16,7 +16,7 @@ from habitat_operator.ops import retention, schedule, schedules
 from habitat_operator.ops.artifacts import ArtifactStore
 from habitat_operator.ops.backup_run import PLURAL
 from habitat_operator.ops.errors import OperationError
-from habitat_operator.status import StatusReporter
+from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 SCHEDULE_FIELDS = ("schedule", "suspend", "retention")
@@ -70,7 +70,7 @@ async def _apply_retention(
     records = [
         retention.RunRecord(c["metadata"]["name"], completed, schedules.phase(c) == "Succeeded")
         for c in children
-        if schedules.phase(c) in schedules.TERMINAL_PHASES and (completed := schedules.completed_at(c))
+        if schedules.phase(c) in TERMINAL_PHASES and (completed := schedules.completed_at(c))
     ]
     expired = set(retention.select_expired(records, policy, now))
     if not expired:

@@ -27,8 +27,8 @@ from habitat_operator.ops.backup_run import PLURAL as BACKUPS
 from habitat_operator.ops.errors import OperationError
 from habitat_operator.ops.lifecycle import RetryLater
 from habitat_operator.ops.pguri import ConnectionTarget
-from habitat_operator.ops.schedules import TERMINAL_PHASES, series_name
-from habitat_operator.status import StatusReporter
+from habitat_operator.ops.schedules import series_name
+from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 PLURAL = "restores"
@@ -343,17 +343,3 @@ async def _fail(run: Run, reason: str, message: str, **fields: object) -> None:
         "restore failed", kind="Restore", namespace=run.namespace, name=run.name, reason=reason, error=message
     )
     await kube.event(run.body, "Warning", reason, message)
-
-
-async def record_ignored_change(body: kube.JsonDict) -> None:
-    """A finished Restore's spec changed: say so in status, do nothing else."""
-    status = body.get("status") or {}
-    generation = body["metadata"].get("generation")
-    if status.get("phase") not in TERMINAL_PHASES or status.get("ignoredGeneration") == generation:
-        return
-    await kube.patch_status(
-        PLURAL, body["metadata"]["namespace"], body["metadata"]["name"], {"ignoredGeneration": generation}
-    )
-    await kube.event(
-        body, "Warning", "SpecChangeIgnored", "a Restore runs once; create a new Restore to run again"
-    )

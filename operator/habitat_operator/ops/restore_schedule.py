@@ -11,7 +11,7 @@ from habitat_operator import kube, metrics
 from habitat_operator.api.restore import RestoreSpec
 from habitat_operator.ops import schedules
 from habitat_operator.ops.restore_run import PLURAL
-from habitat_operator.status import StatusReporter
+from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 SCHEDULE_FIELDS = ("schedule", "suspend", "historyLimit")
@@ -45,7 +45,7 @@ async def _keep_history(
     limit: int, parent: kube.JsonDict, children: schedules.Children, _: dt.datetime
 ) -> schedules.Children:
     """Keeps the newest `limit` finished drills (their results are the history); deletes older ones."""
-    finished = [c for c in children if schedules.phase(c) in schedules.TERMINAL_PHASES]
+    finished = [c for c in children if schedules.phase(c) in TERMINAL_PHASES]
     expired = {c["metadata"]["name"] for c in finished[limit:]}
     for name in expired:
         await kube.delete(PLURAL, parent["metadata"]["namespace"], name)

@@ -17,10 +17,9 @@ from kubernetes.client import ApiException
 
 from habitat_operator import kube
 from habitat_operator.ops import schedule
-from habitat_operator.status import StatusReporter
+from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 
 SCHEDULE_LABEL = "ops.habitat.dev/schedule"
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # Children's progress is looked at this often, even when no run is due.
 POLL_SECONDS = 10.0
 RECENT_RUNS = 10
