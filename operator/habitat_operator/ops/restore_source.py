@@ -103,4 +103,5 @@ async def _find_backup(namespace: str, name: str, run: str) -> kube.JsonDict:
     succeeded = [r for r in runs if phase(r) == "Succeeded" and completed_at(r)]
     if not succeeded:
         raise OperationError("BackupNotFound", f"schedule {name} has no successful run yet")
-    return max(succeeded, key=lambda r: completed_at(r) or kube.now())
+    # completedAt has whole seconds; run names carry the scheduled time and break ties.
+    return max(succeeded, key=lambda r: (completed_at(r), r["metadata"]["name"]))
