@@ -361,3 +361,23 @@ def test_restore_from_a_schedule_takes_its_latest_run_or_a_named_one(
         finished(kubectl, "named", operator_alive)["status"]["restoredFrom"]["backup"]
         == "nightly-20200101000000"
     )
+
+
+def test_directory_format_dumps_and_restores_in_parallel(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    db_secret: str,
+    fresh_database: str,
+    target_database: str,
+) -> None:
+    seed(fresh_database, rows=5000)
+    kubectl.apply(backup("source", format="directory", jobs=2))
+    made = wait_ready(kubectl, "source", operator_alive)
+    assert made["status"]["artifact"]["format"] == "directory"
+    assert artifact_path(made).is_dir() and artifact_path(made).name == "source.dir"
+
+    kubectl.apply(restore("parallel", jobs=2))
+    obj = finished(kubectl, "parallel", operator_alive)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["status"]["restoredFrom"]["sha256"] == made["status"]["artifact"]["sha256"]
+    assert snapshot(target_database) == snapshot(fresh_database)
