@@ -15,22 +15,19 @@ from pydantic import ValidationError
 
 from habitat_operator import kube, metrics
 from habitat_operator.api.backup import BackupFormat, BackupSpec, Verification
-from habitat_operator.conditions import one_line
 from habitat_operator.config import OperatorConfig
 from habitat_operator.credentials import SecretError, read_secret_text, read_secret_value
 from habitat_operator.durations import parse_duration
-from habitat_operator.ops.artifacts import ArtifactStore, remove_partials
+from habitat_operator.ops.artifacts import ArtifactStore
 from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
 from habitat_operator.ops.errors import OperationError
-from habitat_operator.ops.lifecycle import RetryLater
+from habitat_operator.ops.lifecycle import RetryLater, end_failed, recheck_later
 from habitat_operator.ops.pguri import ConnectionTarget
 from habitat_operator.ops.schedules import series_name
 from habitat_operator.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.validation import describe_validation_error
 
 PLURAL = "backups"
-# A Secret that is missing now may be applied a moment later (GitOps sync order): look again this often.
-SECRET_RECHECK_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 3600.0
 
 log = structlog.get_logger(__name__)
@@ -94,10 +91,7 @@ async def run_backup_object(body: kube.JsonDict, config: OperatorConfig) -> Retr
             ref = spec.encryption.key_secret_ref
             key = await read_secret_value(namespace, ref.name, ref.key)
     except SecretError as error:
-        await reporter.write(
-            "stalled", "Pending", error.reason, f"{error}; checking again every {SECRET_RECHECK_SECONDS:.0f}s"
-        )
-        return RetryLater(SECRET_RECHECK_SECONDS)
+        return await recheck_later(reporter, error.reason, str(error))
     except OperationError as error:  # a Secret whose URI does not parse
         await _fail(
             reporter, body, series, error.reason, f"Secret {spec.database.secret_ref.name}: {error.message}"
@@ -124,8 +118,6 @@ async def run_backup_object(body: kube.JsonDict, config: OperatorConfig) -> Retr
         database=target.display,
     )
     await kube.event(body, "Normal", "Started", f"attempt {attempts}: dumping {target.display}")
-    if destination.parent.exists():
-        remove_partials(destination.parent, destination.name)  # leftovers of an interrupted attempt
 
     request = BackupRequest(
         target=target,
@@ -215,22 +207,8 @@ async def _fail(
     message: str,
     verification: str | None = None,
 ) -> None:
-    namespace = body["metadata"]["namespace"]
-    message = one_line(message)
-    await reporter.write(
-        "stalled",
-        "Failed",
-        reason,
-        message,
-        completedAt=kube.timestamp(kube.now()),
-        message=message,
-        verification=verification,
-    )
-    metrics.BACKUP_RUNS.labels(namespace, series, "failure").inc()
-    log.warning(
-        "backup failed", kind="Backup", namespace=namespace, name=reporter.name, reason=reason, error=message
-    )
-    await kube.event(body, "Warning", reason, message)
+    await end_failed(reporter, body, reason, message, verification=verification)
+    metrics.BACKUP_RUNS.labels(body["metadata"]["namespace"], series, "failure").inc()
 
 
 def restore_metrics(body: kube.JsonDict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from pydantic import ValidationError
@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from habitat_operator import kube, metrics
 from habitat_operator.api import API_VERSION
 from habitat_operator.api.restore import RestoreSpec
-from habitat_operator.conditions import one_line
 from habitat_operator.config import OperatorConfig
 from habitat_operator.credentials import SecretError, read_secret_text
 from habitat_operator.durations import parse_duration
@@ -25,7 +24,7 @@ from habitat_operator.ops import restore, restore_source
 from habitat_operator.ops.artifacts import ArtifactStore
 from habitat_operator.ops.backup_run import PLURAL as BACKUPS
 from habitat_operator.ops.errors import OperationError
-from habitat_operator.ops.lifecycle import RetryLater
+from habitat_operator.ops.lifecycle import RetryLater, end_failed, recheck_later
 from habitat_operator.ops.pguri import ConnectionTarget
 from habitat_operator.ops.schedules import series_name
 from habitat_operator.status import TERMINAL_PHASES, StatusReporter
@@ -33,7 +32,6 @@ from habitat_operator.validation import describe_validation_error
 
 PLURAL = "restores"
 SAFETY_LABEL = "ops.habitat.dev/safety-backup-for"
-RECHECK_SECONDS = 30.0  # a missing Secret or Backup may be applied a moment later
 WAIT_SECONDS = 5.0  # another restore into the same database, or the safety backup, to finish
 RETRY_LIMIT = 2  # transient failures (database unreachable) before the restore fails
 RETRY_BACKOFF_SECONDS = 15.0
@@ -78,28 +76,20 @@ async def run_restore_object(body: kube.JsonDict, config: OperatorConfig) -> Ret
     except ValidationError as error:
         await _fail(run, "InvalidSpec", describe_validation_error(error))
         return None
-    run = Run(body, run.reporter, run.series, drill=spec.drill)
+    run = replace(run, drill=spec.drill)
     reporter = run.reporter
 
     try:
         source = await restore_source.resolve(spec.source, run.namespace, ArtifactStore(config.backup_root))
         ref = spec.target.database.secret_ref
         target = ConnectionTarget(await read_secret_text(run.namespace, ref.name, ref.key))
-    except (SecretError, restore_source.SourceNotReady) as error:
-        reason = error.reason if isinstance(error, SecretError) else "BackupNotReady"
-        await reporter.write(
-            "stalled", "Pending", reason, f"{error}; checking again every {RECHECK_SECONDS:.0f}s"
-        )
-        return RetryLater(RECHECK_SECONDS)
+    except SecretError as error:
+        return await recheck_later(reporter, error.reason, str(error))
+    except restore_source.SourceNotReady as error:
+        return await recheck_later(reporter, "BackupNotReady", str(error))
     except OperationError as error:
         if error.reason == "BackupNotFound":
-            await reporter.write(
-                "stalled",
-                "Pending",
-                error.reason,
-                f"{error.message}; checking again every {RECHECK_SECONDS:.0f}s",
-            )
-            return RetryLater(RECHECK_SECONDS)
+            return await recheck_later(reporter, error.reason, error.message)
         await _fail(run, error.reason, error.message)
         return None
 
@@ -328,18 +318,5 @@ async def _succeed(run: Run, message: str, **fields: object) -> None:
 
 
 async def _fail(run: Run, reason: str, message: str, **fields: object) -> None:
-    message = one_line(message)
-    await run.reporter.write(
-        "stalled",
-        "Failed",
-        reason,
-        message,
-        completedAt=kube.timestamp(kube.now()),
-        message=message,
-        **fields,
-    )
+    await end_failed(run.reporter, run.body, reason, message, **fields)
     metrics.RESTORE_RUNS.labels(run.namespace, run.series, "failure").inc()
-    log.warning(
-        "restore failed", kind="Restore", namespace=run.namespace, name=run.name, reason=reason, error=message
-    )
-    await kube.event(run.body, "Warning", reason, message)
