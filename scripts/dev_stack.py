@@ -529,21 +529,19 @@ def _management_ready(state: State) -> bool:
 def stop_rabbitmq(state: State) -> None:
     pid = state.pids.get("rabbitmq")
     if pid_alive(pid) and "amqp" in state.ports:
+        env = rabbitmq_env(state)
         subprocess.run(
-            as_user(
-                "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", rabbitmq_env(state)["RABBITMQ_NODENAME"], "stop"]
-            ),
-            env={**os.environ, **rabbitmq_env(state)},
+            as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], "stop"]),
+            env={**os.environ, **env},
             capture_output=True,
             timeout=60,
             check=False,
         )
     if pid:
         stop_group(pid)
-    # epmd daemonizes out of the node's process group; find ours by its private port.
+    # epmd daemonizes out of the node's process group, and its command line is just `epmd -daemon`:
+    # find ours by the private port in its environment.
     if "epmd" in state.ports:
-        subprocess.run(["pkill", "-f", f"epmd.*-port {state.ports['epmd']}"], check=False)
-        subprocess.run(["pkill", "-f", f"ERL_EPMD_PORT={state.ports['epmd']}"], check=False)
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 environ = (proc / "environ").read_bytes()
