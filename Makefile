@@ -23,6 +23,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: venv
 	scripts/pytest-strict tests/unit
@@ -38,7 +39,7 @@ demo: venv
 	scripts/with-stack scripts/demo
 
 bench: venv
-	scripts/with-stack sh -c "$(BIN)/python -m bench.backup && $(BIN)/python -m bench.restore"
+	scripts/with-stack sh -c "$(BIN)/python -m bench.backup && $(BIN)/python -m bench.restore && $(BIN)/python -m bench.objects"
 
 clean: stack-down
 	rm -rf $(VENV) .bin

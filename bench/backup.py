@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psycopg
 
-from habitat_operator.ops.backup import BackupRequest, run_backup
-from habitat_operator.ops.pguri import ConnectionTarget
+from habitat_operator.engines.postgres.dump import BackupRequest, run_backup
+from habitat_operator.engines.postgres.uri import ConnectionTarget
 
 DATABASE = "habitat_bench"
 MIN_BYTES = 1 << 30

@@ -18,9 +18,9 @@ import psycopg
 from psycopg import sql
 
 from bench.backup import ensure_database, measure
-from habitat_operator.ops.backup import BackupRequest, run_backup
-from habitat_operator.ops.pguri import ConnectionTarget
-from habitat_operator.ops.restore import RestoreRequest, check_artifact, run_restore
+from habitat_operator.engines.postgres.dump import BackupRequest, run_backup
+from habitat_operator.engines.postgres.restore import RestoreRequest, check_artifact, run_restore
+from habitat_operator.engines.postgres.uri import ConnectionTarget
 
 SCRATCH = "habitat_bench_restore"
 

@@ -6,6 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="habitat-operator", description=__doc__)
@@ -25,6 +34,29 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("/var/lib/habitat/backups"),
         help="where artifacts are stored",
+    )
+    run.add_argument(
+        "--scratch-dir",
+        type=Path,
+        default=None,
+        help="where parallel restores decrypt encrypted artifacts (default: the system's temp folder)",
+    )
+    run.add_argument(
+        "--allow-cross-namespace-restores",
+        action="store_true",
+        help="let a Restore name an artifact of another namespace by URI (for cluster administrators)",
+    )
+    run.add_argument(
+        "--max-concurrent-operations",
+        type=_positive,
+        default=DEFAULT_MAX_OPERATIONS,
+        help="backups and restores this operator runs at once; others wait, Queued",
+    )
+    run.add_argument(
+        "--max-operations-per-database",
+        type=_positive,
+        default=DEFAULT_MAX_PER_DATABASE,
+        help="backups and restores of one database at once; others wait, Queued",
     )
     run.add_argument("--log-format", choices=["json", "console"], default="console")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -47,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from habitat_operator import runtime
+    from habitat_operator.config import OperatorConfig
+    from habitat_operator.controllers.base.slots import OperationSlots
 
     runtime.run(
         runtime.Options(
             namespaces=args.namespace,
             metrics_port=args.metrics_port,
-            backup_root=args.backup_root,
+            config=OperatorConfig(
+                backup_root=args.backup_root,
+                allow_cross_namespace_restores=args.allow_cross_namespace_restores,
+                namespaces=tuple(args.namespace),
+                scratch_dir=args.scratch_dir,
+            ),
+            slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
             log_format=args.log_format,
             verbose=args.verbose,
         )

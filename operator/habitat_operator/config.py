@@ -9,3 +9,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class OperatorConfig:
     backup_root: Path
+    # Off by default: a Restore may name only artifacts in its own namespace's part of the store.
+    allow_cross_namespace_restores: bool = False
+    # The namespaces this operator watches; empty means all of them.
+    namespaces: tuple[str, ...] = ()
+    # Where a parallel restore of an encrypted artifact decrypts it (None: the system's temp folder).
+    scratch_dir: Path | None = None

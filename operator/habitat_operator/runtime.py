@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from habitat_operator import kube, metrics
 from habitat_operator import logging as habitat_logging
+from habitat_operator import metrics
 from habitat_operator.api import GROUP
 from habitat_operator.config import OperatorConfig
+from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.engines.artifacts.store import sweep_partials
+from habitat_operator.engines.postgres.restore import sweep_scratch_folders
+from habitat_operator.health import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,8 @@ log = logging.getLogger(__name__)
 class Options:
     namespaces: list[str]
     metrics_port: int
-    backup_root: Path
+    config: OperatorConfig
+    slots: OperationSlots
     log_format: habitat_logging.LogFormat
     verbose: bool
 
@@ -45,12 +50,14 @@ def settings() -> kopf.OperatorSettings:
     return s
 
 
-async def _serve_metrics(port: int, ready: asyncio.Event) -> web.AppRunner:
+async def _serve_metrics(port: int, ready: asyncio.Event, heartbeat: Heartbeat) -> web.AppRunner:
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        if heartbeat.healthy():
+            return web.Response(text="ok")
+        return web.Response(status=503, text=f"stalled for {heartbeat.stalled_for():.0f}s")
 
     async def readyz(_: web.Request) -> web.Response:
         return web.Response(text="ok") if ready.is_set() else web.Response(status=503, text="starting")
@@ -65,10 +72,14 @@ async def _serve_metrics(port: int, ready: asyncio.Event) -> web.AppRunner:
 
 async def _main(options: Options) -> None:
     from habitat_operator import handlers  # noqa: F401  (registers the Kopf handlers)
+    from habitat_operator.handlers.common import ScheduleWakeups
 
     ready = asyncio.Event()
-    runner = await _serve_metrics(options.metrics_port, ready)
-    memo = kopf.Memo(config=OperatorConfig(backup_root=options.backup_root))
+    heartbeat = Heartbeat()
+    beating = asyncio.create_task(heartbeat.run())
+    runner = await _serve_metrics(options.metrics_port, ready, heartbeat)
+    # Kopf hands each object a shallow copy of this memo: the objects in it are shared by all.
+    memo = kopf.Memo(config=options.config, slots=options.slots, schedule_wakeups=ScheduleWakeups())
     operator = asyncio.create_task(
         kopf.operator(
             settings=settings(),
@@ -82,12 +93,19 @@ async def _main(options: Options) -> None:
     try:
         await operator
     finally:
+        beating.cancel()
         await runner.cleanup()
 
 
 def run(options: Options) -> None:
     habitat_logging.configure(options.log_format, logging.DEBUG if options.verbose else logging.INFO)
-    options.backup_root.mkdir(parents=True, exist_ok=True)
+    root = options.config.backup_root
+    root.mkdir(parents=True, exist_ok=True)
+    # Partial artifacts of runs that a crash cut off: never complete, and nobody else removes them.
+    for partial in sweep_partials(root):
+        log.warning("removed a partial artifact left by an interrupted run", extra={"path": str(partial)})
+    for folder in sweep_scratch_folders(options.config.scratch_dir):
+        log.warning("removed a restore's scratch folder left by a crash", extra={"path": str(folder)})
     kube.configure()
     metrics.record_build_info()
     log.info("starting habitat-operator", extra={"namespaces": options.namespaces or "all"})

@@ -26,10 +26,16 @@ OPERATOR_NAMESPACE = "habitat-system"
 class OperatorProcess:
     """Starts, kills and restarts `habitat-operator run`; its log is kept for failure messages."""
 
-    def __init__(self, kubeconfig: Path, backup_root: Path, log_path: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, backup_root: Path, log_path: Path, namespaces: tuple[str, ...] = ()
+    ) -> None:
+        """`namespaces`: the ones to watch; all of them when empty."""
+        self.namespaces = namespaces
         self.kubeconfig = kubeconfig
         self.backup_root = backup_root
         self.log_path = log_path
+        self.scratch_dir = log_path.parent / "scratch"
+        self.scratch_dir.mkdir(exist_ok=True)
         self.metrics_port = dev_stack.free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -41,9 +47,10 @@ class OperatorProcess:
         argv = [
             str(REPO / ".venv" / "bin" / "habitat-operator"),
             "run",
-            "--all-namespaces",
+            *([f"--namespace={ns}" for ns in self.namespaces] or ["--all-namespaces"]),
             f"--metrics-port={self.metrics_port}",
             f"--backup-root={self.backup_root}",
+            f"--scratch-dir={self.scratch_dir}",
             "--log-format=json",
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -87,7 +94,7 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _service_account_kubeconfig(stack: Stack, admin: Kubectl, path: Path) -> Path:
+def service_account_kubeconfig(stack: Stack, admin: Kubectl, path: Path) -> Path:
     token = admin.run("create", "token", "habitat-operator", "--duration=24h").stdout.strip()
     config = yaml.safe_load(Path(stack.kubeconfig).read_text())
     config["users"] = [{"name": "habitat-operator", "user": {"token": token}}]
@@ -112,7 +119,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("operator")
     admin = Kubectl(stack, OPERATOR_NAMESPACE)
-    kubeconfig = _service_account_kubeconfig(stack, admin, workdir / "kubeconfig")
+    kubeconfig = service_account_kubeconfig(stack, admin, workdir / "kubeconfig")
     process = OperatorProcess(kubeconfig, workdir / "backups", workdir / "operator.log")
     process.start()
     yield process

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from habitat_operator.ops.backup import read_plaintext
+from habitat_operator.engines.postgres.dump import read_plaintext
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
 from tests.harness import Kubectl
@@ -142,15 +142,15 @@ def test_one_shot_backup_restores_with_pg_restore(
     table = kubectl.run("get", "habitat").stdout
     assert "once" in table and "Succeeded" in table and "KiB" in table
 
-    # A one-shot Backup runs once, like a Job: a later spec change is recorded, not acted on.
-    kubectl.run("patch", "backup", "once", "--type=merge", "-p", '{"spec":{"verify":false}}')
-    wait_for(
-        "ignoredGeneration",
-        lambda: kubectl.get("backup", "once")["status"].get("ignoredGeneration") == 2,
-        timeout=30,
-        operator=operator_alive,
-    )
-    assert kubectl.get("backup", "once")["status"]["attempts"] == 1
+    # A one-shot Backup runs once, like a Job: the apiserver refuses a later spec change.
+    edit = kubectl.apply(backup("once", verify=False), check=False)
+    assert edit.returncode != 0
+    assert "spec of a one-shot Backup is immutable; create a new Backup to run again" in edit.stderr
+    after = kubectl.get("backup", "once")
+    assert after["metadata"]["generation"] == obj["metadata"]["generation"] == 1
+    assert after["spec"] == obj["spec"]
+    assert after["status"]["attempts"] == 1
+    assert after["status"]["artifact"] == status["artifact"]
 
 
 def test_encrypted_artifact_is_unreadable_without_the_key(
@@ -308,8 +308,8 @@ def test_metrics_endpoint_is_scraped_and_parsed(
 
 def test_os_environment_is_not_leaked_into_pg_dump_arguments() -> None:
     """Credentials reach pg_dump through its environment; /proc/<pid>/cmdline is world-readable."""
-    from habitat_operator.ops.backup import BackupRequest, _dump_argv
-    from habitat_operator.ops.pguri import ConnectionTarget
+    from habitat_operator.engines.postgres.dump import BackupRequest, _dump_argv
+    from habitat_operator.engines.postgres.uri import ConnectionTarget
 
     target = ConnectionTarget("postgresql://u:s3cret@db:5432/habitat")
     argv = _dump_argv(BackupRequest(target=target, destination=Path("/tmp/x.dump")))

@@ -26,10 +26,20 @@ def runs_of(kubectl: Kubectl, schedule: str) -> list[dict[str, Any]]:
     return sorted(json.loads(listing)["items"], key=lambda item: item["metadata"]["name"])
 
 
-def run_by_hand(name: str, schedule: str, **spec: Any) -> dict[str, Any]:
-    """A child Backup as the schedule would create it (same label), made by the test."""
+def run_by_hand(name: str, parent: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A child Backup as the schedule would create it (same label, owned by it), made by the test."""
     body = backup(name, **spec)
-    body["metadata"]["labels"] = {SCHEDULE_LABEL: schedule}
+    meta = parent["metadata"]
+    body["metadata"]["labels"] = {SCHEDULE_LABEL: meta["name"]}
+    body["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": parent["apiVersion"],
+            "kind": "Backup",
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+        }
+    ]
     return body
 
 
@@ -71,8 +81,10 @@ def test_a_run_never_starts_while_another_is_active(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
 ) -> None:
     # An earlier run that cannot finish: its Secret does not exist, so it stays Pending.
-    kubectl.apply(run_by_hand("busy-20200101000000", "busy", database={"secretRef": {"name": "absent"}}))
-    kubectl.apply(backup("busy", schedule=EVERY_MINUTE))
+    kubectl.apply(backup("busy", schedule=EVERY_MINUTE, suspend=True))
+    parent = kubectl.get("backup", "busy")
+    kubectl.apply(run_by_hand("busy-20200101000000", parent, database={"secretRef": {"name": "absent"}}))
+    kubectl.run("patch", "backup", "busy", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     parent = wait_for(
         "a scheduled time to pass",
         lambda: (o := kubectl.get("backup", "busy")).get("status", {}).get("lastScheduleTime") and o,
@@ -91,11 +103,12 @@ def test_retention_expires_old_runs_and_their_artifacts(
 ) -> None:
     seed(fresh_database, rows=100)
     kubectl.apply(backup("kept", schedule=NEVER_IN_THIS_TEST, retention={"keepLast": 1}))
-    kubectl.apply(run_by_hand("kept-20200101000000", "kept"))
+    parent = kubectl.get("backup", "kept")
+    kubectl.apply(run_by_hand("kept-20200101000000", parent))
     older = artifact_path(wait_ready(kubectl, "kept-20200101000000", operator_alive))
-    kubectl.apply(run_by_hand("kept-20200102000000", "kept"))
+    assert older.exists()  # the only run is kept
+    kubectl.apply(run_by_hand("kept-20200102000000", parent))
     newer = artifact_path(wait_ready(kubectl, "kept-20200102000000", operator_alive))
-    assert older.exists() and newer.exists()
 
     wait_for(
         "the older run to expire",
@@ -116,3 +129,55 @@ def test_a_suspended_schedule_starts_nothing(
     sleep_past_next_minute()
     assert runs_of(kubectl, "paused") == []
     assert kubectl.get("backup", "paused")["status"]["phase"] == "Suspended"
+
+
+def test_a_spec_edit_takes_effect_at_once(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
+) -> None:
+    """The daemon sleeps until the next run (here months away), but a new generation wakes it."""
+    kubectl.apply(backup("edited", schedule=NEVER_IN_THIS_TEST))
+    wait_phase(kubectl, "backup", "edited", {"Scheduled"}, operator_alive)
+
+    kubectl.run("patch", "backup", "edited", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_phase(kubectl, "backup", "edited", {"Suspended"}, operator_alive, timeout=5)
+
+    patch = '{"spec":{"suspend":false,"schedule":"* * * * *"}}'
+    kubectl.run("patch", "backup", "edited", "--type=merge", "-p", patch)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
+    wait_for(
+        "the next run within a minute",
+        lambda: (
+            (s := kubectl.get("backup", "edited").get("status", {})).get("phase") == "Scheduled"
+            and dt.datetime.fromisoformat(s["nextScheduleTime"]) <= soon
+        ),
+        timeout=5,
+        operator=operator_alive,
+    )
+
+
+def test_after_a_restart_the_first_look_sees_the_active_run(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str
+) -> None:
+    """Kopf fills the runs index from its initial listing before it starts any daemon, so a run due at
+    a schedule's first look after a restart is skipped for the run still active, not started beside it."""
+    operator_alive.kill()
+    kubectl.apply(backup("restarted", schedule=EVERY_MINUTE))
+    parent = kubectl.get("backup", "restarted")
+    busy = "restarted-20200101000000"  # cannot finish: its Secret does not exist
+    kubectl.apply(run_by_hand(busy, parent, database={"secretRef": {"name": "absent"}}))
+    due = '{"status":{"lastScheduleTime":"2020-01-01T00:00:00Z"}}'  # so a run is due at the first look
+    kubectl.run("patch", "backup", "restarted", "--subresource=status", "--type=merge", "-p", due)
+
+    operator_alive.start()
+
+    parent = wait_for(
+        "the schedule's first look",
+        lambda: (o := kubectl.get("backup", "restarted")).get("status", {}).get("activeRun") and o,
+        timeout=60,
+        operator=operator_alive,
+    )
+    assert parent["status"]["activeRun"] == busy
+    assert parent["status"]["missedRuns"] >= 1
+    assert [r["metadata"]["name"] for r in runs_of(kubectl, "restarted")] == [busy]
+    events = kubectl.run("get", "events", "--field-selector=involvedObject.name=restarted").stdout
+    assert "RunSkipped" in events

@@ -117,15 +117,15 @@ def test_restore_into_an_empty_database_matches_the_source(
     assert "safetyBackup" not in status  # the target was empty
     assert snapshot(target_database) == snapshot(fresh_database)
 
-    # A Restore runs once: a later spec change is recorded, not acted on.
-    kubectl.run("patch", "restore", "to-b", "--type=merge", "-p", '{"spec":{"jobs":2}}')
-    wait_for(
-        "ignoredGeneration",
-        lambda: kubectl.get("restore", "to-b")["status"].get("ignoredGeneration") == 2,
-        timeout=30,
-        operator=operator_alive,
-    )
-    assert kubectl.get("restore", "to-b")["status"]["phase"] == "Succeeded"
+    # A Restore runs once: the apiserver refuses a later spec change.
+    edit = kubectl.run("patch", "restore", "to-b", "--type=merge", "-p", '{"spec":{"jobs":2}}', check=False)
+    assert edit.returncode != 0
+    assert "spec of a one-shot Restore is immutable; create a new Restore to run again" in edit.stderr
+    after = kubectl.get("restore", "to-b")
+    assert after["metadata"]["generation"] == obj["metadata"]["generation"] == 1
+    assert after["spec"] == obj["spec"]
+    assert after["status"]["phase"] == "Succeeded"
+    assert after["status"]["restoredFrom"] == status["restoredFrom"]
 
 
 def test_non_empty_target_is_refused_without_force_and_backed_up_with_it(
@@ -328,7 +328,7 @@ def test_two_restores_never_write_to_one_database_at_once(
         operator=operator_alive,
     )
     assert waiting["status"]["waitingFor"].endswith("/first")
-    assert condition(waiting, "Reconciling")["reason"] == "WaitingForRestore"
+    assert condition(waiting, "Reconciling")["reason"] == "WaitingForLock"
     assert finished(kubectl, "first", operator_alive, timeout=240)["status"]["phase"] == "Succeeded"
     second = finished(kubectl, "second", operator_alive, timeout=240)
     assert second["status"]["phase"] == "Succeeded", second["status"]

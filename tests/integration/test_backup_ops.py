@@ -8,8 +8,10 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -18,7 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from habitat_operator.ops.backup import (
+from habitat_operator.engines.artifacts.crypto import MAGIC
+from habitat_operator.engines.postgres.client_tools import classify_failure
+from habitat_operator.engines.postgres.dump import (
     MANIFEST_NAME,
     BackupRequest,
     BackupResult,
@@ -26,10 +30,8 @@ from habitat_operator.ops.backup import (
     run_backup,
     verify_artifact,
 )
-from habitat_operator.ops.client_tools import classify_failure
-from habitat_operator.ops.crypto import MAGIC
-from habitat_operator.ops.errors import OperationError
-from habitat_operator.ops.pguri import ConnectionTarget
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError
 
 pytestmark = pytest.mark.integration
 
@@ -393,7 +395,8 @@ def locked_database(seeded_database: str) -> Iterator[str]:
         conn.rollback()
 
 
-def wait_for_blocked_dump(uri: str) -> None:
+def wait_for_blocked_dump(uri: str, count: int = 1) -> None:
+    """Wait until `count` of our sessions (pg_dump's) wait on a lock in the database at `uri`."""
     deadline = time.monotonic() + 20
     with psycopg.connect(uri, autocommit=True) as conn:
         while time.monotonic() < deadline:
@@ -401,10 +404,10 @@ def wait_for_blocked_dump(uri: str) -> None:
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE application_name = 'habitat-operator' AND wait_event_type = 'Lock'"
             ).fetchone()
-            if blocked and blocked[0]:
+            if blocked and blocked[0] >= count:
                 return
             time.sleep(0.05)
-    raise AssertionError("pg_dump never blocked on the lock")
+    raise AssertionError(f"{count} pg_dump(s) never blocked on the lock")
 
 
 def test_timeout_kills_pg_dump_and_leaves_nothing(locked_database: str, tmp_path: Path) -> None:
@@ -439,6 +442,51 @@ def test_cancellation_mid_dump_kills_pg_dump_and_leaves_nothing(locked_database:
     for pid in running:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_blocked_dumps_leave_the_default_executor_free(seeded_database: str, tmp_path: Path) -> None:
+    """Dumps stuck on a lock hold engine threads, never the loop's default executor: the Kubernetes
+    client's calls (here a stand-in) still run at once."""
+    dumps, default_threads = 8, 4
+
+    async def default_executor_answers_at_once() -> None:
+        started = time.monotonic()
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), timeout=10) == 1
+        assert time.monotonic() - started < 1.0
+
+    async def dump_while_locked(lock: psycopg.Connection[tuple[object, ...]]) -> list[BackupResult]:
+        loop = asyncio.get_running_loop()
+        # Fewer default threads than dumps, whatever the machine's CPU count.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=default_threads))
+        requests = [
+            BackupRequest(target=ConnectionTarget(seeded_database), destination=tmp_path / f"db{i}.dump")
+            for i in range(dumps)
+        ]
+        tasks = [asyncio.create_task(run_backup(request)) for request in requests]
+        try:
+            with ThreadPoolExecutor(max_workers=1) as watcher:
+                # Enough blocked dumps to fill the default executor, were they using it.
+                await loop.run_in_executor(watcher, wait_for_blocked_dump, seeded_database, default_threads)
+                await default_executor_answers_at_once()
+
+                await loop.run_in_executor(watcher, wait_for_blocked_dump, seeded_database, dumps)
+            engine_threads = [t for t in threading.enumerate() if t.name.startswith("habitat-engine")]
+            assert len(engine_threads) >= dumps  # one copying thread per blocked dump
+            await default_executor_answers_at_once()
+
+            lock.rollback()
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    with psycopg.connect(seeded_database) as lock:
+        lock.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+        results = asyncio.run(dump_while_locked(lock))
+    assert all(result.verified for result in results)
+    assert leftovers(tmp_path) == sorted(f"db{i}.dump" for i in range(dumps))
+    assert pg_dump_children() == []
 
 
 # ---------------------------------------------------------------- filters

@@ -6,8 +6,11 @@ import asyncio
 import os
 import secrets
 import socket
+import stat
 import time
+import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,11 @@ import pytest
 from psycopg import sql
 
 from habitat_operator.api.restore import VerificationQuery
-from habitat_operator.ops import restore
-from habitat_operator.ops.backup import BackupRequest, BackupResult, run_backup
-from habitat_operator.ops.errors import OperationError
-from habitat_operator.ops.pguri import ConnectionTarget
-from habitat_operator.ops.restore import QueryOutcome, RestoreRequest, RestoreResult
+from habitat_operator.engines.postgres import restore
+from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
+from habitat_operator.engines.postgres.restore import QueryOutcome, RestoreRequest, RestoreResult
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError
 
 pytestmark = pytest.mark.integration
 
@@ -298,6 +301,125 @@ def test_encrypted_round_trip_streamed_and_parallel(
         run(target, result, encryption_key=KEY, jobs=jobs)
         assert snapshot(target) == snapshot(seeded_database)
         assert listing(tmp_path) == ["db.dump.enc"]  # the parallel restore's plaintext copy is gone
+
+
+def wait_for_blocked_restore(uri: str) -> None:
+    """Wait until one of our sessions (pg_restore's) waits on a lock in the database at `uri`."""
+    deadline = time.monotonic() + 20
+    with psycopg.connect(uri, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'habitat-operator' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("pg_restore never blocked on the lock")
+
+
+def test_parallel_restore_decrypts_into_a_private_scratch_folder_only(
+    seeded_database: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The plaintext copy never lands beside the artifact, and its folder goes on every path."""
+    store, scratch = tmp_path / "store", tmp_path / "scratch"
+    scratch.mkdir()
+    result = backup(seeded_database, store / "db.dump.enc", encryption_key=KEY)
+    target = new_database()
+    run(target, result, encryption_key=KEY, jobs=2, scratch_dir=scratch)  # success
+    assert listing(store) == ["db.dump.enc"] and listing(scratch) == []
+
+    request = RestoreRequest(
+        target=ConnectionTarget(target),
+        artifact_path=path_of(result),
+        encryption_key=KEY,
+        jobs=2,
+        clean=True,
+        scratch_dir=scratch,
+    )
+
+    async def cancel_mid_restore() -> None:
+        task = asyncio.create_task(restore.run_restore(request))
+        await asyncio.to_thread(wait_for_blocked_restore, target)
+        assert listing(store) == ["db.dump.enc"]
+        [folder] = scratch.iterdir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        [plaintext] = folder.iterdir()
+        assert stat.S_IMODE(plaintext.stat().st_mode) == 0o600
+        assert plaintext.read_bytes().startswith(b"PGDMP")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with psycopg.connect(target) as blocker:
+        # The clean drops invoice_numbers after the view and the tables: this read stalls it.
+        blocker.execute("SELECT last_value FROM app.invoice_numbers")
+        asyncio.run(cancel_mid_restore())  # cancellation
+        blocker.rollback()
+    assert listing(store) == ["db.dump.enc"] and listing(scratch) == []
+
+    tampered = store / "tampered.dump.enc"
+    tampered.write_bytes(path_of(result).read_bytes())
+    flip_byte(tampered, tampered.stat().st_size - 20)
+    bad = RestoreRequest(
+        target=ConnectionTarget(new_database()),
+        artifact_path=tampered,
+        encryption_key=KEY,
+        check_checksum=False,
+        jobs=2,
+        scratch_dir=scratch,
+    )
+    with pytest.raises(OperationError) as caught:  # error midway through decrypting
+        asyncio.run(restore.run_restore(bad))
+    assert caught.value.reason == "DecryptionFailed"
+    assert listing(store) == ["db.dump.enc", "tampered.dump.enc"] and listing(scratch) == []
+
+
+class CallerRecordingExecutor(ThreadPoolExecutor):
+    """A default executor that notes which habitat_operator module each submission came from."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.callers: set[str] = set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        ours = [
+            frame.filename for frame in traceback.extract_stack() if "/habitat_operator/" in frame.filename
+        ]
+        if ours:
+            self.callers.add(ours[-1].rsplit("/habitat_operator/", 1)[1])
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_backup_check_and_restores_keep_off_the_default_executor(
+    seeded_database: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The engines' blocking work runs in their own pool on every path (encrypted, streamed,
+    parallel); the Kubernetes client keeps the default executor. store.py's AtomicFile async
+    enter/exit (brief) is the one exception left."""
+    executor = CallerRecordingExecutor()
+    source = ConnectionTarget(seeded_database)
+    backups = [
+        BackupRequest(source, tmp_path / "db.dump"),
+        BackupRequest(source, tmp_path / "db.dump.enc", encryption_key=KEY),
+        BackupRequest(source, tmp_path / "db.dir", "directory", jobs=2),
+    ]
+    targets = [new_database() for _ in range(2 * len(backups))]
+
+    async def back_up_check_and_restore() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        for request in backups:
+            key = request.encryption_key
+            result = await run_backup(request)
+            await restore.check_artifact(path_of(result), result.format, result.sha256, key)
+            for jobs in (1, 2):
+                target = ConnectionTarget(targets.pop())
+                await restore.run_restore(
+                    RestoreRequest(target, path_of(result), result.format, encryption_key=key, jobs=jobs)
+                )
+
+    asyncio.run(back_up_check_and_restore())
+    assert executor.callers <= {"engines/artifacts/store.py"}
 
 
 def test_wrong_or_missing_key(seeded_database: str, new_database: Callable[[], str], tmp_path: Path) -> None:

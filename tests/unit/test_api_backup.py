@@ -5,7 +5,8 @@ import pytest
 from pydantic import ValidationError
 
 from habitat_operator.api import ALL_KINDS, API_VERSION
-from habitat_operator.api.backup import BACKUP, Artifact, BackupFormat, BackupSpec, BackupStatus, Verification
+from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.backup import BACKUP, Artifact, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase
 
 
@@ -108,6 +109,38 @@ def test_invalid_specs(overrides: dict[str, Any], message: str) -> None:
         BackupSpec.model_validate(spec(**overrides))
 
 
+ONE_SHOT_IMMUTABLE = "spec of a one-shot Backup is immutable; create a new Backup to run again"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (spec(), spec(), None),
+        (spec(), spec(verify=True, jobs=1), None),  # defaults written out: the same spec
+        (spec(), spec(verify=False), ONE_SHOT_IMMUTABLE),
+        (spec(), spec(storage={"filesystem": {"path": "elsewhere"}}), ONE_SHOT_IMMUTABLE),
+        (spec(), spec(schedule="@daily"), ONE_SHOT_IMMUTABLE),
+        (spec(schedule="@daily"), spec(schedule="0 3 * * *"), None),
+        (spec(schedule="@daily"), spec(schedule="@daily", suspend=True, retention={"keepLast": 3}), None),
+        (spec(schedule="@daily"), spec(), "schedule cannot be removed from a scheduled Backup"),
+    ],
+)
+def test_spec_updates(old: dict[str, Any], new: dict[str, Any], message: str | None) -> None:
+    before, after = BackupSpec.model_validate(old), BackupSpec.model_validate(new)
+    if message is None:
+        after.check_update(before)
+    else:
+        with pytest.raises(ValueError, match=message):
+            after.check_update(before)
+
+
+def test_transition_rules_are_not_checked_on_validate() -> None:
+    """model_validate sees no old object, so only plain rules run; the apiserver runs both kinds."""
+    assert BackupSpec.model_validate(spec(verify=False)).verify is False
+    rules = {v["rule"] for v in BackupSpec.model_json_schema()["x-kubernetes-validations"]}
+    assert "has(oldSelf.schedule) || self == oldSelf" in rules
+
+
 @pytest.mark.parametrize(
     "schedule", ["*/15 * * * *", "0 3 * * MON-FRI", "@daily", "@annually", "0 0 1 JAN *"]
 )
@@ -128,6 +161,7 @@ def test_status_dump_is_wire_format() -> None:
         database="db.habitat:5432/habitat",
         started_at=datetime(2024, 5, 1, 3, 0, 0, 500, tzinfo=UTC),
         attempts=1,
+        duration="3m4s",
         artifact=Artifact(
             uri="file:///backups/x.dump", size_bytes=12_900_000, size="12.3 MiB", encrypted=False
         ),
@@ -140,6 +174,7 @@ def test_status_dump_is_wire_format() -> None:
         "database": "db.habitat:5432/habitat",
         "startedAt": "2024-05-01T03:00:00Z",
         "attempts": 1,
+        "duration": "3m4s",
         "artifact": {
             "uri": "file:///backups/x.dump",
             "sizeBytes": 12_900_000,

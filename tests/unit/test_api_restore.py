@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from habitat_operator.api import ALL_KINDS
-from habitat_operator.api.backup import BackupFormat
+from habitat_operator.api.artifacts import BackupFormat
 from habitat_operator.api.common import Phase
 from habitat_operator.api.crdgen import crd
 from habitat_operator.api.restore import (
@@ -160,11 +160,37 @@ def test_invalid_specs(overrides: dict[str, Any], message: str) -> None:
         RestoreSpec.model_validate(spec(**overrides))
 
 
+DRILL = {"drill": True, "schedule": "0 4 * * 0"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (spec(), spec(), None),
+        (spec(), spec(jobs=1), None),  # the default written out: the same spec
+        (spec(), spec(jobs=2), "spec of a one-shot Restore is immutable; create a new Restore to run again"),
+        (spec(drill=True), spec(drill=True, timeout="2h"), "spec of a one-shot Restore is immutable"),
+        (spec(drill=True), spec(**DRILL), "spec of a one-shot Restore is immutable"),
+        (spec(**DRILL), spec(**DRILL, suspend=True, historyLimit=3), None),
+        (spec(**DRILL), spec(drill=True, schedule="0 5 * * *"), None),
+        (spec(**DRILL), spec(drill=True), "schedule cannot be removed from a scheduled Restore"),
+    ],
+)
+def test_spec_updates(old: dict[str, Any], new: dict[str, Any], message: str | None) -> None:
+    before, after = RestoreSpec.model_validate(old), RestoreSpec.model_validate(new)
+    if message is None:
+        after.check_update(before)
+    else:
+        with pytest.raises(ValueError, match=message):
+            after.check_update(before)
+
+
 def test_printer_columns() -> None:
     columns = {column.name: column for column in RESTORE.printer_columns}
     assert list(columns) == ["Phase", "Source", "Target", "Verified", "Duration", "Schedule", "Age"]
     assert columns["Verified"].json_path == ".status.verificationSummary"
-    assert (columns["Duration"].type, columns["Duration"].priority) == ("number", 1)
+    duration = columns["Duration"]
+    assert (duration.json_path, duration.type, duration.priority) == (".status.duration", "string", 1)
 
 
 def test_status_dump_is_wire_format() -> None:
@@ -176,13 +202,13 @@ def test_status_dump_is_wire_format() -> None:
         safety_backup="restore-1-safety",
         started_at=datetime(2024, 5, 1, 4, 0, 0, 250, tzinfo=UTC),
         duration_seconds=12.5,
+        duration="12s",
         attempts=1,
         verification=[
             QueryResult(name="orders", passed=True, value="200"),
             QueryResult(name="total", passed=False, value="1", message="expected '2', got '1'"),
         ],
         verification_summary="1/2 passed",
-        ignored_generation=2,
     )
     assert status.model_dump(by_alias=True, exclude_none=True, mode="json") == {
         "phase": "Succeeded",
@@ -192,13 +218,13 @@ def test_status_dump_is_wire_format() -> None:
         "safetyBackup": "restore-1-safety",
         "startedAt": "2024-05-01T04:00:00Z",
         "durationSeconds": 12.5,
+        "duration": "12s",
         "attempts": 1,
         "verification": [
             {"name": "orders", "passed": True, "value": "200"},
             {"name": "total", "passed": False, "value": "1", "message": "expected '2', got '1'"},
         ],
         "verificationSummary": "1/2 passed",
-        "ignoredGeneration": 2,
     }
 
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from habitat_operator.ops.artifacts import (
+from habitat_operator.engines.artifacts.store import (
     ArtifactStore,
     AtomicDirectory,
     AtomicFile,
     file_uri,
     remove_partials,
+    sweep_partials,
 )
-from habitat_operator.ops.errors import OperationError
+from habitat_operator.errors import OperationError
 
 
 @pytest.fixture
@@ -90,6 +91,163 @@ def test_uri_round_trip(store: ArtifactStore) -> None:
 )
 def test_path_for_rejects_foreign_uris(store: ArtifactStore, uri: str) -> None:
     expect_invalid(lambda: store.path_for(uri.format(root=store.root)))
+
+
+# ---------------------------------------------------------------- namespaces
+
+
+def artifact(store: ArtifactStore, relative: str) -> str:
+    """The URI of a file written at `relative` under the store's root."""
+    path = store.root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return file_uri(path)
+
+
+def test_path_for_namespace_accepts_its_own_artifacts(store: ArtifactStore) -> None:
+    uri = artifact(store, "nightly/team-a/db.dump")
+    assert store.path_for(uri, namespace="team-a") == store.root / "nightly" / "team-a" / "db.dump"
+    directory = store.root / "team-a" / "db.dir"
+    directory.mkdir(parents=True)
+    assert store.path_for(file_uri(directory), namespace="team-a") == directory
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "nightly/team-b/db.dump",  # another namespace's artifact
+        "nightly/team-a/sub/db.dump",  # not a direct child of the namespace's directory
+        "team-a/db.dump/inner",  # inside an artifact, not an artifact
+        "team-ab/db.dump",  # a prefix of the name is not the name
+        "db.dump",  # at the root, in no namespace
+    ],
+)
+def test_path_for_namespace_refuses_other_places(store: ArtifactStore, relative: str) -> None:
+    uri = file_uri(store.root / relative)
+    with pytest.raises(OperationError) as caught:
+        store.path_for(uri, namespace="team-a")
+    assert caught.value.reason == "InvalidArtifactPath"
+    assert not caught.value.retryable
+    assert "not in namespace team-a's part of the backup store" in caught.value.message
+
+
+def test_path_for_without_namespace_is_unrestricted(store: ArtifactStore) -> None:
+    uri = artifact(store, "nightly/team-b/db.dump")
+    assert store.path_for(uri) == store.path_for(uri, namespace=None) == store.root / "nightly/team-b/db.dump"
+
+
+def test_path_for_namespace_root_named_like_the_namespace(tmp_path: Path) -> None:
+    """The namespace's directory must be below the root, not the root itself."""
+    store = ArtifactStore(tmp_path / "team-a")
+    store.root.mkdir()
+    expect_invalid(lambda: store.path_for(artifact(store, "db.dump"), namespace="team-a"))
+
+
+def test_path_for_namespace_judges_where_a_symlink_leads(store: ArtifactStore, root: Path) -> None:
+    theirs = artifact(store, "nightly/team-b/db.dump")
+    (root / "nightly" / "team-a").mkdir()
+    # A link in team-a's directory to team-b's artifact is still team-b's artifact.
+    (root / "nightly" / "team-a" / "stolen.dump").symlink_to(root / "nightly" / "team-b" / "db.dump")
+    expect_invalid(lambda: store.path_for(file_uri(root / "nightly/team-a/stolen.dump"), namespace="team-a"))
+    expect_invalid(lambda: store.path_for(theirs, namespace="team-a"))
+    # A link that stays within the namespace's own artifacts is fine.
+    (root / "alias").symlink_to(root / "nightly")
+    uri = (root / "alias" / "team-b" / "db.dump").as_uri()
+    assert store.path_for(uri, namespace="team-b") == root.resolve() / "nightly" / "team-b" / "db.dump"
+
+
+def test_path_for_namespace_refuses_symlink_out_of_root(
+    store: ArtifactStore, root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside" / "team-a"
+    outside.mkdir(parents=True)
+    (outside / "db.dump").write_bytes(b"secret")
+    (root / "escape").symlink_to(tmp_path / "outside")
+    expect_invalid(lambda: store.path_for((root / "escape/team-a/db.dump").as_uri(), namespace="team-a"))
+
+
+def test_delete_is_confined_to_a_namespace(store: ArtifactStore) -> None:
+    uri = artifact(store, "team-b/db.dump")
+    expect_invalid(lambda: store.delete(uri, namespace="team-a"))
+    assert store.path_for(uri).exists()
+    store.delete(uri, namespace="team-b")
+    assert not store.path_for(uri).exists()
+
+
+def test_namespace_directory_is_created_owner_only(store: ArtifactStore) -> None:
+    directory = store.namespace_directory("nightly/full", "team-a")
+    assert directory == store.root / "nightly" / "full" / "team-a"
+    for created in (directory, directory.parent, directory.parent.parent):
+        assert created.is_dir()
+        assert created.stat().st_mode & 0o777 == 0o700
+    # Again: the same directory, no error.
+    assert store.namespace_directory("nightly/full", "team-a") == directory
+    # An artifact written there belongs to the namespace.
+    (directory / "db.dump").write_bytes(b"x")
+    assert store.path_for(file_uri(directory / "db.dump"), namespace="team-a") == directory / "db.dump"
+
+
+def test_namespace_directory_refuses_symlink_out_of_root_at_namespace_level(
+    store: ArtifactStore, root: Path, tmp_path: Path
+) -> None:
+    """Finding 12: `<root>/sym/<ns>` linked out of the root, with `path: sym`."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "sym").mkdir()
+    (root / "sym" / "team-a").symlink_to(outside)
+    with pytest.raises(OperationError) as caught:
+        store.namespace_directory("sym", "team-a")
+    assert caught.value.reason == "InvalidArtifactPath"
+    assert not caught.value.retryable
+    assert list(outside.iterdir()) == []
+
+
+def test_namespace_directory_refuses_dangling_symlink_out_of_root(
+    store: ArtifactStore, root: Path, tmp_path: Path
+) -> None:
+    (root / "sym").mkdir()
+    (root / "sym" / "team-a").symlink_to(tmp_path / "outside" / "not-yet")
+    expect_invalid(lambda: store.namespace_directory("sym", "team-a"))
+    assert not (tmp_path / "outside").exists()
+
+
+def test_namespace_directory_refuses_symlink_at_the_storage_path(
+    store: ArtifactStore, root: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "outside").mkdir()
+    (root / "sym").symlink_to(tmp_path / "outside")
+    expect_invalid(lambda: store.namespace_directory("sym", "team-a"))
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_namespace_directory_refuses_symlink_into_another_namespace(store: ArtifactStore, root: Path) -> None:
+    (root / "b" / "team-b").mkdir(parents=True)
+    (root / "a").mkdir()
+    (root / "a" / "team-a").symlink_to(root / "b" / "team-b")
+    expect_invalid(lambda: store.namespace_directory("a", "team-a"))
+
+
+def test_namespace_directory_follows_symlinks_that_stay_inside(store: ArtifactStore, root: Path) -> None:
+    (root / "real").mkdir()
+    (root / "alias").symlink_to(root / "real")
+    assert store.namespace_directory("alias", "team-a") == root.resolve() / "real" / "team-a"
+    (root / "moved" / "team-b").mkdir(parents=True)
+    (root / "real" / "team-b").symlink_to(root / "moved" / "team-b")
+    assert store.namespace_directory("alias", "team-b") == root.resolve() / "moved" / "team-b"
+    # A dangling link inside the root: the directory is created where it leads.
+    (root / "real" / "team-c").symlink_to(root / "later" / "team-c")
+    assert store.namespace_directory("real", "team-c") == root.resolve() / "later" / "team-c"
+    assert (root / "later" / "team-c").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("path", "namespace"),
+    [("../x", "team-a"), ("/etc", "team-a"), ("", "team-a")]
+    + [("nightly", bad) for bad in ("", ".", "..", "a/b", "a\x00b")],
+)
+def test_namespace_directory_rejects_bad_names(store: ArtifactStore, path: str, namespace: str) -> None:
+    expect_invalid(lambda: store.namespace_directory(path, namespace))
+    assert list(store.root.iterdir()) == []
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -214,6 +372,38 @@ def test_remove_partials(root: Path) -> None:
 
 def test_remove_partials_of_missing_directory(tmp_path: Path) -> None:
     assert remove_partials(tmp_path / "missing") == []
+
+
+def test_sweep_partials_walks_the_whole_root(root: Path, tmp_path: Path) -> None:
+    deep = root / "nightly" / "team-a"
+    deep.mkdir(parents=True)
+    (root / ".top.dump.partial-0a1b2c3d4e5f").write_bytes(b"x")
+    (deep / ".db.dump.partial-0123456789ab").write_bytes(b"x")
+    (deep / ".db.dir.partial-ba9876543210").mkdir()
+    (deep / ".db.dir.partial-ba9876543210" / "toc.dat").write_bytes(b"x")
+    (deep / "db.dir").mkdir()
+    (deep / "db.dir" / "toc.dat").write_bytes(b"keep")
+    (deep / "db.dump").write_bytes(b"keep")
+    (deep / ".hidden").write_bytes(b"keep")
+    (deep / "notes.partial-0123").write_bytes(b"keep")  # not hidden: not ours
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".x.dump.partial-0123456789ab").write_bytes(b"not under the root")
+    (root / "link").symlink_to(outside)
+
+    removed = sweep_partials(root)
+    assert sorted(p.relative_to(root).as_posix() for p in removed) == [
+        ".top.dump.partial-0a1b2c3d4e5f",
+        "nightly/team-a/.db.dir.partial-ba9876543210",
+        "nightly/team-a/.db.dump.partial-0123456789ab",
+    ]
+    assert sorted(p.name for p in deep.iterdir()) == [".hidden", "db.dir", "db.dump", "notes.partial-0123"]
+    assert (outside / ".x.dump.partial-0123456789ab").exists()
+    assert sweep_partials(root) == []
+
+
+def test_sweep_partials_of_missing_root(tmp_path: Path) -> None:
+    assert sweep_partials(tmp_path / "missing") == []
 
 
 # ---------------------------------------------------------------- delete

@@ -1,13 +1,8 @@
 from datetime import UTC, datetime, timedelta, timezone
 
-from habitat_operator.conditions import (
-    MESSAGE_LIMIT,
-    find_condition,
-    one_line,
-    rfc3339,
-    set_condition,
-    standard_conditions,
-)
+from habitat_operator.controllers.base.conditions import find_condition, set_condition, standard_conditions
+from habitat_operator.errors import MESSAGE_LIMIT, one_line
+from habitat_operator.timestamps import rfc3339
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -20,8 +15,8 @@ def test_one_line_collapses_whitespace() -> None:
 def test_one_line_caps_length() -> None:
     capped = one_line("x" * 1000)
     assert len(capped) == MESSAGE_LIMIT
-    assert capped.endswith("...")
-    assert one_line("abcdef", limit=5) == "ab..."
+    assert capped.endswith("…")
+    assert one_line("abcdef", limit=5) == "abcd…"
 
 
 def test_rfc3339() -> None:

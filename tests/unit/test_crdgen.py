@@ -104,11 +104,32 @@ def test_cel_rules_reference_existing_fields_and_guard_optional_ones(kind: KindI
             seen += 1
             assert validation.keys() == {"rule", "message"}
             rule = validation["rule"]
-            for field in re.findall(r"self\.(\w+)(?![\w(])", rule):
+            for var, field in re.findall(r"\b(self|oldSelf)\.(\w+)(?![\w(])", rule):
                 assert field in properties, f"{path}: {rule!r} references unknown field {field}"
                 if field not in always_present:
-                    assert f"has(self.{field})" in rule, f"{path}: {rule!r} must guard optional {field}"
+                    assert f"has({var}.{field})" in rule, f"{path}: {rule!r} must guard optional {field}"
     assert seen or kind is not BACKUP
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=lambda k: k.kind)
+def test_one_shot_spec_is_immutable(kind: KindInfo) -> None:
+    """Transition rules (they read oldSelf) sit on the spec, and nowhere else."""
+    transitions = {
+        path: [v for v in node.get("x-kubernetes-validations", []) if "oldSelf" in v["rule"]]
+        for path, node in walk(openapi_schema(kind))
+    }
+    assert {path for path, rules in transitions.items() if rules} == {".spec"}
+    assert transitions[".spec"] == [
+        {
+            "rule": "has(oldSelf.schedule) || self == oldSelf",
+            "message": f"spec of a one-shot {kind.kind} is immutable; create a new {kind.kind} to run again",
+        },
+        {
+            "rule": "!has(oldSelf.schedule) || has(self.schedule)",
+            "message": f"schedule cannot be removed from a scheduled {kind.kind}; "
+            f"create a one-shot {kind.kind} instead",
+        },
+    ]
 
 
 def test_list_map_keys_are_required() -> None:
@@ -141,6 +162,7 @@ def test_backup_crd_shape() -> None:
         {"name": "Database", "type": "string", "jsonPath": ".status.database"},
         {"name": "Size", "type": "string", "jsonPath": ".status.artifact.size"},
         {"name": "Verified", "type": "string", "jsonPath": ".status.verification", "priority": 1},
+        {"name": "Duration", "type": "string", "jsonPath": ".status.duration", "priority": 1},
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
         {"name": "Last-Success", "type": "date", "jsonPath": ".status.lastSuccessfulTime", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from habitat_operator.ops.crypto import CHUNK_SIZE, MAGIC, Decryptor, Encryptor, is_encrypted
-from habitat_operator.ops.errors import OperationError
+from habitat_operator.engines.artifacts.crypto import CHUNK_SIZE, MAGIC, Decryptor, Encryptor, is_encrypted
+from habitat_operator.errors import OperationError
 
 KEY = os.urandom(32)
 SMALL_CHUNK = 64

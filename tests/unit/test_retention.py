@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from habitat_operator.ops.retention import RetentionPolicy, RunRecord, select_expired
+from habitat_operator.controllers.scheduling.retention import RetentionPolicy, RunRecord, select_expired
 
 NOW = datetime(2024, 6, 30, 12, 0, tzinfo=UTC)  # a Sunday
 

@@ -3,13 +3,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from habitat_operator.ops.errors import OperationError
-from habitat_operator.ops.schedule import (
+from habitat_operator.controllers.scheduling.cron import (
     MAX_COUNTED_MISSES,
     due_runs,
     expected_interval_seconds,
     next_run,
 )
+from habitat_operator.errors import OperationError
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

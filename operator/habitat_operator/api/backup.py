@@ -3,59 +3,34 @@
 from enum import StrEnum
 from typing import Annotated
 
-from croniter import croniter
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
+from habitat_operator.api.artifacts import BackupFormat, BackupStorage
 from habitat_operator.api.common import (
     ApiModel,
     CelRule,
+    CronSchedule,
     DatabaseRef,
     Duration,
     EncryptionKeySecretRef,
     KindInfo,
     PrinterColumn,
+    RetryPolicy,
     ScheduledStatus,
+    one_shot_spec_rules,
 )
-
-# Five cron fields or a macro; croniter then checks the values (the apiserver cannot).
-CRON_PATTERN = (
-    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
-    r"|[0-9*/,A-Za-z?-]+([ \t]+[0-9*/,A-Za-z?-]+){4})$"
-)
-
-
-def _check_cron(expression: str) -> str:
-    if not croniter.is_valid(expression):
-        raise ValueError(f"invalid cron expression {expression!r}")
-    return expression
-
-
-CronSchedule = Annotated[str, Field(pattern=CRON_PATTERN, max_length=256), AfterValidator(_check_cron)]
-
-RelativePath = Annotated[
-    str,
-    Field(min_length=1, max_length=1024),
-    CelRule(
-        "!self.startsWith('/')",
-        "path must be relative to the operator's backup root",
-        lambda path: not path.startswith("/"),
-    ),
-    CelRule(
-        "!self.matches('(^|/)[.][.](/|$)')",
-        "path must not contain '..' segments",
-        lambda path: ".." not in path.split("/"),
-    ),
-]
 
 # pg_dump -n/-t patterns; bounded so the apiserver's CEL cost estimate stays finite.
 ObjectPatterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)]
 
 
-class BackupFormat(StrEnum):
-    """pg_dump output format."""
+class BackupReason(StrEnum):
+    """Condition and Event reasons of Backup's own; the shared ones are in `Reason`."""
 
-    CUSTOM = "custom"
-    DIRECTORY = "directory"
+    BACKUP_RUNNING = "BackupRunning"
+    DUMP_FAILED = "DumpFailed"
+    RETENTION_APPLIED = "RetentionApplied"
+    RETENTION_FAILED = "RetentionFailed"
 
 
 class Verification(StrEnum):
@@ -64,27 +39,6 @@ class Verification(StrEnum):
     VERIFIED = "Verified"
     NOT_VERIFIED = "NotVerified"
     VERIFICATION_FAILED = "VerificationFailed"
-
-
-class FilesystemStorage(ApiModel):
-    """Store the artifact on the filesystem the operator mounts as its backup root."""
-
-    path: RelativePath = Field(
-        description="Directory for this backup's artifacts, relative to the operator's backup root."
-    )
-
-
-class BackupStorage(ApiModel):
-    """Where artifacts go."""
-
-    filesystem: FilesystemStorage = Field(description="Filesystem storage under the operator's backup root.")
-
-
-class RetryPolicy(ApiModel):
-    """How often to retry a failed run before giving up."""
-
-    limit: int = Field(3, ge=0, le=20, description="Retries after the first failed attempt.")
-    backoff: Duration = Field("30s", description="Wait before the first retry; doubles with each retry.")
 
 
 class RetentionPolicy(ApiModel):
@@ -135,6 +89,7 @@ class BackupSpec(ApiModel):
             "encryption is supported with format: custom only",
             lambda spec: spec.encryption is None or spec.format is BackupFormat.CUSTOM,
         ),
+        *one_shot_spec_rules("Backup"),
     )
 
     database: DatabaseRef = Field(description="The database to back up.")
@@ -188,6 +143,7 @@ BACKUP = KindInfo(
         PrinterColumn("Database", ".status.database"),
         PrinterColumn("Size", ".status.artifact.size"),
         PrinterColumn("Verified", ".status.verification", priority=1),
+        PrinterColumn("Duration", ".status.duration", priority=1),
         PrinterColumn("Schedule", ".spec.schedule"),
         PrinterColumn("Last-Success", ".status.lastSuccessfulTime", type="date", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
+from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,14 +21,23 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from habitat_operator.conditions import rfc3339
 from habitat_operator.durations import DURATION_PATTERN, parse_duration
+from habitat_operator.timestamps import rfc3339
 
 GROUP = "ops.habitat.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 VALIDATIONS_KEY = "x-kubernetes-validations"
+
+
+def qualified(name: str) -> str:
+    """A label, annotation or finalizer key under the operator's own group."""
+    return f"{GROUP}/{name}"
+
+
+SCHEDULE_LABEL = qualified("schedule")
+SCHEDULED_AT_ANNOTATION = qualified("scheduled-at")
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,45 @@ class CelRule:
         return json_schema
 
 
+@dataclass(frozen=True)
+class TransitionRule:
+    """An `x-kubernetes-validations` rule on an update (it reads `oldSelf`) and the same check in Python.
+
+    The apiserver enforces `rule` only when an object is updated, never on create. Python never sees
+    the old object in `model_validate`, so `check(old, new)` runs only through `ApiModel.check_update`.
+    Put instances in a model's `cel_rules`, next to its CelRules.
+    """
+
+    rule: str
+    message: str
+    check: Callable[[Any, Any], bool] = field(compare=False)
+
+    def as_schema(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+def one_shot_spec_rules(kind: str) -> tuple[TransitionRule, TransitionRule]:
+    """A one-shot object's spec (one without `schedule`) is immutable, like a Job's template.
+
+    A schedule stays editable, but an edit cannot turn one kind of object into the other:
+    together the two rules are `has(oldSelf.schedule) && has(self.schedule) || self == oldSelf`.
+    """
+    return (
+        TransitionRule(
+            "has(oldSelf.schedule) || self == oldSelf",
+            f"spec of a one-shot {kind} is immutable; create a new {kind} to run again",
+            lambda old, new: old.schedule is not None or new == old,
+        ),
+        TransitionRule(
+            "!has(oldSelf.schedule) || has(self.schedule)",
+            f"schedule cannot be removed from a scheduled {kind}; create a one-shot {kind} instead",
+            lambda old, new: old.schedule is None or new.schedule is not None,
+        ),
+    )
+
+
 def _add_model_rules(schema: dict[str, Any], cls: type) -> None:
-    rules: tuple[CelRule, ...] = getattr(cls, "cel_rules", ())
+    rules: tuple[CelRule | TransitionRule, ...] = getattr(cls, "cel_rules", ())
     if rules:
         schema[VALIDATIONS_KEY] = [rule.as_schema() for rule in rules]
 
@@ -79,13 +126,20 @@ class ApiModel(BaseModel):
     )
 
     # Cross-field rules; emitted as x-kubernetes-validations on this object's schema.
-    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+    cel_rules: ClassVar[tuple[CelRule | TransitionRule, ...]] = ()
 
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Self:
         for rule in self.cel_rules:
-            rule._validate(self)
+            if isinstance(rule, CelRule):
+                rule._validate(self)
         return self
+
+    def check_update(self, old: Self) -> None:
+        """Raise ValueError as the apiserver refuses an update from `old` to this (transition rules)."""
+        for rule in self.cel_rules:
+            if isinstance(rule, TransitionRule) and not rule.check(old, self):
+                raise ValueError(rule.message)
 
 
 def _check_duration(text: str) -> str:
@@ -101,6 +155,22 @@ Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_u
 
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+# Five cron fields or a macro; croniter then checks the values (the apiserver cannot).
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
+    r"|[0-9*/,A-Za-z?-]+([ \t]+[0-9*/,A-Za-z?-]+){4})$"
+)
+
+
+def _check_cron(expression: str) -> str:
+    if not croniter.is_valid(expression):
+        raise ValueError(f"invalid cron expression {expression!r}")
+    return expression
+
+
+CronSchedule = Annotated[str, Field(pattern=CRON_PATTERN, max_length=256), AfterValidator(_check_cron)]
+
 
 SecretName = Annotated[
     str,
@@ -152,6 +222,55 @@ class Phase(StrEnum):
     SUSPENDED = "Suspended"
 
 
+class RetryPolicy(ApiModel):
+    """How often to retry a failed run before giving up."""
+
+    limit: int = Field(3, ge=0, le=20, description="Retries after the first failed attempt.")
+    backoff: Duration = Field("30s", description="Wait before the first retry; doubles with each retry.")
+
+
+class Reason(StrEnum):
+    """Condition and Event reasons that every kind may report; each kind adds its own enum."""
+
+    SUCCEEDED = "Succeeded"
+    STARTED = "Started"
+    INTERRUPTED = "Interrupted"
+    UNEXPECTED_ERROR = "UnexpectedError"
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_REQUEST = "InvalidRequest"
+    INVALID_SCHEDULE = "InvalidSchedule"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    SECRET_FORBIDDEN = "SecretForbidden"
+    SECRET_NOT_TEXT = "SecretNotText"
+    INVALID_CONNECTION_URI = "InvalidConnectionUri"
+    DATABASE_UNREACHABLE = "DatabaseUnreachable"
+    DATABASE_NOT_FOUND = "DatabaseNotFound"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    WAITING_FOR_LOCK = "WaitingForLock"
+    LOCK_TIMEOUT = "LockTimeout"
+    QUEUED = "Queued"
+    CANCELLED = "Cancelled"
+    TOOL_MISSING = "ToolMissing"
+    TIMEOUT = "Timeout"
+    DISK_FULL = "DiskFull"
+    INVALID_ARTIFACT_PATH = "InvalidArtifactPath"
+    ARTIFACT_NOT_FOUND = "ArtifactNotFound"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    VERIFICATION_FAILED = "VerificationFailed"
+    ENCRYPTION_FAILED = "EncryptionFailed"
+    ENCRYPTION_UNSUPPORTED = "EncryptionUnsupported"
+    DECRYPTION_FAILED = "DecryptionFailed"
+    KEY_INVALID = "KeyInvalid"
+    KEY_NOT_FOUND = "KeyNotFound"
+    # A schedule's own reasons.
+    SCHEDULED = "Scheduled"
+    SUSPENDED = "Suspended"
+    LAST_RUN_FAILED = "LastRunFailed"
+    RUN_CREATED = "RunCreated"
+    RUN_SKIPPED = "RunSkipped"
+
+
 class Condition(ApiModel):
     """One observation of the resource's state, in the shape of metav1.Condition."""
 
@@ -188,15 +307,11 @@ class RunStatus(ResourceStatus):
     completed_at: Timestamp | None = Field(None, description="When the last run finished.")
     attempts: int | None = Field(None, ge=0, description="Attempts made by the current or last run.")
     message: str | None = Field(None, description="Last failure, one line.")
-    ignored_generation: int | None = Field(
-        None,
-        ge=0,
-        description="metadata.generation of a spec change made after the run finished; not acted on.",
-    )
+    duration: str | None = Field(None, description="Wall time of the last run, as kubectl shows durations.")
 
 
 class ScheduledStatus(RunStatus):
-    """Status of a kind that can also run on a schedule, one child object per run (ops/schedules.py)."""
+    """Status of a kind that can also run on a schedule, one child object per run (controllers/scheduling)."""
 
     last_schedule_time: Timestamp | None = Field(None, description="When the schedule last started a run.")
     next_schedule_time: Timestamp | None = Field(None, description="When the schedule starts the next run.")

@@ -1,20 +1,24 @@
 """Restore: pg_restore of a Backup's artifact into a database, once, or as scheduled restore drills."""
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
 
-from habitat_operator.api.backup import BackupFormat, BackupStorage, CronSchedule
+from habitat_operator.api.artifacts import BackupFormat, BackupStorage
 from habitat_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     CelRule,
+    CronSchedule,
     DatabaseRef,
     Duration,
     EncryptionKeySecretRef,
     KindInfo,
     PrinterColumn,
+    RetryPolicy,
     ScheduledStatus,
+    one_shot_spec_rules,
 )
 
 LATEST_RUN = "latest"
@@ -23,6 +27,24 @@ QUERY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+
+
+class RestoreReason(StrEnum):
+    """Condition and Event reasons of Restore's own; the shared ones are in `Reason`."""
+
+    RESTORING = "Restoring"
+    RESTORE_FAILED = "RestoreFailed"
+    QUERY_FAILED = "QueryFailed"
+    CREATE_DATABASE_FAILED = "CreateDatabaseFailed"
+    DROP_DATABASE_FAILED = "DropDatabaseFailed"
+    BACKUP_NOT_FOUND = "BackupNotFound"
+    BACKUP_NOT_READY = "BackupNotReady"
+    BACKUP_FAILED = "BackupFailed"
+    TARGET_NOT_EMPTY = "TargetNotEmpty"
+    SAFETY_BACKUP = "SafetyBackup"
+    SAFETY_BACKUP_FAILED = "SafetyBackupFailed"
+    WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
+    SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
 
 
 class BackupRef(ApiModel):
@@ -181,6 +203,7 @@ class RestoreSpec(ApiModel):
             "a drill restores into a scratch database; mode does not apply",
             lambda spec: not spec.drill or not (spec.mode.clean or spec.mode.force),
         ),
+        *one_shot_spec_rules("Restore"),
     )
 
     source: RestoreSource = Field(description="The artifact to restore: a Backup's, or one given by URI.")
@@ -204,6 +227,16 @@ class RestoreSpec(ApiModel):
         RestoreVerification(), description="Checksum check before, and queries after, the restore."
     )
     timeout: Duration = Field("1h", description="Give up on a restore that takes longer than this.")
+    retry: RetryPolicy = Field(
+        RetryPolicy(), description="Retries after a transient failure (the database unreachable, a timeout)."
+    )
+    lock_timeout: Duration = Field(
+        "1m",
+        description=(
+            "How long pg_restore waits for a lock another session holds on the target before the "
+            "attempt fails as LockTimeout and is retried (PostgreSQL's lock_timeout)."
+        ),
+    )
     drill: bool = Field(
         False,
         description=(
@@ -250,7 +283,11 @@ class RestoreStatus(ScheduledStatus):
         None, description='Verification at a glance, e.g. "3/3 passed" or "checksum only".'
     )
     waiting_for: str | None = Field(
-        None, description="Name of another Restore into the same database that must finish first."
+        None,
+        description=(
+            "The operation holding the target database's lock (another Restore, a Migration), which "
+            "must finish first."
+        ),
     )
 
 
@@ -264,7 +301,7 @@ RESTORE = KindInfo(
         PrinterColumn("Source", ".status.restoredFrom.backup"),
         PrinterColumn("Target", ".status.target"),
         PrinterColumn("Verified", ".status.verificationSummary"),
-        PrinterColumn("Duration", ".status.durationSeconds", type="number", priority=1),
+        PrinterColumn("Duration", ".status.duration", priority=1),
         PrinterColumn("Schedule", ".spec.schedule", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
     ),

@@ -6,37 +6,63 @@ from typing import Any
 
 import kopf
 
-from habitat_operator import metrics
 from habitat_operator.api import GROUP, VERSION
-from habitat_operator.handlers.common import has_schedule, is_one_shot, run_once, run_schedule
-from habitat_operator.ops import backup_run, backup_schedule
-from habitat_operator.status import record_ignored_change
+from habitat_operator.api.backup import BACKUP
+from habitat_operator.controllers.backup import metrics, schedule
+from habitat_operator.controllers.backup.run import BackupRun, restore_metrics
+from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.scheduling.child_runs import ScheduleRuns
+from habitat_operator.handlers import one_shot
+from habitat_operator.handlers.common import (
+    has_schedule,
+    index_run,
+    is_gone_with_its_series,
+    is_one_shot,
+    is_run_of_a_schedule,
+    run_schedule,
+    wakes_a_schedule,
+)
+from habitat_operator.handlers.one_shot import is_unfinished_one_shot
 
-KIND = "Backup"
-PLURAL = backup_run.PLURAL
+KIND, PLURAL = BACKUP.kind, BACKUP.plural
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL, when=is_one_shot)
-async def run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await run_once(KIND, backup_run.run_backup_object(dict(body), memo.config))
+@kopf.daemon(GROUP, VERSION, PLURAL, when=is_unfinished_one_shot, cancellation_timeout=60)
+async def run(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    await one_shot.drive(KIND, lambda: BackupRun(dict(body), memo.config, memo.slots), stopped)
 
 
-@kopf.on.update(GROUP, VERSION, PLURAL, when=is_one_shot, field="spec")
-async def ignore_spec_change(body: kopf.Body, **_: Any) -> None:
-    await record_ignored_change(PLURAL, dict(body))
+@kopf.index(GROUP, VERSION, PLURAL, when=is_run_of_a_schedule)
+async def backup_runs(body: kopf.Body, **_: Any) -> dict[str, kube.JsonDict]:
+    """Scheduled Backups' runs by schedule uid, kept from the watch: a schedule never LISTs its runs."""
+    return index_run(body)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=wakes_a_schedule)
+async def wake_schedules(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.schedule_wakeups.observe(body)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, when=has_schedule, cancellation_timeout=10)
-async def schedule(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    await run_schedule(KIND, lambda: backup_schedule.tick(dict(body), memo.config), stopped)
+async def scheduled(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    backup_runs: kopf.Index[str, kube.JsonDict] | None = None,  # the index above: Kopf passes it by name
+    **_: Any,
+) -> None:
+    assert backup_runs is not None
+    uid = body["metadata"]["uid"]
+    runs = ScheduleRuns(schedule.kind(memo.config), lambda: backup_runs.get(uid, ()))
+    await run_schedule(KIND, body, memo.schedule_wakeups, runs.tick, stopped)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, when=is_one_shot)
-async def restore_metrics(body: kopf.Body, **_: Any) -> None:
-    backup_run.restore_metrics(dict(body))
+async def resume_metrics(body: kopf.Body, **_: Any) -> None:
+    restore_metrics(dict(body))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+@kopf.on.event(GROUP, VERSION, PLURAL, when=is_gone_with_its_series)
 async def forget(body: kopf.Body, **_: Any) -> None:
     """A deleted Backup's artifact stays (deleting data is retention's job); its series go."""
     metrics.forget_backup(body["metadata"]["namespace"], body["metadata"]["name"])

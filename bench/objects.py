@@ -1,0 +1,382 @@
+"""What the operator costs at rest: 1,000 suspended scheduled Backups in 10 namespaces.
+
+Run on the local stack: `make bench` (or `python -m bench.objects` with the stack's env sourced).
+Starts `habitat-operator run --all-namespaces` with the stack's admin kubeconfig, creates the
+schedules, waits until every one has a status, then measures over 30 s at rest: the operator's CPU
+(from /proc/<pid>/stat) and the apiserver's requests (`apiserver_request_total` from its /metrics,
+WATCH excluded); then the operator's RSS, apply-to-first-status latency for 20 more objects, and
+the requests and RSS of an operator restarted with all these objects in place.
+Use a stack no other operator watches: two operators on one apiserver fight over the same objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, VERSION, PLURAL = "ops.habitat.dev", "v1alpha1", "backups"
+LABEL = "bench.habitat.dev/objects"
+NAMESPACE_PREFIX = "bench-objects-"
+NOT_COUNTED = {"WATCH", "WATCHLIST"}  # the watches themselves are long-lived requests, not load
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The figures this benchmark checks, as in issue 7.
+GOAL_CPU_PERCENT = 2.0
+GOAL_RSS_MB = 150.0
+GOAL_P50_SECONDS = 0.5
+
+
+def schedule(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Backup",
+        "metadata": {"name": name, "labels": {LABEL: "1"}},
+        "spec": {
+            "database": {"secretRef": {"name": "habitat-db"}},
+            "storage": {"filesystem": {"path": "bench"}},
+            "schedule": "0 3 * * *",
+            "suspend": True,
+        },
+    }
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Operator:
+    """`habitat-operator run --all-namespaces`, as tests/e2e/conftest.py starts it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log = workdir / "operator.log"
+        argv = [
+            str(REPO / ".venv" / "bin" / "habitat-operator"),
+            "run",
+            "--all-namespaces",
+            f"--metrics-port={self.port}",
+            f"--backup-root={workdir / 'backups'}",
+            "--log-format=json",
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_until("the operator to be ready", self._ready, timeout=60, interval=0.2)
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise SystemExit(f"the operator exited:\n{self.log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        """User and system time of all the operator's threads so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def apiserver_requests(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
+    """apiserver_request_total so far, summed by (verb, group/resource), WATCH excluded."""
+    url = f"{client.configuration.host}/metrics"
+    headers: dict[str, str] = {}
+    client.update_params_for_auth(headers, [], ["BearerToken"], "GET", url, None)
+    response = client.call_api("GET", url, header_params=headers)
+    response.read()
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(response.data.decode()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if not sample.name.endswith("_total") or labels.get("verb") in NOT_COUNTED:
+                continue
+            resource = "/".join(filter(None, (labels.get("group"), labels.get("resource"))))
+            subresource = labels.get("subresource")
+            counts[
+                labels["verb"], f"{resource or '(non-resource)'}{'/' + subresource if subresource else ''}"
+            ] += int(sample.value)
+    return counts
+
+
+class StatusWatch:
+    """Records when each object in a namespace first shows a status phase."""
+
+    def __init__(self, custom: kubernetes.client.CustomObjectsApi, namespace: str) -> None:
+        self.first_status: dict[str, float] = {}
+        self.stopping = False
+        self.changed = threading.Condition()
+        listing = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        self.watch = kubernetes.watch.Watch()
+        self.stream = self.watch.stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            resource_version=listing["metadata"]["resourceVersion"],
+            timeout_seconds=300,
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self.stream:
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                if (obj.get("status") or {}).get("phase") and name not in self.first_status:
+                    with self.changed:
+                        self.first_status[name] = time.monotonic()
+                        self.changed.notify_all()
+        except Exception:  # the stream ends however it ends once stopped
+            if not self.stopping:
+                raise
+
+    def wait(self, name: str, timeout: float) -> float:
+        with self.changed:
+            if not self.changed.wait_for(lambda: name in self.first_status, timeout=timeout):
+                raise SystemExit(f"{name} got no status within {timeout:.0f}s")
+            return self.first_status[name]
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.watch.stop()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True)
+class Figures:
+    cpu_percent: float
+    rss_mb: float
+    requests: Counter[tuple[str, str]]
+    latencies: list[float]
+    restart_rss_mb: float
+    restart_requests: Counter[tuple[str, str]]
+
+    @property
+    def ours(self) -> dict[tuple[str, str], int]:
+        return operator_requests(self.requests)
+
+    @property
+    def met(self) -> bool:
+        return (
+            self.cpu_percent < GOAL_CPU_PERCENT
+            and self.rss_mb < GOAL_RSS_MB
+            and not self.ours
+            and statistics.median(self.latencies) < GOAL_P50_SECONDS
+        )
+
+
+def operator_requests(requests: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    return {key: n for key, n in requests.items() if key[1].startswith(GROUP) and n}
+
+
+def create_schedules(custom: kubernetes.client.CustomObjectsApi, namespaces: list[str], count: int) -> None:
+    def create(i: int) -> None:
+        body = schedule(f"s-{i:05d}")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespaces[i % len(namespaces)], PLURAL, body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(count)))
+
+
+def count_with_status(custom: kubernetes.client.CustomObjectsApi) -> int:
+    items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=LABEL)["items"]
+    return sum(1 for item in items if (item.get("status") or {}).get("phase"))
+
+
+def measure_latency(custom: kubernetes.client.CustomObjectsApi, namespace: str, count: int) -> list[float]:
+    """Seconds from sending each create to the watch showing its first status, one object at a time."""
+    watch = StatusWatch(custom, namespace)
+    latencies = []
+    try:
+        for i in range(count):
+            name = f"latency-{i:03d}"
+            sent = time.monotonic()
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, schedule(name))
+            latencies.append(watch.wait(name, timeout=60) - sent)
+            time.sleep(0.2)
+    finally:
+        watch.stop()
+    return latencies
+
+
+def report(figures: Figures, objects: int, namespaces: int, rest_seconds: float) -> None:
+    ours = figures.ours
+    total = sum(ours.values())
+    p50, p95 = statistics.median(figures.latencies), percentile(figures.latencies, 0.95)
+    print(
+        f"\n{objects} suspended scheduled Backups, {namespaces} namespaces, at rest for {rest_seconds:.0f}s:"
+    )
+    print(f"  operator CPU          {figures.cpu_percent:7.2f}% of a core   (goal < {GOAL_CPU_PERCENT}%)")
+    print(f"  operator RSS          {figures.rss_mb:7.1f} MB            (goal < {GOAL_RSS_MB:.0f} MB)")
+    print(f"  {GROUP} requests {total:6d} ({total / rest_seconds:.2f}/s)  (goal: none beyond the watches)")
+    for (verb, resource), count in sorted(ours.items()):
+        print(f"    {verb:8} {resource:40} {count}")
+    others = {key: n for key, n in figures.requests.items() if key not in ours and n}
+    print(f"  other non-WATCH requests (controller-manager, this benchmark): {sum(others.values())}")
+    for (verb, resource), count in sorted(others.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"    {verb:8} {resource:40} {count}")
+    print(
+        f"  apply-to-first-status, {len(figures.latencies)} new objects: p50 {p50:.3f}s, p95 {p95:.3f}s",
+        end="",
+    )
+    print(f"  (goal p50 < {GOAL_P50_SECONDS}s)")
+    print(f"  goals {'met' if figures.met else 'NOT met'}")
+    restart = operator_requests(figures.restart_requests)
+    print("after a restart with the same objects (the watches' initial lists, no writes expected):")
+    print(f"  operator RSS          {figures.restart_rss_mb:7.1f} MB")
+    print(f"  {GROUP} requests {sum(restart.values()):6d}")
+    for (verb, resource), count in sorted(restart.items()):
+        print(f"    {verb:8} {resource:40} {count}")
+
+
+def cleanup(
+    core: kubernetes.client.CoreV1Api,
+    custom: kubernetes.client.CustomObjectsApi,
+    namespaces: list[str],
+    operator: Operator,
+) -> None:
+    """Deletes the namespaces; the operator removes its finalizers, or this does once it has stopped."""
+    print("\ncleaning up ...", flush=True)
+    for namespace in namespaces:
+        try:
+            core.delete_namespace(namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+    deadline = time.monotonic() + 120
+    while core.list_namespace(label_selector=LABEL).items and time.monotonic() < deadline:
+        time.sleep(2)
+    operator.stop()
+    left = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=LABEL)["items"]
+    if left:
+        print(f"the operator left {len(left)} finalizers after 120 s; removing them")
+    for item in left:
+        meta = item["metadata"]
+        patch = {"metadata": {"finalizers": None}}
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+            )
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+    wait_until("the namespaces to go", lambda: not core.list_namespace(label_selector=LABEL).items, 300, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--rest-seconds", type=float, default=30.0)
+    parser.add_argument("--settle-seconds", type=float, default=15.0, help="wait after the last status")
+    parser.add_argument("--latency-objects", type=int, default=20)
+    args = parser.parse_args()
+
+    kubernetes.config.load_kube_config()  # the stack's admin kubeconfig (KUBECONFIG)
+    client = kubernetes.client.ApiClient()
+    core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+    kubectl = os.environ.get("HABITAT_KUBECTL", "kubectl")
+    for argv in (
+        ["apply", "--server-side", "-k", str(REPO / "crds")],
+        ["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+    ):
+        subprocess.run([kubectl, *argv], check=True, capture_output=True)
+    namespaces = [f"{NAMESPACE_PREFIX}{i:02d}" for i in range(args.namespaces)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        operators = [Operator(Path(tmp))]
+        try:
+            for namespace in namespaces:
+                core.create_namespace({"metadata": {"name": namespace, "labels": {LABEL: "1"}}})
+            print(
+                f"operator pid {operators[0].process.pid}; creating {args.objects} schedules ...", flush=True
+            )
+            started = time.monotonic()
+            create_schedules(custom, namespaces, args.objects)
+            created = time.monotonic() - started
+            wait_until(
+                "every schedule to have a status",
+                lambda: count_with_status(custom) >= args.objects,
+                timeout=900,
+                interval=2,
+            )
+            print(f"created in {created:.1f}s; all have a status after {time.monotonic() - started:.1f}s")
+            time.sleep(args.settle_seconds)
+
+            cpu_before, requests_before = operators[0].cpu_seconds(), apiserver_requests(client)
+            time.sleep(args.rest_seconds)
+            cpu_after, requests_after = operators[0].cpu_seconds(), apiserver_requests(client)
+            rss = operators[0].rss_mb()
+            latencies = measure_latency(custom, namespaces[0], args.latency_objects)
+
+            operators[0].stop()
+            before_restart = apiserver_requests(client)
+            operators.append(Operator(Path(tmp)))
+            time.sleep(args.settle_seconds)
+            figures = Figures(
+                cpu_percent=100 * (cpu_after - cpu_before) / args.rest_seconds,
+                rss_mb=rss,
+                requests=requests_after - requests_before,
+                latencies=latencies,
+                restart_rss_mb=operators[-1].rss_mb(),
+                restart_requests=apiserver_requests(client) - before_restart,
+            )
+            report(figures, args.objects, args.namespaces, args.rest_seconds)
+        finally:
+            cleanup(core, custom, namespaces, operators[-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Backup: one-shot runs and schedules."""

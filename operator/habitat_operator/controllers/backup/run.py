@@ -1,0 +1,138 @@
+"""One Backup object's run, from Pending to Succeeded or Failed, safe to re-enter after a crash.
+
+The lifecycle (controllers/base/lifecycle.py) writes Running before pg_dump starts, so a run cut off
+at any line is seen on restart and retried or failed; the artifact appears at its final path only
+once complete and verified, so a run is never reported Succeeded without one in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from habitat_operator import timestamps
+from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSpec, BackupStatus, Verification
+from habitat_operator.api.common import Phase, Reason
+from habitat_operator.controllers.backup import metrics
+from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base.credentials import read_secret_text, read_secret_value
+from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater, outcome_label
+from habitat_operator.controllers.base.status import read_status
+from habitat_operator.controllers.scheduling.child_runs import series_name
+from habitat_operator.durations import format_duration, parse_duration
+from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError
+
+MAX_FILE_STEM = 200
+
+
+def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: str) -> Path:
+    """<root>/<storage path>/<namespace>/<name>.dump: namespaced, so tenants cannot overwrite each other."""
+    suffix = ".dump" if spec.format is BackupFormat.CUSTOM else ".dir"
+    # A name of up to 253 characters, with the suffix and a partial's prefix, must fit in 255 bytes.
+    stem = names.fit(name, MAX_FILE_STEM)
+    return store.namespace_directory(spec.storage.filesystem.path, namespace) / f"{stem}{suffix}"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
+    info = BACKUP
+    spec_model = BackupSpec
+    status_model = BackupStatus
+
+    @property
+    def series(self) -> str:
+        return series_name(self.body)
+
+    async def execute(self, spec: BackupSpec) -> RetryLater | None:
+        ref = spec.database.secret_ref
+        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
+        key = None
+        if spec.encryption:
+            key_ref = spec.encryption.key_secret_ref
+            key = await read_secret_value(self.namespace, key_ref.name, key_ref.key)
+        destination = artifact_path(ArtifactStore(self.config.backup_root), spec, self.namespace, self.name)
+
+        async with self.slot(target.display):
+            await self.start(
+                BackupReason.BACKUP_RUNNING, f"dumping {target.display}", database=target.display
+            )
+            result = await run_backup(
+                BackupRequest(
+                    target=target,
+                    destination=destination,
+                    format=spec.format.value,
+                    jobs=spec.jobs,
+                    include_schemas=spec.include.schemas if spec.include else [],
+                    include_tables=spec.include.tables if spec.include else [],
+                    exclude_schemas=spec.exclude.schemas if spec.exclude else [],
+                    exclude_tables=spec.exclude.tables if spec.exclude else [],
+                    encryption_key=key,
+                    verify=spec.verify,
+                    timeout=parse_duration(spec.timeout).total_seconds(),
+                )
+            )
+        await self._succeed(result)
+        return None
+
+    async def _succeed(self, result: BackupResult) -> None:
+        elapsed = self.elapsed
+        size = human_size(result.size_bytes)
+        verified = "verified" if result.verified else "not verified"
+        message = f"{size} in {elapsed:.1f}s, {verified}"
+        await self.succeed(
+            message,
+            f"{message}: {result.uri}",
+            artifact=Artifact(
+                uri=result.uri,
+                size_bytes=result.size_bytes,
+                size=size,
+                sha256=result.sha256,
+                format=BackupFormat(result.format),
+                encrypted=result.encrypted,
+                pg_version=result.pg_version,
+            ),
+            verification=Verification.VERIFIED if result.verified else Verification.NOT_VERIFIED,
+            last_successful_time=timestamps.now(),
+            duration=format_duration(elapsed),
+        )
+        metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        metrics.note_backup_success(
+            self.namespace, self.series, timestamps.now().timestamp(), result.size_bytes
+        )
+
+    def record_failure(self, error: OperationError, elapsed: float | None) -> None:
+        if elapsed is not None:
+            metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        if error.reason is Reason.VERIFICATION_FAILED:
+            metrics.BACKUP_VERIFICATION_FAILURES.labels(self.namespace, self.series).inc()
+
+    def record_outcome(self, succeeded: bool | None) -> None:
+        metrics.BACKUP_RUNS.labels(self.namespace, self.series, outcome_label(succeeded)).inc()
+
+    def failure_fields(self, error: OperationError) -> dict[str, Any]:
+        if error.reason is Reason.VERIFICATION_FAILED:
+            return {"verification": Verification.VERIFICATION_FAILED}
+        return {}
+
+
+def restore_metrics(body: kube.JsonDict) -> None:
+    """After an operator restart, gauges come back from status so alerts do not misfire."""
+    status = read_status(BackupStatus, body)
+    if status.phase is not Phase.SUCCEEDED or status.completed_at is None:
+        return
+    size = status.artifact.size_bytes if status.artifact and status.artifact.size_bytes else 0
+    metrics.note_backup_success(
+        body["metadata"]["namespace"], series_name(body), status.completed_at.timestamp(), size
+    )

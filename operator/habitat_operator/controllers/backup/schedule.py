@@ -1,0 +1,133 @@
+"""A Backup with a schedule: one child Backup per run (scheduling/child_runs.py), pruned by its retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import partial
+
+import structlog
+
+from habitat_operator.api.backup import BACKUP, BackupReason, BackupSpec, BackupStatus
+from habitat_operator.api.common import Phase
+from habitat_operator.api.restore import RESTORE, RestoreStatus
+from habitat_operator.config import OperatorConfig
+from habitat_operator.controllers.backup import metrics
+from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.status import TERMINAL_PHASES, read_status
+from habitat_operator.controllers.scheduling import child_runs, cron, retention
+from habitat_operator.durations import parse_duration
+from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.errors import OperationError, one_line
+
+SCHEDULE_FIELDS = ("schedule", "suspend", "retention")
+
+log = structlog.get_logger(__name__)
+
+
+def kind(config: OperatorConfig) -> child_runs.ScheduledKind[BackupSpec]:
+    return child_runs.ScheduledKind(BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe)
+
+
+def _observe(spec: BackupSpec, body: kube.JsonDict, seen: child_runs.Tick) -> None:
+    assert spec.schedule is not None  # the daemon runs only for schedules
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    metrics.BACKUP_EXPECTED_INTERVAL.labels(namespace, name).set(
+        cron.expected_interval_seconds(spec.schedule)
+    )
+    # A schedule that never succeeded counts from its creation, so "no backup for two intervals" fires.
+    last = read_status(BackupStatus, seen.last_success) if seen.last_success else None
+    when = last.completed_at if last and last.completed_at else seen.created
+    size = last.artifact.size_bytes if last and last.artifact and last.artifact.size_bytes else 0
+    metrics.note_backup_success(namespace, name, when.timestamp(), size)
+
+
+async def _apply_retention(
+    config: OperatorConfig,
+    spec: BackupSpec,
+    parent: kube.JsonDict,
+    children: child_runs.Children,
+    now: dt.datetime,
+) -> child_runs.Children:
+    """Deletes expired runs, artifact first: a child object never outlives knowledge of its artifact."""
+    if spec.retention is None:
+        return children
+    policy = retention.RetentionPolicy(
+        keep_last=spec.retention.keep_last,
+        keep_daily=spec.retention.keep_daily,
+        keep_weekly=spec.retention.keep_weekly,
+        keep_monthly=spec.retention.keep_monthly,
+        max_age=parse_duration(spec.retention.max_age) if spec.retention.max_age else None,
+    )
+    records = [
+        retention.RunRecord(c["metadata"]["name"], completed, child_runs.phase(c) == Phase.SUCCEEDED)
+        for c in children
+        if child_runs.phase(c) in TERMINAL_PHASES and (completed := child_runs.completed_at(c))
+    ]
+    expired = set(retention.select_expired(records, policy, now))
+    if expired:
+        # A run a Restore is reading stays until that Restore ends; the next pass prunes it.
+        names_in_use, uris_in_use = await _in_use(parent)
+        expired = {
+            c["metadata"]["name"]
+            for c in children
+            if c["metadata"]["name"] in expired
+            and c["metadata"]["name"] not in names_in_use
+            and _artifact_uri(c) not in uris_in_use
+        }
+    if not expired:
+        return children
+    store = ArtifactStore(config.backup_root)
+    namespace, parent_name = parent["metadata"]["namespace"], parent["metadata"]["name"]
+    kept, deleted = [], []
+    for child in children:
+        name = child["metadata"]["name"]
+        if name not in expired:
+            kept.append(child)
+            continue
+        uri = ((child.get("status") or {}).get("artifact") or {}).get("uri")
+        try:
+            if uri:
+                store.delete(uri, namespace)
+        except (OperationError, OSError) as error:  # a store it cannot write must not stop the schedule
+            why = error.message if isinstance(error, OperationError) else one_line(str(error))
+            await kube.event(
+                parent, "Warning", BackupReason.RETENTION_FAILED, f"could not delete {uri}: {why}"
+            )
+            kept.append(child)
+            continue
+        await kube.delete(BACKUP.plural, namespace, name)
+        deleted.append(name)
+        log.info("retention expired a run", kind="Backup", namespace=namespace, name=parent_name, run=name)
+    if deleted:
+        await kube.event(
+            parent,
+            "Normal",
+            BackupReason.RETENTION_APPLIED,
+            f"expired {len(deleted)} run(s): {', '.join(sorted(deleted))}",
+        )
+    return kept
+
+
+def _artifact_uri(run: kube.JsonDict) -> str | None:
+    status = read_status(BackupStatus, run)
+    return status.artifact.uri if status.artifact else None
+
+
+async def _in_use(parent: kube.JsonDict) -> tuple[set[str], set[str]]:
+    """The runs (by name) and artifacts (by URI) that unfinished Restores of this namespace read,
+    or were told to read."""
+    meta = parent["metadata"]
+    names, uris = set(), set()
+    for body in await kube.list_objects(RESTORE.plural, meta["namespace"], ""):
+        status = read_status(RestoreStatus, body)
+        if status.phase in TERMINAL_PHASES:
+            continue
+        if status.restored_from:
+            names.add(status.restored_from.backup)
+            uris.add(status.restored_from.uri)
+        source = (body.get("spec") or {}).get("source") or {}
+        ref = source.get("backupRef") or {}
+        if ref.get("name") == meta["name"] and ref.get("run"):
+            names.add(ref["run"])
+        uris.add((source.get("artifact") or {}).get("uri"))
+    return {n for n in names if n}, {u for u in uris if u}

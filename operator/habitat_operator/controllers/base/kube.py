@@ -1,0 +1,157 @@
+"""The operator's own Kubernetes API calls (Kopf does the watching): status writes, children, Events.
+
+The only module that imports `kubernetes`. The official client is synchronous; every call here runs
+in a worker thread so that handlers stay async. API errors that callers act on come out as the
+exceptions below, never as the client's ApiException.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+from habitat_operator import timestamps
+from habitat_operator.api import GROUP, VERSION
+
+JsonDict = dict[str, Any]
+
+
+class Forbidden(Exception):
+    """The operator's RBAC does not allow the call (HTTP 403)."""
+
+
+class AlreadyExists(Exception):
+    """An object of that name exists already (HTTP 409 on create)."""
+
+
+def configure() -> None:
+    """Loads in-cluster credentials when running in a pod, else the current kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi()
+
+
+def _core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api()
+
+
+async def patch_status(plural: str, namespace: str, name: str, status: JsonDict) -> None:
+    """Writes status at once (not at the handler's end), so a crash right after still shows it."""
+    await asyncio.to_thread(
+        _custom().patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        {"status": status},
+    )
+
+
+async def create(plural: str, namespace: str, body: JsonDict) -> JsonDict:
+    try:
+        result = await asyncio.to_thread(
+            _custom().create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
+        )
+    except ApiException as error:
+        if error.status == 409:
+            raise AlreadyExists(body["metadata"]["name"]) from None
+        raise
+    return dict(result)
+
+
+async def list_objects(plural: str, namespace: str, label_selector: str) -> list[JsonDict]:
+    result = await asyncio.to_thread(
+        _custom().list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        label_selector=label_selector,
+    )
+    return list(result.get("items", []))
+
+
+async def get(plural: str, namespace: str, name: str) -> JsonDict | None:
+    try:
+        result = await asyncio.to_thread(
+            _custom().get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return dict(result)
+
+
+async def delete(plural: str, namespace: str, name: str) -> None:
+    try:
+        await asyncio.to_thread(
+            _custom().delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
+    """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
+    try:
+        secret = await asyncio.to_thread(_core().read_namespaced_secret, name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        if error.status == 403:
+            raise Forbidden(f"Secret {namespace}/{name}") from None
+        raise
+    return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
+def owner_reference(body: JsonDict) -> JsonDict:
+    """Makes the child garbage-collected with its parent (a schedule and its runs)."""
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+async def event(body: JsonDict, type_: str, reason: str, message: str) -> None:
+    """Posts a core/v1 Event about an object; failing to post one never fails the operation."""
+    meta = body["metadata"]
+    stamp = timestamps.rfc3339(timestamps.now())
+    event_body = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body["apiVersion"],
+            "kind": body["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "habitat-operator"},
+        "reportingComponent": "habitat-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await asyncio.to_thread(_core().create_namespaced_event, meta["namespace"], event_body)
+    except ApiException as error:
+        logging.getLogger(__name__).warning("could not post event %s: %s", reason, error.reason)

@@ -1,0 +1,1 @@
+"""Restore: one-shot restores and scheduled drills."""

@@ -1,0 +1,288 @@
+"""One Restore object, from Pending to Succeeded or Failed; a drill restores into a scratch database.
+
+The order protects the target: the source is resolved and its checksum checked before anything
+touches the target; the target's database lock is taken (no other restore or migration, in any
+operator process, writes it meanwhile); a non-empty target is refused without `force`, and backed up
+first by a safety Backup that belongs to this run alone. A restore runs once, like a Job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from habitat_operator import timestamps
+from habitat_operator.api.backup import BACKUP
+from habitat_operator.api.common import API_VERSION, Phase, Reason, qualified
+from habitat_operator.api.restore import (
+    RESTORE,
+    QueryResult,
+    RestoredFrom,
+    RestoreReason,
+    RestoreSpec,
+    RestoreStatus,
+)
+from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base.credentials import read_secret_text
+from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater, outcome_label
+from habitat_operator.controllers.base.status import read_status
+from habitat_operator.controllers.restore import metrics
+from habitat_operator.controllers.restore.scratch import sweep_orphans
+from habitat_operator.controllers.restore.source import SourceArtifact, resolve
+from habitat_operator.controllers.scheduling.child_runs import series_name
+from habitat_operator.durations import format_duration, parse_duration
+from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.postgres import restore, scratch
+from habitat_operator.engines.postgres.locks import database_lock
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError, PermanentError
+from habitat_operator.metrics import advance
+
+SAFETY_FOR_LABEL = qualified("safety-backup-for")  # the Restore's uid
+WAIT_SECONDS = 5.0  # for the database lock, or the safety backup, to come free
+
+
+def scratch_database_name(namespace: str, uid: str, name: str) -> str:
+    """A drill's database: unique per Restore object (two namespaces' drills never share one),
+    recognisable by the Restore's name, within PostgreSQL's 63 bytes."""
+    return names.database_identifier("habitat_drill_", f"{namespace}/{uid}", name)
+
+
+class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
+    info = RESTORE
+    spec_model = RestoreSpec
+    status_model = RestoreStatus
+    drill = False
+    _query_results: list[QueryResult] | None = None
+    _query_summary: str | None = None
+
+    @property
+    def series(self) -> str:
+        return series_name(self.body)
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"]["uid"])
+
+    async def execute(self, spec: RestoreSpec) -> RetryLater | None:
+        self.drill = spec.drill
+        source = await resolve(
+            spec.source,
+            self.namespace,
+            ArtifactStore(self.config.backup_root),
+            cross_namespace=self.config.allow_cross_namespace_restores,
+        )
+        ref = spec.target.database.secret_ref
+        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
+        if self.resumed and spec.jobs > 1 and not spec.drill:
+            # A parallel restore is not one transaction: the target may hold part of the artifact.
+            raise PermanentError(Reason.INTERRUPTED, "the restore was interrupted midway")
+        await self._check_source(spec, source)
+        into = (
+            target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
+            if spec.drill
+            else target
+        )
+        holder = f"restore {self.namespace}/{self.name}"
+        async with self.slot(into.display), database_lock(into, holder) as lock:
+            if not lock.acquired:
+                await self.reporter.write(
+                    "reconciling",
+                    Phase.PENDING,
+                    Reason.WAITING_FOR_LOCK,
+                    f"{lock.holder} is writing to {into.display}; waiting for it to finish",
+                    waiting_for=lock.holder,
+                )
+                return RetryLater(WAIT_SECONDS)
+            if spec.drill:
+                await sweep_orphans(target, self.config, self.body)
+                await restore.drop_database(into)  # a leftover of an interrupted drill
+                await restore.create_database(into)
+                await scratch.mark_owner(into, self.namespace, self.uid)
+            elif not self.resumed:  # an interrupted attempt checked (and backed up) the target already
+                waiting = await self._prepare_target(spec, target, source)
+                if waiting:
+                    return waiting
+            try:
+                await self._restore(spec, source, target, into)
+            finally:
+                if spec.drill:
+                    await restore.drop_database(into)
+        return None
+
+    async def clean_up_interrupted(self, spec: RestoreSpec) -> None:
+        """A drill cut off mid-restore leaves its scratch database behind: drop it before anything else."""
+        if not spec.drill:
+            return
+        ref = spec.target.database.secret_ref
+        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
+        await restore.drop_database(
+            target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
+        )
+
+    async def _check_source(self, spec: RestoreSpec, source: SourceArtifact) -> None:
+        """Nothing touches the target before the artifact is known to be intact."""
+        try:
+            await restore.check_artifact(
+                source.path,
+                source.format.value,
+                source.sha256,
+                source.encryption_key,
+                checksum=spec.verify.checksum,
+            )
+        except OperationError as error:
+            raise PermanentError(error.reason, f"{error.message}; the target was not touched") from None
+
+    async def _restore(
+        self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget, into: ConnectionTarget
+    ) -> None:
+        await self.start(
+            RestoreReason.RESTORING,
+            f"restoring {source.uri} into {into.display}",
+            target=target.display,
+            scratch_database=into.dbname if spec.drill else None,
+            waiting_for=None,
+            restored_from=RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256),
+        )
+        await restore.run_restore(
+            restore.RestoreRequest(
+                target=into,
+                artifact_path=source.path,
+                format=source.format.value,
+                expected_sha256=None,  # checked before the target was touched
+                check_checksum=False,
+                encryption_key=source.encryption_key,
+                jobs=spec.jobs,
+                # After an interruption the one transaction was rolled back; --clean also covers the
+                # case where it had just committed.
+                clean=spec.mode.clean or self.resumed,
+                timeout=parse_duration(spec.timeout).total_seconds(),
+                scratch_dir=self.config.scratch_dir,
+                lock_timeout=parse_duration(spec.lock_timeout).total_seconds(),
+            )
+        )
+        outcomes = await restore.run_verification_queries(into, spec.verify.queries)
+        self._query_results = [
+            QueryResult(name=o.name, passed=o.passed, value=o.value, message=o.message or None)
+            for o in outcomes
+        ]
+        passed = sum(o.passed for o in outcomes)
+        summary = f"{passed}/{len(outcomes)} passed" if outcomes else "no queries"
+        self._query_summary = summary
+        if passed < len(outcomes):
+            failed = ", ".join(o.name for o in outcomes if not o.passed)
+            raise PermanentError(Reason.VERIFICATION_FAILED, f"verification queries failed: {failed}")
+        elapsed = self.elapsed
+        await self.succeed(
+            f"restored {source.uri} into {into.display} in {elapsed:.1f}s; verification {summary}",
+            **self._timing_fields(elapsed),
+            verification=self._query_results,
+            verification_summary=summary,
+        )
+        metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        if spec.drill:
+            advance(
+                metrics.RESTORE_DRILL_LAST_SUCCESS, self.namespace, self.series, timestamps.now().timestamp()
+            )
+
+    async def _prepare_target(
+        self, spec: RestoreSpec, target: ConnectionTarget, source: SourceArtifact
+    ) -> RetryLater | None:
+        """Creates, refuses or backs up the target as the spec says; RetryLater while the safety
+        backup runs, None to go ahead."""
+        if not await restore.database_exists(target):
+            if not spec.mode.create_database:
+                raise PermanentError(
+                    Reason.DATABASE_NOT_FOUND,
+                    f"target database {target.display} does not exist; set mode.createDatabase",
+                )
+            await restore.create_database(target)
+            return None
+        if await restore.is_empty(target):
+            return None
+        if not spec.mode.force:
+            raise PermanentError(
+                RestoreReason.TARGET_NOT_EMPTY,
+                f"target database {target.display} is not empty; set mode.force"
+                " (and mode.clean to drop its objects first)",
+            )
+        if spec.pre_restore_backup is False:
+            return None
+        return await self._await_safety_backup(spec, source)
+
+    async def _await_safety_backup(self, spec: RestoreSpec, source: SourceArtifact) -> RetryLater | None:
+        """A one-shot Backup of the target, owned by this Restore and labelled with its uid, so that
+        no other Backup (an earlier run's, a user's of the same name) is ever taken for it."""
+        name = names.fit(f"{self.name}-safety-{self.uid[:8]}", 253)
+        existing = await kube.get(BACKUP.plural, self.namespace, name)
+        if existing is None:
+            storage = spec.safety_backup_storage
+            path = storage.filesystem.path if storage else (source.storage_path or "safety")
+            body: kube.JsonDict = {
+                "apiVersion": API_VERSION,
+                "kind": BACKUP.kind,
+                "metadata": {
+                    "name": name,
+                    "namespace": self.namespace,
+                    "labels": {SAFETY_FOR_LABEL: self.uid},
+                    "ownerReferences": [kube.owner_reference(self.body)],
+                },
+                "spec": {
+                    "database": {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)},
+                    "storage": {"filesystem": {"path": path}},
+                },
+            }
+            existing = await kube.create(BACKUP.plural, self.namespace, body)
+            await kube.event(
+                self.body,
+                "Normal",
+                RestoreReason.SAFETY_BACKUP,
+                f"backing up the target first: Backup {name}",
+            )
+        if (existing["metadata"].get("labels") or {}).get(SAFETY_FOR_LABEL) != self.uid:
+            raise PermanentError(
+                RestoreReason.SAFETY_BACKUP_FAILED,
+                f"Backup {name} exists but is not this Restore's safety backup; the target was not touched",
+            )
+        backup = read_status(BACKUP.status_model, existing)
+        if backup.phase is Phase.SUCCEEDED:
+            return None
+        if backup.phase is Phase.FAILED:
+            why = getattr(backup, "message", None) or "see its status"
+            raise PermanentError(
+                RestoreReason.SAFETY_BACKUP_FAILED,
+                f"safety Backup {name} failed ({why}); the target was not touched",
+            )
+        await self.reporter.write(
+            "reconciling",
+            Phase.PENDING,
+            RestoreReason.WAITING_FOR_SAFETY_BACKUP,
+            f"waiting for safety Backup {name}",
+            safety_backup=name,
+        )
+        return RetryLater(WAIT_SECONDS)
+
+    @staticmethod
+    def _timing_fields(elapsed: float) -> dict[str, Any]:
+        return {"duration_seconds": round(elapsed, 3), "duration": format_duration(elapsed)}
+
+    def explain(self, message: str) -> str:
+        safety = self.status.safety_backup
+        return f"{message}; roll back by restoring Backup {safety}" if safety and not self.drill else message
+
+    def failure_fields(self, error: OperationError) -> dict[str, Any]:
+        if self._query_results is None:
+            return {}
+        return {
+            "verification": self._query_results,
+            "verification_summary": self._query_summary,
+            **self._timing_fields(self.elapsed),
+        }
+
+    def record_failure(self, error: OperationError, elapsed: float | None) -> None:
+        if elapsed is not None:
+            metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        if error.reason in (Reason.CHECKSUM_MISMATCH, Reason.VERIFICATION_FAILED):
+            metrics.RESTORE_VERIFICATION_FAILURES.labels(self.namespace, self.series).inc()
+
+    def record_outcome(self, succeeded: bool | None) -> None:
+        metrics.RESTORE_RUNS.labels(self.namespace, self.series, outcome_label(succeeded)).inc()

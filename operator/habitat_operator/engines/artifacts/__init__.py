@@ -1,0 +1,1 @@
+"""Artifacts: all-or-nothing files and directories under a root, and their encryption."""

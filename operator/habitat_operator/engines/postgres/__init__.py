@@ -1,0 +1,1 @@
+"""PostgreSQL: connection URIs, pg_dump and pg_restore as child processes, SQL through psycopg."""

@@ -1,0 +1,37 @@
+"""Liveness that means something: /healthz fails when the operator can no longer do its work.
+
+Every Kubernetes call of the operator goes through the event loop's default thread pool. A heartbeat
+sends a no-op through that pool every second; when none has come back for STALL_SECONDS (the
+pool starved, or the loop blocked), /healthz says so and the kubelet restarts the pod. A loop that
+is blocked outright cannot answer /healthz at all, which fails the probe too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+BEAT_SECONDS = 1.0
+STALL_SECONDS = 20.0
+
+
+def _noop() -> None:
+    pass
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self.last_beat = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(_noop)
+            self.last_beat = time.monotonic()
+            await asyncio.sleep(BEAT_SECONDS)
+
+    def stalled_for(self) -> float:
+        """Seconds since a heartbeat last made it through the loop and its thread pool."""
+        return time.monotonic() - self.last_beat
+
+    def healthy(self) -> bool:
+        return self.stalled_for() < STALL_SECONDS

@@ -1,0 +1,63 @@
+"""Fixtures for the controllers' unit tests: a fake apiserver, a frozen clock and fake engines.
+
+Each fixture installs its fake for the test only (monkeypatch), so the controllers run as in the
+operator, without a stack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from habitat_operator import timestamps
+from habitat_operator.config import OperatorConfig
+from tests.unit.fake_engines import FakeDump, FakeLock, FakePostgres, FakeScratch
+from tests.unit.fake_kube import Clock, FakeKube, install
+
+START = dt.datetime(2024, 6, 1, 10, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    frozen = Clock(START)
+    monkeypatch.setattr(timestamps, "now", frozen.now)
+    return frozen
+
+
+@pytest.fixture
+def fake_kube(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> FakeKube:
+    return install(monkeypatch)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> OperatorConfig:
+    root = tmp_path / "backups"
+    root.mkdir()
+    return OperatorConfig(backup_root=root)
+
+
+@pytest.fixture
+def dump(monkeypatch: pytest.MonkeyPatch) -> FakeDump:
+    fake = FakeDump()
+    monkeypatch.setattr("habitat_operator.controllers.backup.run.run_backup", fake)
+    return fake
+
+
+@pytest.fixture
+def postgres(monkeypatch: pytest.MonkeyPatch) -> FakePostgres:
+    fake = FakePostgres()
+    scratch = FakeScratch(fake)
+    monkeypatch.setattr("habitat_operator.controllers.restore.run.restore", fake)
+    monkeypatch.setattr("habitat_operator.controllers.restore.run.scratch", scratch)
+    monkeypatch.setattr("habitat_operator.controllers.restore.scratch.restore", fake)
+    monkeypatch.setattr("habitat_operator.controllers.restore.scratch.scratch", scratch)
+    return fake
+
+
+@pytest.fixture
+def lock(monkeypatch: pytest.MonkeyPatch) -> FakeLock:
+    fake = FakeLock()
+    monkeypatch.setattr("habitat_operator.controllers.restore.run.database_lock", fake)
+    return fake

@@ -1,0 +1,162 @@
+"""Stand-ins for the engines the controllers call (pg_dump, pg_restore, the database lock).
+
+Each records what it was asked and fails when a test queues an error for it; nothing reaches
+PostgreSQL. Tests install them by monkeypatching the names the controller modules import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+from habitat_operator.api.restore import VerificationQuery
+from habitat_operator.engines.artifacts.store import file_uri
+from habitat_operator.engines.postgres import restore as restore_engine
+from habitat_operator.engines.postgres import scratch as scratch_engine
+from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult
+from habitat_operator.engines.postgres.locks import DatabaseLock
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+
+ARTIFACT_BYTES = b"PGDMP fake archive " * 64
+
+
+class FakeDump:
+    """`run_backup`: writes a small artifact at the destination, or raises the next queued error."""
+
+    def __init__(self) -> None:
+        self.requests: list[BackupRequest] = []
+        self.errors: list[BaseException] = []
+        self.during: Callable[[BackupRequest], None] | None = None  # runs while "dumping"
+        self.gate: asyncio.Event | None = None  # when set, each dump waits for it
+
+    def fail(self, *errors: BaseException) -> None:
+        self.errors.extend(errors)
+
+    async def __call__(self, request: BackupRequest) -> BackupResult:
+        self.requests.append(request)
+        if self.during is not None:
+            self.during(request)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.errors:
+            raise self.errors.pop(0)
+        request.destination.parent.mkdir(parents=True, exist_ok=True)
+        request.destination.write_bytes(ARTIFACT_BYTES)
+        return BackupResult(
+            uri=file_uri(request.destination),
+            size_bytes=len(ARTIFACT_BYTES),
+            sha256=hashlib.sha256(ARTIFACT_BYTES).hexdigest(),
+            format=request.format,
+            encrypted=request.encryption_key is not None,
+            pg_version="15.8",
+            verified=request.verify,
+        )
+
+
+class FakePostgres:
+    """The module `engines.postgres.restore` as `controllers.restore.run` uses it.
+
+    `calls` lists (operation, database) in order; `databases` are those that exist (a drill's scratch
+    database comes and goes); `non_empty` are those holding objects.
+    """
+
+    RestoreRequest = restore_engine.RestoreRequest
+
+    def __init__(self, databases: Sequence[str] = ()) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.databases: set[str] = set(databases)
+        self.non_empty: set[str] = set()
+        self.restore_errors: list[BaseException] = []
+        self.check_errors: list[BaseException] = []
+        self.outcomes: list[restore_engine.QueryOutcome] = []
+        self.requests: list[restore_engine.RestoreRequest] = []
+
+    async def check_artifact(
+        self,
+        path: Path,
+        format: str,
+        expected_sha256: str | None,
+        encryption_key: bytes | None,
+        *,
+        checksum: bool = True,
+    ) -> str | None:
+        self.calls.append(("check_artifact", path.name))
+        if self.check_errors:
+            raise self.check_errors.pop(0)
+        return expected_sha256
+
+    async def run_restore(self, request: restore_engine.RestoreRequest) -> restore_engine.RestoreResult:
+        self.calls.append(("run_restore", request.target.dbname))
+        self.requests.append(request)
+        if self.restore_errors:
+            raise self.restore_errors.pop(0)
+        self.non_empty.add(request.target.dbname)
+        return restore_engine.RestoreResult(duration_seconds=0.1, sha256=None)
+
+    async def database_exists(self, target: ConnectionTarget) -> bool:
+        self.calls.append(("database_exists", target.dbname))
+        return target.dbname in self.databases
+
+    async def create_database(self, target: ConnectionTarget) -> None:
+        self.calls.append(("create_database", target.dbname))
+        self.databases.add(target.dbname)
+
+    async def drop_database(self, target: ConnectionTarget) -> None:
+        self.calls.append(("drop_database", target.dbname))
+        self.databases.discard(target.dbname)
+        self.non_empty.discard(target.dbname)
+
+    async def is_empty(self, target: ConnectionTarget) -> bool:
+        self.calls.append(("is_empty", target.dbname))
+        return target.dbname not in self.non_empty
+
+    async def run_verification_queries(
+        self, target: ConnectionTarget, queries: Sequence[VerificationQuery]
+    ) -> list[restore_engine.QueryOutcome]:
+        self.calls.append(("run_verification_queries", target.dbname))
+        return list(self.outcomes)
+
+    def operations(self) -> list[str]:
+        return [operation for operation, _ in self.calls]
+
+
+class FakeLock:
+    """`database_lock`: granted, unless `holder` names someone who holds it already."""
+
+    def __init__(self) -> None:
+        self.holder: str | None = None
+        self.taken: list[tuple[str, str]] = []  # (database, holder) of each try
+        self.held: set[str] = set()  # databases locked now
+
+    def __call__(self, target: ConnectionTarget, holder: str) -> AbstractAsyncContextManager[DatabaseLock]:
+        return self._lock(target, holder)
+
+    @asynccontextmanager
+    async def _lock(self, target: ConnectionTarget, holder: str) -> AsyncIterator[DatabaseLock]:
+        self.taken.append((target.dbname, holder))
+        if self.holder is not None:
+            yield DatabaseLock(acquired=False, holder=self.holder)
+            return
+        assert target.dbname not in self.held, f"{target.dbname} locked twice"
+        self.held.add(target.dbname)
+        try:
+            yield DatabaseLock(acquired=True)
+        finally:
+            self.held.discard(target.dbname)
+
+
+class FakeScratch:
+    """The module `engines.postgres.scratch`: owner marks recorded, orphans listed from `orphans`."""
+
+    def __init__(self, postgres: FakePostgres) -> None:
+        self.postgres = postgres
+        self.orphans: list[scratch_engine.ScratchDatabase] = []
+
+    async def mark_owner(self, target: ConnectionTarget, namespace: str, uid: str) -> None:
+        self.postgres.calls.append(("mark_owner", target.dbname))
+
+    async def list_scratch_databases(self, target: ConnectionTarget) -> list[scratch_engine.ScratchDatabase]:
+        return [o for o in self.orphans if o.name in self.postgres.databases]
