@@ -35,6 +35,11 @@ OPERATIONS_RUNNING = Gauge(
     "habitat_operator_operations_running",
     "Operations (backups, restores) running now, each holding one of --max-concurrent-operations.",
 )
+OPERATIONS_CANCELLED = Counter(
+    "habitat_operator_operations_cancelled_total",
+    "Operations stopped because their object was deleted while they ran, by kind.",
+    ["kind"],
+)
 OPERATIONS_QUEUED = Gauge(
     "habitat_operator_operations_queued",
     "Operations waiting for a slot (their objects say Queued).",
@@ -59,7 +64,7 @@ def advance(gauge: Gauge, namespace: str, name: str, when: float) -> bool:
     return True
 
 
-RESULTS = ("success", "failure", "cancelled")
+RESULTS = ("success", "failure")
 
 
 def forget(series: tuple[Gauge | Counter | Histogram, ...], namespace: str, name: str) -> None:

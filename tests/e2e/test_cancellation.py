@@ -77,10 +77,8 @@ def test_deleting_a_running_backup_stops_it_and_leaves_no_partial_file(
     cancelled = [e for e in events(kubectl, "doomed") if e["reason"] == "Cancelled"]
     assert cancelled and "stopped" in cancelled[0]["message"]
     scraped = operator_alive.scrape()
-    assert (
-        f'habitat_backup_runs_total{{backup="doomed",namespace="{kubectl.namespace}",result="cancelled"}} 1.0'
-        in scraped
-    )
+    assert 'habitat_operator_operations_cancelled_total{kind="Backup"}' in scraped
+    assert f'backup="doomed",namespace="{kubectl.namespace}"' not in scraped  # its series went with it
 
 
 def test_deleting_a_running_restore_stops_it_before_it_commits(

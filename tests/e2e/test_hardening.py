@@ -534,12 +534,6 @@ def test_a_namespace_directory_symlinked_out_of_the_root_is_refused(
 # ---------------------------------------------------------------- 13: small ones
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: handlers/backup.py forgets series in @kopf.on.delete(optional=True), which Kopf runs"
-    " only for objects it holds a finalizer on; a one-shot Backup has none (only schedules do, for"
-    " their daemon), so its deletion is a GONE event with no handler and its series stay",
-)
 def test_a_deleted_backups_metric_series_go(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,

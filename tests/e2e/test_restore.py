@@ -21,6 +21,7 @@ from tests.e2e.test_backup import (
     wait_phase,
     wait_ready,
 )
+from tests.e2e.test_backup_schedule import run_by_hand
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -321,14 +322,22 @@ def test_two_restores_never_write_to_one_database_at_once(
     kubectl.apply(restore("first"))
     wait_phase(kubectl, "restore", "first", {"Running"}, operator_alive)
     kubectl.apply(restore("second", mode={"force": True, "clean": True}, preRestoreBackup=False))
+    # One operator queues the second behind the first (one operation per database); across operator
+    # processes the database lock does it (test_database_lock.py).
     waiting = wait_for(
-        "the second restore to wait",
-        lambda: (o := kubectl.get("restore", "second")).get("status", {}).get("waitingFor") and o,
+        "the second restore to queue",
+        lambda: (
+            (o := kubectl.get("restore", "second")).get("status", {}).get("conditions")
+            and condition(o, "Reconciling")["reason"] == "Queued"
+            and o
+        ),
         timeout=60,
         operator=operator_alive,
     )
-    assert waiting["status"]["waitingFor"].endswith("/first")
-    assert condition(waiting, "Reconciling")["reason"] == "WaitingForLock"
+    assert waiting["status"]["phase"] == "Pending"
+    target = target_database.rsplit("@", 1)[1]
+    assert f"another operation on {target} is running" in condition(waiting, "Reconciling")["message"]
+    assert kubectl.get("restore", "first")["status"]["phase"] == "Running"
     assert finished(kubectl, "first", operator_alive, timeout=240)["status"]["phase"] == "Succeeded"
     second = finished(kubectl, "second", operator_alive, timeout=240)
     assert second["status"]["phase"] == "Succeeded", second["status"]
@@ -344,10 +353,9 @@ def test_restore_from_a_schedule_takes_its_latest_run_or_a_named_one(
 ) -> None:
     seed(fresh_database, rows=10)
     kubectl.apply(backup("nightly", schedule="0 0 1 1 *"))
+    parent = kubectl.get("backup", "nightly")
     for run in ("nightly-20200101000000", "nightly-20200102000000"):
-        child = backup(run)
-        child["metadata"]["labels"] = {"ops.habitat.dev/schedule": "nightly"}
-        kubectl.apply(child)
+        kubectl.apply(run_by_hand(run, parent))
         wait_ready(kubectl, run, operator_alive)
 
     kubectl.apply(restore("latest", source={"backupRef": {"name": "nightly"}}, drill=True))

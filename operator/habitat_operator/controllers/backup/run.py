@@ -17,7 +17,7 @@ from habitat_operator.api.common import Phase, Reason
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.credentials import read_secret_text, read_secret_value
-from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater, outcome_label
+from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
@@ -91,6 +91,10 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         size = human_size(result.size_bytes)
         verified = "verified" if result.verified else "not verified"
         message = f"{size} in {elapsed:.1f}s, {verified}"
+        metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        metrics.note_backup_success(
+            self.namespace, self.series, timestamps.now().timestamp(), result.size_bytes
+        )
         await self.succeed(
             message,
             f"{message}: {result.uri}",
@@ -107,10 +111,6 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             last_successful_time=timestamps.now(),
             duration=format_duration(elapsed),
         )
-        metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
-        metrics.note_backup_success(
-            self.namespace, self.series, timestamps.now().timestamp(), result.size_bytes
-        )
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         if elapsed is not None:
@@ -118,8 +118,8 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         if error.reason is Reason.VERIFICATION_FAILED:
             metrics.BACKUP_VERIFICATION_FAILURES.labels(self.namespace, self.series).inc()
 
-    def record_outcome(self, succeeded: bool | None) -> None:
-        metrics.BACKUP_RUNS.labels(self.namespace, self.series, outcome_label(succeeded)).inc()
+    def record_outcome(self, succeeded: bool) -> None:
+        metrics.BACKUP_RUNS.labels(self.namespace, self.series, "success" if succeeded else "failure").inc()
 
     def failure_fields(self, error: OperationError) -> dict[str, Any]:
         if error.reason is Reason.VERIFICATION_FAILED:

@@ -33,6 +33,7 @@ from habitat_operator.controllers.base.status import TERMINAL_PHASES, StatusRepo
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.durations import parse_duration
 from habitat_operator.errors import OperationError, RetryableError, WaitingError, one_line
+from habitat_operator.metrics import OPERATIONS_CANCELLED
 
 # Something an object needs (a Secret, a Backup) may be applied a moment later (GitOps sync order).
 RECHECK_SECONDS = 30.0
@@ -63,11 +64,6 @@ def backoff_seconds(policy: RetryPolicy, attempts: int) -> float:
     """The wait before retry number `attempts`: `backoff`, doubling with each retry, capped."""
     first = parse_duration(policy.backoff).total_seconds()
     return float(min(first * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS))
-
-
-def outcome_label(succeeded: bool | None) -> str:
-    """The `result` label of a kind's runs counter."""
-    return {True: "success", False: "failure", None: "cancelled"}[succeeded]
 
 
 def unexpected(error: Exception) -> RetryableError:
@@ -116,9 +112,8 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         """The kind's metrics for a failed attempt (elapsed is None when it never started)."""
 
-    def record_outcome(self, succeeded: bool | None) -> None:
-        """The kind's metrics for a run that ended: Succeeded (True), Failed (False) or cancelled
-        by its object's deletion (None)."""
+    def record_outcome(self, succeeded: bool) -> None:
+        """The kind's metrics for a run that ended, Succeeded or Failed."""
 
     def failure_fields(self, error: OperationError) -> dict[str, Any]:
         """Status fields the kind sets when a run fails with `error`."""
@@ -185,6 +180,8 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
         return 0.0 if self._started is None else time.monotonic() - self._started
 
     async def succeed(self, message: str, event_message: str | None = None, **fields: Any) -> None:
+        """Ends the run as Succeeded. Metrics first: whoever sees Ready may scrape at once."""
+        self.record_outcome(True)
         await self.reporter.write(
             "ready",
             Phase.SUCCEEDED,
@@ -194,7 +191,6 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
             message=None,
             **fields,
         )
-        self.record_outcome(True)
         self.log.info(f"{self.info.kind.lower()} succeeded", detail=message, seconds=round(self.elapsed, 2))
         await kube.event(self.body, "Normal", Reason.SUCCEEDED, event_message or message)
 
@@ -208,6 +204,7 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
     async def fail(self, reason: StrEnum, message: str, **fields: Any) -> None:
         """Ends the run as Failed: Stalled with the reason in status, an Event and a log line."""
         message = one_line(self.explain(message))
+        self.record_outcome(False)
         await self.reporter.write(
             "stalled",
             Phase.FAILED,
@@ -217,7 +214,6 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
             message=message,
             **fields,
         )
-        self.record_outcome(False)
         self.log.warning(f"{self.info.kind.lower()} failed", reason=reason.value, error=message)
         await kube.event(self.body, "Warning", reason, message)
 
@@ -225,7 +221,8 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
         """The object was deleted while its step ran, and the step was cancelled (its client tool
         killed, partial files removed, locks released): says so before the object goes."""
         message = f"deleted while running: attempt {self.attempts} was stopped and its partial work removed"
-        self.record_outcome(None)
+        # Operator-wide: the object's own series go with it.
+        OPERATIONS_CANCELLED.labels(self.info.kind).inc()
         self.log.warning(f"{self.info.kind.lower()} cancelled", attempt=self.attempts)
         await kube.event(self.body, "Warning", Reason.CANCELLED, message)
 

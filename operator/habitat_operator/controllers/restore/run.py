@@ -23,7 +23,7 @@ from habitat_operator.api.restore import (
 )
 from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.credentials import read_secret_text
-from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater, outcome_label
+from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.restore import metrics
 from habitat_operator.controllers.restore.scratch import sweep_orphans
@@ -103,10 +103,11 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                 if waiting:
                     return waiting
             try:
-                await self._restore(spec, source, target, into)
+                summary = await self._restore(spec, source, target, into)
             finally:
                 if spec.drill:
                     await restore.drop_database(into)
+        await self._succeed(spec, source, into, summary)  # once the scratch database is gone
         return None
 
     async def clean_up_interrupted(self, spec: RestoreSpec) -> None:
@@ -134,7 +135,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
 
     async def _restore(
         self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget, into: ConnectionTarget
-    ) -> None:
+    ) -> str:
+        """Restores and verifies; returns the verification summary."""
         await self.start(
             RestoreReason.RESTORING,
             f"restoring {source.uri} into {into.display}",
@@ -171,18 +173,23 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if passed < len(outcomes):
             failed = ", ".join(o.name for o in outcomes if not o.passed)
             raise PermanentError(Reason.VERIFICATION_FAILED, f"verification queries failed: {failed}")
+        return summary
+
+    async def _succeed(
+        self, spec: RestoreSpec, source: SourceArtifact, into: ConnectionTarget, summary: str
+    ) -> None:
         elapsed = self.elapsed
+        metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        if spec.drill:
+            advance(
+                metrics.RESTORE_DRILL_LAST_SUCCESS, self.namespace, self.series, timestamps.now().timestamp()
+            )
         await self.succeed(
             f"restored {source.uri} into {into.display} in {elapsed:.1f}s; verification {summary}",
             **self._timing_fields(elapsed),
             verification=self._query_results,
             verification_summary=summary,
         )
-        metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
-        if spec.drill:
-            advance(
-                metrics.RESTORE_DRILL_LAST_SUCCESS, self.namespace, self.series, timestamps.now().timestamp()
-            )
 
     async def _prepare_target(
         self, spec: RestoreSpec, target: ConnectionTarget, source: SourceArtifact
@@ -284,5 +291,5 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if error.reason in (Reason.CHECKSUM_MISMATCH, Reason.VERIFICATION_FAILED):
             metrics.RESTORE_VERIFICATION_FAILURES.labels(self.namespace, self.series).inc()
 
-    def record_outcome(self, succeeded: bool | None) -> None:
-        metrics.RESTORE_RUNS.labels(self.namespace, self.series, outcome_label(succeeded)).inc()
+    def record_outcome(self, succeeded: bool) -> None:
+        metrics.RESTORE_RUNS.labels(self.namespace, self.series, "success" if succeeded else "failure").inc()
