@@ -18,7 +18,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.engines.artifacts.store import sweep_partials
 from habitat_operator.engines.postgres.restore import sweep_scratch_folders
-from habitat_operator.health import Heartbeat
+from habitat_operator.health import Heartbeat, release_memory_periodically
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ async def _main(options: Options) -> None:
     ready = asyncio.Event()
     heartbeat = Heartbeat()
     beating = asyncio.create_task(heartbeat.run())
+    trimming = asyncio.create_task(release_memory_periodically())
     runner = await _serve_metrics(options.metrics_port, ready, heartbeat)
     # Kopf hands each object a shallow copy of this memo: the objects in it are shared by all.
     memo = kopf.Memo(config=options.config, slots=options.slots, schedule_wakeups=ScheduleWakeups())
@@ -94,6 +95,7 @@ async def _main(options: Options) -> None:
         await operator
     finally:
         beating.cancel()
+        trimming.cancel()
         await runner.cleanup()
 
 

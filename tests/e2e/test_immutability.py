@@ -11,35 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_backup import backup
+from tests.e2e.test_restore import restore
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
 
 BACKUP_IMMUTABLE = "spec of a one-shot Backup is immutable; create a new Backup to run again"
 RESTORE_IMMUTABLE = "spec of a one-shot Restore is immutable; create a new Restore to run again"
-
-
-def backup(name: str, **spec: Any) -> dict[str, Any]:
-    base = {"database": {"secretRef": {"name": "habitat-db"}}, "storage": {"filesystem": {"path": "e2e"}}}
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Backup",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
-
-
-def restore(name: str, **spec: Any) -> dict[str, Any]:
-    base = {
-        "source": {"backupRef": {"name": "source"}},
-        "target": {"database": {"secretRef": {"name": "target-db"}}},
-    }
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Restore",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
 
 
 def refused(kubectl: Kubectl, manifest: dict[str, Any]) -> str:

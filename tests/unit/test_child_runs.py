@@ -286,9 +286,6 @@ def test_a_tick_cut_off_after_creating_creates_no_duplicate(
         pytest.param(
             True,
             id="the-watch-delivered-the-child",
-            marks=pytest.mark.xfail(
-                strict=True, reason="bug: a repeated tick takes the due run's own child for a busy one"
-            ),
         ),
         pytest.param(False, id="the-watch-has-not-delivered-it-yet"),
     ],

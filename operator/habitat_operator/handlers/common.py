@@ -19,7 +19,6 @@ import kopf
 
 from habitat_operator import metrics
 from habitat_operator.controllers.base import kube
-from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.scheduling import child_runs
 
 
@@ -29,17 +28,6 @@ def has_schedule(spec: kopf.Spec, **_: Any) -> bool:
 
 def is_one_shot(spec: kopf.Spec, **_: Any) -> bool:
     return not spec.get("schedule")
-
-
-async def run_once(kind: str, attempt: Awaitable[RetryLater | None]) -> None:
-    """One step of a one-shot object; Kopf calls again after the delay it asks for.
-
-    No Kopf retry limit: each kind counts its own attempts and ends Failed by itself.
-    """
-    with reconcile_timer(kind):
-        retry = await attempt
-    if retry:
-        raise kopf.TemporaryError(f"{kind} not finished yet", delay=retry.seconds)
 
 
 def is_run_of_a_schedule(body: kopf.Body, **_: Any) -> bool:

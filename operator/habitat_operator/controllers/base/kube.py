@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 from typing import Any
 
@@ -37,12 +38,18 @@ def configure() -> None:
         kubernetes.config.load_kube_config()
 
 
+@functools.cache
+def _api_client() -> kubernetes.client.ApiClient:
+    """One client, so one connection pool: a client per call would open a TLS connection per call."""
+    return kubernetes.client.ApiClient()
+
+
 def _custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi()
+    return kubernetes.client.CustomObjectsApi(_api_client())
 
 
 def _core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api()
+    return kubernetes.client.CoreV1Api(_api_client())
 
 
 async def patch_status(plural: str, namespace: str, name: str, status: JsonDict) -> None:

@@ -260,7 +260,12 @@ async def tick(
 
     if not suspend:
         due, skipped = cron.due_runs(expression, last_schedule, created, now)
-        if due is not None:
+        own = child_name(body["metadata"]["name"], due) if due is not None else None
+        if due is not None and any(c["metadata"]["name"] == own for c in children):
+            # A tick cut off after creating this run (its status never written): it is the run, not a rival.
+            missed += skipped
+            last_schedule = due
+        elif due is not None:
             missed += skipped
             if active:
                 children = await _refresh_active(kind, children, active)

@@ -1,0 +1,66 @@
+"""The Kopf handlers every kind that runs once or on a schedule gets, registered in one call.
+
+A kind's module then only says what is its own: how to build one run, its schedule's behaviour,
+and how to forget its metrics (handlers/backup.py, handlers/restore.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from habitat_operator.api import GROUP, VERSION
+from habitat_operator.api.common import KindInfo
+from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.lifecycle import OneShotRun
+from habitat_operator.controllers.scheduling.child_runs import ScheduledKind, ScheduleRuns
+from habitat_operator.handlers import one_shot
+from habitat_operator.handlers.common import (
+    has_schedule,
+    index_run,
+    is_gone_with_its_series,
+    is_run_of_a_schedule,
+    run_schedule,
+    wakes_a_schedule,
+)
+
+
+def register_kind(
+    info: KindInfo,
+    new_run: Callable[[kube.JsonDict, kopf.Memo], OneShotRun[Any, Any]],
+    scheduled_kind: Callable[[kopf.Memo], ScheduledKind[Any]],
+    forget: Callable[[str, str], None],
+) -> None:
+    """Registers, for `info`'s plural: the daemon that runs each unfinished one-shot object, the
+    index of schedules' runs, the wake-ups of schedule daemons, the schedule daemon, and the
+    forgetting of a deleted object's metrics series."""
+    plural = info.plural
+    index_id = f"{plural}_runs"  # Kopf passes an index to handlers as a keyword of this name
+
+    @kopf.daemon(
+        GROUP, VERSION, plural, id="run", when=one_shot.is_unfinished_one_shot, cancellation_timeout=60
+    )
+    async def run(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        await one_shot.drive(info.kind, lambda: new_run(dict(body), memo), stopped)
+
+    @kopf.index(GROUP, VERSION, plural, id=index_id, when=is_run_of_a_schedule)
+    async def runs(body: kopf.Body, **_: Any) -> dict[str, kube.JsonDict]:
+        """Schedules' runs by schedule uid, kept from the watch: a schedule never LISTs its runs."""
+        return index_run(body)
+
+    @kopf.on.event(GROUP, VERSION, plural, id="wake_schedules", when=wakes_a_schedule)
+    async def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        memo.schedule_wakeups.observe(body)
+
+    @kopf.daemon(GROUP, VERSION, plural, id="scheduled", when=has_schedule, cancellation_timeout=10)
+    async def scheduled(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+        index: kopf.Index[str, kube.JsonDict] = kwargs[index_id]
+        uid = body["metadata"]["uid"]
+        schedule_runs = ScheduleRuns(scheduled_kind(memo), lambda: index.get(uid, ()))
+        await run_schedule(info.kind, body, memo.schedule_wakeups, schedule_runs.tick, stopped)
+
+    @kopf.on.event(GROUP, VERSION, plural, id="forget", when=is_gone_with_its_series)
+    async def forget_series(body: kopf.Body, **_: Any) -> None:
+        forget(body["metadata"]["namespace"], body["metadata"]["name"])
