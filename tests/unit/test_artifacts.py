@@ -463,3 +463,16 @@ def test_disk_full_leaves_no_partial(tiny_filesystem: Path) -> None:
     assert caught.value.reason == "DiskFull"
     assert not caught.value.retryable
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_restore_scratch_folders_left_by_a_crash_are_swept(tmp_path: Path) -> None:
+    from habitat_operator.engines.postgres.restore import SCRATCH_FOLDER_PREFIX, sweep_scratch_folders
+
+    left = tmp_path / f"{SCRATCH_FOLDER_PREFIX}abc"
+    left.mkdir(mode=0o700)
+    (left / "plaintext.dump").write_bytes(b"PGDMP")
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    assert sweep_scratch_folders(tmp_path) == [left]
+    assert not left.exists()
+    assert other.exists()

@@ -27,7 +27,6 @@ from habitat_operator.controllers.scheduling.child_runs import (
     SCHEDULE_NAME_ANNOTATION,
     ScheduledKind,
     ScheduleRuns,
-    run_tick,
 )
 from habitat_operator.engines.artifacts.store import ArtifactStore, file_uri
 from tests.unit.bodies import (
@@ -79,7 +78,9 @@ def daemon(kube: FakeKube, config: OperatorConfig, name: str = "nightly") -> Dae
 
 def tick(kube: FakeKube, config: OperatorConfig, name: str = "nightly") -> float:
     """One tick of a new daemon (as after an operator restart), with the runs listed from the API."""
-    return asyncio.run(run_tick(backup_schedule.kind(config), kube.object(BACKUPS, NS, name)))
+    body = kube.object(BACKUPS, NS, name)
+    listed = asyncio.run(child_runs.list_children(BACKUPS, body))
+    return asyncio.run(ScheduleRuns(backup_schedule.kind(config), lambda: listed).tick(body))
 
 
 def until(moment: dt.datetime, now: dt.datetime) -> float:

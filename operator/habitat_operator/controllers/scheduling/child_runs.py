@@ -191,11 +191,11 @@ def child_body(kind: ScheduledKind[Any], parent: kube.JsonDict, scheduled: dt.da
 async def look(
     kind: ScheduledKind[SpecT],
     body: kube.JsonDict,
-    children: Iterable[kube.JsonDict] | None = None,
+    children: Iterable[kube.JsonDict],
     recorded: Progress | None = None,
 ) -> Tick | None:
-    """One look at a schedule of `kind`, with its children as the watch delivered them (None lists
-    them from the API). None when the spec is invalid: that is reported, and there is nothing to run."""
+    """One look at a schedule of `kind`, with its children as the watch delivered them. None when
+    the spec is invalid: that is reported, and there is nothing to run."""
     try:
         spec: SpecT = kind.info.spec_model.model_validate(body.get("spec") or {})  # type: ignore[assignment]
     except ValidationError as error:
@@ -203,19 +203,9 @@ async def look(
             "stalled", Phase.FAILED, Reason.INVALID_SPEC, describe_validation_error(error)
         )
         return None
-    listed = await list_children(kind.info.plural, body) if children is None else newest_first(children)
-    seen = await tick(kind, spec, body, listed, recorded)
+    seen = await tick(kind, spec, body, newest_first(children), recorded)
     kind.observe(spec, body, seen)
     return seen
-
-
-async def run_tick(
-    kind: ScheduledKind[SpecT], body: kube.JsonDict, children: Iterable[kube.JsonDict] | None = None
-) -> float:
-    """One look at a schedule; returns how many seconds to wait before the next at the latest."""
-    seen = await look(kind, body, children)
-    # An invalid spec waits for its correction, a new generation, which wakes the daemon.
-    return seen.delay if seen else IDLE_RECHECK_SECONDS
 
 
 class ScheduleRuns(Generic[SpecT]):

@@ -18,7 +18,6 @@ from habitat_operator.engines.postgres.client_tools import classify_failure
 from habitat_operator.engines.postgres.restore import MAINTENANCE_DATABASE
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 
-SCRATCH_PREFIX = "habitat_drill_"
 _MARK = "habitat-operator drill"
 
 _LIST = r"""
