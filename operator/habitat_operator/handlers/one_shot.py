@@ -37,9 +37,7 @@ async def drive(kind: str, new_run: Callable[[], OneShotRun[Any, Any]], stopped:
             finally:
                 stopping.cancel()
             if not step.done():
-                step.cancel()
-                with suppress(asyncio.CancelledError):
-                    await step
+                await _cancel(step)
                 if stopped.reason and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
                     await run.cancelled()
                 return  # an operator that exits leaves the run Running: it resumes as Interrupted
@@ -47,3 +45,14 @@ async def drive(kind: str, new_run: Callable[[], OneShotRun[Any, Any]], stopped:
         if retry is None:
             return
         await stopped.wait(retry.seconds)
+
+
+async def _cancel(step: asyncio.Future[Any]) -> None:
+    """Cancels the step and waits for its clean-up (the client tool killed, the partial artifact
+    removed) to end, even if Kopf cancels the daemon meanwhile: the finalizer must not go first."""
+    step.cancel()
+    while not step.done():
+        with suppress(asyncio.CancelledError):
+            await asyncio.wait([step])
+    if not step.cancelled():
+        step.exception()  # retrieved: the step's own failure no longer matters

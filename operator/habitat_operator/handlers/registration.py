@@ -40,7 +40,14 @@ def register_kind(
     index_id = f"{plural}_runs"  # Kopf passes an index to handlers as a keyword of this name
 
     @kopf.daemon(
-        GROUP, VERSION, plural, id="run", when=one_shot.is_unfinished_one_shot, cancellation_timeout=60
+        GROUP,
+        VERSION,
+        plural,
+        id="run",
+        when=one_shot.is_unfinished_one_shot,
+        # Kopf signals the daemon, and cancels it only after the backoff: the step cleans up first.
+        cancellation_backoff=30,
+        cancellation_timeout=60,
     )
     async def run(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         await one_shot.drive(info.kind, lambda: new_run(dict(body), memo), stopped)
