@@ -16,14 +16,13 @@ from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSp
 from habitat_operator.api.common import Phase, Reason
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.base import kube, names
-from habitat_operator.controllers.base.credentials import read_secret_text, read_secret_value
+from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
-from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
 
 MAX_FILE_STEM = 200
@@ -56,8 +55,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         return series_name(self.body)
 
     async def execute(self, spec: BackupSpec) -> RetryLater | None:
-        ref = spec.database.secret_ref
-        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
+        target = await read_connection(self.namespace, spec.database.secret_ref)
         key = None
         if spec.encryption:
             key_ref = spec.encryption.key_secret_ref

@@ -6,8 +6,9 @@ later); its messages name the Secret and the key, never a value nor the Secret's
 
 from __future__ import annotations
 
-from habitat_operator.api.common import Reason
+from habitat_operator.api.common import Reason, SecretKeyRef
 from habitat_operator.controllers.base import kube
+from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import PermanentError, WaitingError
 
 
@@ -34,3 +35,8 @@ async def read_secret_text(namespace: str, name: str, key: str) -> str:
         raise PermanentError(
             Reason.SECRET_NOT_TEXT, f"Secret {namespace}/{name} key {key!r} is not UTF-8 text"
         ) from None
+
+
+async def read_connection(namespace: str, ref: SecretKeyRef) -> ConnectionTarget:
+    """The database a `secretRef` names, parsed (and refused when ambiguous) by libpq's rules."""
+    return ConnectionTarget(await read_secret_text(namespace, ref.name, ref.key))

@@ -22,7 +22,7 @@ from habitat_operator.api.restore import (
     RestoreStatus,
 )
 from habitat_operator.controllers.base import kube, names
-from habitat_operator.controllers.base.credentials import read_secret_text
+from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.restore import metrics
@@ -71,17 +71,12 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             ArtifactStore(self.config.backup_root),
             cross_namespace=self.config.allow_cross_namespace_restores,
         )
-        ref = spec.target.database.secret_ref
-        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
+        target = await read_connection(self.namespace, spec.target.database.secret_ref)
         if self.resumed and spec.jobs > 1 and not spec.drill:
             # A parallel restore is not one transaction: the target may hold part of the artifact.
             raise PermanentError(Reason.INTERRUPTED, "the restore was interrupted midway")
         await self._check_source(spec, source)
-        into = (
-            target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
-            if spec.drill
-            else target
-        )
+        into = self._scratch(target) if spec.drill else target
         holder = f"restore {self.namespace}/{self.name}"
         async with self.slot(into.display), database_lock(into, holder) as lock:
             if not lock.acquired:
@@ -114,11 +109,12 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         """A drill cut off mid-restore leaves its scratch database behind: drop it before anything else."""
         if not spec.drill:
             return
-        ref = spec.target.database.secret_ref
-        target = ConnectionTarget(await read_secret_text(self.namespace, ref.name, ref.key))
-        await restore.drop_database(
-            target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
-        )
+        target = await read_connection(self.namespace, spec.target.database.secret_ref)
+        await restore.drop_database(self._scratch(target))
+
+    def _scratch(self, target: ConnectionTarget) -> ConnectionTarget:
+        """This drill's scratch database on the target's server."""
+        return target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
 
     async def _check_source(self, spec: RestoreSpec, source: SourceArtifact) -> None:
         """Nothing touches the target before the artifact is known to be intact."""

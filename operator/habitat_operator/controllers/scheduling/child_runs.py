@@ -124,11 +124,6 @@ def child_name(parent: str, scheduled: dt.datetime) -> str:
     return f"{names.fit(parent, MAX_NAME - TIMESTAMP_CHARS)}-{scheduled.astimezone(dt.UTC):%Y%m%d%H%M%S}"
 
 
-def is_child_of(obj: kube.JsonDict, parent_uid: str) -> bool:
-    refs = obj["metadata"].get("ownerReferences") or []
-    return any(ref.get("uid") == parent_uid and ref.get("controller") for ref in refs)
-
-
 def schedule_uid(obj: Mapping[str, Any]) -> str | None:
     """The uid of the schedule that `obj` is a run of: its controller owner, if it has the schedule label."""
     meta = obj["metadata"]
@@ -164,7 +159,7 @@ async def list_children(plural: str, parent: kube.JsonDict) -> Children:
     listed = await kube.list_objects(
         plural, meta["namespace"], f"{SCHEDULE_LABEL}={names.fit(meta['name'], 63)}"
     )
-    return newest_first(c for c in listed if is_child_of(c, meta["uid"]))
+    return newest_first(c for c in listed if schedule_uid(c) == meta["uid"])
 
 
 def child_body(kind: ScheduledKind[Any], parent: kube.JsonDict, scheduled: dt.datetime) -> kube.JsonDict:
@@ -250,13 +245,11 @@ async def tick(
 
     if not suspend:
         due, skipped = cron.due_runs(expression, last_schedule, created, now)
-        own = child_name(body["metadata"]["name"], due) if due is not None else None
-        if due is not None and any(c["metadata"]["name"] == own for c in children):
-            # A tick cut off after creating this run (its status never written): it is the run, not a rival.
-            missed += skipped
-            last_schedule = due
-        elif due is not None:
-            missed += skipped
+        # A child of the due time was created by a tick cut off before it wrote status: that is
+        # the due run itself, not a rival to skip for.
+        if due is not None and not any(
+            c["metadata"]["name"] == child_name(body["metadata"]["name"], due) for c in children
+        ):
             if active:
                 children = await _refresh_active(kind, children, active)
                 active = [c for c in children if phase(c) not in TERMINAL_PHASES]
@@ -276,6 +269,8 @@ async def tick(
                 await kube.event(
                     body, "Normal", Reason.RUN_CREATED, f"created {body['kind']} {child['metadata']['name']}"
                 )
+        if due is not None:
+            missed += skipped
             last_schedule = due
 
     children = await kind.prune(spec, body, children, now)
