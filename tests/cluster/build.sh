@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, etcd and kubectl from the modules pinned in go.mod
+# Builds kube-apiserver, kube-controller-manager, etcd, kubectl and kstatus from the modules pinned in go.mod
 # into $1 (default: <repo>/.bin/k8s-<version>). Skips binaries already built for this version.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,4 +20,6 @@ build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 # The machine's kubectl may be missing or too old for this apiserver; build the matching one.
 build kubectl k8s.io/kubernetes/cmd/kubectl
+# Flux's health checks, for tests/e2e/test_gitops_health.py.
+build kstatus ./kstatus
 echo "$out"
