@@ -11,9 +11,11 @@ pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
 build() {  # name, package
   [ -x "$out/$1" ] && return 0
-  echo "building $1 ($k8s_version) ..." >&2
+  local started=$SECONDS
+  echo "dev-stack: building $1 $k8s_version from Go modules (first run only; later runs reuse $out) ..." >&2
   CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/$1.tmp" "$2"
   mv "$out/$1.tmp" "$out/$1"
+  echo "dev-stack: built $1 in $((SECONDS - started))s" >&2
 }
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
