@@ -1,5 +1,6 @@
 """Copies what charts/habitat-operator shares with manifests/ and crds/ into the chart, which Helm
-cannot read from outside its folder: the CRDs, the ClusterRole's rules and the alert groups.
+cannot read from outside its folder: the CRDs (Kopf's peering ones too), the ClusterRole's rules
+and the alert groups.
 `make chart` runs it; with --check it only lists stale files (tests/unit/test_chart_sync.py)."""
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def chart_files() -> dict[Path, str]:
         CHART / "crds" / crd.name: crd.read_text()
         for crd in sorted((REPO / "crds").glob("ops.habitat.dev_*.yaml"))
     }
+    peering = REPO / "manifests" / "ha" / "kopf-peering.yaml"
+    files[CHART / "crds" / peering.name] = peering.read_text()
     rbac = _document(REPO / "manifests" / "base" / "rbac.yaml", "ClusterRole")
     files[CHART / "files" / "cluster-role-rules.yaml"] = _dump("manifests/base/rbac.yaml", rbac["rules"])
     alerts = _document(REPO / "manifests" / "base" / "alerts.yaml", "PrometheusRule")

@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_PER_DATABASE,
         help="backups and restores of one database at once; others wait, Queued",
     )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: the first started is active, the others stand by "
+        "(Kopf peering through the ClusterKopfPeering, or each namespace's KopfPeering, of that name)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=_positive,
+        default=15,
+        help="seconds without a keep-alive before standbys take over from the active replica",
+    )
     run.add_argument("--log-format", choices=["json", "console"], default="console")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
@@ -93,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 scratch_dir=args.scratch_dir,
             ),
             slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
+            peering=runtime.Peering(args.peering, args.peering_lifetime) if args.peering else None,
             log_format=args.log_format,
             verbose=args.verbose,
         )
