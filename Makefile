@@ -34,6 +34,7 @@ test: lint
 
 crds: venv
 	$(BIN)/habitat-operator crds --output crds/
+	$(BIN)/habitat-operator reference --output docs/reference/
 	$(BIN)/python scripts/sync_chart.py
 
 # The Helm chart's copies of the CRDs, RBAC rules and alerts.

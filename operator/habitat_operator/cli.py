@@ -1,4 +1,4 @@
-"""`habitat-operator run` runs the operator; `habitat-operator crds` prints or writes the CRDs."""
+"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `reference` the API docs."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     crds = commands.add_parser("crds", help="print the CRDs generated from the API models, or write them")
     crds.add_argument("--output", "-o", type=Path, help="directory to write one file per kind into")
+
+    reference = commands.add_parser("reference", help="write the API reference (Markdown, one page per kind)")
+    reference.add_argument("--output", "-o", type=Path, required=True, help="directory, e.g. docs/reference")
     return parser
 
 
@@ -88,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
         else:
             sys.stdout.write(crdgen.render_all())
+        return 0
+
+    if args.command == "reference":
+        from habitat_operator.api.reference import write_reference
+
+        for path in write_reference(args.output):
+            print(path)
         return 0
 
     from habitat_operator import runtime
