@@ -124,6 +124,19 @@ async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
 
+async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
+    """A ConfigMap's data; None when it does not exist. Raises Forbidden."""
+    try:
+        config_map = await asyncio.to_thread(_core().read_namespaced_config_map, name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        if error.status == 403:
+            raise Forbidden(f"ConfigMap {namespace}/{name}") from None
+        raise
+    return dict(config_map.data or {})
+
+
 def owner_reference(body: JsonDict) -> JsonDict:
     """Makes the child garbage-collected with its parent (a schedule and its runs)."""
     return {
