@@ -12,7 +12,7 @@ from habitat_operator.api import GROUP, VERSION
 from habitat_operator.api.migration import MIGRATION
 from habitat_operator.controllers.migration import metrics
 from habitat_operator.controllers.migration.run import MigrationRun
-from habitat_operator.handlers.common import is_gone_with_its_series, run_schedule
+from habitat_operator.handlers.common import is_gone_with_its_series, run_schedule, wakes_a_schedule
 
 ConfigMapKey = tuple[str, str]  # (namespace, name)
 INDEX = "migrations_by_config_map"  # Kopf passes the index to handlers and filters under its id
@@ -48,6 +48,11 @@ async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
         return await MigrationRun(latest, memo.config, memo.slots).reconcile()
 
     await run_schedule(MIGRATION.kind, body, memo.schedule_wakeups, look, stopped)
+
+
+@kopf.on.event(GROUP, VERSION, MIGRATION.plural, id="wake_on_spec_change", when=wakes_a_schedule)
+async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.schedule_wakeups.observe(body)
 
 
 @kopf.on.event(GROUP, VERSION, MIGRATION.plural, id="forget", when=is_gone_with_its_series)
