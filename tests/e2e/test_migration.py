@@ -83,7 +83,7 @@ def failed(kubectl: Kubectl, name: str, operator: OperatorProcess, reason: str) 
 
 def history(uri: str) -> list[tuple[int, bool]]:
     with psycopg.connect(uri) as conn:
-        return conn.execute(f"SELECT version, dirty FROM {HISTORY} ORDER BY version").fetchall()  # type: ignore[return-value]
+        return conn.execute(f"SELECT version, dirty FROM {HISTORY} ORDER BY version").fetchall()
 
 
 def ran(uri: str) -> list[int]:
