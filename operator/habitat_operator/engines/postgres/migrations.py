@@ -95,8 +95,8 @@ class Timeouts:
 class MigrationFailed(PermanentError):
     """A migration's SQL failed; `dirty` when it ran outside a transaction and may be half done."""
 
-    def __init__(self, script: Script, direction: str, error: psycopg.Error, line: int | None, dirty: bool):
-        where = f" at line {line}" if line else ""
+    def __init__(self, script: Script, direction: str, error: psycopg.Error, line: int, dirty: bool):
+        where = f" at line {line}"
         detail = one_line(error.diag.message_primary or str(error))
         self.version, self.dirty = script.version, dirty
         if dirty:
@@ -114,16 +114,23 @@ class MigrationFailed(PermanentError):
         super().__init__(reason, message)
 
 
-def _line_of(text: str, error: psycopg.Error, offset: int = 0) -> int | None:
-    """The 1-based line of `text` that PostgreSQL's error position points at (`offset` chars in)."""
+def _line_of(text: str, error: psycopg.Error, offset: int) -> int:
+    """The 1-based line of `text` that PostgreSQL's error position points at in the statement that
+    starts `offset` characters in; the statement's first line of code when the error has no position."""
     position = error.diag.statement_position
-    if not position:
-        return None
-    return text[: offset + int(position) - 1].count("\n") + 1
+    if position:
+        return text[: offset + int(position) - 1].count("\n") + 1
+    line = text[:offset].count("\n") + 1
+    for code in text[offset:].splitlines():
+        if code.strip() and not code.strip().startswith("--"):
+            break
+        line += 1
+    return line
 
 
 def _statements(text: str) -> list[tuple[int, str]]:
-    """The script's statements with their offsets, for running them one by one (outside a transaction)."""
+    """The script's statements with their offsets. They run one by one, as Flyway runs them, so that a
+    failure names its statement's line and `CREATE INDEX CONCURRENTLY` can run outside a transaction."""
     found, cursor = [], 0
     for statement in sqlparse.split(text):
         if not statement.strip() or not sqlparse.format(statement, strip_comments=True).strip():
@@ -205,14 +212,15 @@ class MigrationSession:
         ).format(self.table)
         started = time.monotonic()
         if not script.no_transaction:
-            async with self._transaction(script, "up"):
-                await self.conn.execute(script.sql)
+            async with self._transaction():
+                await self._run_statements(script, "up")
                 elapsed = _ms(started)
                 await self.conn.execute(
                     insert, (script.version, script.name, script.checksum, elapsed, applied_by, False)
                 )
             return elapsed
         await self.conn.execute(insert, (script.version, script.name, script.checksum, 0, applied_by, True))
+        await self._set_timeouts(local=False)
         await self._run_statements(script, "up")
         elapsed = _ms(started)
         await self.conn.execute(
@@ -226,38 +234,35 @@ class MigrationSession:
         delete = sql.SQL("DELETE FROM {} WHERE version = %s").format(self.table)
         started = time.monotonic()
         if not down.no_transaction:
-            async with self._transaction(down, "down"):
-                await self.conn.execute(down.sql)
+            async with self._transaction():
+                await self._run_statements(down, "down")
                 await self.conn.execute(delete, (down.version,))
             return _ms(started)
         await self.conn.execute(
             sql.SQL("UPDATE {} SET dirty = true WHERE version = %s").format(self.table), (down.version,)
         )
+        await self._set_timeouts(local=False)
         await self._run_statements(down, "down")
         await self.conn.execute(delete, (down.version,))
         return _ms(started)
 
     @asynccontextmanager
-    async def _transaction(self, script: Script, direction: str) -> AsyncIterator[None]:
-        try:
-            async with self.conn.transaction():
-                await self._set_timeouts(local=True)
-                yield
-        except LockNotAvailable as error:
-            raise _lock_timeout(script, direction, error) from None
-        except psycopg.errors.DatabaseError as error:
-            raise MigrationFailed(
-                script, direction, error, _line_of(script.sql, error), dirty=False
-            ) from None
+    async def _transaction(self) -> AsyncIterator[None]:
+        """A migration's transaction: an exception out of the block rolls it back."""
+        async with self.conn.transaction():
+            await self._set_timeouts(local=True)
+            yield
 
     async def _run_statements(self, script: Script, direction: str) -> None:
-        await self._set_timeouts(local=False)
+        dirty = script.no_transaction  # outside a transaction, what ran before the failure stays
         for offset, statement in _statements(script.sql):
             try:
                 await self.conn.execute(statement)
             except psycopg.errors.DatabaseError as error:
+                if isinstance(error, LockNotAvailable) and not dirty:
+                    raise _lock_timeout(script, direction, error) from None
                 line = _line_of(script.sql, error, offset)
-                raise MigrationFailed(script, direction, error, line, dirty=True) from None
+                raise MigrationFailed(script, direction, error, line, dirty) from None
 
     async def _set_timeouts(self, local: bool) -> None:
         """Ours, or the server's default: a file's own SET (which outlives its transaction) never
