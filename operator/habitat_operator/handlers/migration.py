@@ -40,9 +40,9 @@ async def config_map_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
         memo.schedule_wakeups.wake(uid)
 
 
-@kopf.daemon(
-    GROUP, VERSION, MIGRATION.plural, id="converge", cancellation_backoff=30, cancellation_timeout=60
-)
+# Cancelled at once when the operator stops or the object goes: a migration's transaction rolls back
+# with its session, and a no-transaction one is left dirty for the user to resolve, as after a kill.
+@kopf.daemon(GROUP, VERSION, MIGRATION.plural, id="converge", cancellation_timeout=60)
 async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     async def look(latest: dict[str, Any]) -> float:
         return await MigrationRun(latest, memo.config, memo.slots).reconcile()
