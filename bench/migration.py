@@ -114,7 +114,7 @@ def habitat_migration(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--migrations", type=int, default=500)
     args = parser.parse_args()
     admin_uri = os.environ["HABITAT_PG_URI"]

@@ -15,10 +15,11 @@ from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import RetryableError
 
 pytestmark = pytest.mark.integration
+SERVER_DEFAULTS = Timeouts()
 
 
 def in_session(
-    uri: str, work: Callable[[MigrationSession], Awaitable[None]], timeouts: Timeouts = Timeouts()
+    uri: str, work: Callable[[MigrationSession], Awaitable[None]], timeouts: Timeouts = SERVER_DEFAULTS
 ) -> None:
     async def scenario() -> None:
         async with MigrationSession.connect(
