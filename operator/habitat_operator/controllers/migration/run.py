@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from habitat_operator import timestamps
 from habitat_operator.api.backup import BACKUP
-from habitat_operator.api.common import API_VERSION, Phase, Reason, qualified
+from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.migration import (
     MIGRATION,
     AppliedMigration,
@@ -32,7 +32,7 @@ from habitat_operator.api.migration import (
     MigrationStatus,
 )
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base import kube, names, owned_backup
 from habitat_operator.controllers.base.conditions import ConditionState
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import RECHECK_SECONDS, backoff_seconds, unexpected
@@ -315,33 +315,24 @@ class MigrationRun:
         the Migration and labelled with its uid; True once it has succeeded."""
         assert spec.backup_before is not None
         name = names.fit(f"{self.name}-v{plan.current}-to-v{plan.target}-{self.uid[:8]}", 253)
-        existing = await kube.get(BACKUP.plural, self.namespace, name)
-        if existing is None:
-            body: kube.JsonDict = {
-                "apiVersion": API_VERSION,
-                "kind": BACKUP.kind,
-                "metadata": {
-                    "name": name,
-                    "namespace": self.namespace,
-                    "labels": {BACKUP_FOR_LABEL: self.uid},
-                    "ownerReferences": [kube.owner_reference(self.body)],
-                },
-                "spec": {
-                    "database": spec.database.model_dump(by_alias=True),
-                    "storage": spec.backup_before.storage.model_dump(by_alias=True),
-                },
-            }
-            existing = await kube.create(BACKUP.plural, self.namespace, body)
+        owned = await owned_backup.ensure(
+            self.body,
+            name,
+            BACKUP_FOR_LABEL,
+            spec.database.model_dump(by_alias=True),
+            spec.backup_before.storage.model_dump(by_alias=True),
+        )
+        if owned.created:
             await kube.event(
                 self.body, "Normal", Reason.STARTED, f"backing up the database first: Backup {name}"
             )
-        if (existing["metadata"].get("labels") or {}).get(BACKUP_FOR_LABEL) != self.uid:
+        if not owned.ours:
             raise PermanentError(
                 MigrationReason.BACKUP_FAILED,
                 f"Backup {name} exists but is not this Migration's; nothing was applied",
             )
         self.fields["backup"] = name
-        backup = read_status(BACKUP.status_model, existing)
+        backup = read_status(BACKUP.status_model, owned.body)
         if backup.phase is Phase.FAILED:
             why = getattr(backup, "message", None) or "see its status"
             raise PermanentError(
