@@ -27,7 +27,7 @@ from psycopg.errors import LockNotAvailable, UndefinedTable
 
 from habitat_operator.api.common import Reason
 from habitat_operator.api.migration import HISTORY_SCHEMA, NO_TRANSACTION_MARKER, MigrationReason
-from habitat_operator.engines.postgres.client_tools import classify_failure
+from habitat_operator.engines.postgres.client_tools import connect
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import PermanentError, RetryableError, one_line
 
@@ -154,13 +154,7 @@ class MigrationSession:
     async def connect(
         cls, target: ConnectionTarget, application_name: str, table: str, timeouts: Timeouts
     ) -> AsyncIterator[MigrationSession]:
-        named = target.with_application_name(application_name)
-        try:
-            conn = await psycopg.AsyncConnection.connect(named.conninfo(), autocommit=True)
-        except psycopg.Error as error:
-            raise classify_failure(
-                "PostgreSQL", str(error), target, failed_reason=Reason.DATABASE_UNREACHABLE
-            ) from None
+        conn = await connect(target.with_application_name(application_name), Reason.DATABASE_UNREACHABLE)
         async with conn:
             yield cls(conn, table, timeouts)
 
