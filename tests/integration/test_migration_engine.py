@@ -113,3 +113,20 @@ def test_a_no_transaction_migration_that_fails_part_way_stays_dirty(fresh_databa
     in_session(fresh_database, work)
     with psycopg.connect(fresh_database) as conn:
         assert conn.execute("SELECT to_regclass('t_id') IS NOT NULL").fetchone() == (True,)
+
+
+def test_statement_timeout_fails_the_migration_and_a_baseline_is_recorded_not_run(
+    fresh_database: str,
+) -> None:
+    async def work(s: MigrationSession) -> None:
+        await s.baseline(Script(3, "adopted", "CREATE TABLE never_run ();"), "ns/app uid=1")
+        with pytest.raises(MigrationFailed) as raised:
+            await s.apply(Script(4, "slow", "SELECT 1;\nSELECT pg_sleep(5);"), "x")
+        assert "version 4 (slow) up failed at line 2: canceling statement due to statement timeout" in (
+            raised.value.message
+        )
+        assert [(r.version, r.name, r.baselined) for r in await s.history()] == [(3, "adopted", True)]
+
+    in_session(fresh_database, work, Timeouts(statement_timeout_ms=200))
+    with psycopg.connect(fresh_database) as conn:
+        assert conn.execute("SELECT to_regclass('never_run')").fetchone() == (None,)
