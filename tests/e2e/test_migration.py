@@ -168,6 +168,30 @@ def test_two_migrations_on_one_database_wait_for_the_lock_and_apply_each_version
     assert sorted(len(r or []) for r in runs) == [0, 3]  # one applied all three, the other found them applied
 
 
+def test_a_lock_timeout_is_retried_with_backoff_and_then_applies(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    blocker = psycopg.connect(fresh_database)
+    try:
+        blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")  # a long reader: ALTER TABLE must wait
+        source = inline((1, "add", "ALTER TABLE busy ADD COLUMN note text;"))
+        kubectl.apply(
+            migration("app", source=source, lockTimeout="300ms", retry={"limit": 5, "backoff": "1s"})
+        )
+        retrying = wait_status(
+            kubectl, "app", operator_alive, lambda s: (s.get("attempts") or 0) >= 1, "a lock-timeout retry"
+        )
+        assert condition(retrying, "Reconciling")["reason"] == "LockTimeout"
+        assert "version 1 (add) up hit lock_timeout" in retrying["status"]["message"]
+        assert "retry 1/5 in 1s" in retrying["status"]["message"]
+    finally:
+        blocker.close()
+    obj = at_version(kubectl, "app", 1, operator_alive)
+    assert "attempts" not in obj["status"]
+
+
 def test_a_failing_migration_leaves_the_database_at_the_previous_version(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
 ) -> None:
