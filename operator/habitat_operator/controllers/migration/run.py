@@ -81,7 +81,6 @@ class MigrationRun:
         # Fields every status write of this look carries (what is known so far).
         self.fields: dict[str, Any] = {}
         self.dirty: int | None = None
-        self._final_plan: Plan | None = None
 
     @property
     def status(self) -> MigrationStatus:
@@ -165,9 +164,8 @@ class MigrationRun:
             async with MigrationSession.connect(
                 target, self.session_name, spec.history_table, timeouts
             ) as session:
-                applied = await self._run(session, spec, files)
-        assert self._final_plan is not None
-        await self._at_target(self._final_plan, applied)
+                plan, applied = await self._run(session, spec, files)
+        await self._at_target(plan, applied)
         return IDLE_SECONDS
 
     def _plan(
@@ -187,18 +185,18 @@ class MigrationRun:
 
     async def _run(
         self, session: MigrationSession, spec: MigrationSpec, files: list[source.MigrationFile]
-    ) -> list[AppliedMigration]:
+    ) -> tuple[Plan, list[AppliedMigration]]:
         """Under the lock: ends a killed run's session, records resolutions and baselines, plans again
-        on the history as it is now, and runs each step in order."""
+        on the history as it is now, and runs each step in order; returns the plan it ran."""
         await session.end_leftovers(self.session_name)
         await session.ensure_history()
         history = await session.history()
         await self._resolve(session, spec, history)
-        plan = self._final_plan = self._plan(files, await session.history(), spec)
+        plan = self._plan(files, await session.history(), spec)
         for script in plan.baseline:
             await session.baseline(script, self.applied_by)
         if not plan.steps:
-            return []
+            return plan, []
         verb = "rolling back" if plan.rollback else "applying"
         summary = f"{verb} {_versions(plan.pending)}: version {plan.current} to {plan.target}"
         reason = MigrationReason.ROLLING_BACK if plan.rollback else MigrationReason.APPLYING
@@ -230,7 +228,7 @@ class MigrationRun:
                 current_version=max(recorded, default=0),
                 last_applied_at=timestamps.now() if applied else self.status.last_applied_at,
             )
-        return applied
+        return plan, applied
 
     async def _resolve(
         self, session: MigrationSession, spec: MigrationSpec, history: list[HistoryRow]
