@@ -220,6 +220,9 @@ class Phase(StrEnum):
     FAILED = "Failed"
     SCHEDULED = "Scheduled"
     SUSPENDED = "Suspended"
+    # A convergent kind (Migration): at its target, or its plan reported.
+    READY = "Ready"
+    PLANNED = "Planned"
 
 
 class RetryPolicy(ApiModel):

@@ -70,6 +70,11 @@ class ScheduleWakeups:
         if self._alarms.get(uid) is wakeup:
             del self._alarms[uid]
 
+    def wake(self, uid: str) -> None:
+        """Wakes the daemon of the object with this uid, if it runs here (an input of it changed)."""
+        if (wakeup := self._alarms.get(uid)) is not None:
+            wakeup.event.set()
+
     def to_wake(self, body: kopf.Body) -> list[Wakeup]:
         """Whom a watch event concerns: the schedule of a run, or the schedule itself when its spec
         changed (a status write of its own is no reason to look again)."""

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -111,17 +112,30 @@ async def delete(plural: str, namespace: str, name: str) -> None:
             raise
 
 
-async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
-    """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
+async def _read_core(read: Callable[[str, str], Any], kind: str, namespace: str, name: str) -> Any:
+    """A core/v1 object (a Secret, a ConfigMap) by `read`; None when it does not exist. Raises Forbidden."""
     try:
-        secret = await asyncio.to_thread(_core().read_namespaced_secret, name, namespace)
+        return await asyncio.to_thread(read, name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         if error.status == 403:
-            raise Forbidden(f"Secret {namespace}/{name}") from None
+            raise Forbidden(f"{kind} {namespace}/{name}") from None
         raise
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
+    """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
+    secret = await _read_core(_core().read_namespaced_secret, "Secret", namespace, name)
+    if secret is None:
+        return None
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
+async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
+    """A ConfigMap's data; None when it does not exist. Raises Forbidden."""
+    config_map = await _read_core(_core().read_namespaced_config_map, "ConfigMap", namespace, name)
+    return None if config_map is None else dict(config_map.data or {})
 
 
 def owner_reference(body: JsonDict) -> JsonDict:

@@ -12,7 +12,7 @@ from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.backup import BACKUP
-from habitat_operator.api.common import API_VERSION, Phase, Reason, qualified
+from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.restore import (
     RESTORE,
     QueryResult,
@@ -21,7 +21,7 @@ from habitat_operator.api.restore import (
     RestoreSpec,
     RestoreStatus,
 )
-from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base import kube, names, owned_backup
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
@@ -216,37 +216,28 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         """A one-shot Backup of the target, owned by this Restore and labelled with its uid, so that
         no other Backup (an earlier run's, a user's of the same name) is ever taken for it."""
         name = names.fit(f"{self.name}-safety-{self.uid[:8]}", 253)
-        existing = await kube.get(BACKUP.plural, self.namespace, name)
-        if existing is None:
-            storage = spec.safety_backup_storage
-            path = storage.filesystem.path if storage else (source.storage_path or "safety")
-            body: kube.JsonDict = {
-                "apiVersion": API_VERSION,
-                "kind": BACKUP.kind,
-                "metadata": {
-                    "name": name,
-                    "namespace": self.namespace,
-                    "labels": {SAFETY_FOR_LABEL: self.uid},
-                    "ownerReferences": [kube.owner_reference(self.body)],
-                },
-                "spec": {
-                    "database": {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)},
-                    "storage": {"filesystem": {"path": path}},
-                },
-            }
-            existing = await kube.create(BACKUP.plural, self.namespace, body)
+        storage = spec.safety_backup_storage
+        path = storage.filesystem.path if storage else (source.storage_path or "safety")
+        owned = await owned_backup.ensure(
+            self.body,
+            name,
+            SAFETY_FOR_LABEL,
+            {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)},
+            {"filesystem": {"path": path}},
+        )
+        if owned.created:
             await kube.event(
                 self.body,
                 "Normal",
                 RestoreReason.SAFETY_BACKUP,
                 f"backing up the target first: Backup {name}",
             )
-        if (existing["metadata"].get("labels") or {}).get(SAFETY_FOR_LABEL) != self.uid:
+        if not owned.ours:
             raise PermanentError(
                 RestoreReason.SAFETY_BACKUP_FAILED,
                 f"Backup {name} exists but is not this Restore's safety backup; the target was not touched",
             )
-        backup = read_status(BACKUP.status_model, existing)
+        backup = read_status(BACKUP.status_model, owned.body)
         if backup.phase is Phase.SUCCEEDED:
             return None
         if backup.phase is Phase.FAILED:

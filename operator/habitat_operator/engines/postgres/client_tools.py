@@ -14,7 +14,9 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
+
+import psycopg
 
 from habitat_operator.api.backup import BackupReason
 from habitat_operator.api.common import Reason
@@ -169,6 +171,14 @@ def classify_failure(
             error_class = RetryableError if retryable else PermanentError
             return error_class(reason, f"{summary}: {line}")
     return PermanentError(failed_reason, f"{tool} failed on {target.display}: {line}")
+
+
+async def connect(target: ConnectionTarget, failed_reason: StrEnum) -> psycopg.AsyncConnection[Any]:
+    """An autocommit session on `target`; a failure to connect comes out as classify_failure says."""
+    try:
+        return await psycopg.AsyncConnection.connect(target.conninfo(), autocommit=True)
+    except psycopg.Error as error:
+        raise classify_failure("PostgreSQL", str(error), target, failed_reason=failed_reason) from None
 
 
 def meaningful_line(stderr: str) -> str:

@@ -26,7 +26,7 @@ from psycopg import sql
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason, VerificationExpectation, VerificationQuery
 from habitat_operator.engines.artifacts.store import disk_errors
-from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure
+from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, connect
 from habitat_operator.engines.postgres.dump import (
     ArtifactFormat,
     read_plaintext,
@@ -228,12 +228,7 @@ async def run_verification_queries(
     """
     if not queries:
         return []
-    try:
-        conn = await psycopg.AsyncConnection.connect(target.conninfo(), autocommit=True)
-    except psycopg.Error as error:
-        raise classify_failure(
-            "PostgreSQL", str(error), target, failed_reason=RestoreReason.QUERY_FAILED
-        ) from None
+    conn = await connect(target, RestoreReason.QUERY_FAILED)
     async with conn:
         await conn.set_read_only(True)
         return [await _run_query(conn, query, statement_timeout) for query in queries]

@@ -1,0 +1,1 @@
+"""Migration: a database kept at a version of versioned SQL migrations."""
