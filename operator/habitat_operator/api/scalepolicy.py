@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from habitat_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
@@ -36,6 +36,9 @@ class ScalePolicyReason(StrEnum):
 
     TARGET_FOUND = "TargetFound"
     TARGET_NOT_FOUND = "TargetNotFound"
+    TARGET_FORBIDDEN = "TargetForbidden"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+    QUERY_NOT_ONE_SAMPLE = "QueryNotOneSample"
     CONFLICT = "Conflict"
     SCALED = "Scaled"
     TRIGGER_ACTIVE = "TriggerActive"
@@ -69,7 +72,9 @@ class TargetKind(StrEnum):
 class ScaleTarget(ApiModel):
     """The workload to scale, in the policy's namespace."""
 
-    api_version: str = Field("apps/v1", pattern=r"^apps/v1$", description="API version of the target: apps/v1.")
+    api_version: str = Field(
+        "apps/v1", pattern=r"^apps/v1$", description="API version of the target: apps/v1."
+    )
     kind: TargetKind = Field(description="Deployment or StatefulSet.")
     name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Name of the target.")
 
@@ -155,7 +160,10 @@ class ScheduleTrigger(ApiModel):
     timezone: Timezone = Field("UTC", description="IANA time zone of the cron expression.")
     min_replicas: int = Field(ge=0, le=MAX_REPLICAS, description="At least this many replicas while open.")
     max_replicas: int | None = Field(
-        None, ge=1, le=MAX_REPLICAS, description="At most this many replicas while open (replaces the spec's)."
+        None,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="At most this many replicas while open (replaces the spec's).",
     )
 
 
@@ -229,7 +237,9 @@ class ScalingRules(ApiModel):
         SelectPolicy.MAX, description="Max: the policy allowing the most change; Min: the least; Disabled."
     )
     policies: list[ScalingPolicy] | None = Field(
-        None, max_length=10, description="Rate limits (default: up 100% or 4 pods per 15s, down 100% per 15s)."
+        None,
+        max_length=10,
+        description="Rate limits (default: up 100% or 4 pods per 15s, down 100% per 15s).",
     )
 
 
@@ -244,7 +254,9 @@ class Fallback(ApiModel):
     """What to hold while a trigger's source keeps failing."""
 
     replicas: int = Field(ge=0, le=MAX_REPLICAS, description="Hold at least this many replicas.")
-    failure_threshold: int = Field(3, ge=1, le=100, description="Consecutive failed polls before falling back.")
+    failure_threshold: int = Field(
+        3, ge=1, le=100, description="Consecutive failed polls before falling back."
+    )
 
 
 class ScalePolicySpec(ApiModel):
@@ -259,7 +271,9 @@ class ScalePolicySpec(ApiModel):
         CelRule(
             "!has(self.formula) || self.triggers.exists(t, t.type != 'schedule')",
             "a formula needs at least one rabbitmq or prometheus trigger",
-            lambda spec: spec.formula is None or any(t.type is not TriggerType.SCHEDULE for t in spec.triggers),
+            lambda spec: (
+                spec.formula is None or any(t.type is not TriggerType.SCHEDULE for t in spec.triggers)
+            ),
         ),
     )
 

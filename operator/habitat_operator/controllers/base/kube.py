@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import logging
 from typing import Any
 
@@ -50,6 +51,56 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 
 def _core() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(_api_client())
+
+
+def _apps() -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(_api_client())
+
+
+# The apps/v1 kinds whose /scale subresource the operator reads and writes, by kind.
+_SCALE_CALLS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
+FIELD_MANAGER = "habitat-operator"
+
+
+async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
+    """The target's /scale subresource ({spec: {replicas}, status: {replicas, selector}}); None when
+    the target does not exist. Raises Forbidden."""
+    read = getattr(_apps(), f"read_namespaced_{_SCALE_CALLS[kind]}_scale")
+    try:
+        scale = await asyncio.to_thread(read, name, namespace, _preload_content=False)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        if error.status == 403:
+            raise Forbidden(f"{kind} {namespace}/{name}") from None
+        raise
+    return dict(json.loads(scale.data))
+
+
+async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) -> None:
+    """Sets spec.replicas alone by a server-side apply of the /scale subresource, as the field
+    manager `habitat-operator`: GitOps tools that apply the target's other fields leave it alone."""
+    patch = getattr(_apps(), f"patch_namespaced_{_SCALE_CALLS[kind]}_scale")
+    body = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    }
+    try:
+        await asyncio.to_thread(
+            patch,
+            name,
+            namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as error:
+        if error.status == 403:
+            raise Forbidden(f"{kind} {namespace}/{name}/scale") from None
+        raise
 
 
 async def patch_status(plural: str, namespace: str, name: str, status: JsonDict) -> None:
