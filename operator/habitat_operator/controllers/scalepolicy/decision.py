@@ -42,7 +42,8 @@ class Outcome:
     trigger: str | None  # what decided: a trigger, "formula", or None for the bounds
     value: float | None
     reason: str
-    active: tuple[str, ...]  # active triggers and open windows
+    active: tuple[str, ...]  # metric triggers above their activation threshold (or failing: unknown)
+    windows: tuple[str, ...]  # schedule triggers whose window is open
     falling_back: tuple[str, ...]  # triggers failing for fallback.failureThreshold polls or more
     at_maximum: bool
     rate_limited: bool
@@ -125,19 +126,23 @@ def decide(
     trigger, value = (best.name, best.value) if best else (None, None)
     reason = f"{best.name}: {best.value:g} / {best.per_replica:g} per replica" if best else "no metric"
     if failing and wanted < current:  # never scale down because a metric is missing
-        wanted, reason = current, f"holding {current}: {', '.join(failing)} failed"
+        first = failing[0]
+        wanted, reason = current, f"holding {current}: {first} failed: {readings[first].error}"
     if spec.fallback and falling_back and wanted < spec.fallback.replicas:
         wanted, trigger, value = spec.fallback.replicas, falling_back[0], None
         reason = f"fallback: {falling_back[0]} failed {state.failures[falling_back[0]]} polls in a row"
 
-    active = tuple([c.name for c in candidates if c.active] + [t.name for t in open_windows] + failing)
-    if active or state.last_active is None:
+    active = tuple([c.name for c in candidates if c.active] + failing)
+    opened = tuple(t.name for t in open_windows)
+    if active or opened or state.last_active is None:
         state.last_active = now  # a restart counts as activity: the cooldown starts again
-    if floor == 0 and not active:
+    if floor == 0 and not (active or opened):
         idle_for = now - state.last_active
         if current == 0 or idle_for >= spec.cooldown_period:
-            return Outcome(0, None, None, "no trigger active: scaled to zero", (), falling_back, False, False)
-    if floor == 0 and (active or current > 0):
+            return Outcome(
+                0, None, None, "no trigger active: scaled to zero", (), (), falling_back, False, False
+            )
+    if floor == 0:
         floor = 1
 
     up, down = behavior.rules(spec.behavior)
@@ -151,5 +156,5 @@ def decide(
     elif replicas != wanted:
         reason += f", held at {replicas} by the behavior"
     return Outcome(
-        replicas, trigger, value, reason, active, falling_back, wanted > ceiling, limited.rate_limited
+        replicas, trigger, value, reason, active, opened, falling_back, wanted > ceiling, limited.rate_limited
     )

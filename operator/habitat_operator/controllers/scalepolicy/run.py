@@ -172,10 +172,9 @@ class ScalePolicyLoop:
             )
 
     def _flags(self, spec: ScalePolicySpec, outcome: Outcome) -> tuple[Flag, ...]:
-        if outcome.active:
-            active = Flag(
-                ACTIVE, True, ScalePolicyReason.TRIGGER_ACTIVE, f"active: {', '.join(outcome.active)}"
-            )
+        if outcome.active or outcome.windows:
+            reason = ScalePolicyReason.TRIGGER_ACTIVE if outcome.active else ScalePolicyReason.WINDOW_OPEN
+            active = Flag(ACTIVE, True, reason, f"active: {', '.join(outcome.active + outcome.windows)}")
         else:
             active = Flag(
                 ACTIVE,

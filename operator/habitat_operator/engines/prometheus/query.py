@@ -13,7 +13,7 @@ from habitat_operator.errors import RetryableError
 
 def instant_value(server: str, query: str, timeout: float) -> float:
     """The value of `query` now; a result of no sample or several is an error, not a zero."""
-    arguments = urllib.parse.urlencode({"query": query, "timeout": f"{timeout}s"})
+    arguments = urllib.parse.urlencode({"query": query, "timeout": f"{round(timeout * 1000)}ms"})
     body = get_json(
         f"{server.rstrip('/')}/api/v1/query?{arguments}", timeout, ScalePolicyReason.SOURCE_UNAVAILABLE
     )
