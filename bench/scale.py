@@ -14,6 +14,7 @@ Use a stack no other operator watches.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -151,10 +152,7 @@ def latency(custom: Any, apps: kubernetes.client.AppsV1Api, amqp_uri: str, chang
         queue.set_depth(10 * replicas if replicas > 1 else 0)  # confirmed by the broker
         changed = time.monotonic()
         seen = wait_until(
-            f"replicas {replicas}",
-            lambda r=replicas, c=changed: watch.first_at(r, c),
-            30,
-            0.02,  # type: ignore[misc]
+            f"replicas {replicas}", functools.partial(watch.first_at, replicas, changed), 30, 0.02
         )
         results.append(seen - changed)
     watch.stop()
