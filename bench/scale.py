@@ -14,6 +14,7 @@ Use a stack no other operator watches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import random
@@ -27,6 +28,7 @@ from typing import Any
 
 import kubernetes
 import pika
+import urllib3
 
 from bench.objects import REPO, Operator, wait_until
 
@@ -80,10 +82,12 @@ class ReplicaWatch:
         self._thread.start()
 
     def _run(self, apps: kubernetes.client.AppsV1Api, name: str) -> None:
-        for event in self._watch.stream(
+        events = self._watch.stream(
             apps.list_namespaced_deployment, NAMESPACE, field_selector=f"metadata.name={name}"
-        ):
-            self.seen.append((time.monotonic(), int(event["object"].spec.replicas)))
+        )
+        with contextlib.suppress(urllib3.exceptions.ProtocolError):  # stop() cuts the stream
+            for event in events:
+                self.seen.append((time.monotonic(), int(event["object"].spec.replicas)))
 
     def first_at(self, replicas: int, after: float) -> float | None:
         return next((t for t, r in self.seen if t >= after and r == replicas), None)
@@ -233,8 +237,14 @@ def main() -> None:
                 f"{per_poll * 1000:.2f} ms of CPU per policy per poll; RSS {operator.rss_mb():.0f} MB"
             )
         finally:
-            operator.stop()
+            # While the operator runs: it removes the finalizer of each policy's daemon.
             core.delete_namespace(NAMESPACE)
+            wait_until("the namespace to go", lambda: NAMESPACE not in namespaces(core), 180)
+            operator.stop()
+
+
+def namespaces(core: kubernetes.client.CoreV1Api) -> set[str]:
+    return {item.metadata.name for item in core.list_namespace().items}
 
 
 if __name__ == "__main__":

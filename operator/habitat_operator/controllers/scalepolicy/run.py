@@ -228,4 +228,6 @@ class ScalePolicyLoop:
             )
 
     def forget(self) -> None:
+        """The daemon ends: close the sources' connections and drop the policy's series."""
+        self.sources.close()
         metrics.forget_policy(self.status.namespace, self.status.name, self.triggers)

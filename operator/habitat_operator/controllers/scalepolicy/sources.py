@@ -11,7 +11,7 @@ from habitat_operator.controllers.base.credentials import read_secret_text
 from habitat_operator.controllers.scalepolicy import metrics
 from habitat_operator.controllers.scalepolicy.decision import Reading, metric_triggers
 from habitat_operator.engines.prometheus.query import instant_value
-from habitat_operator.engines.rabbitmq.queue_depth import amqp_depth, management_depth
+from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError
 
@@ -31,6 +31,7 @@ class Sources:
         self.namespace = namespace
         self.name = name
         self._secrets: dict[tuple[str, str], tuple[float, str]] = {}
+        self._amqp: dict[str, tuple[str, AmqpDepth]] = {}  # by trigger: its URI and open connection
 
     async def read_all(self, spec: ScalePolicySpec) -> dict[str, Reading]:
         triggers = metric_triggers(spec)
@@ -60,7 +61,7 @@ class Sources:
         assert q is not None
         connection = await self._secret(q.secret_ref.name, q.secret_ref.key)
         if q.source is QueueSource.AMQP:
-            return float(await in_thread(amqp_depth, connection, q.queue, timeout))
+            return float(await in_thread(self._amqp_reader(trigger.name, connection).read, q.queue, timeout))
         return float(await in_thread(management_depth, connection, q.vhost, q.queue, timeout))
 
     async def _secret(self, name: str, key: str) -> str:
@@ -70,6 +71,21 @@ class Sources:
         value = await read_secret_text(self.namespace, name, key)
         self._secrets[(name, key)] = (time.monotonic(), value)
         return value
+
+    def _amqp_reader(self, trigger: str, uri: str) -> AmqpDepth:
+        known = self._amqp.get(trigger)
+        if known and known[0] == uri:
+            return known[1]
+        if known:
+            known[1].close()  # the Secret changed
+        reader = AmqpDepth(uri)
+        self._amqp[trigger] = (uri, reader)
+        return reader
+
+    def close(self) -> None:
+        for _, reader in self._amqp.values():
+            reader.close()
+        self._amqp.clear()
 
     def forget_secrets(self) -> None:
         """After a failure, read the Secrets again: a rotated password may be why."""

@@ -8,13 +8,16 @@ declare over AMQP is exact at once but sees ready messages only.
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
+from contextlib import suppress
+from typing import Any
 
 import pika
 import pika.exceptions
 
 from habitat_operator.api.scalepolicy import ScalePolicyReason
-from habitat_operator.engines.http import display, get_json
+from habitat_operator.engines.http import get_json
 from habitat_operator.errors import PermanentError, RetryableError
 
 
@@ -30,37 +33,54 @@ def management_depth(api_url: str, vhost: str, queue: str, timeout: float) -> in
         ) from None
 
 
-def amqp_depth(uri: str, queue: str, timeout: float) -> int:
-    """Ready messages of `queue`, by a passive declare (which never creates the queue)."""
-    try:
-        params = pika.URLParameters(uri)
-    except Exception:  # pika raises many types for a malformed URI; none may carry it into a message
-        raise PermanentError(ScalePolicyReason.SOURCE_UNAVAILABLE, "the AMQP URI is malformed") from None
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    where = f"amqp://{params.host}:{params.port}"
-    try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPError as error:
-        raise RetryableError(
-            ScalePolicyReason.SOURCE_UNAVAILABLE, f"{where} unreachable: {type(error).__name__}"
-        ) from None
-    try:
-        method = connection.channel().queue_declare(queue, passive=True)
-        return int(method.method.message_count)
-    except pika.exceptions.ChannelClosedByBroker as error:
-        raise RetryableError(
-            ScalePolicyReason.SOURCE_UNAVAILABLE, f"{where}: queue {queue!r}: {error.reply_text}"
-        ) from None
-    except pika.exceptions.AMQPError as error:
-        raise RetryableError(
-            ScalePolicyReason.SOURCE_UNAVAILABLE, f"{where}: {type(error).__name__}"
-        ) from None
-    finally:
-        if connection.is_open:
-            connection.close()
+class AmqpDepth:
+    """Ready messages by a passive declare (which never creates the queue), over one connection kept
+    across polls: opening a connection costs more than the declare. A broken connection is replaced
+    once within the same read; heartbeats are off, as nothing services the connection between polls."""
 
+    def __init__(self, uri: str) -> None:
+        try:
+            self._params = pika.URLParameters(uri)
+        except Exception:  # pika raises many types for a malformed URI; none may carry it into a message
+            raise PermanentError(ScalePolicyReason.SOURCE_UNAVAILABLE, "the AMQP URI is malformed") from None
+        self._params.connection_attempts = 1
+        self._params.heartbeat = 0
+        self._where = f"amqp://{self._params.host}:{self._params.port}"
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._lock = threading.Lock()  # one read at a time: a BlockingConnection is not thread-safe
 
-__all__ = ["amqp_depth", "display", "management_depth"]
+    def read(self, queue: str, timeout: float) -> int:
+        with self._lock:
+            if self._connection is not None:
+                try:
+                    return self._declare(queue, timeout)
+                except (pika.exceptions.AMQPError, OSError):
+                    self.close()  # perhaps dropped while idle: one fresh try
+            try:
+                return self._declare(queue, timeout)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                self.close()
+                raise RetryableError(
+                    ScalePolicyReason.SOURCE_UNAVAILABLE,
+                    f"{self._where}: queue {queue!r}: {error.reply_text}",
+                ) from None
+            except (pika.exceptions.AMQPError, OSError) as error:
+                self.close()
+                raise RetryableError(
+                    ScalePolicyReason.SOURCE_UNAVAILABLE, f"{self._where} unreachable: {type(error).__name__}"
+                ) from None
+
+    def _declare(self, queue: str, timeout: float) -> int:
+        if self._connection is None or not self._connection.is_open:
+            self._params.socket_timeout = self._params.stack_timeout = timeout
+            self._params.blocked_connection_timeout = timeout
+            self._connection = pika.BlockingConnection(self._params)
+            self._channel = self._connection.channel()
+        return int(self._channel.queue_declare(queue, passive=True).method.message_count)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.is_open:
+            with suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
