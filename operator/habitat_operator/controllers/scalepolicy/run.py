@@ -125,9 +125,10 @@ class ScalePolicyLoop:
         metrics.MIN.labels(*labels).set(spec.min_replicas)
         metrics.MAX.labels(*labels).set(spec.max_replicas)
         metrics.FALLBACK_ACTIVE.labels(*labels).set(1 if outcome.falling_back else 0)
-        previous = self.status.wire.get("desiredReplicas")
+        previous = self.status.wire.get("lastDecision") or {}
         fields: dict[str, object] = {"desired_replicas": outcome.replicas, "current_replicas": current}
-        if outcome.replicas != previous:
+        # A new count or a new deciding trigger is a new decision; a new value alone is not.
+        if (outcome.replicas, outcome.trigger) != (previous.get("replicas"), previous.get("trigger")):
             fields["last_decision"] = {
                 "replicas": outcome.replicas,
                 "trigger": outcome.trigger,
