@@ -20,6 +20,7 @@ import pytest
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.test_backup import condition, wait_for
 from tests.harness import Kubectl, Stack, dev_stack
+from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 pytestmark = pytest.mark.e2e
 
@@ -387,69 +388,11 @@ def test_a_killed_operator_resumes_and_the_target_ends_right(
     assert scaled, "each change posts a Scaled event"
 
 
-@pytest.mark.parametrize(
-    ("change", "refusal"),
-    [
-        ({"minReplicas": 6}, "minReplicas must not exceed maxReplicas"),
-        ({"triggers": [{"name": "q", "type": "kafka"}]}, 'Unsupported value: "kafka"'),
-        (
-            {
-                "triggers": [
-                    {
-                        "name": "w",
-                        "type": "schedule",
-                        "schedule": {
-                            "start": "0 0 * * *",
-                            "duration": "1h",
-                            "timezone": "Mars/Olympus",
-                            "minReplicas": 1,
-                        },
-                    }
-                ]
-            },
-            "timezone must be an IANA time zone",
-        ),
-        (
-            {
-                "triggers": [
-                    {
-                        "name": "w",
-                        "type": "schedule",
-                        "schedule": {"start": "0 0 * *", "duration": "1h", "minReplicas": 1},
-                    }
-                ]
-            },
-            "schedule.start",
-        ),
-        (
-            {
-                "triggers": [
-                    {
-                        "name": "p",
-                        "type": "prometheus",
-                        "prometheus": {"serverAddress": "prometheus:9090", "query": "up", "targetValue": 1},
-                    }
-                ]
-            },
-            "serverAddress",
-        ),
-    ],
-    ids=["min-above-max", "unknown-trigger", "bad-timezone", "bad-cron", "address-not-a-url"],
-)
+@pytest.mark.parametrize(("change", "refusal", "_"), REFUSED, ids=REFUSED_IDS)
 def test_a_bad_spec_is_refused_at_apply_time(
-    installed: None, kubectl: Kubectl, change: dict[str, Any], refusal: str
+    installed: None, kubectl: Kubectl, change: dict[str, Any], refusal: str, _: str
 ) -> None:
-    manifest = policy(
-        "bad",
-        "worker",
-        [
-            {
-                "name": "w",
-                "type": "schedule",
-                "schedule": {"start": "0 0 * * *", "duration": "1h", "minReplicas": 1},
-            }
-        ],
-    )
+    manifest = policy("bad", "worker", [window()])
     manifest["spec"] |= change
     result = kubectl.apply(manifest, check=False)
     assert result.returncode != 0 and refusal in result.stderr, result.stderr

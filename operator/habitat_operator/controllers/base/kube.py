@@ -62,19 +62,24 @@ _SCALE_CALLS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
 FIELD_MANAGER = "habitat-operator"
 
 
-async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
-    """The target's /scale subresource ({spec: {replicas}, status: {replicas, selector}}); None when
-    the target does not exist. Raises Forbidden."""
-    read = getattr(_apps(), f"read_namespaced_{_SCALE_CALLS[kind]}_scale")
+async def _read(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """A GET in a worker thread: None when the object does not exist, Forbidden when RBAC says no."""
     try:
-        scale = await asyncio.to_thread(read, name, namespace, _preload_content=False)
+        return await asyncio.to_thread(call, *args, **kwargs)
     except ApiException as error:
         if error.status == 404:
             return None
         if error.status == 403:
-            raise Forbidden(f"{kind} {namespace}/{name}") from None
+            raise Forbidden(what) from None
         raise
-    return dict(json.loads(scale.data))
+
+
+async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
+    """The target's /scale subresource ({spec: {replicas}, status: {replicas, selector}}); None when
+    the target does not exist. Raises Forbidden."""
+    read = getattr(_apps(), f"read_namespaced_{_SCALE_CALLS[kind]}_scale")
+    scale = await _read(f"{kind} {namespace}/{name}", read, name, namespace, _preload_content=False)
+    return None if scale is None else dict(json.loads(scale.data))
 
 
 async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) -> None:
@@ -164,14 +169,9 @@ async def delete(plural: str, namespace: str, name: str) -> None:
 
 async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
     """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
-    try:
-        secret = await asyncio.to_thread(_core().read_namespaced_secret, name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        if error.status == 403:
-            raise Forbidden(f"Secret {namespace}/{name}") from None
-        raise
+    secret = await _read(f"Secret {namespace}/{name}", _core().read_namespaced_secret, name, namespace)
+    if secret is None:
+        return None
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
 
