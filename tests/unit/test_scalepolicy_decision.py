@@ -115,6 +115,8 @@ def test_an_open_window_raises_the_floor_and_may_raise_the_ceiling() -> None:
     window = {"start": "0 12 * * *", "duration": "1h", "minReplicas": 6, "maxReplicas": 20}
     policy = spec(queue("q"), {"name": "close", "type": "schedule", "schedule": window})
     assert poll(policy, {"q": 0}, current=1) == 6
+    outcome = decide(policy, {"q": Reading(0)}, 6, PolicyState(), 1000.0, NOON)
+    assert (outcome.floor, outcome.ceiling, outcome.windows) == (6, 20, ("close",))  # the gauges' bounds
     assert poll(policy, {"q": 150}, current=6, state=PolicyState()) == 12  # ceil(150/10) = 15, 100% per 15s
     assert poll(policy, {"q": 0}, current=6, wall=NOON + dt.timedelta(hours=2)) == 1
 

@@ -47,6 +47,8 @@ class Outcome:
     falling_back: tuple[str, ...]  # triggers failing for fallback.failureThreshold polls or more
     at_maximum: bool
     rate_limited: bool
+    floor: int  # the bounds of this poll, as open windows moved them
+    ceiling: int
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,21 @@ def decide(
     opened = tuple(t.name for t in open_windows)
     if active or opened or state.last_active is None:
         state.last_active = now  # a restart counts as activity: the cooldown starts again
+    bounds = {"floor": floor, "ceiling": ceiling}
     if floor == 0 and not (active or opened):
         idle_for = now - state.last_active
         if current == 0 or idle_for >= spec.cooldown_period:
             return Outcome(
-                0, None, None, "no trigger active: scaled to zero", (), (), falling_back, False, False
+                0,
+                None,
+                None,
+                "no trigger active: scaled to zero",
+                (),
+                (),
+                falling_back,
+                False,
+                False,
+                **bounds,
             )
     if floor == 0:
         floor = 1
@@ -156,5 +168,14 @@ def decide(
     elif replicas != wanted:
         reason += f", held at {replicas} by the behavior"
     return Outcome(
-        replicas, trigger, value, reason, active, opened, falling_back, wanted > ceiling, limited.rate_limited
+        replicas,
+        trigger,
+        value,
+        reason,
+        active,
+        opened,
+        falling_back,
+        wanted > ceiling,
+        limited.rate_limited,
+        **bounds,
     )

@@ -122,8 +122,8 @@ class ScalePolicyLoop:
     ) -> None:
         labels = (self.status.namespace, self.status.name)
         metrics.DESIRED.labels(*labels).set(outcome.replicas)
-        metrics.MIN.labels(*labels).set(spec.min_replicas)
-        metrics.MAX.labels(*labels).set(spec.max_replicas)
+        metrics.MIN.labels(*labels).set(outcome.floor)
+        metrics.MAX.labels(*labels).set(outcome.ceiling)
         metrics.FALLBACK_ACTIVE.labels(*labels).set(1 if outcome.falling_back else 0)
         previous = self.status.wire.get("lastDecision") or {}
         fields: dict[str, object] = {"desired_replicas": outcome.replicas, "current_replicas": current}
