@@ -6,10 +6,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from habitat_operator.api.scalepolicy import ScalePolicySpec, ScheduleTrigger
-from habitat_operator.controllers.scalepolicy import windows
+from habitat_operator.controllers.scalepolicy import metrics, windows
 from habitat_operator.controllers.scalepolicy.decision import PolicyState, Reading, decide
 from habitat_operator.controllers.scalepolicy.formula import Formula
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
@@ -180,3 +181,11 @@ def test_a_disabled_direction_never_moves() -> None:
         queue("q"), behavior={"scaleDown": {"selectPolicy": "Disabled", "stabilizationWindowSeconds": 0}}
     )
     assert poll(policy, {"q": 0}, current=6) == 6
+
+
+def test_a_deleted_policy_leaves_no_series() -> None:
+    metrics.TRIGGER_VALUE.labels("ns", "gone", "jobs").set(1)
+    metrics.SCALE_EVENTS.labels("ns", "gone", "up").inc()
+    metrics.DESIRED.labels("ns", "gone").set(2)
+    metrics.forget_policy("ns", "gone", ["jobs"])
+    assert 'scalepolicy="gone"' not in generate_latest().decode()

@@ -47,7 +47,12 @@ FALLBACK_ACTIVE = Gauge(
 def forget_policy(namespace: str, name: str, triggers: list[str]) -> None:
     """Drops a deleted policy's series, its triggers' and directions' included."""
     forget((DESIRED, CURRENT, MIN, MAX, FALLBACK_ACTIVE), namespace, name)
-    for labels in [(namespace, name, t) for t in triggers] + [(namespace, name, d) for d in ("up", "down")]:
-        for metric in (TRIGGER_VALUE, TRIGGER_ERRORS, TRIGGER_DURATION, SCALE_EVENTS):
-            with suppress(KeyError):
-                metric.remove(*labels)
+    by_third_label = {
+        (TRIGGER_VALUE, TRIGGER_ERRORS, TRIGGER_DURATION): triggers,
+        (SCALE_EVENTS,): ["up", "down"],
+    }
+    for metrics, values in by_third_label.items():
+        for metric in metrics:
+            for value in values:
+                with suppress(KeyError):  # never had a value
+                    metric.remove(namespace, name, value)
