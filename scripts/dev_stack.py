@@ -1,9 +1,10 @@
-"""The local stack: a real kube-apiserver (with etcd and kube-controller-manager), PostgreSQL and RabbitMQ.
+"""The local stack: a real kube-apiserver (with etcd and kube-controller-manager), PostgreSQL, RabbitMQ
+and Prometheus.
 
 Everything runs as private processes on free loopback ports under one folder (default `<repo>/.stack`),
 so several stacks and the machine's own services never collide. `up` is idempotent, `down` stops
 every process it started and removes the folder. `up` writes `<stack>/env`, a shell-sourceable file
-with KUBECONFIG, HABITAT_PG_URI, HABITAT_AMQP_URI and HABITAT_RABBITMQ_API.
+with KUBECONFIG, HABITAT_PG_URI, HABITAT_AMQP_URI, HABITAT_RABBITMQ_API and HABITAT_PROMETHEUS_URL.
 """
 
 from __future__ import annotations
@@ -495,6 +496,8 @@ def start_rabbitmq(state: State) -> None:
         f"management.tcp.port = {state.ports['rabbitmq-management']}\n"
         "management.tcp.ip = 127.0.0.1\n"
         "loopback_users = none\n"
+        # Queue depths in the management API are sampled; every second, not every 5 s, for ScalePolicy.
+        "collect_statistics_interval = 1000\n"
     )
     cookie = base / ".erlang.cookie"
     if not cookie.exists():
@@ -552,6 +555,63 @@ def stop_rabbitmq(state: State) -> None:
                 os.kill(int(proc.name), signal.SIGTERM)
 
 
+PROMETHEUS_SCRAPE_INTERVAL = "1s"
+
+
+def prometheus_dir() -> Path:
+    """Prometheus's config, data, `rules/*.yaml` (alert rules to load) and `targets/*.json`
+    (file_sd targets to scrape, job habitat-operator): tests and tools write the last two."""
+    return STACK_DIR / "prometheus"
+
+
+def start_prometheus(state: State) -> None:
+    apt_install("prometheus", "/usr/bin/prometheus")
+    if pid_alive(state.pids.get("prometheus")) and _prometheus_ready(state):
+        return
+    base = prometheus_dir()
+    for sub in ("data", "rules", "targets"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    config = {
+        "global": {
+            "scrape_interval": PROMETHEUS_SCRAPE_INTERVAL,
+            "evaluation_interval": PROMETHEUS_SCRAPE_INTERVAL,
+        },
+        "rule_files": [str(base / "rules" / "*.yaml")],
+        "scrape_configs": [
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [f"127.0.0.1:{state.port('prometheus')}"]}],
+            },
+            {
+                "job_name": "habitat-operator",
+                "file_sd_configs": [{"files": [str(base / "targets" / "*.json")], "refresh_interval": "1s"}],
+            },
+        ],
+    }
+    (base / "prometheus.yml").write_text(json.dumps(config, indent=2))  # JSON is YAML
+    state.pids["prometheus"] = spawn(
+        "prometheus",
+        [
+            "/usr/bin/prometheus",
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'data'}",
+            f"--web.listen-address=127.0.0.1:{state.ports['prometheus']}",
+            "--web.enable-lifecycle",  # POST /-/reload after writing rules
+            "--storage.tsdb.retention.time=1d",
+        ],
+    )
+    wait_until("prometheus", lambda: _prometheus_ready(state), 30, STACK_DIR / "logs" / "prometheus.log")
+
+
+def prometheus_url(state: State) -> str:
+    return f"http://127.0.0.1:{state.ports['prometheus']}"
+
+
+def _prometheus_ready(state: State) -> bool:
+    with urllib.request.urlopen(prometheus_url(state) + "/-/ready", timeout=2) as response:
+        return int(response.status) == 200
+
+
 # ---------------------------------------------------------------- the env file
 
 
@@ -573,6 +633,7 @@ def write_env(state: State) -> Path:
         "HABITAT_AMQP_URI": amqp_uri(state),
         "HABITAT_RABBITMQ_API": f"http://guest:guest@127.0.0.1:{state.ports['rabbitmq-management']}/api",
         "HABITAT_KUBECTL": str(Path(state.bin_dir) / "kubectl"),
+        "HABITAT_PROMETHEUS_URL": prometheus_url(state),
     }
     env_file = STACK_DIR / "env"
     env_file.write_text("".join(f"export {key}='{value}'\n" for key, value in values.items()))
@@ -603,11 +664,10 @@ def up() -> Path:
     write_pki(STACK_DIR / "pki")
     state.bin_dir = str(control_plane_binaries())
     state.save()
-    # The three services are independent: start them side by side.
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [
-            pool.submit(start, state) for start in (start_control_plane, start_postgres, start_rabbitmq)
-        ]
+    # The services are independent: start them side by side.
+    starts = (start_control_plane, start_postgres, start_rabbitmq, start_prometheus)
+    with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+        futures = [pool.submit(start, state) for start in starts]
         errors = [f.exception() for f in futures if f.exception()]
     state.save()
     if errors:
@@ -632,6 +692,7 @@ def down() -> None:
         )
         stop_group(state.pids["postgres"])
     stop_rabbitmq(state)
+    stop_group(state.pids.get("prometheus", 0))
     for folder in {STACK_DIR, service_home("postgres").parent}:
         shutil.rmtree(folder, ignore_errors=True)
     print("dev-stack: down", file=sys.stderr)
@@ -658,6 +719,7 @@ def _probes(state: State) -> dict[str, Callable[[], bool]]:
         "kube-controller-manager": safely(lambda: pid_alive(state.pids.get("kube-controller-manager"))),
         "postgres": safely(lambda: _pg_ready(state)),
         "rabbitmq": safely(lambda: _amqp_ready(state)),
+        "prometheus": safely(lambda: _prometheus_ready(state)),
     }
 
 

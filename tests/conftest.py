@@ -1,4 +1,4 @@
-"""Fixtures for the real local stack: a kube-apiserver, PostgreSQL and RabbitMQ.
+"""Fixtures for the real local stack: a kube-apiserver, PostgreSQL, RabbitMQ and Prometheus.
 
 A running stack (its `.stack/env`) is reused; otherwise one is started for the session and stopped
 after it. `HABITAT_TEST_KUBECONFIG` points the Kubernetes side at any other cluster instead.
@@ -38,6 +38,7 @@ def stack() -> Iterator[Stack]:
             pg_uri=values["HABITAT_PG_URI"],
             amqp_uri=values["HABITAT_AMQP_URI"],
             rabbitmq_api=values["HABITAT_RABBITMQ_API"],
+            prometheus_url=values["HABITAT_PROMETHEUS_URL"],
         )
     finally:
         if started:

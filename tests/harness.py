@@ -25,6 +25,7 @@ class Stack:
     pg_uri: str
     amqp_uri: str
     rabbitmq_api: str
+    prometheus_url: str
 
     @property
     def env(self) -> dict[str, str]:

@@ -111,7 +111,8 @@ def test_cel_rules_reference_existing_fields_and_guard_optional_ones(kind: KindI
     assert seen or kind is not BACKUP
 
 
-# Kinds that run once (or on a schedule, one child per run); a convergent kind's spec stays editable.
+# Kinds whose objects run once unless they have a schedule; convergent kinds' specs (Migration,
+# ScalePolicy) stay editable.
 ONE_SHOT_KINDS = [kind for kind in ALL_KINDS if "schedule" in kind.spec_model.model_fields]
 
 

@@ -8,7 +8,8 @@ from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import API_VERSION, GROUP, VERSION, KindInfo
 from habitat_operator.api.migration import MIGRATION
 from habitat_operator.api.restore import RESTORE
+from habitat_operator.api.scalepolicy import SCALE_POLICY
 
-ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION]
+ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION, SCALE_POLICY]
 
 __all__ = ["ALL_KINDS", "API_VERSION", "GROUP", "VERSION", "KindInfo"]

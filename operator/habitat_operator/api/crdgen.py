@@ -50,6 +50,9 @@ def _structural(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, 
     if unsupported:
         raise ValueError(f"unsupported JSON Schema keywords in a CRD: {sorted(unsupported)}")
     node.pop("title", None)
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if type(node.get(exclusive)) in (int, float):  # JSON Schema's number is OpenAPI 3.0's flag
+            node[bound], node[exclusive] = node[exclusive], True
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
     if "properties" in node:

@@ -1,5 +1,5 @@
 """Kopf glue, one module per kind; importing this package registers every handler."""
 
-from habitat_operator.handlers import backup, migration, restore
+from habitat_operator.handlers import backup, migration, restore, scalepolicy
 
-__all__ = ["backup", "migration", "restore"]
+__all__ = ["backup", "migration", "restore", "scalepolicy"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,61 @@ def _custom() -> kubernetes.client.CustomObjectsApi:
 
 def _core() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(_api_client())
+
+
+def _apps() -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(_api_client())
+
+
+# The apps/v1 kinds whose /scale subresource the operator reads and writes, by kind.
+_SCALE_CALLS = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
+FIELD_MANAGER = "habitat-operator"
+
+
+async def _read(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """A GET in a worker thread: None when the object does not exist, Forbidden when RBAC says no."""
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        if error.status == 403:
+            raise Forbidden(what) from None
+        raise
+
+
+async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
+    """The target's /scale subresource ({spec: {replicas}, status: {replicas, selector}}); None when
+    the target does not exist. Raises Forbidden."""
+    read = getattr(_apps(), f"read_namespaced_{_SCALE_CALLS[kind]}_scale")
+    scale = await _read(f"{kind} {namespace}/{name}", read, name, namespace, _preload_content=False)
+    return None if scale is None else dict(json.loads(scale.data))
+
+
+async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) -> None:
+    """Sets spec.replicas alone by a server-side apply of the /scale subresource, as the field
+    manager `habitat-operator`: GitOps tools that apply the target's other fields leave it alone."""
+    patch = getattr(_apps(), f"patch_namespaced_{_SCALE_CALLS[kind]}_scale")
+    body = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    }
+    try:
+        await asyncio.to_thread(
+            patch,
+            name,
+            namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as error:
+        if error.status == 403:
+            raise Forbidden(f"{kind} {namespace}/{name}/scale") from None
+        raise
 
 
 async def patch_status(plural: str, namespace: str, name: str, status: JsonDict) -> None:
@@ -112,21 +168,9 @@ async def delete(plural: str, namespace: str, name: str) -> None:
             raise
 
 
-async def _read_core(read: Callable[[str, str], Any], kind: str, namespace: str, name: str) -> Any:
-    """A core/v1 object (a Secret, a ConfigMap) by `read`; None when it does not exist. Raises Forbidden."""
-    try:
-        return await asyncio.to_thread(read, name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        if error.status == 403:
-            raise Forbidden(f"{kind} {namespace}/{name}") from None
-        raise
-
-
 async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
     """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
-    secret = await _read_core(_core().read_namespaced_secret, "Secret", namespace, name)
+    secret = await _read(f"Secret {namespace}/{name}", _core().read_namespaced_secret, name, namespace)
     if secret is None:
         return None
     return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
@@ -134,7 +178,7 @@ async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
 
 async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
     """A ConfigMap's data; None when it does not exist. Raises Forbidden."""
-    config_map = await _read_core(_core().read_namespaced_config_map, "ConfigMap", namespace, name)
+    config_map = await _read(f"ConfigMap {namespace}/{name}", _core().read_namespaced_config_map, name, namespace)
     return None if config_map is None else dict(config_map.data or {})
 
 

@@ -1,0 +1,49 @@
+"""Small JSON-over-HTTP reads for the engines, with credentials kept out of every message.
+
+A URL may carry `user:password@`; it becomes a Basic Authorization header, and errors name only
+the scheme, host and port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from enum import StrEnum
+from typing import Any
+
+from habitat_operator.errors import PermanentError, RetryableError
+
+
+def display(url: str) -> str:
+    """scheme://host:port of a URL: what messages may show of it."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+def get_json(url: str, timeout: float, reason: StrEnum) -> Any:
+    """GET `url` and decode its JSON body; failures raise with `reason` and the host only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PermanentError(reason, f"{display(url)} is not an http(s) URL")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RetryableError(reason, f"{display(url)} answered HTTP {error.code}") from None
+    except (OSError, ValueError) as error:  # refused, timed out, or not JSON
+        detail = (
+            type(error).__name__
+            if isinstance(error, ValueError)
+            else str(error.args[-1] if error.args else error)
+        )
+        raise RetryableError(reason, f"{display(url)} unreachable or unreadable: {detail}") from None

@@ -1,0 +1,1 @@
+"""Prometheus I/O: instant queries over the HTTP API."""

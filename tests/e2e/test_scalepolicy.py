@@ -1,0 +1,398 @@
+"""ScalePolicy end to end: the operator process, real RabbitMQ and Prometheus, real Deployments.
+
+The control plane has no kubelet: pods stay Pending, but spec.replicas and /scale are real. Every
+policy polls each second with short windows, so each test takes seconds; none sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from tests.e2e.conftest import OperatorProcess
+from tests.e2e.test_backup import condition, wait_for
+from tests.harness import Kubectl, Stack, dev_stack
+from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
+
+pytestmark = pytest.mark.e2e
+
+GITOPS_MANAGER = "argocd-controller"
+
+
+def deployment(name: str, replicas: int | None = 1, label: str = "v1") -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name, "release": label}},
+            "spec": {"containers": [{"name": "app", "image": "registry.invalid/habitat:1"}]},
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+def gitops_apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
+    """A server-side apply as a GitOps tool does it, under its own field manager."""
+    kubectl.run(
+        "apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-", stdin=json.dumps(manifest)
+    )
+
+
+def policy(name: str, target: str, triggers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    base = {
+        "target": {"kind": "Deployment", "name": target},
+        "minReplicas": 1,
+        "maxReplicas": 5,
+        "pollingInterval": 1,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 2}},
+        "triggers": triggers,
+    }
+    return {
+        "apiVersion": "ops.habitat.dev/v1alpha1",
+        "kind": "ScalePolicy",
+        "metadata": {"name": name},
+        "spec": base | spec,
+    }
+
+
+def queue_trigger(name: str, queue: str, per_replica: int = 10, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "rabbitmq",
+        "rabbitmq": {"queue": queue, "targetPerReplica": per_replica, "secretRef": {"name": "rabbitmq"}}
+        | extra,
+    }
+
+
+def publish(amqp_uri: str, queue: str, count: int) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    for _ in range(count):
+        channel.basic_publish("", queue, b"job", pika.BasicProperties(delivery_mode=2))  # survives a restart
+    connection.close()
+
+
+def purge(amqp_uri: str, queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
+    connection.channel().queue_purge(queue)
+    connection.close()
+
+
+def replicas(kubectl: Kubectl, name: str) -> int:
+    return int(kubectl.get("deployment", name)["spec"]["replicas"])
+
+
+def wait_replicas(
+    kubectl: Kubectl, name: str, count: int, operator: OperatorProcess, timeout: float = 30
+) -> None:
+    wait_for(f"{name} at {count} replicas", lambda: replicas(kubectl, name) == count, timeout, operator)
+
+
+def holds(kubectl: Kubectl, name: str, count: int, seconds: float) -> None:
+    """The Deployment stays at `count` for `seconds` (several polls)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert replicas(kubectl, name) == count
+        time.sleep(0.3)
+
+
+def status_of(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    return dict(kubectl.get("scalepolicy", name).get("status") or {})
+
+
+def wait_condition(
+    kubectl: Kubectl, name: str, type_: str, status: str, operator: OperatorProcess, reason: str | None = None
+) -> dict[str, Any]:
+    def matches() -> dict[str, Any] | None:
+        obj = kubectl.get("scalepolicy", name)
+        found = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None)
+        ok = found and found["status"] == status and (reason is None or found["reason"] == reason)
+        return obj if ok else None
+
+    return wait_for(f"{name} {type_}={status} {reason or ''}", matches, 30, operator)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def rabbitmq_secret(kubectl: Kubectl, stack: Stack) -> str:
+    """Secret `rabbitmq`: key `uri` the management API's URL, key `amqp` an AMQP URI."""
+    kubectl.run(
+        "create", "secret", "generic", "rabbitmq", f"--from-literal=uri={stack.rabbitmq_api}",
+        f"--from-literal=amqp={stack.amqp_uri}",
+    )  # fmt: skip
+    return "rabbitmq"
+
+
+def make_queue(amqp_uri: str) -> Iterator[str]:
+    """A durable queue, deleted after the test; each call opens its own connection, so a test may
+    stop RabbitMQ in between."""
+    name = f"t-{os.urandom(5).hex()}"
+    publish(amqp_uri, name, 0)
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
+    connection.channel().queue_delete(name)
+    connection.close()
+
+
+queue = pytest.fixture(make_queue, name="queue")
+second_queue = pytest.fixture(make_queue, name="second_queue")
+
+
+def test_queue_depth_scales_to_max_then_back_after_the_window_with_calm_status(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    gitops_apply(kubectl, deployment("worker"))
+    publish(amqp_uri, queue, 100)
+    kubectl.apply(policy("workers", "worker", [queue_trigger("jobs", queue)]))
+    wait_replicas(kubectl, "worker", 5, operator_alive)
+    kubectl.run("wait", "--for=condition=Ready", "scalepolicy/workers", "--timeout=30s")
+    status = status_of(kubectl, "workers")
+    assert status["lastDecision"]["trigger"] == "jobs" and status["lastDecision"]["value"] == 100
+    assert "capped at the maximum 5" in status["lastDecision"]["reason"]
+    assert condition({"status": status}, "ScalingLimited")["reason"] == "AtMaximum"
+    # Steady state: polls go on, the status is not written again.
+    version = kubectl.get("scalepolicy", "workers")["metadata"]["resourceVersion"]
+    holds(kubectl, "worker", 5, 3)
+    assert kubectl.get("scalepolicy", "workers")["metadata"]["resourceVersion"] == version
+    scraped = operator_alive.scrape()
+    series = f'namespace="{kubectl.namespace}",scalepolicy="workers",trigger="jobs"'
+    assert f"habitat_scalepolicy_trigger_value{{{series}}} 100.0" in scraped
+    purge(amqp_uri, queue)
+    wait_replicas(kubectl, "worker", 1, operator_alive)
+    printed = kubectl.run("get", "scalepolicy", "workers").stdout.split("\n")[0].split()
+    assert printed == ["NAME", "TARGET", "MIN", "MAX", "DESIRED", "CURRENT", "ACTIVE", "AGE"]
+
+
+def test_min_zero_scales_to_zero_after_the_cooldown_and_activates_above_the_threshold(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    gitops_apply(kubectl, deployment("worker", 2))
+    trigger = queue_trigger(
+        "jobs", queue, activationThreshold=5, source="amqp", secretRef={"name": "rabbitmq", "key": "amqp"}
+    )
+    kubectl.apply(policy("workers", "worker", [trigger], minReplicas=0, cooldownPeriod=2))
+    wait_replicas(kubectl, "worker", 0, operator_alive)
+    assert condition(kubectl.get("scalepolicy", "workers"), "Active")["status"] == "False"
+    publish(amqp_uri, queue, 3)  # below the activation threshold: stays at zero
+    holds(kubectl, "worker", 0, 3)
+    publish(amqp_uri, queue, 10)  # 13 > 5: active, ceil(13 / 10) = 2
+    wait_replicas(kubectl, "worker", 2, operator_alive)
+    assert condition(kubectl.get("scalepolicy", "workers"), "Active")["status"] == "True"
+
+
+def test_a_formula_combines_two_queues(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    rabbitmq_secret: str,
+    queue: str,
+    second_queue: str,
+    amqp_uri: str,
+) -> None:
+    gitops_apply(kubectl, deployment("worker"))
+    publish(amqp_uri, queue, 30)
+    publish(amqp_uri, second_queue, 20)
+    triggers = [queue_trigger("queue_a", queue), queue_trigger("queue_b", second_queue)]
+    formula = {"expression": "queue_a + queue_b / 2", "target": 10}
+    kubectl.apply(policy("workers", "worker", triggers, maxReplicas=10, formula=formula))
+    wait_replicas(kubectl, "worker", 4, operator_alive)  # ceil((30 + 20 / 2) / 10)
+    assert status_of(kubectl, "workers")["lastDecision"]["trigger"] == "formula"
+
+
+def test_step_and_percent_policies_limit_each_change(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    publish(amqp_uri, queue, 200)
+    for name, rule in (
+        ("step", {"type": "Pods", "value": 1}),
+        ("percent", {"type": "Percent", "value": 100}),
+    ):
+        gitops_apply(kubectl, deployment(name, 2))
+        up = {"stabilizationWindowSeconds": 0, "policies": [rule | {"periodSeconds": 600}]}
+        kubectl.apply(
+            policy(name, name, [queue_trigger("jobs", queue)], maxReplicas=20, behavior={"scaleUp": up})
+        )
+    wait_replicas(kubectl, "step", 3, operator_alive)  # at most one pod per period
+    wait_replicas(kubectl, "percent", 4, operator_alive)  # at most doubled per period
+    holds(kubectl, "step", 3, 2)
+    assert replicas(kubectl, "percent") == 4
+    for name in ("step", "percent"):
+        assert condition(kubectl.get("scalepolicy", name), "ScalingLimited")["reason"] == "RateLimited"
+
+
+def test_a_schedule_window_raises_the_floor_and_lowers_it_when_it_ends(
+    operator_alive: OperatorProcess, kubectl: Kubectl
+) -> None:
+    gitops_apply(kubectl, deployment("api"))
+    now = dt.datetime.now(dt.UTC)
+    # A daily window that opened at the start of this minute and closes 8 s from now.
+    open_for = now.second + 8
+    window = {
+        "start": f"{now.minute} {now.hour} * * *",
+        "duration": f"{open_for}s",
+        "timezone": "UTC",
+        "minReplicas": 3,
+    }
+    closes = now.replace(second=0, microsecond=0) + dt.timedelta(seconds=open_for)
+    kubectl.apply(policy("api", "api", [{"name": "period_close", "type": "schedule", "schedule": window}]))
+    wait_replicas(kubectl, "api", 3, operator_alive)
+    assert condition(kubectl.get("scalepolicy", "api"), "Active")["reason"] == "WindowOpen"
+    wait_replicas(kubectl, "api", 1, operator_alive, timeout=30)
+    assert dt.datetime.now(dt.UTC) >= closes
+
+
+def test_rabbitmq_stopped_holds_the_fallback_and_recovers(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    gitops_apply(kubectl, deployment("worker"))
+    publish(amqp_uri, queue, 20)
+    fallback = {"replicas": 3, "failureThreshold": 2}
+    kubectl.apply(policy("workers", "worker", [queue_trigger("jobs", queue)], fallback=fallback))
+    wait_replicas(kubectl, "worker", 2, operator_alive)
+    with rabbitmq_stopped():
+        obj = wait_condition(kubectl, "workers", "Fallback", "True", operator_alive)
+        assert "jobs failed 2 or more polls in a row" in condition(obj, "Fallback")["message"]
+        assert condition(obj, "Ready")["status"] == "True"  # Ready follows configuration, not metrics
+        wait_replicas(kubectl, "worker", 3, operator_alive)
+        holds(kubectl, "worker", 3, 2)
+    wait_condition(kubectl, "workers", "Fallback", "False", operator_alive)
+    wait_replicas(kubectl, "worker", 2, operator_alive)
+    assert "habitat_scalepolicy_trigger_errors_total" in operator_alive.scrape()
+
+
+class rabbitmq_stopped:  # lower case: it reads as a context, like contextlib's
+    """Stops the stack's RabbitMQ application (the node stays, so it comes back in seconds)."""
+
+    def _ctl(self, command: str) -> None:
+        state = dev_stack.State.load()
+        env = dev_stack.rabbitmq_env(state)
+        argv = dev_stack.as_user(
+            "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], command]
+        )
+        subprocess.run(argv, env={**os.environ, **env}, check=True, capture_output=True, timeout=60)
+
+    def __enter__(self) -> None:
+        self._ctl("stop_app")
+
+    def __exit__(self, *_: object) -> None:
+        self._ctl("start_app")
+        state = dev_stack.State.load()
+        dev_stack.wait_until("rabbitmq", lambda: dev_stack._amqp_ready(state), 60)
+        dev_stack.wait_until("rabbitmq management", lambda: dev_stack._management_ready(state), 60)
+
+
+def test_a_prometheus_trigger_queries_the_stacks_prometheus(
+    operator_alive: OperatorProcess, kubectl: Kubectl, stack: Stack
+) -> None:
+    gitops_apply(kubectl, deployment("api"))
+    query = {"serverAddress": stack.prometheus_url, "query": "vector(35)", "targetValue": 10}
+    kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+    wait_replicas(kubectl, "api", 4, operator_alive)
+    assert status_of(kubectl, "api")["lastDecision"]["trigger"] == "load"
+
+
+def test_conflict_paused_dry_run_and_a_missing_target(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    publish(amqp_uri, queue, 100)
+    trigger = [queue_trigger("jobs", queue)]
+    kubectl.apply(policy("first", "worker", trigger))
+    obj = wait_condition(kubectl, "first", "Ready", "False", operator_alive, reason="TargetNotFound")
+    assert "Deployment worker not found" in condition(obj, "Ready")["message"]
+    kubectl.apply(policy("second", "worker", trigger))
+    obj = wait_condition(kubectl, "second", "Stalled", "True", operator_alive, reason="Conflict")
+    assert condition(obj, "Stalled")["message"] == "ScalePolicy first already scales Deployment worker"
+    gitops_apply(kubectl, deployment("worker"))  # the target appears: the first policy recovers
+    wait_condition(kubectl, "first", "Ready", "True", operator_alive)
+    wait_replicas(kubectl, "worker", 5, operator_alive)
+
+    gitops_apply(kubectl, deployment("paused"))
+    gitops_apply(kubectl, deployment("dry"))
+    kubectl.apply(policy("paused", "paused", trigger, paused=True))
+    kubectl.apply(policy("dry", "dry", trigger, dryRun=True))
+    wait_condition(kubectl, "paused", "Paused", "True", operator_alive)
+    wait_for(
+        "the dry run's decision",
+        lambda: status_of(kubectl, "dry").get("desiredReplicas") == 5,
+        30,
+        operator_alive,
+    )
+    holds(kubectl, "paused", 1, 2)
+    assert replicas(kubectl, "dry") == 1
+    assert condition(kubectl.get("scalepolicy", "dry"), "Ready")["reason"] == "DryRun"
+
+
+def test_another_managers_server_side_apply_keeps_the_operators_replicas(
+    operator_alive: OperatorProcess, kubectl: Kubectl, stack: Stack
+) -> None:
+    gitops_apply(kubectl, deployment("api", 1))
+    query = {"serverAddress": stack.prometheus_url, "query": "vector(30)", "targetValue": 10}
+    kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+    wait_replicas(kubectl, "api", 3, operator_alive)
+    # Git no longer carries replicas (docs/scaling.md); the next sync changes the template only.
+    gitops_apply(kubectl, deployment("api", None, label="v2"))
+    applied = kubectl.get("deployment", "api")
+    assert applied["spec"]["template"]["metadata"]["labels"]["release"] == "v2"
+    assert applied["spec"]["replicas"] == 3
+    shown = kubectl.run("get", "deployment", "api", "-o", "json", "--show-managed-fields").stdout
+    managers = {
+        entry["manager"]
+        for entry in json.loads(shown)["metadata"]["managedFields"]
+        if "f:replicas" in entry.get("fieldsV1", {}).get("f:spec", {})
+    }
+    assert managers == {"habitat-operator"}
+    holds(kubectl, "api", 3, 2)
+
+
+def test_a_killed_operator_resumes_and_the_target_ends_right(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    gitops_apply(kubectl, deployment("worker"))
+    publish(amqp_uri, queue, 100)
+    slow = {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 1}]}
+    kubectl.apply(
+        policy(
+            "workers",
+            "worker",
+            [queue_trigger("jobs", queue)],
+            behavior={"scaleUp": slow, "scaleDown": {"stabilizationWindowSeconds": 2}},
+        )
+    )
+    wait_for("the first step up", lambda: replicas(kubectl, "worker") >= 2, 30, operator_alive)
+    operator_alive.kill()  # mid-way: one pod per second towards 5
+    stopped_at = replicas(kubectl, "worker")
+    assert stopped_at < 5
+    operator_alive.start()
+    wait_replicas(kubectl, "worker", 5, operator_alive)
+    wait_for(
+        "status to catch up",
+        lambda: status_of(kubectl, "workers").get("currentReplicas") == 5,
+        30,
+        operator_alive,
+    )
+    purge(amqp_uri, queue)
+    wait_replicas(kubectl, "worker", 1, operator_alive)
+    scaled = [
+        e
+        for e in json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"]
+        if e["reason"] == "Scaled"
+    ]
+    assert scaled, "each change posts a Scaled event"
+
+
+@pytest.mark.parametrize(("change", "refusal", "_"), REFUSED, ids=REFUSED_IDS)
+def test_a_bad_spec_is_refused_at_apply_time(
+    installed: None, kubectl: Kubectl, change: dict[str, Any], refusal: str, _: str
+) -> None:
+    manifest = policy("bad", "worker", [window()])
+    manifest["spec"] |= change
+    result = kubectl.apply(manifest, check=False)
+    assert result.returncode != 0 and refusal in result.stderr, result.stderr

@@ -1,0 +1,75 @@
+"""The ScalePolicy engines against the stack's real RabbitMQ and Prometheus."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pika
+import pytest
+
+from habitat_operator.engines.prometheus.query import instant_value
+from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
+from habitat_operator.errors import RetryableError
+from tests.harness import Stack, dev_stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_management_api_counts_messages_workers_hold_and_amqp_counts_ready_ones(
+    stack: Stack, fresh_queue: str
+) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_uri))
+    channel = connection.channel()
+    for _ in range(10):
+        channel.basic_publish("", fresh_queue, b"job")
+    worker = connection.channel()
+    worker.basic_qos(prefetch_count=4)
+    worker.basic_consume(fresh_queue, lambda *_: None)  # takes 4, acknowledges none
+    connection.process_data_events(time_limit=0.5)
+    reader = AmqpDepth(stack.amqp_uri)
+    try:
+        assert reader.read(fresh_queue, timeout=2) == 6
+        assert reader.read(fresh_queue, timeout=2) == 6  # the same connection, again
+    finally:
+        reader.close()
+    deadline = time.monotonic() + 10  # the broker samples its statistics every second here
+    while managed_depth(stack, fresh_queue) != 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    connection.close()
+
+
+def managed_depth(stack: Stack, queue: str) -> int | None:
+    """None until the broker has sampled a new queue's statistics."""
+    try:
+        return management_depth(stack.rabbitmq_api, "/", queue, timeout=2)
+    except RetryableError:
+        return None
+
+
+def test_a_missing_queue_or_broker_is_an_error_without_credentials(stack: Stack) -> None:
+    reader = AmqpDepth(stack.amqp_uri)
+    with pytest.raises(RetryableError, match="NOT_FOUND") as missing:
+        reader.read("no-such-queue", timeout=2)
+    assert "guest" not in str(missing.value)
+    with pytest.raises(RetryableError, match="HTTP 404") as absent:
+        management_depth(stack.rabbitmq_api, "/", "no-such-queue", timeout=2)
+    assert "guest" not in str(absent.value)
+    closed_port = dev_stack.free_port()
+    with pytest.raises(RetryableError, match="unreachable") as down:
+        AmqpDepth(f"amqp://guest:secret@127.0.0.1:{closed_port}/%2F").read("q", timeout=1)
+    assert "secret" not in str(down.value)
+
+
+def test_a_prometheus_query_must_return_one_sample(stack: Stack) -> None:
+    with urllib.request.urlopen(stack.prometheus_url + "/-/ready", timeout=5) as response:
+        assert response.status == 200
+    assert instant_value(stack.prometheus_url, "vector(35)", timeout=2) == 35
+    assert instant_value(stack.prometheus_url, "scalar(vector(2))", timeout=2) == 2
+    with pytest.raises(RetryableError, match="did not return one sample"):
+        instant_value(
+            stack.prometheus_url, "vector(1) or label_replace(vector(2), 'x', 'y', '', '')", timeout=2
+        )
+    with pytest.raises(RetryableError, match="did not return one sample"):
+        instant_value(stack.prometheus_url, "absent(vector(1))", timeout=2)
