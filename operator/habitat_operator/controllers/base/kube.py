@@ -12,7 +12,6 @@ import base64
 import functools
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -178,7 +177,9 @@ async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
 
 async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
     """A ConfigMap's data; None when it does not exist. Raises Forbidden."""
-    config_map = await _read(f"ConfigMap {namespace}/{name}", _core().read_namespaced_config_map, name, namespace)
+    config_map = await _read(
+        f"ConfigMap {namespace}/{name}", _core().read_namespaced_config_map, name, namespace
+    )
     return None if config_map is None else dict(config_map.data or {})
 
 
