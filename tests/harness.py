@@ -25,6 +25,10 @@ class Stack:
     pg_uri: str
     amqp_uri: str
     rabbitmq_api: str
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = ""
 
     @property
     def env(self) -> dict[str, str]:
