@@ -7,8 +7,11 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +28,7 @@ from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, 
 from habitat_operator.engines.postgres.restore import RestoreRequest, run_restore
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
-from tests.harness import Stack
+from tests.harness import REPO, Stack
 from tests.integration.test_backup_ops import free_port, new_database, seeded_database, snapshot
 
 pytestmark = pytest.mark.integration
@@ -180,6 +183,38 @@ def test_wrong_credentials(seeded_database: str, location: S3Location) -> None:
         error = failure(lambda: backup(seeded_database, bucket, bucket.location.key("x.dump")))
     assert error.reason is Reason.STORAGE_AUTH_FAILED and not error.retryable
     assert location.secret_access_key not in error.message and "wrong-" not in error.message
+
+
+def test_unknown_access_key(seeded_database: str, location: S3Location) -> None:
+    with Bucket(replace(location, access_key_id="unknown-" + secrets.token_hex(4))) as bucket:
+        error = failure(lambda: backup(seeded_database, bucket, bucket.location.key("x.dump")))
+    assert error.reason is Reason.STORAGE_AUTH_FAILED and not error.retryable
+
+
+def test_catalog_list_shows_the_newest_first(seeded_database: str, bucket: Bucket, tmp_path: Path) -> None:
+    older = bucket.location.artifact_key("team-a", "older")
+    newer = bucket.location.artifact_key("team-a", "newer")
+    backup(seeded_database, bucket, older)
+    time.sleep(1)  # catalog times have whole seconds
+    backup(seeded_database, bucket, newer, compression="zstd")
+    where = bucket.location
+    storage = tmp_path / "storage.yaml"
+    storage.write_text(json.dumps({"s3": {"bucket": where.bucket, "endpoint": where.endpoint}}))
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": where.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": where.secret_access_key,
+    }
+    command = [str(REPO / ".venv" / "bin" / "habitat-operator"), "catalog", "list", "--storage", str(storage)]
+    command += ["--prefix", where.prefix, "--force-path-style"]
+
+    listed_json = subprocess.run(
+        [*command, "-o", "json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert [entry["key"] for entry in json.loads(listed_json.stdout)] == [newer, older]
+    table = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split() == ["DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY"]
+    assert table[1].split()[4:] == ["yes", "no", "zstd", newer]  # the size is two words
 
 
 def test_missing_bucket(seeded_database: str, location: S3Location) -> None:

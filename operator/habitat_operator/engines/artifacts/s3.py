@@ -46,6 +46,7 @@ _AUTH_CODES = {
     "InvalidToken",
     "ExpiredToken",
     "AuthorizationHeaderMalformed",
+    "XAdminUserNotFound",  # versitygw's answer to an unknown access key id
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -135,8 +136,8 @@ class Bucket:
             "s3",
             endpoint_url=location.endpoint,
             region_name=location.region,
-            aws_access_key_id=location.access_key_id,
-            aws_secret_access_key=location.secret_access_key,
+            aws_access_key_id=location.access_key_id or None,  # None: boto3 looks in the environment
+            aws_secret_access_key=location.secret_access_key or None,
             verify=self._ca_file.name if self._ca_file else None,
             config=config,
         )
