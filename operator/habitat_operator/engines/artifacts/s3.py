@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -28,6 +29,11 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from habitat_operator.api.common import Reason
+from habitat_operator.engines.artifacts.storage_metrics import (
+    STORAGE_BYTES,
+    STORAGE_REQUEST_DURATION,
+    STORAGE_REQUESTS,
+)
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 if TYPE_CHECKING:
@@ -104,12 +110,18 @@ def storage_error(error: Exception, doing: str) -> OperationError:
 
 
 @contextmanager
-def storage_errors(doing: str) -> Iterator[None]:
-    """Turn boto3's exceptions (and a stream cut midway) into storage_error's OperationErrors."""
+def storage_errors(doing: str, operation: str) -> Iterator[None]:
+    """Count and time one request (`operation` is its metric label), and turn boto3's exceptions
+    (and a stream cut midway) into storage_error's OperationErrors."""
+    started = time.monotonic()
     try:
         yield
     except (BotoCoreError, ClientError, OSError) as error:
+        STORAGE_REQUESTS.labels(operation, "failure").inc()
         raise storage_error(error, doing) from None
+    finally:
+        STORAGE_REQUEST_DURATION.labels(operation).observe(time.monotonic() - started)
+    STORAGE_REQUESTS.labels(operation, "success").inc()
 
 
 class Bucket:
@@ -161,13 +173,13 @@ class Bucket:
 
     def abort_uploads(self, key: str) -> int:
         """Abort the unfinished multipart uploads to exactly `key`; how many there were."""
-        with storage_errors(f"listing the unfinished uploads to {self.uri(key)}"):
+        with storage_errors(f"listing the unfinished uploads to {self.uri(key)}", "list_uploads"):
             found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=key)
         aborted = 0
         for upload in found.get("Uploads", []):
             if upload.get("Key") != key:
                 continue
-            with storage_errors(f"aborting an unfinished upload to {self.uri(key)}"):
+            with storage_errors(f"aborting an unfinished upload to {self.uri(key)}", "abort_upload"):
                 self.client.abort_multipart_upload(
                     Bucket=self.location.bucket, Key=key, UploadId=upload["UploadId"]
                 )
@@ -176,13 +188,13 @@ class Bucket:
 
     def open(self, key: str) -> IO[bytes]:
         """The object's content as a stream with `read(size)`; close it when done."""
-        with storage_errors(f"reading {self.uri(key)}"):
+        with storage_errors(f"reading {self.uri(key)}", "get"):
             body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
         return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")  # type: ignore[return-value]
 
     def put_catalog(self, artifact_key: str, entry: dict[str, Any]) -> None:
         key = catalog_key(artifact_key)
-        with storage_errors(f"writing the catalog entry {self.uri(key)}"):
+        with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
             self.client.put_object(
                 Bucket=self.location.bucket,
                 Key=key,
@@ -194,7 +206,7 @@ class Bucket:
         """The catalog entry of one artifact, with its `key`; None when it has none."""
         key = catalog_key(artifact_key)
         try:
-            with storage_errors(f"reading the catalog entry {self.uri(key)}"):
+            with storage_errors(f"reading the catalog entry {self.uri(key)}", "get_catalog"):
                 body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
         except OperationError as error:
             if error.reason is Reason.ARTIFACT_NOT_FOUND:
@@ -206,7 +218,7 @@ class Bucket:
         """Every catalog entry under the prefix, each with its artifact's `key`."""
         prefix = self.location.key()
         entries = []
-        with storage_errors(f"listing s3://{self.location.bucket}/{prefix}"):
+        with storage_errors(f"listing s3://{self.location.bucket}/{prefix}", "list"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.location.bucket, Prefix=f"{prefix}/" if prefix else ""
             )
@@ -214,7 +226,7 @@ class Bucket:
         for key in keys:
             if not key.endswith(CATALOG_SUFFIX):
                 continue
-            with storage_errors(f"reading the catalog entry {self.uri(key)}"):
+            with storage_errors(f"reading the catalog entry {self.uri(key)}", "get_catalog"):
                 body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
             entry = _entry(body, key.removesuffix(CATALOG_SUFFIX))
             if entry is not None:
@@ -224,7 +236,7 @@ class Bucket:
     def delete_artifact(self, key: str) -> None:
         """Delete the catalog entry, then the artifact: `latestOf` never picks one being deleted."""
         for doomed in (catalog_key(key), key):
-            with storage_errors(f"deleting {self.uri(doomed)}"):
+            with storage_errors(f"deleting {self.uri(doomed)}", "delete"):
                 self.client.delete_object(Bucket=self.location.bucket, Key=doomed)
 
 
@@ -245,8 +257,10 @@ class _ErrorTranslatingStream:
         self._doing = doing
 
     def read(self, size: int = READ_SIZE) -> bytes:
-        with storage_errors(self._doing):
-            return bytes(self._body.read(size))
+        with storage_errors(self._doing, "read"):
+            data = bytes(self._body.read(size))
+        STORAGE_BYTES.labels("downloaded").inc(len(data))
+        return data
 
     def close(self) -> None:
         self._body.close()
@@ -273,7 +287,7 @@ class MultipartUpload:
         self.upload_id = ""
 
     def __enter__(self) -> Self:
-        with storage_errors(f"starting the upload of {self.uri}"):
+        with storage_errors(f"starting the upload of {self.uri}", "create_upload"):
             created = self.bucket.client.create_multipart_upload(
                 Bucket=self.bucket.location.bucket, Key=self.key, Metadata=self._metadata
             )
@@ -304,7 +318,7 @@ class MultipartUpload:
     def complete(self) -> None:
         """Make the object visible: the one step after which readers see it, all of it."""
         self.sync()
-        with storage_errors(f"completing the upload of {self.uri}"):
+        with storage_errors(f"completing the upload of {self.uri}", "complete_upload"):
             self.bucket.client.complete_multipart_upload(
                 Bucket=self.bucket.location.bucket,
                 Key=self.key,
@@ -334,7 +348,7 @@ class MultipartUpload:
         self._parts.append(future)
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
-        with storage_errors(f"uploading part {number} of {self.uri}"):
+        with storage_errors(f"uploading part {number} of {self.uri}", "upload_part"):
             answer = self.bucket.client.upload_part(
                 Bucket=self.bucket.location.bucket,
                 Key=self.key,
@@ -342,4 +356,5 @@ class MultipartUpload:
                 PartNumber=number,
                 Body=body,
             )
+        STORAGE_BYTES.labels("uploaded").inc(len(body))
         return {"PartNumber": number, "ETag": answer["ETag"]}
