@@ -384,3 +384,57 @@ def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succee
     obj = wait_ready(kubectl, "outage", operator_alive, timeout=180)
     key = f"{prefix}/{namespace}/outage.dump"
     assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+
+
+def peak_rss_mib(process: OperatorProcess) -> float:
+    assert process.process is not None
+    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def fill(uri: str, mib: int) -> None:
+    """About `mib` MiB of table data (1 KiB rows), added to what the database holds."""
+    with psycopg.connect(uri) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS blob (id bigserial PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO blob (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, %s) g",
+            [mib * 1024],
+        )
+
+
+MEMORY_BOUND_MIB = 256
+GROWTH_BOUND_MIB = 32  # the database grows by 192 MiB between the two; parts in flight take 48 MiB
+
+
+def test_peak_memory_does_not_grow_with_the_database(
+    installed: None,
+    stack: Stack,
+    kubectl: Kubectl,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Peak RSS of an operator of its own after a backup of 64 MiB and then one of 256 MiB
+    (uncompressed, so every byte goes up): the second may not need more than GROWTH_BOUND_MIB more."""
+    own = OperatorProcess(
+        service_account_kubeconfig(stack, Kubectl(stack, "habitat-system"), tmp_path / "kubeconfig"),
+        tmp_path / "backups",
+        tmp_path / "operator.log",
+        namespaces=(namespace,),
+    )
+    own.start()
+    try:
+        peaks = []
+        for name, mib in (("small", 64), ("large", 192)):
+            fill(fresh_database, mib)
+            kubectl.apply(backup(name, storage=s3_storage(stack, prefix), compression="none"))
+            done = wait_ready(kubectl, name, own, timeout=240)
+            peaks.append(peak_rss_mib(own))
+            print(f"{name}: {done['status']['artifact']['size']}, operator peak RSS {peaks[-1]:.0f} MiB")
+    finally:
+        own.stop()
+    assert peaks[1] - peaks[0] <= GROWTH_BOUND_MIB, peaks
+    assert peaks[1] <= MEMORY_BOUND_MIB, peaks
