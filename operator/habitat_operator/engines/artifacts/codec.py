@@ -101,10 +101,26 @@ class PlaintextReader:
             self._decode(self._decryptor.update(raw) if self._decryptor else raw)
         return self._ready.popleft() if self._ready else b""
 
+    @property
+    def finished(self) -> bool:
+        """Whether the whole stored artifact has been read (and `sha256` is complete)."""
+        return self._done
+
     def drain(self) -> None:
-        """Read to the end, e.g. to finish the checksum after the consumer stopped reading."""
-        while self.read():
-            pass
+        """Read to the end without decompressing, once the consumer stopped reading: the SHA-256
+        completes and every encrypted chunk is still authenticated, at a fraction of the cost."""
+        self._ready.clear()
+        while not self._done:
+            raw = self._raw.read(READ_SIZE)
+            if not raw:
+                self._done = True
+                if self._decryptor:
+                    self._decryptor.finalize()
+                return
+            self.sha256.update(raw)
+            self.size += len(raw)
+            if self._decryptor:
+                self._decryptor.update(raw)
 
     def close(self) -> None:
         self._raw.close()

@@ -119,7 +119,8 @@ async def check_object(
         if error.reason not in (Reason.VERIFICATION_FAILED, Reason.DECRYPTION_FAILED):
             raise
         listing = error  # the checksum speaks first: a flipped byte is a mismatch, not a bad archive
-        await in_thread(_drain, bucket, key, reader.size, reader.sha256)
+        if not reader.finished:  # decryption failed midway: hash the rest from where it stopped
+            await in_thread(_drain, bucket, key, reader.size, reader.sha256)
     actual = reader.sha256.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise PermanentError(

@@ -169,12 +169,12 @@ async def verify_readable(path: Path, format: ArtifactFormat, encryption_key: by
 
 async def list_contents(reader: PlaintextReader, name: str) -> None:
     """`pg_restore --list` over the reader's plaintext, read to the end: pg_restore stops reading
-    after the table of contents, and reading on still hashes and authenticates every chunk."""
+    after the table of contents, and draining the rest still hashes and authenticates every chunk."""
     try:
         async with ClientTool.start(["pg_restore", "--list"], None, stdin=asyncio.subprocess.PIPE) as restore:
-            accepting = True
-            while chunk := await in_thread(reader.read):
-                accepting = accepting and await restore.feed(chunk)
+            while (chunk := await in_thread(reader.read)) and await restore.feed(chunk):
+                pass
+            await in_thread(reader.drain)
             await restore.close_stdin()
             await restore.check(lambda stderr: _artifact_failed(name, meaningful_line(stderr)))
     finally:
