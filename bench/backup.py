@@ -73,8 +73,15 @@ def habitat_backup_to_bucket(
     return run
 
 
-async def measure(runs: dict[str, Callable[[], Awaitable[None]]], rounds: int) -> dict[str, float]:
-    """Rounds interleave the variants, so drift in the machine's speed hits them all alike."""
+async def measure(
+    runs: dict[str, Callable[[], Awaitable[None]]], rounds: int, only: list[str] | None = None
+) -> dict[str, float]:
+    """Rounds interleave the variants, so drift in the machine's speed hits them all alike. With
+    `only`, just the variants whose name holds one of its words, and the raw tools."""
+    if only:
+        runs = {
+            name: run for name, run in runs.items() if name.startswith("raw") or any(w in name for w in only)
+        }
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(rounds):
         for name, run in runs.items():
@@ -89,6 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 is about 1.05 GB)")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="variants whose name holds one of these (raw ones stay)"
+    )
     args = parser.parse_args()
     map_large_buffers()  # as the operator does
     uri = ensure_database(os.environ["HABITAT_PG_URI"], args.scale)
@@ -115,17 +125,18 @@ def main() -> None:
                     **_bucket_variants(target, where),
                 },
                 args.rounds,
+                args.only,
             )
         )
-        sizes = {name: (out / file).stat().st_size for name, file in FILES.items()}
+        sizes = {name: (out / file).stat().st_size for name, file in FILES.items() if name in results}
     if where is not None:
-        sizes |= {name: s3.size_of(where, where.key(obj)) for name, obj in OBJECTS.items()}
+        sizes |= {name: s3.size_of(where, where.key(obj)) for name, obj in OBJECTS.items() if name in results}
     print(f"\n{'variant':40} {'median s':>9} {'vs raw':>7} {'MiB':>8}")
     for name, seconds in results.items():
         raw = results[RAW_S3 if "S3" in name else RAW]
         mib = f"{sizes[name] / 2**20:8.1f}" if name in sizes else ""
         print(f"{name:40} {seconds:9.2f} {seconds / raw:6.3f}x {mib}")
-    if "Backup (zstd + verify)" in results:
+    if "Backup (zstd + verify)" in results and RAW in sizes:
         speed = results[RAW] / results["Backup (zstd + verify)"]
         smaller = sizes[RAW] / sizes["Backup (zstd + verify)"]
         print(f"\nzstd against raw pg_dump -Fc > file: {speed:.2f}x faster, {smaller:.2f}x smaller")
@@ -136,6 +147,7 @@ RAW_S3 = "raw pg_dump -Fc | upload_fileobj (S3)"
 FILES = {RAW: "raw.dump", "Backup (checksum + verify)": "b.dump", "Backup (zstd + verify)": "z.dump"}
 OBJECTS = {
     RAW_S3: "raw.dump",
+    "Backup to S3 (checksum, no verify)": "noverify.dump",
     "Backup to S3 (checksum + verify)": "gzip.dump",
     "Backup to S3 (zstd + verify)": "zstd.dump",
 }
@@ -148,6 +160,9 @@ def _bucket_variants(
         return {}
     return {
         RAW_S3: s3.raw_upload(target, where, where.key("raw.dump")),
+        "Backup to S3 (checksum, no verify)": habitat_backup_to_bucket(
+            target, where, where.key("noverify.dump"), verify=False
+        ),
         "Backup to S3 (checksum + verify)": habitat_backup_to_bucket(target, where, where.key("gzip.dump")),
         "Backup to S3 (zstd + verify)": habitat_backup_to_bucket(
             target, where, where.key("zstd.dump"), compression="zstd"

@@ -16,7 +16,8 @@ from typing import Any, TextIO
 import yaml
 
 from habitat_operator.api.artifacts import S3Storage
-from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
+from habitat_operator.controllers.base.buckets import location_of
+from habitat_operator.engines.artifacts.s3 import Bucket
 
 COLUMNS = ("DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY")
 
@@ -31,18 +32,6 @@ def storage_from(file: Path | None, flags: dict[str, Any]) -> S3Storage:
     # The credentials come from the environment here; the Secret reference only satisfies the model.
     block.setdefault("credentialsSecretRef", {"name": "from-environment"})
     return S3Storage.model_validate(block)
-
-
-def location(storage: S3Storage) -> S3Location:
-    return S3Location(
-        bucket=storage.bucket,
-        prefix=storage.prefix,
-        region=storage.region,
-        endpoint=storage.endpoint,
-        force_path_style=storage.force_path_style,
-        access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", ""),
-        secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
-    )
 
 
 def newest_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,6 +67,7 @@ def table(entries: list[dict[str, Any]]) -> str:
 
 
 def list_catalog(storage: S3Storage, output: str, out: TextIO) -> None:
-    with Bucket(location(storage)) as bucket:
+    credentials = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    with Bucket(location_of(storage, *credentials)) as bucket:
         entries = newest_first(bucket.catalog())
     out.write(json.dumps(entries, indent=2) + "\n" if output == "json" else table(entries))

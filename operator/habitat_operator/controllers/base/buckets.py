@@ -25,7 +25,15 @@ async def open_bucket(namespace: str, storage: S3Storage) -> Bucket:
     secret_access_key = await read_secret_text(namespace, credentials.name, credentials.secret_access_key_key)
     ca = storage.ca_secret_ref
     ca_bundle = await read_secret_value(namespace, ca.name, ca.key) if ca else None
-    location = S3Location(
+    location = location_of(storage, access_key_id, secret_access_key, ca_bundle)
+    return await in_thread(Bucket, location)  # boto3 loads its service model: not on the event loop
+
+
+def location_of(
+    storage: S3Storage, access_key_id: str, secret_access_key: str, ca_bundle: bytes | None = None
+) -> S3Location:
+    """The engine's plain S3Location for a storage block and its credentials."""
+    return S3Location(
         bucket=storage.bucket,
         prefix=storage.prefix,
         region=storage.region,
@@ -35,7 +43,6 @@ async def open_bucket(namespace: str, storage: S3Storage) -> Bucket:
         secret_access_key=secret_access_key,
         ca_bundle=ca_bundle,
     )
-    return await in_thread(Bucket, location)  # boto3 loads its service model: not on the event loop
 
 
 def encryption_key_id(key: bytes) -> str:

@@ -8,7 +8,6 @@ written last. Any failure, timeout or cancellation before that aborts the upload
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,10 +20,12 @@ from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.postgres.dump import (
     BackupRequest,
     BackupResult,
+    backup_deadline,
     check_request,
     dump_stream,
     list_contents,
     open_plaintext,
+    result_of,
     server_version,
 )
 from habitat_operator.engines.threads import in_thread
@@ -56,22 +57,13 @@ async def run_backup_to_bucket(
     check_request(request)
     if request.format != "custom":
         raise PermanentError(Reason.INVALID_REQUEST, "a bucket takes format custom only")
-    deadline = asyncio.timeout(request.timeout)
     created = timestamps.now()
-    try:
-        async with deadline:
-            pg_version = await server_version(request.target)
-            await in_thread(bucket.abort_uploads, key)
-            size, sha256 = await _upload(request, bucket, key)
-            if request.verify:
-                await _verify_uploaded(bucket, key, sha256, request.encryption_key)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise RetryableError(
-            Reason.TIMEOUT,
-            f"backup of {request.target.display} did not finish within {request.timeout:g}s",
-        ) from None
+    async with backup_deadline(request):
+        pg_version = await server_version(request.target)
+        await in_thread(bucket.abort_uploads, key)
+        size, sha256 = await _upload(request, bucket, key)
+        if request.verify:
+            await _verify_uploaded(bucket, key, sha256, request.encryption_key)
     entry: dict[str, Any] = {
         "namespace": source.namespace,
         "backup": source.name,
@@ -90,16 +82,7 @@ async def run_backup_to_bucket(
         "completedAt": timestamps.rfc3339(timestamps.now()),
     }
     await in_thread(bucket.put_catalog, key, entry)
-    return BackupResult(
-        uri=bucket.uri(key),
-        size_bytes=size,
-        sha256=sha256,
-        format=request.format,
-        encrypted=request.encryption_key is not None,
-        pg_version=pg_version,
-        verified=request.verify,
-        compression=request.compression,
-    )
+    return result_of(request, bucket.uri(key), size, sha256, pg_version)
 
 
 async def check_object(

@@ -8,8 +8,8 @@ import asyncio
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncGenerator, Callable
-from contextlib import suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Self
@@ -95,14 +95,22 @@ async def run_backup(request: BackupRequest) -> BackupResult:
     destination = request.destination
     if destination is None:
         raise PermanentError(Reason.INVALID_REQUEST, "run_backup needs a destination")
+    async with backup_deadline(request):
+        pg_version = await server_version(request.target)
+        if request.format == "custom":
+            size, digest = await _dump_custom(request, destination)
+        else:
+            size, digest = await _dump_directory(request, destination)
+    return result_of(request, file_uri(destination), size, digest, pg_version)
+
+
+@asynccontextmanager
+async def backup_deadline(request: BackupRequest) -> AsyncIterator[None]:
+    """`request.timeout` over the block, whose expiry is a retryable Timeout."""
     deadline = asyncio.timeout(request.timeout)
     try:
         async with deadline:
-            pg_version = await server_version(request.target)
-            if request.format == "custom":
-                size, digest = await _dump_custom(request, destination)
-            else:
-                size, digest = await _dump_directory(request, destination)
+            yield
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -110,10 +118,13 @@ async def run_backup(request: BackupRequest) -> BackupResult:
             Reason.TIMEOUT,
             f"backup of {request.target.display} did not finish within {request.timeout:g}s",
         ) from None
+
+
+def result_of(request: BackupRequest, uri: str, size: int, sha256: str, pg_version: str) -> BackupResult:
     return BackupResult(
-        uri=file_uri(destination),
+        uri=uri,
         size_bytes=size,
-        sha256=digest,
+        sha256=sha256,
         format=request.format,
         encrypted=request.encryption_key is not None,
         pg_version=pg_version,
