@@ -29,6 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from habitat_operator.api.common import Reason
+from habitat_operator.engines.artifacts.codec import Readable
 from habitat_operator.engines.artifacts.storage_metrics import (
     STORAGE_BYTES,
     STORAGE_REQUEST_DURATION,
@@ -186,11 +187,11 @@ class Bucket:
             aborted += 1
         return aborted
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str) -> Readable:
         """The object's content as a stream with `read(size)`; close it when done."""
         with storage_errors(f"reading {self.uri(key)}", "get"):
             body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
-        return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")  # type: ignore[return-value]
+        return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")
 
     def put_catalog(self, artifact_key: str, entry: dict[str, Any]) -> None:
         key = catalog_key(artifact_key)
