@@ -207,14 +207,17 @@ def test_disaster_recovery_from_the_bucket_alone(
         done = finished(dr, "from-bucket", fresh)
         step("restore applied to Succeeded", started)
         assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
-        assert (
-            done["status"]["restoredFrom"]["uri"]
-            == f"s3://{stack.s3_bucket}/{prefix}/{namespace}/nightly.dump"
-        )
+        key = f"{prefix}/{namespace}/nightly.dump"
+        assert done["status"]["restoredFrom"]["uri"] == f"s3://{stack.s3_bucket}/{key}"
         assert rows(fresh_database) == before
-        assert not (tmp_path / "empty-backup-root").exists() or not any(
-            (tmp_path / "empty-backup-root").iterdir()
-        )
+        local = tmp_path / "empty-backup-root"
+        assert not local.exists() or not any(local.iterdir())  # the bucket alone
+
+        # The nightly drill that proves it before a disaster: the same source, into a scratch database.
+        drill_source = {"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}}
+        dr.apply(restore("drill", source=drill_source, drill=True))
+        drilled = finished(dr, "drill", fresh)
+        assert drilled["status"]["phase"] == "Succeeded", drilled["status"].get("message")
     finally:
         fresh.stop()
         admin.run("delete", "namespace", recovery, "--wait=false", check=False)

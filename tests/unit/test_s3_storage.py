@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from habitat_operator.api.backup import BackupSpec
 from habitat_operator.api.common import Reason
-from habitat_operator.api.restore import RestoreSpec
+from habitat_operator.api.restore import RestoreSpec, StorageSource
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key
+from habitat_operator.controllers.restore.source import _catalog_entry, _check_key
 from habitat_operator.engines.artifacts.codec import ZSTD_MAGIC, ArtifactSink, PlaintextReader
 from habitat_operator.engines.artifacts.s3 import S3Location, storage_error
 from habitat_operator.errors import OperationError
@@ -165,3 +166,54 @@ def test_an_encrypted_artifact_needs_its_key() -> None:
     with pytest.raises(OperationError) as caught:
         PlaintextReader(io.BytesIO(bytes(out.data)), None).read()
     assert caught.value.reason is Reason.DECRYPTION_FAILED
+
+
+class Catalog:
+    """A bucket as `_catalog_entry` reads it: its catalog entries and nothing else."""
+
+    def __init__(self, *entries: dict[str, Any]) -> None:
+        self.entries = list(entries)
+        self.location = LOCATION
+
+    def catalog(self) -> list[dict[str, Any]]:
+        return self.entries
+
+    def catalog_entry(self, key: str) -> dict[str, Any] | None:
+        return next((e for e in self.entries if e["key"] == key), None)
+
+    def uri(self, key: str) -> str:
+        return LOCATION.uri(key)
+
+
+def entry(key: str, completed: str, database: str = "habitat", verified: bool = True) -> dict[str, Any]:
+    return {"key": key, "database": database, "verified": verified, "completedAt": completed}
+
+
+def test_latest_of_takes_the_newest_verified_artifact_of_the_database() -> None:
+    bucket = Catalog(
+        entry("a", "2026-11-27T03:00:00Z"),
+        entry("b", "2026-11-28T03:00:00Z"),
+        entry("c", "2026-11-29T03:00:00Z", verified=False),
+        entry("d", "2026-11-30T03:00:00Z", database="other"),
+    )
+    source = StorageSource.model_validate({"s3": S3, "latestOf": {"database": "habitat"}})
+    assert _catalog_entry(bucket, source)["key"] == "b"  # type: ignore[arg-type]
+    by_key = StorageSource.model_validate({"s3": S3, "key": "a"})
+    assert _catalog_entry(bucket, by_key)["completedAt"] == "2026-11-27T03:00:00Z"  # type: ignore[arg-type]
+    unknown = StorageSource.model_validate({"s3": S3, "key": "z"})
+    assert _catalog_entry(bucket, unknown) == {"key": "z"}  # type: ignore[arg-type]
+
+    nothing = StorageSource.model_validate({"s3": S3, "latestOf": {"database": "missing"}})
+    with pytest.raises(OperationError) as caught:
+        _catalog_entry(bucket, nothing)  # type: ignore[arg-type]
+    assert caught.value.reason is Reason.ARTIFACT_NOT_FOUND
+
+
+def test_a_wrong_key_is_refused_by_its_id_before_any_byte_is_read() -> None:
+    key = os.urandom(32)
+    encrypted = {"encrypted": True, "encryptionKeyId": encryption_key_id(key)}
+    _check_key(encrypted, key, "s3://b/k")
+    for given, reason in ((None, Reason.KEY_NOT_FOUND), (os.urandom(32), Reason.DECRYPTION_FAILED)):
+        with pytest.raises(OperationError) as caught:
+            _check_key(encrypted, given, "s3://b/k")
+        assert caught.value.reason is reason
