@@ -217,3 +217,17 @@ def test_a_wrong_key_is_refused_by_its_id_before_any_byte_is_read() -> None:
         with pytest.raises(OperationError) as caught:
             _check_key(encrypted, given, "s3://b/k")
         assert caught.value.reason is reason
+
+
+def test_a_private_ca_lives_in_a_file_as_long_as_the_client() -> None:
+    from pathlib import Path
+
+    from habitat_operator.engines.artifacts.s3 import Bucket
+
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    bucket = Bucket(S3Location(bucket="b", endpoint="https://s3.internal:9000", ca_bundle=pem))
+    assert bucket._ca_file is not None
+    path = Path(bucket._ca_file.name)
+    assert path.read_bytes() == pem
+    bucket.close()
+    assert not path.exists()
