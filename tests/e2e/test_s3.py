@@ -73,6 +73,16 @@ def unfinished_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, 
     return list(client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/").get("Uploads", []))
 
 
+def wait_for_upload(client: Any, bucket: str, prefix: str, operator: OperatorProcess) -> None:
+    """Until a multipart upload under `prefix` is open (started, not completed)."""
+    wait_for(
+        "the upload to start",
+        lambda: unfinished_uploads(client, bucket, prefix),
+        timeout=60,
+        operator=operator,
+    )
+
+
 def rows(uri: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the seeded tables, in order: row for row."""
     with psycopg.connect(uri) as conn:
@@ -80,6 +90,12 @@ def rows(uri: str) -> dict[str, list[tuple[Any, ...]]]:
             table: conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
             for table in ("events", "audit")
         }
+
+
+def operator_of(namespace: str, stack: Stack, workdir: Path, backup_root: Path) -> OperatorProcess:
+    """An operator process of the test's own, watching `namespace` alone, with the operator's token."""
+    kubeconfig = service_account_kubeconfig(stack, Kubectl(stack, "habitat-system"), workdir / "kubeconfig")
+    return OperatorProcess(kubeconfig, backup_root, workdir / "operator.log", namespaces=(namespace,))
 
 
 @contextmanager
@@ -183,12 +199,7 @@ def test_disaster_recovery_from_the_bucket_alone(
     # The new cluster: a new namespace, a fresh operator that watches only it, an empty backup root.
     recovery = f"dr-{secrets.token_hex(4)}"
     admin.run("create", "namespace", recovery)
-    fresh = OperatorProcess(
-        service_account_kubeconfig(stack, Kubectl(stack, "habitat-system"), tmp_path / "kubeconfig"),
-        tmp_path / "empty-backup-root",
-        tmp_path / "operator.log",
-        namespaces=(recovery,),
-    )
+    fresh = operator_of(recovery, stack, tmp_path, backup_root=tmp_path / "empty-backup-root")
     try:
         started = time.monotonic()
         fresh.start()
@@ -238,12 +249,7 @@ def test_operator_killed_mid_upload_aborts_it_and_the_retry_succeeds(
     client = s3_client(stack)
     with table_locked(fresh_database):  # the upload is open, and pg_dump waits: a kill is mid-upload
         kubectl.apply(backup("crash", storage=s3_storage(stack, prefix), retry={"limit": 2, "backoff": "1s"}))
-        wait_for(
-            "the upload to start",
-            lambda: unfinished_uploads(client, stack.s3_bucket, prefix),
-            timeout=60,
-            operator=operator_alive,
-        )
+        wait_for_upload(client, stack.s3_bucket, prefix, operator_alive)
         operator_alive.kill()
     assert kubectl.get("backup", "crash")["status"]["phase"] == "Running"
     assert keys(client, stack.s3_bucket, prefix) == []  # an unfinished upload is listed nowhere
@@ -369,12 +375,7 @@ def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succee
     storage = s3_storage(stack, prefix, endpoint=private_s3.endpoint)
     with table_locked(fresh_database):  # the upload is open while pg_dump waits
         kubectl.apply(backup("outage", storage=storage, retry={"limit": 5, "backoff": "2s"}))
-        wait_for(
-            "the upload to start",
-            lambda: unfinished_uploads(client, stack.s3_bucket, prefix),
-            timeout=60,
-            operator=operator_alive,
-        )
+        wait_for_upload(client, stack.s3_bucket, prefix, operator_alive)
         private_s3.stop()
     obj = wait_phase(kubectl, "backup", "outage", {"Pending", "Failed"}, operator_alive)
     assert condition(obj, "Stalled" if obj["status"]["phase"] == "Failed" else "Reconciling")["reason"] in (
@@ -424,12 +425,7 @@ def test_peak_memory_does_not_grow_with_the_database(
     (uncompressed, so every byte goes up): the second may not need more than GROWTH_BOUND_MIB more."""
     if operator.process is not None and operator.process.poll() is None:
         operator.kill()  # the shared operator watches every namespace: one operator per Backup
-    own = OperatorProcess(
-        service_account_kubeconfig(stack, Kubectl(stack, "habitat-system"), tmp_path / "kubeconfig"),
-        tmp_path / "backups",
-        tmp_path / "operator.log",
-        namespaces=(namespace,),
-    )
+    own = operator_of(namespace, stack, tmp_path, backup_root=tmp_path / "backups")
     own.start()
     try:
         peaks = []
