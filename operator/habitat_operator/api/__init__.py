@@ -6,8 +6,9 @@ KindInfo, then list that KindInfo in ALL_KINDS.
 
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import API_VERSION, GROUP, VERSION, KindInfo
+from habitat_operator.api.replayjob import REPLAYJOB
 from habitat_operator.api.restore import RESTORE
 
-ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE]
+ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, REPLAYJOB]
 
 __all__ = ["ALL_KINDS", "API_VERSION", "GROUP", "VERSION", "KindInfo"]

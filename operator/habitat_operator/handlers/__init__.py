@@ -1,5 +1,5 @@
 """Kopf glue, one module per kind; importing this package registers every handler."""
 
-from habitat_operator.handlers import backup, restore
+from habitat_operator.handlers import backup, replayjob, restore
 
-__all__ = ["backup", "restore"]
+__all__ = ["backup", "replayjob", "restore"]

@@ -1,0 +1,1 @@
+"""RabbitMQ I/O: publishing (replay) and queue depth (scaling)."""
