@@ -1,4 +1,4 @@
-"""`habitat-operator run` runs the operator; `habitat-operator crds` prints or writes the CRDs."""
+"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `events` lists stored events."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from habitat_operator import events_command
 from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
 
 
@@ -63,11 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
     crds = commands.add_parser("crds", help="print the CRDs generated from the API models, or write them")
     crds.add_argument("--output", "-o", type=Path, help="directory to write one file per kind into")
+
+    events_command.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "events":
+        return events_command.run(args)
     if args.command == "crds":
         from habitat_operator.api import crdgen
 

@@ -36,14 +36,13 @@ from habitat_operator.controllers.replayjob.messages import Addressing, to_messa
 from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres import events
-from habitat_operator.engines.postgres.events import EventReader, EventStore
+from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventReader, EventStore
 from habitat_operator.engines.rabbitmq.publisher import ConfirmingPublisher, Failure
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 from habitat_operator.errors import OperationError, PermanentError
 
 WINDOW = 1000  # messages in flight: ~15-20k msg/s here, where one confirm per message gives ~1.6k
 SUSPENDED_RECHECK_SECONDS = 5.0
-BEFORE_FIRST_ID = -(2**63)  # below every bigint: "nothing confirmed yet"
 DRAIN_SECONDS = 10.0
 
 

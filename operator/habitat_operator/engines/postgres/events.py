@@ -29,6 +29,8 @@ from habitat_operator.engines.postgres.client_tools import classify_failure
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import PermanentError
 
+BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
+
 _COMPARISONS = {
     WhereOperator.EQ: "=",
     WhereOperator.NE: "IS DISTINCT FROM",

@@ -55,11 +55,13 @@ class _InFlight:
     tag: int
     key: int
     settled: bool = False
+    failure: Failure | None = None
 
 
 @dataclass
 class Tally:
-    """What the broker settled since the publisher opened."""
+    """What the broker settled since the publisher opened, up to `confirmed_through`: the counts
+    always describe exactly the keys a checkpoint covers."""
 
     confirmed: int = 0
     failed: int = 0
