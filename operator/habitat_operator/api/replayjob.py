@@ -280,19 +280,19 @@ class ReplayJobSpec(ApiModel):
 class SampleEvent(ApiModel):
     """One event of a dry run's sample."""
 
-    id: EventId
-    event_type: str | None = None
-    occurred_at: str | None = None
-    routing_key: str | None = None
-    correlation_id: str | None = None
+    id: EventId = Field(description="The event's id.")
+    event_type: str | None = Field(None, description="Its type.")
+    occurred_at: str | None = Field(None, description="When it occurred (RFC 3339).")
+    routing_key: str | None = Field(None, description="Its routing key column.")
+    correlation_id: str | None = Field(None, description="Its workflow or aggregate.")
 
 
 class ReplayFailure(ApiModel):
     """The first message the broker nacked or returned."""
 
-    event_id: EventId
-    reason: str
-    message: str
+    event_id: EventId = Field(description="The event's id.")
+    reason: str = Field(description="MessageReturned or MessageNacked.")
+    message: str = Field(description="What the broker said.")
 
 
 class ReplayJobStatus(RunStatus):

@@ -8,8 +8,9 @@ however far the replay has gone, and memory holds one page.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +28,7 @@ from habitat_operator.api.replayjob import (
 )
 from habitat_operator.engines.postgres.client_tools import classify_failure
 from habitat_operator.engines.postgres.uri import ConnectionTarget
-from habitat_operator.errors import PermanentError
+from habitat_operator.errors import OperationError, PermanentError
 
 BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
 
@@ -242,10 +243,15 @@ class EventReader:
     async def pages(
         self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
     ) -> AsyncIterator[list[Event]]:
-        """Every selected event after `after` up to `through`, page by page (keyset, never OFFSET)."""
-        while True:
-            events = await self.page(store, selector, after, through, limit)
-            if not events:
-                return
-            yield events
-            after = events[-1].id
+        """Every selected event after `after` up to `through`, page by page (keyset, never OFFSET).
+        The next page is read while the caller works on this one."""
+        pending = asyncio.ensure_future(self.page(store, selector, after, through, limit))
+        try:
+            while events := await pending:
+                pending = asyncio.ensure_future(self.page(store, selector, events[-1].id, through, limit))
+                yield events
+        finally:
+            if not pending.done():
+                pending.cancel()
+            with suppress(asyncio.CancelledError, OperationError):
+                await pending
