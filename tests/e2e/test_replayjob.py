@@ -62,6 +62,10 @@ def selected(uri: str, where: str, params: tuple[Any, ...] = ()) -> list[int]:
     return [row[0] for row in rows]
 
 
+def events(kubectl: Kubectl) -> list[dict[str, Any]]:
+    return list(json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"])
+
+
 def ids(received: list[Received]) -> list[int]:
     return [int(m.message_id) for m in received]
 
@@ -348,3 +352,28 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     assert set(received) == set(range(1, EVENTS + 1))
     assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
     assert obj["status"]["publishedEvents"] == EVENTS
+
+
+def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, broker: Broker
+) -> None:
+    queue = broker.queue()
+    kubectl.apply(
+        replayjob("doomed", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=100)
+    )
+    wait_for(
+        "some progress",
+        lambda: (kubectl.get("replayjob", "doomed").get("status", {}).get("publishedEvents") or 0) > 0,
+        operator=operator_alive,
+    )
+    kubectl.run("delete", "replayjob", "doomed", "--wait=false")
+    # The replay stops at once; Kopf lets the finalizer go on its next look, up to 30 s later.
+    cancelled = wait_for(
+        "the Cancelled Event",
+        lambda: [e["message"] for e in events(kubectl) if e["reason"] == "Cancelled"],
+        operator=operator_alive,
+    )
+    assert "what was published stays published" in cancelled[0]
+    published = ids(broker.drain(queue))
+    assert 0 < len(published) < EVENTS and published == list(range(1, len(published) + 1))
+    assert broker.drain(queue, idle=1.0) == []  # nothing more arrives after the deletion
