@@ -62,6 +62,18 @@ def selected(uri: str, where: str, params: tuple[Any, ...] = ()) -> list[int]:
     return [row[0] for row in rows]
 
 
+def wait_progress(
+    kubectl: Kubectl, name: str, operator: OperatorProcess, beyond: int, field: str = "publishedEvents"
+) -> None:
+    """Until the job's status `field` (a count or the checkpoint) is above `beyond`: mid-replay."""
+    wait_for(
+        f"{name}'s {field} beyond {beyond}",
+        lambda: (kubectl.get("replayjob", name).get("status", {}).get(field) or 0) > beyond,
+        operator=operator,
+        timeout=60,
+    )
+
+
 def events(kubectl: Kubectl) -> list[dict[str, Any]]:
     return list(json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"])
 
@@ -174,11 +186,7 @@ def test_suspend_then_resume_completes_with_no_gap(
         checkpointInterval="300ms",
     )
     kubectl.apply(job)
-    wait_for(
-        "some progress",
-        lambda: (kubectl.get("replayjob", "paced").get("status", {}).get("publishedEvents") or 0) > 50,
-        operator=operator_alive,
-    )
+    wait_progress(kubectl, "paced", operator_alive, beyond=50)
     kubectl.run("patch", "replayjob", "paced", "--type=merge", "-p", '{"spec": {"suspend": true}}')
     paused = wait_phase(kubectl, "replayjob", "paced", {"Suspended"}, operator_alive)
     assert condition(paused, "Stalled")["reason"] == "Suspended"
@@ -298,12 +306,7 @@ def test_sigkill_mid_replay_loses_nothing_and_bounds_duplicates(
     kubectl.apply(
         replayjob("big", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=8000)
     )
-    wait_for(
-        "a checkpoint",
-        lambda: (kubectl.get("replayjob", "big").get("status", {}).get("checkpoint") or 0) > 1000,
-        operator=operator_alive,
-        timeout=60,
-    )
+    wait_progress(kubectl, "big", operator_alive, beyond=1000, field="checkpoint")
     operator_alive.kill()
     killed_at = kubectl.get("replayjob", "big")["status"]
     assert killed_at["phase"] == "Running" and killed_at["publishedEvents"] < total
@@ -326,11 +329,7 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
             "outage", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=150, retry=retry
         )
     )
-    wait_for(
-        "some progress",
-        lambda: (kubectl.get("replayjob", "outage").get("status", {}).get("publishedEvents") or 0) > 50,
-        operator=operator_alive,
-    )
+    wait_progress(kubectl, "outage", operator_alive, beyond=50)
     dev_stack.rabbitmqctl("stop_app")
     try:
         down = wait_for(
@@ -361,11 +360,7 @@ def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
     kubectl.apply(
         replayjob("doomed", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=100)
     )
-    wait_for(
-        "some progress",
-        lambda: (kubectl.get("replayjob", "doomed").get("status", {}).get("publishedEvents") or 0) > 0,
-        operator=operator_alive,
-    )
+    wait_progress(kubectl, "doomed", operator_alive, beyond=0)
     kubectl.run("delete", "replayjob", "doomed", "--wait=false")
     # The replay stops at once; Kopf lets the finalizer go on its next look, up to 30 s later.
     cancelled = wait_for(

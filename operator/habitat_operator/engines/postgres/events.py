@@ -109,21 +109,17 @@ class EventStore:
         """The selector as a WHERE condition (every criterion ANDed) and its parameters."""
         parts: list[sql.Composable] = []
         params: list[Any] = []
-        if selector.event_ids is not None:
-            parts.append(sql.SQL("{} = ANY(%s)").format(self.column("id")))
-            params.append(selector.event_ids)
-        if selector.types is not None:
-            parts.append(sql.SQL("{} = ANY(%s)").format(self.column("event_type")))
-            params.append(selector.types)
-        if selector.from_ is not None:
-            parts.append(sql.SQL("{} >= %s").format(self.column("occurred_at")))
-            params.append(selector.from_)
-        if selector.to is not None:
-            parts.append(sql.SQL("{} < %s").format(self.column("occurred_at")))
-            params.append(selector.to)
-        if selector.correlation_ids is not None:
-            parts.append(sql.SQL("{} = ANY(%s)").format(self.column("correlation_id")))
-            params.append(selector.correlation_ids)
+        criteria = (
+            ("id", "= ANY(%s)", selector.event_ids),
+            ("event_type", "= ANY(%s)", selector.types),
+            ("occurred_at", ">= %s", selector.from_),
+            ("occurred_at", "< %s", selector.to),
+            ("correlation_id", "= ANY(%s)", selector.correlation_ids),
+        )
+        for field, comparison, value in criteria:
+            if value is not None:
+                parts.append(sql.SQL("{} ").format(self.column(field)) + sql.SQL(comparison))
+                params.append(value)
         for clause in selector.where or []:
             part, values = self._where_clause(clause)
             parts.append(part)
