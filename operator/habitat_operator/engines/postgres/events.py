@@ -26,9 +26,9 @@ from habitat_operator.api.replayjob import (
     WhereClause,
     WhereOperator,
 )
-from habitat_operator.engines.postgres.client_tools import classify_failure
+from habitat_operator.engines.postgres.client_tools import classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
-from habitat_operator.errors import OperationError, PermanentError
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
 
@@ -159,8 +159,15 @@ def _classified(target: ConnectionTarget) -> Iterator[None]:
             Reason.INVALID_SPEC, f"spec.selector.where: {error.diag.message_primary}"
         ) from None
     except psycopg.OperationalError as error:
-        raise classify_failure(
+        classified = classify_failure(
             "PostgreSQL", str(error), target, failed_reason=Reason.DATABASE_UNREACHABLE
+        )
+        if classified.retryable:
+            raise classified from None
+        # A session ended under us (a restart, a terminated backend): the replay resumes from its checkpoint.
+        line = meaningful_line(target.redact(str(error)))
+        raise RetryableError(
+            Reason.DATABASE_UNREACHABLE, f"lost the connection to {target.display}: {line}"
         ) from None
 
 
