@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,7 +26,7 @@ REPLAY_RATE = Gauge(
 )
 REPLAY_LAST_PROGRESS = Gauge(
     "habitat_replay_last_progress_timestamp_seconds",
-    "Unix time a running replay last had a message confirmed; absent while suspended or finished.",
+    "Unix time a replay started or last had messages settled; absent while suspended or finished.",
     ["namespace", "replayjob"],
 )
 REPLAY_DURATION = Histogram(
@@ -41,14 +42,30 @@ REPLAY_RUNS = Counter(
 )
 
 
+_progressing: set[tuple[str, str]] = set()
+
+
+def progressed(namespace: str, name: str) -> None:
+    _progressing.add((namespace, name))
+    REPLAY_LAST_PROGRESS.labels(namespace, name).set(time.time())
+
+
+def started(namespace: str, name: str) -> None:
+    """An attempt starts: the stall clock starts unless it runs already (retries do not reset it)."""
+    if (namespace, name) not in _progressing:
+        progressed(namespace, name)
+
+
 def stopped(namespace: str, name: str) -> None:
     """A replay that no longer publishes (suspended, finished): nothing is stuck."""
     REPLAY_RATE.labels(namespace, name).set(0)
+    _progressing.discard((namespace, name))
     with suppress(KeyError):
         REPLAY_LAST_PROGRESS.remove(namespace, name)
 
 
 def forget_replayjob(namespace: str, name: str) -> None:
+    _progressing.discard((namespace, name))
     for result in ("published", "failed"):
         with suppress(KeyError):
             REPLAY_EVENTS.remove(namespace, name, result)

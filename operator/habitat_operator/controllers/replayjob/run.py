@@ -89,7 +89,11 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     async def _dry_run(
         self, spec: ReplayJobSpec, reader: EventReader, store: EventStore, count: int, upper: int | None
     ) -> None:
-        first = await reader.page(store, spec.selector, BEFORE_FIRST_ID, upper or 0, spec.sample_size)
+        first = (
+            []
+            if upper is None
+            else await reader.page(store, spec.selector, BEFORE_FIRST_ID, upper, spec.sample_size)
+        )
         sample = [
             SampleEvent(
                 id=e.id,
@@ -98,7 +102,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                 routing_key=e.routing_key,
                 correlation_id=e.correlation_id,
             )
-            for e in (first if upper is not None else [])
+            for e in first
         ]
         await self.succeed(
             f"dry run: {count} events would be replayed to {Addressing.of(spec.target).display};"
@@ -135,6 +139,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                 store, spec.selector, after, min(status.reserved_through, upper)
             )
         addressing = Addressing.of(spec.target)
+        metrics.started(self.namespace, self.name)
         await self.start(
             ReplayReason.REPLAYING,
             f"replaying {total} events to {addressing.display}",
@@ -165,7 +170,6 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if failed:
             message += f"; {failed} failed (first: event {failure.key if failure else '?'})"
         await self._metrics_duration()
-        metrics.stopped(self.namespace, self.name)
         await self.succeed(message, percent=100, eta=None, rate_per_second=0.0, reserved_through=None)
 
     async def _metrics_duration(self) -> None:
@@ -183,11 +187,13 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         return getattr(error, "fields", {})
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
+        """A failed attempt; the stall clock keeps running while it is retried (HabitatReplayStalled)."""
         if elapsed is not None:
             metrics.REPLAY_DURATION.labels(self.namespace, self.name).observe(elapsed)
-        metrics.stopped(self.namespace, self.name)
+        metrics.REPLAY_RATE.labels(self.namespace, self.name).set(0)
 
     def record_outcome(self, succeeded: bool) -> None:
+        metrics.stopped(self.namespace, self.name)
         metrics.REPLAY_RUNS.labels("success" if succeeded else "failure").inc()
 
 
@@ -365,7 +371,7 @@ class _Replay:
         if new_failed > 0:
             metrics.REPLAY_EVENTS.labels(ns, name, "failed").inc(new_failed)
         if new_published + new_failed > 0:
-            metrics.REPLAY_LAST_PROGRESS.labels(ns, name).set(time.time())
+            metrics.progressed(ns, name)
         metrics.REPLAY_PROGRESS.labels(ns, name).set(self.progress.ratio)
         metrics.REPLAY_RATE.labels(ns, name).set(self.progress.rate)
 
