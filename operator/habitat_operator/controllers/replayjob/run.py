@@ -247,19 +247,20 @@ class _Replay:
     async def run(self, reader: EventReader, store: EventStore, upper: int) -> bool:
         """Publishes every selected event after the checkpoint; True when suspended midway."""
         self.publisher = await ConfirmingPublisher(self.broker, WINDOW).open()
+        publish, tally, uid = self.publisher.publish, self.publisher.tally, self.owner.uid
+        fail_fast = self.spec.on_error is OnError.FAIL
         try:
             async for page in reader.pages(
                 store, self.spec.selector, self.after, upper, self.spec.batch_size
             ):
                 replayed_at = timestamps.rfc3339(timestamps.now())
-                for event in page:
-                    await self._pace()
+                for event in page:  # the hot loop: a few attribute reads a message, no more
+                    if self.rate_limit is not None:
+                        await self._pace()
                     if event.id > self.reserved:
                         await self._write(reserve_past=max(event.id, page[-1].id))
-                    await self.publisher.publish(
-                        to_message(event, self.addressing, self.job_name, self.owner.uid, replayed_at)
-                    )
-                    if self._stop_on_failure():
+                    await publish(to_message(event, self.addressing, self.job_name, uid, replayed_at))
+                    if fail_fast and tally.failed:
                         break
                     if time.monotonic() >= self._due:
                         await self._write(reserve_past=event.id)
@@ -273,16 +274,10 @@ class _Replay:
             await self._settle_and_write()
             raise
         await self._write(reserve_past=None)
-        self._stop_on_failure()
-        if self.first_failure is not None and self.spec.on_error is OnError.FAIL:
+        self.first_failure = tally.first_failure
+        if self.first_failure is not None and fail_fast:
             raise self._failed()
         return self._suspend_requested
-
-    def _stop_on_failure(self) -> bool:
-        assert self.publisher is not None
-        tally = self.publisher.tally
-        self.first_failure = self.first_failure or tally.first_failure
-        return tally.failed > 0 and self.spec.on_error is OnError.FAIL
 
     def _failed(self) -> PermanentError:
         failure = self.first_failure
@@ -310,8 +305,7 @@ class _Replay:
             await self.publisher.close()
 
     async def _pace(self) -> None:
-        if self.rate_limit is None:
-            return
+        assert self.rate_limit is not None
         self._paced += 1
         ahead = self._pace_start + self._paced / self.rate_limit - time.monotonic()
         if ahead > 0.005:
