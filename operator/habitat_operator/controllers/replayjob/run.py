@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import suppress
+from enum import StrEnum
 from typing import Any
 
 from habitat_operator import timestamps
@@ -50,7 +51,6 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     info = REPLAYJOB
     spec_model = ReplayJobSpec
     status_model = ReplayJobStatus
-    _publisher: ConfirmingPublisher | None = None
 
     @property
     def uid(self) -> str:
@@ -158,7 +158,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         finally:
             await replay.close()
         if suspended:
-            await self._metrics_duration()
+            self._record_duration()
             return await self._suspended(f"suspended at checkpoint {self.status.checkpoint}")
         await self._finish(replay.first_failure)
         return None
@@ -169,10 +169,10 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         message = f"replayed {published} of {status.total_events or 0} events in {self.elapsed:.1f}s"
         if failed:
             message += f"; {failed} failed (first: event {failure.key if failure else '?'})"
-        await self._metrics_duration()
+        self._record_duration()
         await self.succeed(message, percent=100, eta=None, rate_per_second=0.0, reserved_through=None)
 
-    async def _metrics_duration(self) -> None:
+    def _record_duration(self) -> None:
         metrics.REPLAY_DURATION.labels(self.namespace, self.name).observe(self.elapsed)
 
     # ---------------------------------------------------------------- the lifecycle's hooks
@@ -184,7 +184,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         )
 
     def failure_fields(self, error: OperationError) -> dict[str, Any]:
-        return getattr(error, "fields", {})
+        return error.fields if isinstance(error, _FieldsError) else {}
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         """A failed attempt; the stall clock keeps running while it is retried (HabitatReplayStalled)."""
@@ -200,7 +200,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
 class _FieldsError(PermanentError):
     """A permanent failure that also sets status fields (the counts, the first failed event)."""
 
-    def __init__(self, reason: Any, message: str, **fields: Any) -> None:
+    def __init__(self, reason: StrEnum, message: str, **fields: Any) -> None:
         super().__init__(reason, message)
         self.fields = fields
 
