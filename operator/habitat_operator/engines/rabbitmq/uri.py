@@ -24,7 +24,8 @@ class AmqpTarget:
                 Reason.INVALID_CONNECTION_URI, "the broker URI must be amqp://host or amqps://host"
             )
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-        self.display = f"{parts.hostname}:{port or (5671 if parts.scheme == 'amqps' else 5672)}{vhost}"
+        address = f"{parts.hostname}:{port or (5671 if parts.scheme == 'amqps' else 5672)}"
+        self.display = address if vhost == "/" else f"{address}/{vhost}"
         try:
             self.parameters = pika.URLParameters(uri)
         except Exception:  # pika raises several kinds for a bad query string
