@@ -539,6 +539,19 @@ def _management_ready(state: State) -> bool:
         return int(response.status) == 200
 
 
+def rabbitmqctl(*args: str) -> None:
+    """Runs rabbitmqctl against this stack's node, e.g. `stop_app` and `start_app` to take the broker
+    away and bring it back while the node (and its durable queues) stays."""
+    env = rabbitmq_env(State.load())
+    subprocess.run(
+        as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], *args]),
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def stop_rabbitmq(state: State) -> None:
     pid = state.pids.get("rabbitmq")
     if pid_alive(pid) and "amqp" in state.ports:

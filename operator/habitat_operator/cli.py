@@ -1,5 +1,5 @@
-"""`habitat-operator run` runs the operator; `habitat-operator crds` prints or writes the CRDs;
-`habitat-operator catalog list` lists what a bucket holds (disaster recovery's first step)."""
+"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `events` lists stored events;
+`catalog list` lists what a bucket holds (disaster recovery's first step)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from habitat_operator import events_command
 from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
 
 
@@ -78,11 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--region")
     listing.add_argument("--force-path-style", action="store_true", default=None)
     listing.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+    events_command.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "events":
+        return events_command.run(args)
     if args.command == "crds":
         from habitat_operator.api import crdgen
 
