@@ -1,10 +1,11 @@
-"""The local stack: a real kube-apiserver (with etcd and kube-controller-manager), PostgreSQL, RabbitMQ
-and Prometheus.
+"""The local stack: a real kube-apiserver (with etcd and kube-controller-manager), PostgreSQL, RabbitMQ,
+Prometheus and an S3 server (versitygw).
 
 Everything runs as private processes on free loopback ports under one folder (default `<repo>/.stack`),
 so several stacks and the machine's own services never collide. `up` is idempotent, `down` stops
 every process it started and removes the folder. `up` writes `<stack>/env`, a shell-sourceable file
-with KUBECONFIG, HABITAT_PG_URI, HABITAT_AMQP_URI, HABITAT_RABBITMQ_API and HABITAT_PROMETHEUS_URL.
+with KUBECONFIG, HABITAT_PG_URI, HABITAT_AMQP_URI, HABITAT_RABBITMQ_API, HABITAT_PROMETHEUS_URL and
+HABITAT_S3_*.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIR = Path(os.environ.get("HABITAT_STACK_DIR", REPO / ".stack"))
 CLUSTER_MODULE = REPO / "tests" / "cluster"
+S3_BUILD = REPO / "tests" / "s3" / "build.sh"
+S3_TEST_BUCKET = "habitat-test"
 ADMIN_USER = "habitat-admin"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
 
@@ -50,6 +57,9 @@ class State:
     admin_token: str = ""
     pg_password: str = ""
     bin_dir: str = ""
+    s3_bin: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
 
     @classmethod
     def load(cls) -> State:
@@ -529,6 +539,19 @@ def _management_ready(state: State) -> bool:
         return int(response.status) == 200
 
 
+def rabbitmqctl(*args: str) -> None:
+    """Runs rabbitmqctl against this stack's node, e.g. `stop_app` and `start_app` to take the broker
+    away and bring it back while the node (and its durable queues) stays."""
+    env = rabbitmq_env(State.load())
+    subprocess.run(
+        as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], *args]),
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def stop_rabbitmq(state: State) -> None:
     pid = state.pids.get("rabbitmq")
     if pid_alive(pid) and "amqp" in state.ports:
@@ -612,6 +635,72 @@ def _prometheus_ready(state: State) -> bool:
         return int(response.status) == 200
 
 
+# ---------------------------------------------------------------- the S3 server (versitygw)
+
+
+def s3_binary() -> Path:
+    """versitygw, built from the Go module proxy once and cached in .bin/ like the control plane."""
+    if not shutil.which("go"):
+        raise StackError("go not found; install Go 1.26+ (Debian: apt-get install golang-go, or go.dev/dl)")
+    result = subprocess.run([str(S3_BUILD)], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = [line for line in result.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
+        raise StackError(f"building versitygw failed ({S3_BUILD}): {last[0]}")
+    return Path(result.stdout.strip().splitlines()[-1]) / "versitygw"
+
+
+def start_s3(state: State) -> None:
+    """versitygw serving S3 over a folder of the stack, on a private port, with generated keys
+    (given in its environment, not its command line), and the test bucket."""
+    if pid_alive(state.pids.get("s3")) and _s3_ready(state):
+        return
+    state.s3_access_key = state.s3_access_key or secrets.token_hex(10)
+    state.s3_secret_key = state.s3_secret_key or secrets.token_hex(20)
+    data = STACK_DIR / "s3"
+    data.mkdir(parents=True, exist_ok=True)
+    state.pids["s3"] = spawn(
+        "s3",
+        [state.s3_bin, "--port", f"127.0.0.1:{state.port('s3')}", "posix", str(data)],
+        {"ROOT_ACCESS_KEY": state.s3_access_key, "ROOT_SECRET_KEY": state.s3_secret_key},
+    )
+    wait_until("s3", lambda: _s3_ready(state), 30, STACK_DIR / "logs" / "s3.log")
+    client = s3_client(state)
+    if S3_TEST_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=S3_TEST_BUCKET)
+
+
+def s3_endpoint(state: State) -> str:
+    return f"http://127.0.0.1:{state.ports['s3']}"
+
+
+def s3_client(state: State) -> S3Client:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint(state),
+        region_name="us-east-1",
+        aws_access_key_id=state.s3_access_key,
+        aws_secret_access_key=state.s3_secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2),
+    )
+
+
+def _s3_ready(state: State) -> bool:
+    s3_client(state).list_buckets()
+    return True
+
+
+def s3_env(state: State) -> dict[str, str]:
+    return {
+        "HABITAT_S3_ENDPOINT": s3_endpoint(state),
+        "HABITAT_S3_ACCESS_KEY": state.s3_access_key,
+        "HABITAT_S3_SECRET_KEY": state.s3_secret_key,
+        "HABITAT_S3_BUCKET": S3_TEST_BUCKET,
+    }
+
+
 # ---------------------------------------------------------------- the env file
 
 
@@ -634,6 +723,7 @@ def write_env(state: State) -> Path:
         "HABITAT_RABBITMQ_API": f"http://guest:guest@127.0.0.1:{state.ports['rabbitmq-management']}/api",
         "HABITAT_KUBECTL": str(Path(state.bin_dir) / "kubectl"),
         "HABITAT_PROMETHEUS_URL": prometheus_url(state),
+        **s3_env(state),
     }
     env_file = STACK_DIR / "env"
     env_file.write_text("".join(f"export {key}='{value}'\n" for key, value in values.items()))
@@ -663,9 +753,10 @@ def up() -> Path:
     state.pg_password = state.pg_password or secrets.token_hex(12)
     write_pki(STACK_DIR / "pki")
     state.bin_dir = str(control_plane_binaries())
+    state.s3_bin = str(s3_binary())
     state.save()
     # The services are independent: start them side by side.
-    starts = (start_control_plane, start_postgres, start_rabbitmq, start_prometheus)
+    starts = (start_control_plane, start_postgres, start_rabbitmq, start_prometheus, start_s3)
     with ThreadPoolExecutor(max_workers=len(starts)) as pool:
         futures = [pool.submit(start, state) for start in starts]
         errors = [f.exception() for f in futures if f.exception()]
@@ -693,6 +784,7 @@ def down() -> None:
         stop_group(state.pids["postgres"])
     stop_rabbitmq(state)
     stop_group(state.pids.get("prometheus", 0))
+    stop_group(state.pids.get("s3", 0))
     for folder in {STACK_DIR, service_home("postgres").parent}:
         shutil.rmtree(folder, ignore_errors=True)
     print("dev-stack: down", file=sys.stderr)
@@ -720,6 +812,7 @@ def _probes(state: State) -> dict[str, Callable[[], bool]]:
         "postgres": safely(lambda: _pg_ready(state)),
         "rabbitmq": safely(lambda: _amqp_ready(state)),
         "prometheus": safely(lambda: _prometheus_ready(state)),
+        "s3": safely(lambda: _s3_ready(state)),
     }
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the real local stack: a kube-apiserver, PostgreSQL, RabbitMQ and Prometheus.
+"""Fixtures for the real local stack: a kube-apiserver, PostgreSQL, RabbitMQ, Prometheus and an S3 server.
 
 A running stack (its `.stack/env`) is reused; otherwise one is started for the session and stopped
 after it. `HABITAT_TEST_KUBECONFIG` points the Kubernetes side at any other cluster instead.
@@ -39,6 +39,10 @@ def stack() -> Iterator[Stack]:
             amqp_uri=values["HABITAT_AMQP_URI"],
             rabbitmq_api=values["HABITAT_RABBITMQ_API"],
             prometheus_url=values["HABITAT_PROMETHEUS_URL"],
+            s3_endpoint=values["HABITAT_S3_ENDPOINT"],
+            s3_access_key=values["HABITAT_S3_ACCESS_KEY"],
+            s3_secret_key=values["HABITAT_S3_SECRET_KEY"],
+            s3_bucket=values["HABITAT_S3_BUCKET"],
         )
     finally:
         if started:

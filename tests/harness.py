@@ -26,6 +26,10 @@ class Stack:
     amqp_uri: str
     rabbitmq_api: str
     prometheus_url: str
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = ""
 
     @property
     def env(self) -> dict[str, str]:

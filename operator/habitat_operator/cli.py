@@ -1,4 +1,5 @@
-"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `reference` the API docs."""
+"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `reference` the API docs; `events`
+lists stored events; `catalog list` lists what a bucket holds (disaster recovery's first step)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from habitat_operator import events_command
 from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
 
 
@@ -78,11 +80,29 @@ def _parser() -> argparse.ArgumentParser:
 
     reference = commands.add_parser("reference", help="write the API reference (Markdown, one page per kind)")
     reference.add_argument("--output", "-o", type=Path, required=True, help="directory, e.g. docs/reference")
+
+    catalog = commands.add_parser("catalog", help="what a bucket holds, from its catalog entries")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    listing = catalog_commands.add_parser(
+        "list",
+        help="artifacts newest first; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    )
+    listing.add_argument("--storage", type=Path, help="YAML file holding an s3 block (as a Backup's storage)")
+    listing.add_argument("--bucket")
+    listing.add_argument("--prefix")
+    listing.add_argument("--endpoint", help="URL of an S3-compatible server")
+    listing.add_argument("--region")
+    listing.add_argument("--force-path-style", action="store_true", default=None)
+    listing.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+    events_command.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "events":
+        return events_command.run(args)
     if args.command == "crds":
         from habitat_operator.api import crdgen
 
@@ -99,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_reference(args.output):
             print(path)
         return 0
+    if args.command == "catalog":
+        return _catalog(args)
 
     from habitat_operator import runtime
     from habitat_operator.config import OperatorConfig
@@ -120,4 +142,28 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
         )
     )
+    return 0
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from habitat_operator import catalog
+    from habitat_operator.errors import OperationError
+
+    flags = {
+        "bucket": args.bucket,
+        "prefix": args.prefix,
+        "endpoint": args.endpoint,
+        "region": args.region,
+        "forcePathStyle": args.force_path_style,
+    }
+    try:
+        catalog.list_catalog(catalog.storage_from(args.storage, flags), args.output, sys.stdout)
+    except ValidationError as error:
+        print(f"habitat-operator catalog: invalid storage: {error.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except OperationError as error:
+        print(f"habitat-operator catalog: {error.reason}: {error.message}", file=sys.stderr)
+        return 1
     return 0

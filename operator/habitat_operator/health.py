@@ -40,6 +40,18 @@ class Heartbeat:
 
 
 TRIM_SECONDS = 30.0
+_M_MMAP_THRESHOLD = -3  # malloc.h
+LARGE_BUFFER_BYTES = 1 << 20
+
+
+def map_large_buffers() -> None:
+    """Buffers of LARGE_BUFFER_BYTES and more (chunks of a dump, an upload's 16 MiB parts) come from
+    mmap and go back to the system when freed. Left to itself, glibc raises its mmap threshold after
+    the first such free and serves them from the heaps of the threads that use them, which keep the
+    memory: the peak would grow with each thread that ever held a part."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
 
 
 async def release_memory_periodically() -> None:

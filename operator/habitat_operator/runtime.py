@@ -20,7 +20,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.engines.artifacts.store import sweep_partials
 from habitat_operator.engines.postgres.restore import sweep_scratch_folders
-from habitat_operator.health import Heartbeat, release_memory_periodically
+from habitat_operator.health import Heartbeat, map_large_buffers, release_memory_periodically
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def run(options: Options) -> None:
         log.warning("removed a partial artifact left by an interrupted run", extra={"path": str(partial)})
     for folder in sweep_scratch_folders(options.config.scratch_dir):
         log.warning("removed a restore's scratch folder left by a crash", extra={"path": str(folder)})
+    map_large_buffers()
     kube.configure()
     metrics.record_build_info()
     log.info("starting habitat-operator", extra={"namespaces": options.namespaces or "all"})

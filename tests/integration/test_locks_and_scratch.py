@@ -91,7 +91,7 @@ def test_a_restore_blocked_by_another_sessions_lock_fails_over_to_a_retry(
     blocker = psycopg.connect(fresh_database)
     try:
         blocker.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")  # --clean must drop it, and waits
-        request = RestoreRequest(target=source, artifact_path=artifact, clean=True, lock_timeout=0.5)
+        request = RestoreRequest(target=source, artifact=artifact, clean=True, lock_timeout=0.5)
         started = time.monotonic()
         with pytest.raises(RetryableError) as failure:
             asyncio.run(restore.run_restore(request))

@@ -96,7 +96,7 @@ def path_of(result: BackupResult) -> Path:
 def run(uri: str, result: BackupResult, **options: Any) -> RestoreResult:
     request = RestoreRequest(
         target=ConnectionTarget(uri),
-        artifact_path=path_of(result),
+        artifact=path_of(result),
         format=result.format,
         expected_sha256=result.sha256,
         **options,
@@ -331,7 +331,7 @@ def test_parallel_restore_decrypts_into_a_private_scratch_folder_only(
 
     request = RestoreRequest(
         target=ConnectionTarget(target),
-        artifact_path=path_of(result),
+        artifact=path_of(result),
         encryption_key=KEY,
         jobs=2,
         clean=True,
@@ -363,7 +363,7 @@ def test_parallel_restore_decrypts_into_a_private_scratch_folder_only(
     flip_byte(tampered, tampered.stat().st_size - 20)
     bad = RestoreRequest(
         target=ConnectionTarget(new_database()),
-        artifact_path=tampered,
+        artifact=tampered,
         encryption_key=KEY,
         check_checksum=False,
         jobs=2,

@@ -43,6 +43,7 @@ class FakeDump:
             await self.gate.wait()
         if self.errors:
             raise self.errors.pop(0)
+        assert request.destination is not None
         request.destination.parent.mkdir(parents=True, exist_ok=True)
         request.destination.write_bytes(ARTIFACT_BYTES)
         return BackupResult(

@@ -151,7 +151,7 @@ def test_valid_schedules(schedule: str) -> None:
 @pytest.mark.parametrize("path", ["a", "a/b/c", "./x", "..hidden", "a/...", "x.."])
 def test_valid_paths(path: str) -> None:
     parsed = BackupSpec.model_validate(spec(storage={"filesystem": {"path": path}}))
-    assert parsed.storage.filesystem.path == path
+    assert parsed.storage.filesystem is not None and parsed.storage.filesystem.path == path
 
 
 def test_status_dump_is_wire_format() -> None:

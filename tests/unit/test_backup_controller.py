@@ -60,6 +60,7 @@ def test_pending_to_succeeded(fake_kube: FakeKube, dump: FakeDump, config: Opera
         "format": "custom",
         "encrypted": False,
         "pgVersion": "15.8",
+        "compression": "gzip",
     }
     assert status["duration"] == "0s"
     assert status["startedAt"] == status["completedAt"] == status["lastSuccessfulTime"]

@@ -221,7 +221,8 @@ def test_the_child_runs_and_the_schedule_reports_it(
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["lastSuccessfulTime"] == "2024-06-01T11:00:30Z"
     assert "activeRun" not in status
-    assert dump.requests[0].destination.name == "nightly-20240601110000.dump"
+    destination = dump.requests[0].destination
+    assert destination is not None and destination.name == "nightly-20240601110000.dump"
 
 
 def test_no_second_child_while_one_is_active(

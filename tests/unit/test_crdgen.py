@@ -9,6 +9,7 @@ import yaml
 from habitat_operator.api import ALL_KINDS, GROUP, VERSION, KindInfo
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.crdgen import HEADER, crd, crd_filename, render, render_all, write_crds
+from habitat_operator.api.replayjob import REPLAYJOB
 
 # Keywords that make a schema non-structural or that we never mean to emit.
 FORBIDDEN = {"$ref", "$defs", "allOf", "anyOf", "oneOf", "not", "title", "const", "nullable", "uniqueItems"}
@@ -112,7 +113,7 @@ def test_cel_rules_reference_existing_fields_and_guard_optional_ones(kind: KindI
 
 
 # Kinds whose objects run once unless they have a schedule; convergent kinds' specs (Migration,
-# ScalePolicy) stay editable.
+# ScalePolicy) stay editable, and ReplayJob (suspend, rateLimit) has its own test.
 ONE_SHOT_KINDS = [kind for kind in ALL_KINDS if "schedule" in kind.spec_model.model_fields]
 
 
@@ -135,6 +136,20 @@ def test_one_shot_spec_is_immutable(kind: KindInfo) -> None:
             f"create a one-shot {kind.kind} instead",
         },
     ]
+
+
+def test_a_replayjob_changes_only_its_suspend_and_rate_limit() -> None:
+    """A ReplayJob has no schedule; one transition rule on the spec pins every other field."""
+    transitions = {
+        path: [v for v in node.get("x-kubernetes-validations", []) if "oldSelf" in v["rule"]]
+        for path, node in walk(openapi_schema(REPLAYJOB))
+    }
+    assert {path for path, rules in transitions.items() if rules} == {".spec"}
+    [rule] = transitions[".spec"]
+    fields = set(openapi_schema(REPLAYJOB)["properties"]["spec"]["properties"])
+    pinned = set(re.findall(r"self\.(\w+) == oldSelf", rule["rule"]))
+    assert fields - pinned == {"suspend", "rateLimit"}
+    assert rule["message"].startswith("only suspend and rateLimit of a ReplayJob can change")
 
 
 def test_list_map_keys_are_required() -> None:

@@ -7,9 +7,10 @@ KindInfo, then list that KindInfo in ALL_KINDS.
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import API_VERSION, GROUP, VERSION, KindInfo
 from habitat_operator.api.migration import MIGRATION
+from habitat_operator.api.replayjob import REPLAYJOB
 from habitat_operator.api.restore import RESTORE
 from habitat_operator.api.scalepolicy import SCALE_POLICY
 
-ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION, SCALE_POLICY]
+ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION, REPLAYJOB, SCALE_POLICY]
 
 __all__ = ["ALL_KINDS", "API_VERSION", "GROUP", "VERSION", "KindInfo"]

@@ -1,11 +1,11 @@
 """Artifact types that Backup writes and Restore reads: where they live and in which format."""
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from habitat_operator.api.common import ApiModel, CelRule
+from habitat_operator.api.common import SECRET_KEY_PATTERN, ApiModel, CelRule, SecretName
 
 RelativePath = Annotated[
     str,
@@ -38,7 +38,85 @@ class FilesystemStorage(ApiModel):
     )
 
 
-class BackupStorage(ApiModel):
-    """Where artifacts go."""
+class Compression(StrEnum):
+    """How a custom-format artifact is compressed: by pg_dump (gzip), by the operator (zstd), or not."""
 
-    filesystem: FilesystemStorage = Field(description="Filesystem storage under the operator's backup root.")
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    NONE = "none"
+
+
+# S3's own rules for a bucket name (3-63 lower-case letters, digits, dots and hyphens).
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+S3Prefix = Annotated[
+    str,
+    Field(max_length=512),
+    CelRule(
+        "!self.startsWith('/')",
+        "prefix must be relative (no leading '/')",
+        lambda prefix: not prefix.startswith("/"),
+    ),
+    CelRule(
+        "!self.matches('(^|/)[.][.](/|$)')",
+        "prefix must not contain '..' segments",
+        lambda prefix: ".." not in prefix.split("/"),
+    ),
+]
+
+
+def _secret_key(default: str, what: str) -> Any:
+    return Field(default, pattern=SECRET_KEY_PATTERN, max_length=253, description=f"Key holding {what}.")
+
+
+class S3CredentialsSecretRef(ApiModel):
+    """A Secret in the resource's namespace holding an access key pair of the bucket."""
+
+    name: SecretName
+    access_key_id_key: str = _secret_key("accessKeyId", "the access key id")
+    secret_access_key_key: str = _secret_key("secretAccessKey", "the secret access key")
+
+
+class CaSecretRef(ApiModel):
+    """A Secret in the resource's namespace holding a PEM CA bundle the endpoint's certificate chains to."""
+
+    name: SecretName
+    key: str = _secret_key("ca.crt", "the PEM CA bundle")
+
+
+class S3Storage(ApiModel):
+    """An S3-compatible bucket: artifacts go to `<prefix>/<namespace>/<name>.dump`, a catalog beside each."""
+
+    bucket: str = Field(pattern=BUCKET_PATTERN, description="Name of an existing bucket.")
+    prefix: S3Prefix = Field("", description="Key prefix inside the bucket, e.g. habitat/prod.")
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+/?$",
+        max_length=512,
+        description="URL of an S3-compatible server; AWS's regional endpoint when unset.",
+    )
+    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]{1,64}$", description="Region of the bucket.")
+    force_path_style: bool = Field(
+        False, description="Address the bucket in the path (most S3-compatible servers need it)."
+    )
+    credentials_secret_ref: S3CredentialsSecretRef = Field(description="Secret holding the access keys.")
+    ca_secret_ref: CaSecretRef | None = Field(
+        None, description="Secret holding a private CA for the endpoint."
+    )
+
+
+class BackupStorage(ApiModel):
+    """Where artifacts go: exactly one of filesystem or s3."""
+
+    cel_rules = (
+        CelRule(
+            "has(self.filesystem) != has(self.s3)",
+            "storage needs exactly one of filesystem or s3",
+            lambda storage: (storage.filesystem is None) != (storage.s3 is None),
+        ),
+    )
+
+    filesystem: FilesystemStorage | None = Field(
+        None, description="Filesystem storage under the operator's backup root."
+    )
+    s3: S3Storage | None = Field(None, description="An S3-compatible bucket, for off-site copies.")

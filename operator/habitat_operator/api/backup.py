@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from habitat_operator.api.artifacts import BackupFormat, BackupStorage
+from habitat_operator.api.artifacts import BackupFormat, BackupStorage, Compression
 from habitat_operator.api.common import (
     ApiModel,
     CelRule,
@@ -89,6 +89,17 @@ class BackupSpec(ApiModel):
             "encryption is supported with format: custom only",
             lambda spec: spec.encryption is None or spec.format is BackupFormat.CUSTOM,
         ),
+        CelRule(
+            "!has(self.storage.s3) || !has(self.format) || self.format == 'custom'",
+            "storage.s3 is supported with format: custom only",
+            lambda spec: spec.storage.s3 is None or spec.format is BackupFormat.CUSTOM,
+        ),
+        CelRule(
+            "!has(self.compression) || self.compression == 'gzip' || !has(self.format)"
+            " || self.format == 'custom'",
+            "compression zstd or none is supported with format: custom only",
+            lambda spec: spec.compression is Compression.GZIP or spec.format is BackupFormat.CUSTOM,
+        ),
         *one_shot_spec_rules("Backup"),
     )
 
@@ -96,6 +107,13 @@ class BackupSpec(ApiModel):
     storage: BackupStorage = Field(description="Where to write the artifact.")
     format: BackupFormat = Field(BackupFormat.CUSTOM, description="pg_dump format: custom or directory.")
     jobs: int = Field(1, ge=1, le=16, description="Parallel pg_dump jobs; above 1 needs format: directory.")
+    compression: Compression = Field(
+        Compression.GZIP,
+        description=(
+            "gzip: pg_dump's own (one thread); zstd: the operator compresses pg_dump's output with "
+            "multi-threaded zstd; none. zstd and none need format: custom."
+        ),
+    )
     schedule: CronSchedule | None = Field(
         None, description='Cron schedule (e.g. "0 3 * * *" or "@daily"); without it the backup runs once.'
     )
@@ -122,6 +140,7 @@ class Artifact(ApiModel):
     sha256: str | None = Field(None, description="SHA-256 of the artifact (hex).")
     format: BackupFormat | None = Field(None, description="pg_dump format of the artifact.")
     encrypted: bool | None = Field(None, description="Whether the artifact is encrypted.")
+    compression: Compression | None = Field(None, description="How the artifact is compressed.")
     pg_version: str | None = Field(None, description="Server version of the dumped database.")
 
 

@@ -266,6 +266,10 @@ class Reason(StrEnum):
     DECRYPTION_FAILED = "DecryptionFailed"
     KEY_INVALID = "KeyInvalid"
     KEY_NOT_FOUND = "KeyNotFound"
+    STORAGE_AUTH_FAILED = "StorageAuthFailed"
+    BUCKET_NOT_FOUND = "BucketNotFound"
+    STORAGE_UNREACHABLE = "StorageUnreachable"
+    STORAGE_FAILED = "StorageFailed"
     # A schedule's own reasons.
     SCHEDULED = "Scheduled"
     SUSPENDED = "Suspended"

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from habitat_operator.api.artifacts import BackupFormat, BackupStorage
+from habitat_operator.api.artifacts import BackupFormat, BackupStorage, S3Prefix, S3Storage
 from habitat_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
@@ -89,19 +89,53 @@ class ArtifactSource(ApiModel):
     )
 
 
-class RestoreSource(ApiModel):
-    """What to restore: exactly one of backupRef or artifact."""
+class LatestOf(ApiModel):
+    """Pick the newest verified artifact of a database from the bucket's catalog."""
+
+    database: str = Field(
+        min_length=1, max_length=63, description="Name of the database that was backed up (not host:port)."
+    )
+
+
+class StorageSource(ApiModel):
+    """An artifact found in a bucket alone, with no Backup object: the disaster-recovery source."""
 
     cel_rules = (
         CelRule(
-            "has(self.backupRef) != has(self.artifact)",
-            "source needs exactly one of backupRef or artifact",
-            lambda source: (source.backup_ref is None) != (source.artifact is None),
+            "has(self.latestOf) != has(self.key)",
+            "storage source needs exactly one of latestOf or key",
+            lambda source: (source.latest_of is None) != (source.key is None),
+        ),
+    )
+
+    s3: S3Storage = Field(description="The bucket, as a Backup's storage.s3 names it.")
+    latest_of: LatestOf | None = Field(
+        None, description="The newest verified artifact of this database under the prefix, by its catalog."
+    )
+    key: Annotated[S3Prefix, Field(min_length=1)] | None = Field(
+        None, description="Key of the artifact in the bucket, e.g. habitat/prod/default/nightly.dump."
+    )
+    encryption_key_secret_ref: EncryptionKeySecretRef | None = Field(
+        None, description="Secret key holding the key the artifact was encrypted with."
+    )
+
+
+class RestoreSource(ApiModel):
+    """What to restore: exactly one of backupRef, artifact or storage."""
+
+    cel_rules = (
+        CelRule(
+            "(has(self.backupRef) ? 1 : 0) + (has(self.artifact) ? 1 : 0) + (has(self.storage) ? 1 : 0) == 1",
+            "source needs exactly one of backupRef, artifact or storage",
+            lambda source: [source.backup_ref, source.artifact, source.storage].count(None) == 2,
         ),
     )
 
     backup_ref: BackupRef | None = Field(None, description="Restore the artifact of a Backup.")
     artifact: ArtifactSource | None = Field(None, description="Restore an artifact given by its URI.")
+    storage: StorageSource | None = Field(
+        None, description="Restore from a bucket alone, found through its catalog (disaster recovery)."
+    )
 
 
 class RestoreTarget(ApiModel):

@@ -30,12 +30,13 @@ from habitat_operator.handlers.common import (
 def register_kind(
     info: KindInfo,
     new_run: Callable[[kube.JsonDict, kopf.Memo], OneShotRun[Any, Any]],
-    scheduled_kind: Callable[[kopf.Memo], ScheduledKind[Any]],
+    scheduled_kind: Callable[[kopf.Memo], ScheduledKind[Any]] | None,
     forget: Callable[[str, str], None],
 ) -> None:
     """Registers, for `info`'s plural: the daemon that runs each unfinished one-shot object, the
-    index of schedules' runs, the wake-ups of schedule daemons, the schedule daemon, and the
-    forgetting of a deleted object's metrics series."""
+    forgetting of a deleted object's metrics series, and, unless `scheduled_kind` is None (a kind
+    with no schedule), the index of schedules' runs, the wake-ups of schedule daemons and the
+    schedule daemon."""
     plural = info.plural
     index_id = f"{plural}_runs"  # Kopf passes an index to handlers as a keyword of this name
 
@@ -52,6 +53,14 @@ def register_kind(
     async def run(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         await one_shot.drive(info.kind, lambda: new_run(dict(body), memo), stopped)
 
+    @kopf.on.event(GROUP, VERSION, plural, id="forget", when=is_gone_with_its_series)
+    async def forget_series(body: kopf.Body, **_: Any) -> None:
+        forget(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    if scheduled_kind is None:
+        return
+    with_schedule: Callable[[kopf.Memo], ScheduledKind[Any]] = scheduled_kind
+
     @kopf.index(GROUP, VERSION, plural, id=index_id, when=is_run_of_a_schedule)
     async def runs(body: kopf.Body, **_: Any) -> dict[str, kube.JsonDict]:
         """Schedules' runs by schedule uid, kept from the watch: a schedule never LISTs its runs."""
@@ -65,9 +74,5 @@ def register_kind(
     async def scheduled(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         index: kopf.Index[str, kube.JsonDict] = kwargs[index_id]
         uid = body["metadata"]["uid"]
-        schedule_runs = ScheduleRuns(scheduled_kind(memo), lambda: index.get(uid, ()))
+        schedule_runs = ScheduleRuns(with_schedule(memo), lambda: index.get(uid, ()))
         await run_schedule(info.kind, body, memo.schedule_wakeups, schedule_runs.tick, stopped)
-
-    @kopf.on.event(GROUP, VERSION, plural, id="forget", when=is_gone_with_its_series)
-    async def forget_series(body: kopf.Body, **_: Any) -> None:
-        forget(body["metadata"]["namespace"], body["metadata"]["name"])

@@ -7,22 +7,28 @@ once complete and verified, so a run is never reported Succeeded without one in 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from habitat_operator import timestamps
-from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.artifacts import BackupFormat, Compression
 from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase, Reason
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.postgres.bucket import CatalogSource, run_backup_to_bucket
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError
 
 MAX_FILE_STEM = 200
@@ -33,7 +39,11 @@ def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: 
     suffix = ".dump" if spec.format is BackupFormat.CUSTOM else ".dir"
     # A name of up to 253 characters, with the suffix and a partial's prefix, must fit in 255 bytes.
     stem = names.fit(name, MAX_FILE_STEM)
+    assert spec.storage.filesystem is not None
     return store.namespace_directory(spec.storage.filesystem.path, namespace) / f"{stem}{suffix}"
+
+
+Dumper = Callable[[BackupRequest], Awaitable[BackupResult]]
 
 
 def human_size(size: int) -> str:
@@ -60,17 +70,15 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         if spec.encryption:
             key_ref = spec.encryption.key_secret_ref
             key = await read_secret_value(self.namespace, key_ref.name, key_ref.key)
-        destination = artifact_path(ArtifactStore(self.config.backup_root), spec, self.namespace, self.name)
-
-        async with self.slot(target.display):
+        async with self._storage(spec, key) as dump, self.slot(target.display):
             await self.start(
                 BackupReason.BACKUP_RUNNING, f"dumping {target.display}", database=target.display
             )
-            result = await run_backup(
+            result = await dump(
                 BackupRequest(
                     target=target,
-                    destination=destination,
                     format=spec.format.value,
+                    compression=spec.compression.value,
                     jobs=spec.jobs,
                     include_schemas=spec.include.schemas if spec.include else [],
                     include_tables=spec.include.tables if spec.include else [],
@@ -83,6 +91,28 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             )
         await self._succeed(result)
         return None
+
+    @asynccontextmanager
+    async def _storage(self, spec: BackupSpec, key: bytes | None) -> AsyncIterator[Dumper]:
+        """How this Backup dumps: into a file under the backup root, or into its bucket."""
+        if spec.storage.s3 is None:
+            destination = artifact_path(
+                ArtifactStore(self.config.backup_root), spec, self.namespace, self.name
+            )
+            yield lambda request: run_backup(replace(request, destination=destination))
+            return
+        bucket = await open_bucket(self.namespace, spec.storage.s3)
+        try:
+            object_key = bucket.location.artifact_key(self.namespace, names.fit(self.name, MAX_FILE_STEM))
+            made_by = CatalogSource(
+                self.namespace,
+                self.name,
+                str(self.body["metadata"].get("uid", "")),
+                encryption_key_id(key) if key is not None else None,
+            )
+            yield lambda request: run_backup_to_bucket(request, bucket, object_key, made_by)
+        finally:
+            await in_thread(bucket.close)
 
     async def _succeed(self, result: BackupResult) -> None:
         elapsed = self.elapsed
@@ -103,6 +133,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
                 sha256=result.sha256,
                 format=BackupFormat(result.format),
                 encrypted=result.encrypted,
+                compression=Compression(result.compression),
                 pg_version=result.pg_version,
             ),
             verification=Verification.VERIFIED if result.verified else Verification.NOT_VERIFIED,

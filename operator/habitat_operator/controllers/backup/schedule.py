@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -13,10 +14,12 @@ from habitat_operator.api.restore import RESTORE, RestoreStatus
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.buckets import object_key, open_bucket
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, read_status
 from habitat_operator.controllers.scheduling import child_runs, cron, retention
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, one_line
 
 SCHEDULE_FIELDS = ("schedule", "suspend", "retention")
@@ -76,9 +79,13 @@ async def _apply_retention(
         }
     if not expired:
         return children
-    store = ArtifactStore(config.backup_root)
     namespace, parent_name = parent["metadata"]["namespace"], parent["metadata"]["name"]
     kept, deleted = [], []
+    try:
+        delete = await _deleter(config, spec, namespace)
+    except OperationError as error:  # e.g. the bucket's Secret is missing: prune on a later pass
+        await kube.event(parent, "Warning", BackupReason.RETENTION_FAILED, f"cannot prune: {error.message}")
+        return children
     for child in children:
         name = child["metadata"]["name"]
         if name not in expired:
@@ -87,7 +94,7 @@ async def _apply_retention(
         uri = ((child.get("status") or {}).get("artifact") or {}).get("uri")
         try:
             if uri:
-                store.delete(uri, namespace)
+                await delete(uri)
         except (OperationError, OSError) as error:  # a store it cannot write must not stop the schedule
             why = error.message if isinstance(error, OperationError) else one_line(str(error))
             await kube.event(
@@ -106,6 +113,30 @@ async def _apply_retention(
             f"expired {len(deleted)} run(s): {', '.join(sorted(deleted))}",
         )
     return kept
+
+
+async def _deleter(
+    config: OperatorConfig, spec: BackupSpec, namespace: str
+) -> Callable[[str], Awaitable[None]]:
+    """Deletes an artifact of `namespace` by URI: a file under the backup root, or an object and its
+    catalog entry in the schedule's bucket."""
+    if spec.storage.s3 is None:
+        store = ArtifactStore(config.backup_root)
+
+        async def delete_file(uri: str) -> None:
+            await in_thread(store.delete, uri, namespace)
+
+        return delete_file
+    storage = spec.storage.s3
+
+    async def delete_object(uri: str) -> None:
+        bucket = await open_bucket(namespace, storage)
+        try:
+            await in_thread(bucket.delete_artifact, object_key(bucket.location, uri, namespace))
+        finally:
+            await in_thread(bucket.close)
+
+    return delete_object
 
 
 def _artifact_uri(run: kube.JsonDict) -> str | None:

@@ -123,6 +123,10 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
         """The failure message as the user reads it (e.g. with how to roll back)."""
         return message
 
+    def cancellation_message(self) -> str:
+        """What the Event says when the object is deleted while its step runs."""
+        return f"deleted while running: attempt {self.attempts} was stopped and its partial work removed"
+
     # ---------------------------------------------------------------- the lifecycle
 
     async def reconcile(self) -> RetryLater | None:
@@ -220,7 +224,7 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
     async def cancelled(self) -> None:
         """The object was deleted while its step ran, and the step was cancelled (its client tool
         killed, partial files removed, locks released): says so before the object goes."""
-        message = f"deleted while running: attempt {self.attempts} was stopped and its partial work removed"
+        message = self.cancellation_message()
         # Operator-wide: the object's own series go with it.
         OPERATIONS_CANCELLED.labels(self.info.kind).inc()
         self.log.warning(f"{self.info.kind.lower()} cancelled", attempt=self.attempts)

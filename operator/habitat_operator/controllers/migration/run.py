@@ -318,7 +318,7 @@ class MigrationRun:
             name,
             BACKUP_FOR_LABEL,
             spec.database.model_dump(by_alias=True),
-            spec.backup_before.storage.model_dump(by_alias=True),
+            spec.backup_before.storage.model_dump(by_alias=True, exclude_none=True),
         )
         if owned.created:
             await kube.event(

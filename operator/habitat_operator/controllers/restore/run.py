@@ -8,6 +8,7 @@ first by a safety Backup that belongs to this run alone. A restore runs once, li
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from habitat_operator import timestamps
@@ -32,6 +33,7 @@ from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres import restore, scratch
+from habitat_operator.engines.postgres.bucket import check_object
 from habitat_operator.engines.postgres.locks import database_lock
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError, PermanentError
@@ -71,6 +73,12 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             ArtifactStore(self.config.backup_root),
             cross_namespace=self.config.allow_cross_namespace_restores,
         )
+        try:
+            return await self._execute(spec, source)
+        finally:
+            await source.close()
+
+    async def _execute(self, spec: RestoreSpec, source: SourceArtifact) -> RetryLater | None:
         target = await read_connection(self.namespace, spec.target.database.secret_ref)
         if self.resumed and spec.jobs > 1 and not spec.drill:
             # A parallel restore is not one transaction: the target may hold part of the artifact.
@@ -119,13 +127,20 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     async def _check_source(self, spec: RestoreSpec, source: SourceArtifact) -> None:
         """Nothing touches the target before the artifact is known to be intact."""
         try:
-            await restore.check_artifact(
-                source.path,
-                source.format.value,
-                source.sha256,
-                source.encryption_key,
-                checksum=spec.verify.checksum,
-            )
+            if source.bucket is not None and source.key is not None:
+                # One read of the object: checksum, decryption and pg_restore --list. The restore
+                # reads it again rather than keep a copy on local disk.
+                expected = source.sha256 if spec.verify.checksum else None
+                await check_object(source.bucket, source.key, expected, source.encryption_key)
+            else:
+                assert isinstance(source.stored, Path)
+                await restore.check_artifact(
+                    source.stored,
+                    source.format.value,
+                    source.sha256,
+                    source.encryption_key,
+                    checksum=spec.verify.checksum,
+                )
         except OperationError as error:
             raise PermanentError(error.reason, f"{error.message}; the target was not touched") from None
 
@@ -144,7 +159,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         await restore.run_restore(
             restore.RestoreRequest(
                 target=into,
-                artifact_path=source.path,
+                artifact=source.stored,
                 format=source.format.value,
                 expected_sha256=None,  # checked before the target was touched
                 check_checksum=False,
@@ -216,14 +231,18 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         """A one-shot Backup of the target, owned by this Restore and labelled with its uid, so that
         no other Backup (an earlier run's, a user's of the same name) is ever taken for it."""
         name = names.fit(f"{self.name}-safety-{self.uid[:8]}", 253)
-        storage = spec.safety_backup_storage
-        path = storage.filesystem.path if storage else (source.storage_path or "safety")
+        configured = spec.safety_backup_storage
+        storage = (
+            configured.model_dump(by_alias=True, exclude_none=True)
+            if configured
+            else source.storage or {"filesystem": {"path": "safety"}}
+        )
         owned = await owned_backup.ensure(
             self.body,
             name,
             SAFETY_FOR_LABEL,
             {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)},
-            {"filesystem": {"path": path}},
+            storage,
         )
         if owned.created:
             await kube.event(

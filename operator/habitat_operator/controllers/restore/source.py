@@ -1,18 +1,24 @@
-"""Finding what a Restore restores: a Backup's (or a schedule run's) artifact, or an artifact by URI."""
+"""Finding what a Restore restores: a Backup's (or a schedule run's) artifact, an artifact by URI, or
+the newest verified artifact of a database in a bucket, through the bucket's catalog alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.artifacts import BackupFormat, S3Storage
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import Phase, Reason
-from habitat_operator.api.restore import LATEST_RUN, RestoreReason, RestoreSource
+from habitat_operator.api.restore import LATEST_RUN, RestoreReason, RestoreSource, StorageSource
 from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
 from habitat_operator.controllers.scheduling.child_runs import completed_at, list_children, phase
+from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.postgres.bucket import opener
+from habitat_operator.engines.postgres.dump import StoredBytes
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import PermanentError, WaitingError
 
 BACKUPS = BACKUP.plural
@@ -20,13 +26,19 @@ BACKUPS = BACKUP.plural
 
 @dataclass(frozen=True)
 class SourceArtifact:
-    path: Path
+    stored: StoredBytes  # a file or directory under the backup root, or opens `key` in `bucket`
     uri: str
     format: BackupFormat
     sha256: str | None
     encryption_key: bytes | None = field(repr=False)
     backup: str | None  # the Backup object it came from, if any
-    storage_path: str | None  # that Backup's storage path, for the safety backup
+    storage: dict[str, Any] | None  # where that Backup stored it, for the safety backup
+    bucket: Bucket | None = None  # close() closes it
+    key: str | None = None
+
+    async def close(self) -> None:
+        if self.bucket is not None:
+            await in_thread(self.bucket.close)
 
 
 async def resolve(
@@ -42,14 +54,16 @@ async def resolve(
             ref = given.encryption_key_secret_ref
             key = await read_secret_value(namespace, ref.name, ref.key)
         return SourceArtifact(
-            path=store.path_for(given.uri, scope),
+            stored=store.path_for(given.uri, scope),
             uri=given.uri,
             format=given.format,
             sha256=given.sha256,
             encryption_key=key,
             backup=None,
-            storage_path=None,
+            storage=None,
         )
+    if source.storage is not None:
+        return await _from_bucket(source.storage, namespace)
     assert source.backup_ref is not None  # the CRD requires exactly one source
     return await _from_backup(
         await _find_backup(namespace, source.backup_ref.name, source.backup_ref.run), store, scope
@@ -79,15 +93,89 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
                 Reason.KEY_NOT_FOUND, f"Backup {name} is encrypted but no longer names its key Secret"
             )
         key = await read_secret_value(namespace, ref["name"], ref.get("key", "key"))
+    storage = spec.get("storage") or {}
+    fields: dict[str, Any] = {
+        "uri": artifact["uri"],
+        "format": BackupFormat(artifact.get("format") or "custom"),
+        "sha256": artifact.get("sha256"),
+        "encryption_key": key,
+        "backup": name,
+        "storage": storage,
+    }
+    if "s3" not in storage:
+        return SourceArtifact(stored=store.path_for(artifact["uri"], scope), **fields)
+    bucket = await open_bucket(namespace, S3Storage.model_validate(storage["s3"]))
+    try:
+        # The Backup's own namespace, whatever cross_namespace says: it names a key of this namespace.
+        key_in_bucket = object_key(bucket.location, artifact["uri"], namespace)
+    except PermanentError:
+        await in_thread(bucket.close)
+        raise
+    return SourceArtifact(stored=opener(bucket, key_in_bucket), bucket=bucket, key=key_in_bucket, **fields)
+
+
+async def _from_bucket(source: StorageSource, namespace: str) -> SourceArtifact:
+    """The artifact `key`, or the newest verified one of a database by the bucket's catalog: no
+    Backup object needed (a new cluster after a disaster). The credentials are this namespace's."""
+    encryption_key = None
+    if source.encryption_key_secret_ref:
+        ref = source.encryption_key_secret_ref
+        encryption_key = await read_secret_value(namespace, ref.name, ref.key)
+    bucket = await open_bucket(namespace, source.s3)
+    try:
+        entry = await in_thread(_catalog_entry, bucket, source)
+        _check_key(entry, encryption_key, bucket.uri(entry["key"]))
+    except BaseException:
+        await in_thread(bucket.close)
+        raise
+    key = str(entry["key"])
     return SourceArtifact(
-        path=store.path_for(artifact["uri"], scope),
-        uri=artifact["uri"],
-        format=BackupFormat(artifact.get("format") or "custom"),
-        sha256=artifact.get("sha256"),
-        encryption_key=key,
-        backup=name,
-        storage_path=((spec.get("storage") or {}).get("filesystem") or {}).get("path"),
+        stored=opener(bucket, key),
+        uri=bucket.uri(key),
+        format=BackupFormat.CUSTOM,
+        sha256=entry.get("sha256"),
+        encryption_key=encryption_key,
+        backup=None,
+        storage={"s3": source.s3.model_dump(by_alias=True, exclude_none=True)},
+        bucket=bucket,
+        key=key,
     )
+
+
+def _catalog_entry(bucket: Bucket, source: StorageSource) -> dict[str, Any]:
+    """The catalog entry of `source.key` ({"key": key} alone when it has none), or the newest
+    verified entry of `source.latestOf.database`."""
+    if source.key is not None:
+        return bucket.catalog_entry(source.key) or {"key": source.key}
+    assert source.latest_of is not None  # the CRD requires exactly one of them
+    database = source.latest_of.database
+    candidates = [
+        entry
+        for entry in bucket.catalog()
+        if entry.get("database") == database and entry.get("verified") and entry.get("completedAt")
+    ]
+    if not candidates:
+        raise PermanentError(
+            Reason.ARTIFACT_NOT_FOUND,
+            f"no verified artifact of database {database} in the catalog under"
+            f" {bucket.uri(bucket.location.key())}",
+        )
+    return max(candidates, key=lambda entry: (str(entry["completedAt"]), str(entry["key"])))
+
+
+def _check_key(entry: dict[str, Any], encryption_key: bytes | None, uri: str) -> None:
+    """An encrypted artifact needs its key, and the catalog says which one (by id) before any byte is read."""
+    if not entry.get("encrypted"):
+        return
+    if encryption_key is None:
+        raise PermanentError(
+            Reason.KEY_NOT_FOUND, f"{uri} is encrypted; set source.storage.encryptionKeySecretRef"
+        )
+    recorded = entry.get("encryptionKeyId")
+    if recorded and recorded != encryption_key_id(encryption_key):
+        raise PermanentError(
+            Reason.DECRYPTION_FAILED, f"{uri} was encrypted with key {recorded}, not the one given"
+        )
 
 
 async def _find_backup(namespace: str, name: str, run: str) -> kube.JsonDict:

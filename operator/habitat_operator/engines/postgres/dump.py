@@ -8,17 +8,24 @@ import asyncio
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Self
+from typing import Literal, Self
 
 import psycopg
 
 from habitat_operator.api.backup import BackupReason
 from habitat_operator.api.common import Reason
-from habitat_operator.engines.artifacts.crypto import MAGIC, Decryptor, Encryptor, is_encrypted
+from habitat_operator.engines.artifacts.codec import (
+    ArtifactSink,
+    PlaintextReader,
+    Readable,
+    Writable,
+    starts_compressed,
+)
+from habitat_operator.engines.artifacts.crypto import MAGIC, is_encrypted
 from habitat_operator.engines.artifacts.store import (
     AtomicDirectory,
     AtomicFile,
@@ -37,6 +44,9 @@ from habitat_operator.engines.threads import in_pool, in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 ArtifactFormat = Literal["custom", "directory"]
+CompressionName = Literal["gzip", "zstd", "none"]
+StoredBytes = Path | Callable[[], Readable]
+"""An artifact file, or a function that opens the stored bytes (an object in a bucket)."""
 
 MANIFEST_NAME = "MANIFEST.sha256"
 
@@ -50,7 +60,7 @@ class BackupRequest:
     """
 
     target: ConnectionTarget
-    destination: Path
+    destination: Path | None = None  # None when the artifact goes to a bucket (engines/postgres/bucket)
     format: ArtifactFormat = "custom"
     jobs: int = 1
     include_schemas: list[str] = field(default_factory=list)
@@ -60,6 +70,8 @@ class BackupRequest:
     encryption_key: bytes | None = field(default=None, repr=False)
     verify: bool = True
     timeout: float = 3600.0
+    # gzip: pg_dump's own; zstd: pg_dump writes uncompressed and ArtifactSink compresses.
+    compression: CompressionName = "gzip"
 
 
 @dataclass(frozen=True)
@@ -74,19 +86,31 @@ class BackupResult:
     encrypted: bool
     pg_version: str
     verified: bool
+    compression: CompressionName = "gzip"
 
 
 async def run_backup(request: BackupRequest) -> BackupResult:
     """Dump `request.target` into `request.destination`; raise OperationError on failure."""
-    _check_request(request)
+    check_request(request)
+    destination = request.destination
+    if destination is None:
+        raise PermanentError(Reason.INVALID_REQUEST, "run_backup needs a destination")
+    async with backup_deadline(request):
+        pg_version = await server_version(request.target)
+        if request.format == "custom":
+            size, digest = await _dump_custom(request, destination)
+        else:
+            size, digest = await _dump_directory(request, destination)
+    return result_of(request, file_uri(destination), size, digest, pg_version)
+
+
+@asynccontextmanager
+async def backup_deadline(request: BackupRequest) -> AsyncIterator[None]:
+    """`request.timeout` over the block, whose expiry is a retryable Timeout."""
     deadline = asyncio.timeout(request.timeout)
     try:
         async with deadline:
-            pg_version = await server_version(request.target)
-            if request.format == "custom":
-                size, digest = await _dump_custom(request)
-            else:
-                size, digest = await _dump_directory(request)
+            yield
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -94,14 +118,18 @@ async def run_backup(request: BackupRequest) -> BackupResult:
             Reason.TIMEOUT,
             f"backup of {request.target.display} did not finish within {request.timeout:g}s",
         ) from None
+
+
+def result_of(request: BackupRequest, uri: str, size: int, sha256: str, pg_version: str) -> BackupResult:
     return BackupResult(
-        uri=file_uri(request.destination),
+        uri=uri,
         size_bytes=size,
-        sha256=digest,
+        sha256=sha256,
         format=request.format,
         encrypted=request.encryption_key is not None,
         pg_version=pg_version,
         verified=request.verify,
+        compression=request.compression,
     )
 
 
@@ -142,36 +170,56 @@ async def verify_readable(path: Path, format: ArtifactFormat, encryption_key: by
     await _require_artifact(path)
     if format == "directory" and encryption_key is not None:
         raise _encryption_unsupported()
-    if encryption_key is None:
-        if format == "custom" and await in_thread(_starts_encrypted, path):
-            raise _key_missing()
+    if format == "directory" or await in_thread(is_plain_archive, path, encryption_key):
         async with ClientTool.start(["pg_restore", "--list", str(path)], None) as restore:
             await restore.check(lambda stderr: _verification_failed(path, meaningful_line(stderr)))
         return
-    async with ClientTool.start(["pg_restore", "--list"], None, stdin=asyncio.subprocess.PIPE) as restore:
-        # pg_restore stops reading after the table of contents; decrypting on to the end still
-        # authenticates every chunk.
-        accepting = True
-        async with aclosing(read_plaintext(path, encryption_key)) as chunks:
-            async for chunk in chunks:
-                accepting = accepting and await restore.feed(chunk)
-        await restore.close_stdin()
-        await restore.check(lambda stderr: _verification_failed(path, meaningful_line(stderr)))
+    reader = await in_thread(open_plaintext, path, encryption_key)
+    await list_contents(reader, path.name)
 
 
-async def read_plaintext(path: Path, encryption_key: bytes | None) -> AsyncGenerator[bytes, None]:
-    """The plaintext of a custom-format artifact, decrypted if `encryption_key` is given.
+async def list_contents(reader: PlaintextReader, name: str) -> None:
+    """`pg_restore --list` over the reader's plaintext, read to the end: pg_restore stops reading
+    after the table of contents, and draining the rest still hashes and authenticates every chunk."""
+    try:
+        async with ClientTool.start(["pg_restore", "--list"], None, stdin=asyncio.subprocess.PIPE) as restore:
+            while (chunk := await in_thread(reader.read)) and await restore.feed(chunk):
+                pass
+            await in_thread(reader.drain)
+            await restore.close_stdin()
+            await restore.check(lambda stderr: _artifact_failed(name, meaningful_line(stderr)))
+    finally:
+        await in_thread(reader.close)
+
+
+def is_plain_archive(path: Path, encryption_key: bytes | None) -> bool:
+    """Whether pg_restore can read the file itself: neither encrypted nor zstd-compressed."""
+    with path.open("rb") as file:
+        head = file.read(len(MAGIC))
+    if is_encrypted(head) and encryption_key is None:
+        raise _key_missing()
+    return encryption_key is None and not starts_compressed(head)
+
+
+def open_plaintext(stored: StoredBytes, encryption_key: bytes | None) -> PlaintextReader:
+    """A PlaintextReader over a file or over what `stored()` opens; blocking."""
+    return PlaintextReader(stored.open("rb") if isinstance(stored, Path) else stored(), encryption_key)
+
+
+async def read_plaintext(stored: StoredBytes, encryption_key: bytes | None) -> AsyncGenerator[bytes, None]:
+    """The plaintext of a custom-format artifact: decrypted if `encryption_key` is given, and
+    decompressed if zstd.
 
     Chunks are authentic as they come, but only the end of the iteration proves the artifact
     complete: verify it first (verify_artifact) before feeding it to anything that applies it.
     Use with `contextlib.aclosing` if you may stop early.
     """
-    reader = await in_thread(_PlaintextReader, path, encryption_key)
+    reader = await in_thread(open_plaintext, stored, encryption_key)
     try:
         while chunk := await in_thread(reader.read):
             yield chunk
     finally:
-        reader.close()
+        await in_thread(reader.close)
 
 
 async def server_version(target: ConnectionTarget) -> str:
@@ -190,7 +238,7 @@ async def server_version(target: ConnectionTarget) -> str:
 # ---------------------------------------------------------------- dumping
 
 
-def _check_request(request: BackupRequest) -> None:
+def check_request(request: BackupRequest) -> None:
     if request.format not in ("custom", "directory"):
         raise PermanentError(Reason.INVALID_REQUEST, f"unknown backup format {request.format!r}")
     if request.jobs < 1 or (request.jobs > 1 and request.format != "directory"):
@@ -204,6 +252,7 @@ def _dump_argv(request: BackupRequest) -> list[str]:
         "pg_dump",
         "--no-password",
         f"--format={request.format}",
+        *(["--compress=0"] if request.compression != "gzip" else []),
         *(f"--schema={pattern}" for pattern in request.include_schemas),
         *(f"--table={pattern}" for pattern in request.include_tables),
         *(f"--exclude-schema={pattern}" for pattern in request.exclude_schemas),
@@ -211,16 +260,10 @@ def _dump_argv(request: BackupRequest) -> list[str]:
     ]
 
 
-async def _dump_custom(request: BackupRequest) -> tuple[int, str]:
-    remove_partials(request.destination.parent, request.destination.name)
-    async with AtomicFile(request.destination) as out:
-        sink = _ArtifactSink(out, request.encryption_key)
-        with _OutputPipe() as pipe:
-            async with ClientTool.start(_dump_argv(request), request.target, stdout=pipe.write_end) as dump:
-                pipe.close_write_end()  # pg_dump holds the only write end now: its exit is our EOF
-                await _copy_output(dump, pipe, sink)
-                await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
-        await in_thread(sink.finish)
+async def _dump_custom(request: BackupRequest, destination: Path) -> tuple[int, str]:
+    remove_partials(destination.parent, destination.name)
+    async with AtomicFile(destination) as out:
+        sink = await dump_stream(request, out)
         if request.verify:
             await _verify_own_artifact(
                 out.temp_path, "custom", sink.sha256.hexdigest(), request.encryption_key
@@ -228,9 +271,21 @@ async def _dump_custom(request: BackupRequest) -> tuple[int, str]:
     return sink.size, sink.sha256.hexdigest()
 
 
-async def _dump_directory(request: BackupRequest) -> tuple[int, str]:
-    remove_partials(request.destination.parent, request.destination.name)
-    async with AtomicDirectory(request.destination) as out:
+async def dump_stream(request: BackupRequest, out: Writable) -> ArtifactSink:
+    """pg_dump's custom-format output through an ArtifactSink into `out`, synced at the end."""
+    sink = ArtifactSink(out, request.encryption_key, zstd=request.compression == "zstd")
+    with _OutputPipe() as pipe:
+        async with ClientTool.start(_dump_argv(request), request.target, stdout=pipe.write_end) as dump:
+            pipe.close_write_end()  # pg_dump holds the only write end now: its exit is our EOF
+            await _copy_output(dump, pipe, sink)
+            await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
+    await in_thread(sink.finish)
+    return sink
+
+
+async def _dump_directory(request: BackupRequest, destination: Path) -> tuple[int, str]:
+    remove_partials(destination.parent, destination.name)
+    async with AtomicDirectory(destination) as out:
         argv = [*_dump_argv(request), f"--jobs={request.jobs}", f"--file={out.temp_path}"]
         async with ClientTool.start(argv, request.target) as dump:
             await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
@@ -289,7 +344,7 @@ class _OutputPipe:
         os.close(self.read_end)
 
 
-async def _copy_output(dump: ClientTool, pipe: _OutputPipe, sink: "_ArtifactSink") -> None:
+async def _copy_output(dump: ClientTool, pipe: _OutputPipe, sink: ArtifactSink) -> None:
     """pipe.copy_to(sink.write) in an ENGINE_POOL thread, held until pg_dump exits. If cancelled,
     kill pg_dump (so the copy meets EOF) and wait for the thread, so that removing the partial file
     never races a write."""
@@ -303,30 +358,6 @@ async def _copy_output(dump: ClientTool, pipe: _OutputPipe, sink: "_ArtifactSink
         if not work.cancelled():
             work.exception()  # retrieved: the cancellation is what propagates
         raise
-
-
-class _ArtifactSink:
-    """Encrypts (optionally), hashes and writes the dump; runs in an ENGINE_POOL thread."""
-
-    def __init__(self, out: AtomicFile, encryption_key: bytes | None) -> None:
-        self._out = out
-        self._encryptor = Encryptor(encryption_key) if encryption_key is not None else None
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self._emit(self._encryptor.update(chunk) if self._encryptor else chunk)
-
-    def finish(self) -> None:
-        if self._encryptor:
-            self._emit(self._encryptor.finalize())
-        self._out.sync()
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.sha256.update(data)
-            self.size += len(data)
-            self._out.write(data)
 
 
 def _write_manifest(directory: Path) -> tuple[int, str]:
@@ -376,43 +407,16 @@ async def _directory_sha256(path: Path) -> str:
     return hashlib.sha256(manifest).hexdigest()
 
 
-class _PlaintextReader:
-    """Reads an artifact file chunk by chunk, decrypting it if a key is given; runs in ENGINE_POOL."""
-
-    def __init__(self, path: Path, encryption_key: bytes | None) -> None:
-        if encryption_key is None and _starts_encrypted(path):
-            raise _key_missing()
-        self._file: IO[bytes] = path.open("rb")
-        self._decryptor = Decryptor(encryption_key) if encryption_key is not None else None
-        self._done = False
-
-    def read(self) -> bytes:
-        """The next non-empty plaintext chunk; b"" at the end, once the whole stream is authenticated."""
-        while not self._done:
-            raw = self._file.read(READ_SIZE)
-            if not raw:
-                self._done = True
-                return self._decryptor.finalize() if self._decryptor else b""
-            plain = self._decryptor.update(raw) if self._decryptor else raw
-            if plain:
-                return plain
-        return b""
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _starts_encrypted(path: Path) -> bool:
-    with path.open("rb") as file:
-        return is_encrypted(file.read(len(MAGIC)))
-
-
 def _key_missing() -> OperationError:
     return PermanentError(Reason.DECRYPTION_FAILED, "artifact is encrypted but no key was given")
 
 
 def _verification_failed(path: Path, detail: str) -> OperationError:
-    return PermanentError(Reason.VERIFICATION_FAILED, f"artifact {path.name} failed verification: {detail}")
+    return _artifact_failed(path.name, detail)
+
+
+def _artifact_failed(name: str, detail: str) -> OperationError:
+    return PermanentError(Reason.VERIFICATION_FAILED, f"artifact {name} failed verification: {detail}")
 
 
 def _encryption_unsupported() -> OperationError:

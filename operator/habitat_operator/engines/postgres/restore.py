@@ -29,6 +29,8 @@ from habitat_operator.engines.artifacts.store import disk_errors
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, connect
 from habitat_operator.engines.postgres.dump import (
     ArtifactFormat,
+    StoredBytes,
+    is_plain_archive,
     read_plaintext,
     verify_checksum,
     verify_readable,
@@ -92,11 +94,12 @@ class RestoreRequest:
     restores in parallel but not in one transaction; of an encrypted artifact, it needs a plaintext
     copy, made in a private folder (0700) under `scratch_dir` (None: the system's temporary
     directory) and removed after, so it needs room for the whole plaintext there. `timeout` is in
-    seconds.
+    seconds. `artifact` is a file or directory, or opens an object in a bucket (custom format, and
+    checked by the caller: check_checksum must then be False).
     """
 
     target: ConnectionTarget
-    artifact_path: Path
+    artifact: StoredBytes
     format: ArtifactFormat = "custom"
     expected_sha256: str | None = None
     check_checksum: bool = True
@@ -170,8 +173,9 @@ async def run_restore(request: RestoreRequest) -> RestoreResult:
     try:
         async with deadline:
             if request.check_checksum:
+                assert isinstance(request.artifact, Path), "a bucket's object is checked by check_object"
                 sha256 = await check_artifact(
-                    request.artifact_path, request.format, request.expected_sha256, request.encryption_key
+                    request.artifact, request.format, request.expected_sha256, request.encryption_key
                 )
             await _restore(request)
     except TimeoutError:
@@ -309,16 +313,18 @@ async def _watch_lock_waits(target: ConnectionTarget, name: str, limit: float) -
 
 
 async def _run_pg_restore(request: RestoreRequest) -> None:
-    argv, path, key = _restore_argv(request), request.artifact_path, request.encryption_key
-    if key is None:
-        await _pg_restore([*argv, str(path)], request.target)
+    argv, stored, key = _restore_argv(request), request.artifact, request.encryption_key
+    if isinstance(stored, Path) and (
+        request.format == "directory" or await in_thread(is_plain_archive, stored, key)
+    ):
+        await _pg_restore([*argv, str(stored)], request.target)
     elif request.jobs > 1:
         # Parallel workers seek in the archive, which a pipe cannot do.
-        async with _decrypted_copy(path, key, request.scratch_dir) as plaintext:
+        async with _decrypted_copy(stored, key, request.scratch_dir) as plaintext:
             await _pg_restore([*argv, str(plaintext)], request.target)
     else:
         async with ClientTool.start(argv, request.target, stdin=asyncio.subprocess.PIPE) as restore:
-            async with aclosing(read_plaintext(path, key)) as chunks:
+            async with aclosing(read_plaintext(stored, key)) as chunks:
                 async for chunk in chunks:
                     if not await restore.feed(chunk):
                         break  # pg_restore stopped reading; its exit status says why
@@ -336,9 +342,12 @@ def _restore_failed(stderr: str, target: ConnectionTarget) -> OperationError:
 
 
 @asynccontextmanager
-async def _decrypted_copy(artifact: Path, key: bytes, scratch_dir: Path | None) -> AsyncIterator[Path]:
-    """The artifact's plaintext in a fresh private folder (0700) under `scratch_dir` (None: the
-    system's temporary directory), removed with it on leaving, by success, error or cancellation.
+async def _decrypted_copy(
+    artifact: StoredBytes, key: bytes | None, scratch_dir: Path | None
+) -> AsyncIterator[Path]:
+    """The artifact's plaintext (decrypted, decompressed) in a fresh private folder (0700) under
+    `scratch_dir` (None: the system's temporary directory), removed with it on leaving, by success,
+    error or cancellation.
 
     Never beside the artifact: a copy left there by a kill would sit readable in the backup store.
     """

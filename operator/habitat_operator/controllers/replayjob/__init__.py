@@ -1,0 +1,1 @@
+"""ReplayJob: replaying stored events to RabbitMQ, one run per object."""

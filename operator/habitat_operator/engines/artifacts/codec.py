@@ -1,0 +1,149 @@
+"""An artifact's bytes, both ways: pg_dump's output -> zstd (optional) -> encryption (optional) -> stored.
+
+The SHA-256 is always of the stored bytes, so a checksum proves what is on disk or in the bucket.
+On the way back, a zstd stream is recognised by its frame magic after decryption, so a reader needs
+no flag to know how an artifact was compressed, and pg_restore always gets a plain archive.
+Both classes block: use them from an ENGINE_POOL thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Protocol
+
+import zstandard
+
+from habitat_operator.api.common import Reason
+from habitat_operator.engines.artifacts.crypto import MAGIC, Decryptor, Encryptor, is_encrypted
+from habitat_operator.errors import PermanentError
+
+READ_SIZE = 1 << 20
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_LEVEL = 3
+# Compressed input handed to the decompressor at once: bounds the plaintext one step makes.
+_DECOMPRESS_STEP = 128 << 10
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class ArtifactSink:
+    """Compresses (zstd, all cores), encrypts (optionally), hashes and writes pg_dump's output."""
+
+    def __init__(self, out: Writable, encryption_key: bytes | None, *, zstd: bool = False) -> None:
+        self._out = out
+        self._encryptor = Encryptor(encryption_key) if encryption_key is not None else None
+        self._compressor = (
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj() if zstd else None
+        )
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self._compressor:
+            chunk = self._compressor.compress(chunk)
+        self._seal(chunk)
+
+    def finish(self) -> None:
+        if self._compressor:
+            self._seal(self._compressor.flush())
+        if self._encryptor:
+            self._emit(self._encryptor.finalize())
+        self._out.sync()
+
+    def _seal(self, data: bytes) -> None:
+        if data:
+            self._emit(self._encryptor.update(data) if self._encryptor else data)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.sha256.update(data)
+            self.size += len(data)
+            self._out.write(data)
+
+
+class PlaintextReader:
+    """Reads a stored artifact chunk by chunk: hashes it, decrypts it if a key is given, and
+    decompresses it if it is zstd. `sha256` is complete once `read` has returned b""."""
+
+    def __init__(self, raw: Readable, encryption_key: bytes | None) -> None:
+        self._raw = raw
+        self._decryptor = Decryptor(encryption_key) if encryption_key is not None else None
+        self._decompressor: zstandard.ZstdDecompressionObj | None = None
+        self._sniffed = False
+        self._ready: deque[bytes] = deque()
+        self._done = False
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self) -> bytes:
+        """The next non-empty plaintext chunk; b"" at the end, once the whole stream is authenticated."""
+        while not self._ready and not self._done:
+            raw = self._raw.read(READ_SIZE)
+            if not raw:
+                self._done = True
+                self._decode(self._decryptor.finalize() if self._decryptor else b"")
+                break
+            if not self.size and self._decryptor is None and is_encrypted(raw[: len(MAGIC)]):
+                raise PermanentError(Reason.DECRYPTION_FAILED, "artifact is encrypted but no key was given")
+            self.sha256.update(raw)
+            self.size += len(raw)
+            self._decode(self._decryptor.update(raw) if self._decryptor else raw)
+        return self._ready.popleft() if self._ready else b""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the whole stored artifact has been read (and `sha256` is complete)."""
+        return self._done
+
+    def drain(self) -> None:
+        """Read to the end without decompressing, once the consumer stopped reading: the SHA-256
+        completes and every encrypted chunk is still authenticated, at a fraction of the cost."""
+        self._ready.clear()
+        while not self._done:
+            raw = self._raw.read(READ_SIZE)
+            if not raw:
+                self._done = True
+                if self._decryptor:
+                    self._decryptor.finalize()
+                return
+            self.sha256.update(raw)
+            self.size += len(raw)
+            if self._decryptor:
+                self._decryptor.update(raw)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def _decode(self, plain: bytes) -> None:
+        if not plain:
+            return
+        if not self._sniffed:
+            self._sniffed = True
+            if plain.startswith(ZSTD_MAGIC):
+                self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        if self._decompressor is None:
+            self._ready.append(plain)
+            return
+        for start in range(0, len(plain), _DECOMPRESS_STEP):
+            try:
+                out = self._decompressor.decompress(plain[start : start + _DECOMPRESS_STEP])
+            except zstandard.ZstdError as error:
+                raise PermanentError(Reason.VERIFICATION_FAILED, f"artifact is corrupt: {error}") from None
+            if out:
+                self._ready.append(out)
+
+
+def starts_compressed(head: bytes) -> bool:
+    """Whether an unencrypted artifact starting with `head` is zstd (pg_restore cannot read it as is)."""
+    return head.startswith(ZSTD_MAGIC)

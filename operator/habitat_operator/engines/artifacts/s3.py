@@ -1,0 +1,361 @@
+"""Artifacts in an S3-compatible bucket, through boto3: complete or invisible, with a catalog beside each.
+
+Layout: `<prefix>/<namespace>/<name>.dump`, and `<prefix>/<namespace>/<name>.dump.catalog.json` beside
+it. An artifact goes up as a multipart upload, which the bucket lists nowhere until it is completed;
+a failed or cancelled upload is aborted, and one that a killed operator left behind is aborted by the
+next attempt (`abort_uploads`: a key belongs to one Backup object, so every upload to it is that
+Backup's). The catalog entry is written last, once the artifact is verified: `latestOf` and
+`habitat-operator catalog list` read only the catalog, so they never see an unfinished artifact.
+
+Every failure comes out as an OperationError whose message names the bucket and the key, never a
+credential: StorageAuthFailed, BucketNotFound (both permanent), StorageUnreachable (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Self
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+
+from habitat_operator.api.common import Reason
+from habitat_operator.engines.artifacts.codec import Readable
+from habitat_operator.engines.artifacts.storage_metrics import (
+    STORAGE_BYTES,
+    STORAGE_REQUEST_DURATION,
+    STORAGE_REQUESTS,
+)
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+ARTIFACT_SUFFIX = ".dump"
+CATALOG_SUFFIX = ".catalog.json"
+PART_SIZE = 16 << 20  # 10,000 parts (S3's limit) make 156 GiB
+PARTS_IN_FLIGHT = 2  # memory: PART_SIZE x (PARTS_IN_FLIGHT + the one filling)
+READ_SIZE = 1 << 20
+
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+    "XAdminUserNotFound",  # versitygw's answer to an unknown access key id
+}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket, a prefix inside it, and how to reach it; credentials come from a Secret."""
+
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint: str | None = None
+    force_path_style: bool = False
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    ca_bundle: bytes | None = field(default=None, repr=False)
+
+    def key(self, *parts: str) -> str:
+        """`parts` joined under the prefix, without empty segments."""
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+
+    def artifact_key(self, namespace: str, name: str) -> str:
+        return self.key(namespace, f"{name}{ARTIFACT_SUFFIX}")
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def catalog_key(artifact_key: str) -> str:
+    return f"{artifact_key}{CATALOG_SUFFIX}"
+
+
+def storage_error(error: Exception, doing: str) -> OperationError:
+    """A boto3 failure as an OperationError naming what was being done; never the error's own text,
+    which may quote request headers."""
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _AUTH_CODES or status == 403:
+            return PermanentError(
+                Reason.STORAGE_AUTH_FAILED, f"{doing}: the bucket refused the credentials ({code or status})"
+            )
+        if code == "NoSuchBucket":
+            return PermanentError(Reason.BUCKET_NOT_FOUND, f"{doing}: the bucket does not exist")
+        if code in _NOT_FOUND_CODES:
+            return PermanentError(Reason.ARTIFACT_NOT_FOUND, f"{doing}: no such object")
+        if status >= 500 or code in ("SlowDown", "RequestTimeout"):
+            return RetryableError(
+                Reason.STORAGE_UNREACHABLE, f"{doing}: the server answered {code or status}"
+            )
+        return PermanentError(Reason.STORAGE_FAILED, f"{doing}: the server answered {code or status}")
+    if isinstance(error, ConnectionError | HTTPClientError):
+        return RetryableError(Reason.STORAGE_UNREACHABLE, f"{doing}: cannot reach the S3 endpoint")
+    return RetryableError(Reason.STORAGE_FAILED, f"{doing}: {type(error).__name__}")
+
+
+@contextmanager
+def storage_errors(doing: str, operation: str) -> Iterator[None]:
+    """Count and time one request (`operation` is its metric label), and turn boto3's exceptions
+    (and a stream cut midway) into storage_error's OperationErrors."""
+    started = time.monotonic()
+    try:
+        yield
+    except (BotoCoreError, ClientError, OSError) as error:
+        STORAGE_REQUESTS.labels(operation, "failure").inc()
+        raise storage_error(error, doing) from None
+    finally:
+        STORAGE_REQUEST_DURATION.labels(operation).observe(time.monotonic() - started)
+    STORAGE_REQUESTS.labels(operation, "success").inc()
+
+
+class Bucket:
+    """One bucket through one boto3 client. Blocking: call it from an ENGINE_POOL thread."""
+
+    def __init__(self, location: S3Location) -> None:
+        self.location = location
+        self._ca_file: IO[bytes] | None = None
+        if location.ca_bundle:
+            # botocore takes a CA bundle only as a file; this one lives as long as the client.
+            self._ca_file = tempfile.NamedTemporaryFile(prefix="habitat-s3-ca-", suffix=".pem")  # noqa: SIM115
+            self._ca_file.write(location.ca_bundle)
+            self._ca_file.flush()
+        config = Config(
+            s3={"addressing_style": "path" if location.force_path_style else "auto"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            # Checksums the server does not ask for cost CPU, and some S3-compatible servers refuse them.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=location.endpoint,
+            region_name=location.region,
+            aws_access_key_id=location.access_key_id or None,  # None: boto3 looks in the environment
+            aws_secret_access_key=location.secret_access_key or None,
+            verify=self._ca_file.name if self._ca_file else None,
+            config=config,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        if self._ca_file:
+            self._ca_file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def uri(self, key: str) -> str:
+        return self.location.uri(key)
+
+    def upload(self, key: str, metadata: dict[str, str] | None = None) -> MultipartUpload:
+        return MultipartUpload(self, key, metadata or {})
+
+    def abort_uploads(self, key: str) -> int:
+        """Abort the unfinished multipart uploads to exactly `key`; how many there were."""
+        with storage_errors(f"listing the unfinished uploads to {self.uri(key)}", "list_uploads"):
+            found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=key)
+        aborted = 0
+        for upload in found.get("Uploads", []):
+            if upload.get("Key") != key:
+                continue
+            with storage_errors(f"aborting an unfinished upload to {self.uri(key)}", "abort_upload"):
+                self.client.abort_multipart_upload(
+                    Bucket=self.location.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+            aborted += 1
+        return aborted
+
+    def open(self, key: str) -> Readable:
+        """The object's content as a stream with `read(size)`; close it when done."""
+        with storage_errors(f"reading {self.uri(key)}", "get"):
+            body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
+        return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")
+
+    def put_catalog(self, artifact_key: str, entry: dict[str, Any]) -> None:
+        key = catalog_key(artifact_key)
+        with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
+            self.client.put_object(
+                Bucket=self.location.bucket,
+                Key=key,
+                Body=json.dumps(entry, indent=2, sort_keys=True).encode(),
+                ContentType="application/json",
+            )
+
+    def catalog_entry(self, artifact_key: str) -> dict[str, Any] | None:
+        """The catalog entry of one artifact, with its `key`; None when it has none."""
+        key = catalog_key(artifact_key)
+        try:
+            with storage_errors(f"reading the catalog entry {self.uri(key)}", "get_catalog"):
+                body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
+        except OperationError as error:
+            if error.reason is Reason.ARTIFACT_NOT_FOUND:
+                return None
+            raise
+        return _entry(body, artifact_key)
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Every catalog entry under the prefix, each with its artifact's `key`."""
+        prefix = self.location.key()
+        entries = []
+        with storage_errors(f"listing s3://{self.location.bucket}/{prefix}", "list"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=f"{prefix}/" if prefix else ""
+            )
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        for key in keys:
+            if not key.endswith(CATALOG_SUFFIX):
+                continue
+            with storage_errors(f"reading the catalog entry {self.uri(key)}", "get_catalog"):
+                body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
+            entry = _entry(body, key.removesuffix(CATALOG_SUFFIX))
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def delete_artifact(self, key: str) -> None:
+        """Delete the catalog entry, then the artifact: `latestOf` never picks one being deleted."""
+        for doomed in (catalog_key(key), key):
+            with storage_errors(f"deleting {self.uri(doomed)}", "delete"):
+                self.client.delete_object(Bucket=self.location.bucket, Key=doomed)
+
+
+def _entry(body: bytes, artifact_key: str) -> dict[str, Any] | None:
+    """A catalog entry with its artifact's key; None for what is not one (hand-edited, not ours)."""
+    try:
+        entry = json.loads(body)
+    except ValueError:
+        return None
+    return {**entry, "key": artifact_key} if isinstance(entry, dict) else None
+
+
+class _ErrorTranslatingStream:
+    """A botocore StreamingBody whose failures midway come out as OperationErrors."""
+
+    def __init__(self, body: Any, doing: str) -> None:
+        self._body = body
+        self._doing = doing
+
+    def read(self, size: int = READ_SIZE) -> bytes:
+        with storage_errors(self._doing, "read"):
+            data = bytes(self._body.read(size))
+        STORAGE_BYTES.labels("downloaded").inc(len(data))
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class MultipartUpload:
+    """Upload one object in parts as its bytes come: nothing is listed until `complete`.
+
+    `write` cuts the stream into PART_SIZE parts and uploads each in one of PARTS_IN_FLIGHT threads
+    while the next fills, waiting when all are busy: memory stays within PART_SIZE x
+    (PARTS_IN_FLIGHT + 1), whatever the object's size. Leaving the `with` block by an exception
+    aborts the upload; `complete` must be called for the object to appear.
+    """
+
+    def __init__(self, bucket: Bucket, key: str, metadata: dict[str, str]) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.uri = bucket.uri(key)
+        self._metadata = metadata
+        self._buffer = bytearray()
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="habitat-s3-part")
+        self.upload_id = ""
+
+    def __enter__(self) -> Self:
+        with storage_errors(f"starting the upload of {self.uri}", "create_upload"):
+            created = self.bucket.client.create_multipart_upload(
+                Bucket=self.bucket.location.bucket, Key=self.key, Metadata=self._metadata
+            )
+        self.upload_id = created["UploadId"]
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is not None:
+            self.abort()
+        self._pool.shutdown(wait=True)
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= PART_SIZE:
+            self._send(bytes(self._buffer[:PART_SIZE]))
+            del self._buffer[:PART_SIZE]
+
+    def sync(self) -> None:
+        """Send what is buffered and wait until every part is uploaded."""
+        if self._buffer or not self._parts:  # an empty object is still one (empty) part
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+        for part in self._parts:
+            part.result()
+
+    def complete(self) -> None:
+        """Make the object visible: the one step after which readers see it, all of it."""
+        self.sync()
+        with storage_errors(f"completing the upload of {self.uri}", "complete_upload"):
+            self.bucket.client.complete_multipart_upload(
+                Bucket=self.bucket.location.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": [part.result() for part in self._parts]},  # type: ignore[misc]
+            )
+
+    def abort(self) -> None:
+        """Stop uploading and discard the parts; best effort (the next attempt aborts it otherwise)."""
+        for part in self._parts:
+            part.cancel()
+        self._pool.shutdown(wait=True)
+        if self.upload_id:
+            with suppress(BotoCoreError, ClientError, OSError):
+                self.bucket.client.abort_multipart_upload(
+                    Bucket=self.bucket.location.bucket, Key=self.key, UploadId=self.upload_id
+                )
+
+    def _send(self, body: bytes) -> None:
+        for part in self._parts:
+            if part.done() and part.exception() is not None:
+                part.result()  # the first failed part ends the upload
+        self._slots.acquire()
+        number = len(self._parts) + 1
+        future = self._pool.submit(self._upload_part, number, body)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._parts.append(future)
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        with storage_errors(f"uploading part {number} of {self.uri}", "upload_part"):
+            answer = self.bucket.client.upload_part(
+                Bucket=self.bucket.location.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+        STORAGE_BYTES.labels("uploaded").inc(len(body))
+        return {"PartNumber": number, "ETag": answer["ETag"]}

@@ -1,0 +1,152 @@
+"""pg_dump straight into a bucket, and artifacts checked from a bucket: nothing staged on local disk.
+
+A backup streams pg_dump's output through the sink (zstd, encryption, SHA-256) into a multipart
+upload. The object appears only when the upload completes; verification then reads it back (the
+checksum and `pg_restore --list` in one pass) and a failed check deletes it; the catalog entry is
+written last. Any failure, timeout or cancellation before that aborts the upload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from habitat_operator import timestamps
+from habitat_operator.api.common import Reason
+from habitat_operator.engines.artifacts.codec import Readable
+from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.postgres.dump import (
+    BackupRequest,
+    BackupResult,
+    backup_deadline,
+    check_request,
+    dump_stream,
+    list_contents,
+    open_plaintext,
+    result_of,
+    server_version,
+)
+from habitat_operator.engines.threads import in_thread
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
+
+
+@dataclass(frozen=True)
+class CatalogSource:
+    """Who made the artifact, for its catalog entry: the Backup object and the key's id."""
+
+    namespace: str
+    name: str
+    uid: str
+    encryption_key_id: str | None = None
+
+
+def opener(bucket: Bucket, key: str) -> Callable[[], Readable]:
+    """What RestoreRequest.stored takes: opens the object's bytes, each time anew."""
+    return partial(bucket.open, key)
+
+
+async def run_backup_to_bucket(
+    request: BackupRequest, bucket: Bucket, key: str, source: CatalogSource
+) -> BackupResult:
+    """Dump `request.target` into `key` of `bucket`, then catalog it; raise OperationError on failure.
+
+    Uploads an interrupted attempt left to `key` are aborted first.
+    """
+    check_request(request)
+    if request.format != "custom":
+        raise PermanentError(Reason.INVALID_REQUEST, "a bucket takes format custom only")
+    created = timestamps.now()
+    async with backup_deadline(request):
+        pg_version = await server_version(request.target)
+        await in_thread(bucket.abort_uploads, key)
+        size, sha256 = await _upload(request, bucket, key)
+        if request.verify:
+            await _verify_uploaded(bucket, key, sha256, request.encryption_key)
+    entry: dict[str, Any] = {
+        "namespace": source.namespace,
+        "backup": source.name,
+        "uid": source.uid,
+        "database": request.target.dbname,
+        "server": request.target.display.split("/")[0],
+        "sha256": sha256,
+        "sizeBytes": size,
+        "format": request.format,
+        "compression": request.compression,
+        "pgVersion": pg_version,
+        "encrypted": request.encryption_key is not None,
+        "encryptionKeyId": source.encryption_key_id,
+        "verified": request.verify,
+        "createdAt": timestamps.rfc3339(created),
+        "completedAt": timestamps.rfc3339(timestamps.now()),
+    }
+    await in_thread(bucket.put_catalog, key, entry)
+    return result_of(request, bucket.uri(key), size, sha256, pg_version)
+
+
+async def check_object(
+    bucket: Bucket, key: str, expected_sha256: str | None, encryption_key: bytes | None
+) -> str:
+    """Read the object once: its SHA-256 (returned, and compared with `expected_sha256` if given),
+    its decryption (every chunk authenticated) and `pg_restore --list` of its plaintext.
+
+    Raises OperationError "ArtifactNotFound", "ChecksumMismatch", "VerificationFailed",
+    "DecryptionFailed", or a storage reason.
+    """
+    reader = await in_thread(open_plaintext, opener(bucket, key), encryption_key)
+    listing: OperationError | None = None
+    try:
+        await list_contents(reader, key.rsplit("/", 1)[-1])
+    except OperationError as error:
+        if error.reason not in (Reason.VERIFICATION_FAILED, Reason.DECRYPTION_FAILED):
+            raise
+        listing = error  # the checksum speaks first: a flipped byte is a mismatch, not a bad archive
+        if not reader.finished:  # decryption failed midway: hash the rest from where it stopped
+            await in_thread(_drain, bucket, key, reader.size, reader.sha256)
+    actual = reader.sha256.hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise PermanentError(
+            Reason.CHECKSUM_MISMATCH, f"{bucket.uri(key)} does not match its recorded SHA-256"
+        )
+    if listing is not None:
+        raise listing
+    return actual
+
+
+def _drain(bucket: Bucket, key: str, offset: int, sha256: Any) -> None:
+    """Hash the rest of an object from `offset`, after a reader stopped early."""
+    stream = bucket.open(key)
+    try:
+        skipped = 0
+        while skipped < offset and (chunk := stream.read(min(offset - skipped, 1 << 20))):
+            skipped += len(chunk)
+        while chunk := stream.read(1 << 20):
+            sha256.update(chunk)
+    finally:
+        stream.close()
+
+
+async def _upload(request: BackupRequest, bucket: Bucket, key: str) -> tuple[int, str]:
+    upload = bucket.upload(key)
+    await in_thread(upload.__enter__)
+    try:
+        sink = await dump_stream(request, upload)
+        await in_thread(upload.complete)
+    except BaseException as error:
+        await in_thread(upload.__exit__, type(error), error, None)
+        raise
+    await in_thread(upload.__exit__, None, None, None)
+    return sink.size, sink.sha256.hexdigest()
+
+
+async def _verify_uploaded(bucket: Bucket, key: str, sha256: str, encryption_key: bytes | None) -> None:
+    """check_object on what we just uploaded; a bad one is deleted and worth dumping again."""
+    try:
+        await check_object(bucket, key, sha256, encryption_key)
+    except OperationError as error:
+        bad = (Reason.VERIFICATION_FAILED, Reason.CHECKSUM_MISMATCH, Reason.DECRYPTION_FAILED)
+        if error.reason not in bad:
+            raise
+        await in_thread(bucket.delete_artifact, key)
+        raise RetryableError(Reason.VERIFICATION_FAILED, error.message) from None

@@ -1,0 +1,260 @@
+"""Reading the event store: a selector turned into one parameterised query, read in id order.
+
+Identifiers (the table, the mapped columns) are quoted with `sql.Identifier` and every value is
+bound as a parameter, so nothing of the spec is ever formatted into SQL. Events are read in pages
+by keyset (`id > last AND id <= upper ORDER BY id LIMIT n`), never OFFSET: each page costs the same
+however far the replay has gone, and memory holds one page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from habitat_operator.api.common import Reason
+from habitat_operator.api.replayjob import (
+    LIST_OPERATORS,
+    ColumnMap,
+    EventSelector,
+    WhereClause,
+    WhereOperator,
+)
+from habitat_operator.engines.postgres.client_tools import classify_failure, meaningful_line
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
+
+BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
+
+_COMPARISONS = {
+    WhereOperator.EQ: "=",
+    WhereOperator.NE: "IS DISTINCT FROM",
+    WhereOperator.LT: "<",
+    WhereOperator.LTE: "<=",
+    WhereOperator.GT: ">",
+    WhereOperator.GTE: ">=",
+    WhereOperator.LIKE: "LIKE",
+    WhereOperator.IN: "IN",
+    WhereOperator.NOT_IN: "NOT IN",
+    WhereOperator.IS_NULL: "IS NULL",
+    WhereOperator.IS_NOT_NULL: "IS NOT NULL",
+}
+# The where filter's column names (the contract's, camelCase) and ColumnMap's fields.
+_CONTRACT = {
+    "id": "id",
+    "eventType": "event_type",
+    "occurredAt": "occurred_at",
+    "routingKey": "routing_key",
+    "correlationId": "correlation_id",
+    "payload": "payload",
+    "headers": "headers",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    event_type: str
+    occurred_at: datetime
+    payload: bytes  # the stored JSON, as text
+    routing_key: str | None
+    correlation_id: str | None
+    headers: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The selection at the start: how many events, and the highest id (None when empty)."""
+
+    count: int
+    upper: int | None
+
+
+class EventStore:
+    """One table of the event store and the names of its columns."""
+
+    def __init__(self, table: str, columns: ColumnMap) -> None:
+        self.table_name = table
+        self.table = sql.Identifier(*table.split("."))
+        self.columns = columns
+
+    def column(self, field: str) -> sql.Identifier:
+        return sql.Identifier(getattr(self.columns, field))
+
+    def _where_column(self, name: str) -> tuple[sql.Composable, list[Any]]:
+        head, _, key = name.partition(".")
+        column = self.column(_CONTRACT[head])
+        if key:
+            return sql.SQL("({} ->> %s)").format(column), [key]
+        return column, []
+
+    def _where_clause(self, clause: WhereClause) -> tuple[sql.Composable, list[Any]]:
+        column, params = self._where_column(clause.column)
+        operator = sql.SQL(_COMPARISONS[clause.operator])
+        if clause.operator in LIST_OPERATORS:
+            values = clause.values or []
+            holders = sql.SQL(", ").join([sql.Placeholder()] * len(values))
+            return sql.SQL("{} {} ({})").format(column, operator, holders), [*params, *values]
+        if clause.value is None:
+            return sql.SQL("{} {}").format(column, operator), params
+        return sql.SQL("{} {} %s").format(column, operator), [*params, clause.value]
+
+    def condition(self, selector: EventSelector) -> tuple[sql.Composed, list[Any]]:
+        """The selector as a WHERE condition (every criterion ANDed) and its parameters."""
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        criteria = (
+            ("id", "= ANY(%s)", selector.event_ids),
+            ("event_type", "= ANY(%s)", selector.types),
+            ("occurred_at", ">= %s", selector.from_),
+            ("occurred_at", "< %s", selector.to),
+            ("correlation_id", "= ANY(%s)", selector.correlation_ids),
+        )
+        for field, comparison, value in criteria:
+            if value is not None:
+                parts.append(sql.SQL("{} ").format(self.column(field)) + sql.SQL(comparison))
+                params.append(value)
+        for clause in selector.where or []:
+            part, values = self._where_clause(clause)
+            parts.append(part)
+            params.extend(values)
+        return sql.SQL(" AND ").join(parts or [sql.SQL("TRUE")]), params
+
+    def select_events(self) -> sql.Composed:
+        c = self.column
+        return sql.SQL("SELECT {}, {}, {}, {}::text, {}, {}, {} FROM {}").format(
+            c("id"),
+            c("event_type"),
+            c("occurred_at"),
+            c("payload"),
+            c("routing_key"),
+            c("correlation_id"),
+            c("headers"),
+            self.table,
+        )
+
+
+@contextmanager
+def _classified(target: ConnectionTarget) -> Iterator[None]:
+    """psycopg's errors as OperationErrors: a server that cannot be reached is retried; a query the
+    table or a where value makes invalid is the spec's fault."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+        raise PermanentError(
+            Reason.INVALID_SPEC, f"spec.source.table: {error.diag.message_primary}"
+        ) from None
+    except psycopg.errors.UndefinedColumn as error:
+        raise PermanentError(
+            Reason.INVALID_SPEC, f"spec.source.columns: {error.diag.message_primary}"
+        ) from None
+    except (psycopg.DataError, psycopg.errors.UndefinedFunction) as error:
+        raise PermanentError(
+            Reason.INVALID_SPEC, f"spec.selector.where: {error.diag.message_primary}"
+        ) from None
+    except psycopg.OperationalError as error:
+        classified = classify_failure(
+            "PostgreSQL", str(error), target, failed_reason=Reason.DATABASE_UNREACHABLE
+        )
+        if classified.retryable:
+            raise classified from None
+        # A session ended under us (a restart, a terminated backend): the replay resumes from its checkpoint.
+        line = meaningful_line(target.redact(str(error)))
+        raise RetryableError(
+            Reason.DATABASE_UNREACHABLE, f"lost the connection to {target.display}: {line}"
+        ) from None
+
+
+@asynccontextmanager
+async def connect(target: ConnectionTarget) -> AsyncIterator[EventReader]:
+    """A read-only session on the event store."""
+    with _classified(target):
+        conn = await psycopg.AsyncConnection.connect(target.conninfo(), autocommit=True)
+    async with conn:
+        yield EventReader(conn, target)
+
+
+class EventReader:
+    """Queries of one session; each raises OperationErrors (see `_classified`)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], target: ConnectionTarget) -> None:
+        self.conn = conn
+        self.target = target
+
+    async def _rows(self, query: sql.Composed | sql.SQL, params: list[Any]) -> list[tuple[Any, ...]]:
+        with _classified(self.target):
+            rows: list[tuple[Any, ...]] = await (await self.conn.execute(query, params)).fetchall()
+            return rows
+
+    async def check_columns(self, store: EventStore) -> None:
+        """Names the spec field of a mapped column the table lacks, before any query trips on it."""
+        schema, _, table = store.table_name.rpartition(".")
+        rows = await self._rows(
+            sql.SQL(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = %s AND table_schema = COALESCE(%s, current_schema())"
+            ),
+            [table, schema or None],
+        )
+        if not rows:
+            raise PermanentError(
+                Reason.INVALID_SPEC, f"spec.source.table: table {store.table_name!r} not found"
+            )
+        present = {row[0] for row in rows}
+        for field, name in store.columns.model_dump(by_alias=True).items():
+            if name not in present:
+                raise PermanentError(
+                    Reason.INVALID_SPEC,
+                    f"spec.source.columns.{field}: column {name!r} not found in table {store.table_name!r}",
+                )
+
+    async def snapshot(self, store: EventStore, selector: EventSelector) -> Snapshot:
+        condition, params = store.condition(selector)
+        query = sql.SQL("SELECT count(*), max({}) FROM {} WHERE {}").format(
+            store.column("id"), store.table, condition
+        )
+        count, upper = (await self._rows(query, params))[0]
+        return Snapshot(int(count), None if upper is None else int(upper))
+
+    async def count_between(
+        self, store: EventStore, selector: EventSelector, after: int, through: int
+    ) -> int:
+        """Selected events with after < id <= through."""
+        condition, params = store.condition(selector)
+        query = sql.SQL("SELECT count(*) FROM {} WHERE ({}) AND {} > %s AND {} <= %s").format(
+            store.table, condition, store.column("id"), store.column("id")
+        )
+        return int((await self._rows(query, [*params, after, through]))[0][0])
+
+    async def page(
+        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+    ) -> list[Event]:
+        """The next `limit` selected events with after < id <= through, in id order."""
+        condition, params = store.condition(selector)
+        query = sql.SQL("{} WHERE ({}) AND {} > %s AND {} <= %s ORDER BY {} LIMIT %s").format(
+            store.select_events(), condition, store.column("id"), store.column("id"), store.column("id")
+        )
+        rows = await self._rows(query, [*params, after, through, limit])
+        return [Event(int(r[0]), str(r[1]), r[2], str(r[3]).encode(), r[4], r[5], r[6] or None) for r in rows]
+
+    async def pages(
+        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+    ) -> AsyncIterator[list[Event]]:
+        """Every selected event after `after` up to `through`, page by page (keyset, never OFFSET).
+        The next page is read while the caller works on this one."""
+        pending = asyncio.ensure_future(self.page(store, selector, after, through, limit))
+        try:
+            while events := await pending:
+                pending = asyncio.ensure_future(self.page(store, selector, events[-1].id, through, limit))
+                yield events
+        finally:
+            if not pending.done():
+                pending.cancel()
+            with suppress(asyncio.CancelledError, OperationError):
+                await pending

@@ -1,0 +1,374 @@
+"""ReplayJob against the real stack: events from PostgreSQL arrive in RabbitMQ queues, exactly as selected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from sample_database import create_events
+from tests.e2e.amqp import Broker, Received
+from tests.e2e.conftest import OperatorProcess
+from tests.e2e.test_backup import condition, wait_for, wait_phase
+from tests.harness import REPO, Kubectl, dev_stack
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = 600
+
+
+@pytest.fixture
+def broker(amqp_uri: str) -> Iterator[Broker]:
+    connection = Broker(amqp_uri)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def store(fresh_database: str) -> str:
+    with psycopg.connect(fresh_database) as conn:
+        create_events(conn, EVENTS)
+    return fresh_database
+
+
+@pytest.fixture
+def credentials(kubectl: Kubectl, store: str, amqp_uri: str) -> None:
+    kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={store}")
+    kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
+
+
+def replayjob(name: str, selector: dict[str, Any], target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ops.habitat.dev/v1alpha1",
+        "kind": "ReplayJob",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"database": {"secretRef": {"name": "events-db"}}},
+            "selector": selector,
+            "target": {"rabbitmq": {"secretRef": {"name": "broker"}}, **target},
+            **spec,
+        },
+    }
+
+
+def selected(uri: str, where: str, params: tuple[Any, ...] = ()) -> list[int]:
+    """The ids a hand-written query selects: the expectation, independent of the operator's SQL."""
+    with psycopg.connect(uri) as conn:
+        rows = conn.execute(f"SELECT id FROM events WHERE {where} ORDER BY id", params).fetchall()
+    return [row[0] for row in rows]
+
+
+def wait_progress(
+    kubectl: Kubectl, name: str, operator: OperatorProcess, beyond: int, field: str = "publishedEvents"
+) -> None:
+    """Until the job's status `field` (a count or the checkpoint) is above `beyond`: mid-replay."""
+    wait_for(
+        f"{name}'s {field} beyond {beyond}",
+        lambda: (kubectl.get("replayjob", name).get("status", {}).get(field) or 0) > beyond,
+        operator=operator,
+        timeout=60,
+    )
+
+
+def events(kubectl: Kubectl) -> list[dict[str, Any]]:
+    return list(json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"])
+
+
+def ids(received: list[Received]) -> list[int]:
+    return [int(m.message_id) for m in received]
+
+
+def succeeded(kubectl: Kubectl, name: str, operator: OperatorProcess, timeout: float = 90) -> dict[str, Any]:
+    obj = wait_phase(kubectl, "replayjob", name, {"Succeeded", "Failed"}, operator, timeout=timeout)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    return obj
+
+
+def test_each_selector_form_delivers_exactly_its_events_in_order(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    forms: dict[str, tuple[dict[str, Any], str]] = {
+        "ids": ({"eventIds": [5, 17, 300, 301]}, "id IN (5, 17, 300, 301)"),
+        "types": (
+            {"types": ["invoice.issued", "payment.received"]},
+            "event_type IN ('invoice.issued', 'payment.received')",
+        ),
+        "window": (
+            {"from": "2026-01-01T02:00:00Z", "to": "2026-01-01T03:00:00Z"},
+            "occurred_at >= '2026-01-01T02:00:00Z' AND occurred_at < '2026-01-01T03:00:00Z'",
+        ),
+        "workflow": ({"correlationIds": ["allocation-run-0"]}, "correlation_id = 'allocation-run-0'"),
+        "where": (
+            {
+                "where": [
+                    {"column": "payload.account", "operator": "in", "values": ["acct-1", "acct-2"]},
+                    {"column": "id", "operator": "lte", "value": "400"},
+                    {"column": "headers.source", "operator": "eq", "value": "habitat-ledger"},
+                ]
+            },
+            "payload->>'account' IN ('acct-1', 'acct-2') AND id <= 400",
+        ),
+    }
+    queues = {}
+    for name, (selector, _) in forms.items():
+        exchange = broker.exchange()
+        queues[name] = broker.queue(exchange)
+        kubectl.apply(replayjob(name, selector, {"exchange": {"name": exchange}}))
+    with psycopg.connect(store) as conn:
+        payloads: dict[int, Any] = dict(conn.execute("SELECT id, payload FROM events").fetchall())
+    for name, (_, where) in forms.items():
+        obj = succeeded(kubectl, name, operator_alive)
+        expected = selected(store, where)
+        received = broker.drain(queues[name])
+        assert ids(received) == expected, name  # exactly the selection, in id order
+        status = obj["status"]
+        assert status["totalEvents"] == status["publishedEvents"] == len(expected)
+        assert status["checkpoint"] == expected[-1] and status["percent"] == 100
+        assert condition(obj, "Ready")["status"] == "True"
+        job = obj["metadata"]
+        for message in received:
+            assert message.body == payloads[int(message.message_id)]
+            assert message.headers["source"] == "habitat-ledger"  # the event's own headers, unchanged
+            assert message.headers["x-habitat-replay-job"] == f"{job['namespace']}/{name}"
+            assert message.headers["x-habitat-replay-job-uid"] == job["uid"]
+            assert message.headers["x-habitat-event-type"] == message.routing_key
+            assert message.headers["x-habitat-replayed-at"].endswith("Z")
+    metrics = operator_alive.scrape()
+    assert (
+        f'habitat_replay_events_total{{namespace="{kubectl.namespace}",replayjob="ids",'
+        'result="published"} 4.0' in metrics
+    )
+
+
+def test_a_queue_target_reaches_that_queue_alone(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    exchange = broker.exchange()
+    mine, other = broker.queue(exchange), broker.queue(exchange)
+    kubectl.apply(replayjob("one-consumer", {"correlationIds": ["invoice-7"]}, {"queue": {"name": mine}}))
+    succeeded(kubectl, "one-consumer", operator_alive)
+    assert ids(broker.drain(mine)) == selected(store, "correlation_id = 'invoice-7'")
+    assert broker.drain(other) == []
+
+
+def test_dry_run_publishes_nothing_and_max_events_refuses(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    queue = broker.queue()
+    target = {"queue": {"name": queue}}
+    kubectl.apply(replayjob("look", {"types": ["invoice.issued"]}, target, dryRun=True, sampleSize=3))
+    kubectl.apply(replayjob("too-many", {"types": ["invoice.issued"]}, target, maxEvents=10))
+    look = succeeded(kubectl, "look", operator_alive)
+    expected = selected(store, "event_type = 'invoice.issued'")
+    assert look["status"]["totalEvents"] == len(expected)
+    assert [e["id"] for e in look["status"]["sample"]] == expected[:3]
+    assert look["status"]["sample"][0]["eventType"] == "invoice.issued"
+    refused = wait_phase(kubectl, "replayjob", "too-many", {"Failed"}, operator_alive)
+    stalled = condition(refused, "Stalled")
+    assert stalled["reason"] == "SelectionTooLarge"
+    assert f"holds {len(expected)} events, more than spec.maxEvents (10)" in stalled["message"]
+    assert broker.drain(queue) == []
+
+
+def test_suspend_then_resume_completes_with_no_gap(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    queue = broker.queue()
+    job = replayjob(
+        "paced",
+        {"from": "2026-01-01T00:00:00Z"},
+        {"queue": {"name": queue}},
+        rateLimit=200,
+        checkpointInterval="300ms",
+    )
+    kubectl.apply(job)
+    wait_progress(kubectl, "paced", operator_alive, beyond=50)
+    kubectl.run("patch", "replayjob", "paced", "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    paused = wait_phase(kubectl, "replayjob", "paced", {"Suspended"}, operator_alive)
+    assert condition(paused, "Stalled")["reason"] == "Suspended"
+    assert paused["status"]["publishedEvents"] < EVENTS
+    refused = kubectl.run(
+        "patch", "replayjob", "paced", "--type=merge", "-p", '{"spec": {"batchSize": 5}}', check=False
+    )
+    assert refused.returncode != 0 and "only suspend and rateLimit" in refused.stderr
+    kubectl.run(
+        "patch",
+        "replayjob",
+        "paced",
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": false, "rateLimit": 100000}}',
+    )
+    obj = succeeded(kubectl, "paced", operator_alive)
+    assert ids(broker.drain(queue)) == list(range(1, EVENTS + 1))  # every id once, in order
+    assert obj["status"]["publishedEvents"] == EVENTS and "duplicatesAtMost" not in obj["status"]
+
+
+def test_unroutable_messages_fail_the_replay_or_are_counted(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    direct = broker.exchange("direct")
+    invoices = broker.queue(direct, routing_key="invoice.issued")
+    selector = {"types": ["invoice.issued", "payment.received"]}
+    kubectl.apply(replayjob("strict", selector, {"exchange": {"name": direct}}))
+    failed = wait_phase(kubectl, "replayjob", "strict", {"Failed"}, operator_alive)
+    first_payment = selected(store, "event_type = 'payment.received'")[0]
+    assert failed["status"]["firstFailure"]["eventId"] == first_payment
+    assert condition(failed, "Stalled")["reason"] == "MessageReturned"
+    assert f"event {first_payment} returned as unroutable" in failed["status"]["message"]
+    broker.drain(invoices)
+
+    kubectl.apply(replayjob("lenient", selector, {"exchange": {"name": direct}}, onError="continue"))
+    obj = succeeded(kubectl, "lenient", operator_alive)
+    payments = selected(store, "event_type = 'payment.received'")
+    assert obj["status"]["failedEvents"] == len(payments)
+    assert obj["status"]["firstFailure"]["eventId"] == payments[0]
+    assert ids(broker.drain(invoices)) == selected(store, "event_type = 'invoice.issued'")
+
+
+def test_bad_selectors_are_refused_at_apply_time_or_stall_with_the_field(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None
+) -> None:
+    target = {"queue": {"name": "nowhere"}}
+    refusals: dict[str, dict[str, Any]] = {
+        "selector.to must be after selector.from": {
+            "from": "2026-02-01T00:00:00Z",
+            "to": "2026-01-01T00:00:00Z",
+        },
+        "selector needs at least one of": {},
+        "spec.selector.where[0].column": {"where": [{"column": "secret", "operator": "eq", "value": "1"}]},
+        "spec.selector.where[0].operator": {"where": [{"column": "id", "operator": "; DROP", "value": "1"}]},
+        "in and notIn take values": {"where": [{"column": "id", "operator": "in", "value": "1"}]},
+    }
+    for message, selector in refusals.items():
+        result = kubectl.apply(replayjob("bad", selector, target), check=False)
+        assert result.returncode != 0 and message in result.stderr, (message, result.stderr)
+    job = replayjob("unmapped", {"types": ["x"]}, target)
+    job["spec"]["source"]["columns"] = {"eventType": "kind"}
+    kubectl.apply(job)
+    failed = wait_phase(kubectl, "replayjob", "unmapped", {"Failed"}, operator_alive)
+    stalled = condition(failed, "Stalled")
+    assert stalled["reason"] == "InvalidSpec"
+    assert stalled["message"] == "spec.source.columns.eventType: column 'kind' not found in table 'events'"
+
+
+def test_the_events_command_lists_what_a_replayjob_replays(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    credentials: None,
+    store: str,
+    broker: Broker,
+    tmp_path: Any,
+) -> None:
+    selector: dict[str, Any] = {
+        "types": ["period.close.step"],
+        "where": [{"column": "id", "operator": "lt", "value": "200"}],
+    }
+    queue = broker.queue()
+    job = replayjob("period-close", selector, {"queue": {"name": queue}})
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(json.dumps(job))
+    command = [str(REPO / ".venv" / "bin" / "habitat-operator"), "events", "--database-uri", store]
+    listed = subprocess.run(
+        [*command, "-f", str(manifest), "-o", "json"], capture_output=True, text=True, check=True
+    )
+    by_flags = subprocess.run(
+        [*command, "--type", "period.close.step", "--where", "id lt 200", "--count"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    table = subprocess.run([*command, "-f", str(manifest)], capture_output=True, text=True, check=True)
+    kubectl.apply(job)
+    succeeded(kubectl, "period-close", operator_alive)
+    replayed = ids(broker.drain(queue))
+    assert [e["id"] for e in json.loads(listed.stdout)] == replayed
+    assert by_flags.stdout.strip() == str(len(replayed))
+    assert (
+        table.stdout.splitlines()[0].split()[:2] == ["ID", "TYPE"]
+        and len(table.stdout.splitlines()) == len(replayed) + 1
+    )
+
+
+def test_sigkill_mid_replay_loses_nothing_and_bounds_duplicates(
+    operator_alive: OperatorProcess, kubectl: Kubectl, fresh_database: str, amqp_uri: str, broker: Broker
+) -> None:
+    total = 50_000
+    with psycopg.connect(fresh_database) as conn:
+        create_events(conn, total)
+    kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={fresh_database}")
+    kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
+    queue = broker.queue()
+    kubectl.apply(
+        replayjob("big", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=8000)
+    )
+    wait_progress(kubectl, "big", operator_alive, beyond=1000, field="checkpoint")
+    operator_alive.kill()
+    killed_at = kubectl.get("replayjob", "big")["status"]
+    assert killed_at["phase"] == "Running" and killed_at["publishedEvents"] < total
+    operator_alive.start()
+    obj = succeeded(kubectl, "big", operator_alive, timeout=120)
+    received = ids(broker.drain(queue))
+    assert set(received) == set(range(1, total + 1))  # every id at least once
+    duplicates = len(received) - total
+    assert duplicates <= obj["status"].get("duplicatesAtMost", 0)
+    assert obj["status"]["publishedEvents"] == total and obj["status"]["checkpoint"] == total
+
+
+def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, broker: Broker
+) -> None:
+    queue = broker.queue()
+    retry = {"limit": 10, "backoff": "1s"}
+    kubectl.apply(
+        replayjob(
+            "outage", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=150, retry=retry
+        )
+    )
+    wait_progress(kubectl, "outage", operator_alive, beyond=50)
+    dev_stack.rabbitmqctl("stop_app")
+    try:
+        down = wait_for(
+            "BrokerUnavailable",
+            lambda: (
+                condition(o := kubectl.get("replayjob", "outage"), "Ready")["reason"] == "BrokerUnavailable"
+                and o
+            ),
+            operator=operator_alive,
+            timeout=60,
+        )
+        assert condition(down, "Ready")["status"] == "False"
+    finally:
+        dev_stack.rabbitmqctl("start_app")
+    broker.reconnect()
+    kubectl.run("patch", "replayjob", "outage", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
+    obj = succeeded(kubectl, "outage", operator_alive, timeout=120)
+    received = ids(broker.drain(queue))
+    assert set(received) == set(range(1, EVENTS + 1))
+    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
+    assert obj["status"]["publishedEvents"] == EVENTS
+
+
+def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, broker: Broker
+) -> None:
+    queue = broker.queue()
+    kubectl.apply(
+        replayjob("doomed", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=100)
+    )
+    wait_progress(kubectl, "doomed", operator_alive, beyond=0)
+    kubectl.run("delete", "replayjob", "doomed", "--wait=false")
+    # The replay stops at once; Kopf lets the finalizer go on its next look, up to 30 s later.
+    cancelled = wait_for(
+        "the Cancelled Event",
+        lambda: [e["message"] for e in events(kubectl) if e["reason"] == "Cancelled"],
+        operator=operator_alive,
+    )
+    assert "what was published stays published" in cancelled[0]
+    published = ids(broker.drain(queue))
+    assert 0 < len(published) < EVENTS and published == list(range(1, len(published) + 1))
+    assert broker.drain(queue, idle=1.0) == []  # nothing more arrives after the deletion

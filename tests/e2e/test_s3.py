@@ -1,0 +1,441 @@
+"""Backups to S3 end to end: the operator process, real PostgreSQL, the stack's S3 server (versitygw),
+and disaster recovery from the bucket alone in a namespace that never saw the Backup objects."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import database_uri
+from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
+from tests.e2e.test_backup import backup, condition, seed, wait_for, wait_phase, wait_ready
+from tests.e2e.test_backup_schedule import NEVER_IN_THIS_TEST, run_by_hand, runs_of
+from tests.e2e.test_restore import finished, restore
+from tests.harness import Kubectl, Stack, dev_stack
+
+pytestmark = pytest.mark.e2e
+
+S3_SECRET = "habitat-s3"
+
+
+def s3_storage(stack: Stack, prefix: str, endpoint: str | None = None) -> dict[str, Any]:
+    return {
+        "s3": {
+            "bucket": stack.s3_bucket,
+            "prefix": prefix,
+            "endpoint": endpoint or stack.s3_endpoint,
+            "forcePathStyle": True,
+            "credentialsSecretRef": {"name": S3_SECRET},
+        }
+    }
+
+
+def create_s3_secret(kubectl: Kubectl, stack: Stack, secret_key: str | None = None) -> None:
+    kubectl.run(
+        "create",
+        "secret",
+        "generic",
+        S3_SECRET,
+        f"--from-literal=accessKeyId={stack.s3_access_key}",
+        f"--from-literal=secretAccessKey={secret_key or stack.s3_secret_key}",
+    )
+
+
+def s3_client(stack: Stack, endpoint: str | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint or stack.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=stack.s3_access_key,
+        aws_secret_access_key=stack.s3_secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    answer = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
+    return sorted(o["Key"] for o in answer.get("Contents", []))
+
+
+def unfinished_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    return list(client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/").get("Uploads", []))
+
+
+def wait_for_upload(client: Any, bucket: str, prefix: str, operator: OperatorProcess) -> None:
+    """Until a multipart upload under `prefix` is open (started, not completed)."""
+    wait_for(
+        "the upload to start",
+        lambda: unfinished_uploads(client, bucket, prefix),
+        timeout=60,
+        operator=operator,
+    )
+
+
+def rows(uri: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the seeded tables, in order: row for row."""
+    with psycopg.connect(uri) as conn:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            for table in ("events", "audit")
+        }
+
+
+def operator_of(namespace: str, stack: Stack, workdir: Path, backup_root: Path) -> OperatorProcess:
+    """An operator process of the test's own, watching `namespace` alone, with the operator's token."""
+    kubeconfig = service_account_kubeconfig(stack, Kubectl(stack, "habitat-system"), workdir / "kubeconfig")
+    return OperatorProcess(kubeconfig, backup_root, workdir / "operator.log", namespaces=(namespace,))
+
+
+@contextmanager
+def table_locked(uri: str) -> Iterator[None]:
+    """pg_dump waits for the lock on `events` while this block runs."""
+    with psycopg.connect(uri) as conn:
+        conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"e2e-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def s3_secret(kubectl: Kubectl, stack: Stack) -> str:
+    create_s3_secret(kubectl, stack)
+    return S3_SECRET
+
+
+def test_one_shot_and_scheduled_backups_to_s3_with_catalog_and_retention(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+) -> None:
+    seed(fresh_database, rows=500)
+    client = s3_client(stack)
+    kubectl.apply(backup("offsite", storage=s3_storage(stack, prefix), compression="zstd"))
+    obj = wait_ready(kubectl, "offsite", operator_alive)
+    key = f"{prefix}/{namespace}/offsite.dump"
+    artifact = obj["status"]["artifact"]
+    assert artifact["uri"] == f"s3://{stack.s3_bucket}/{key}"
+    assert artifact["compression"] == "zstd"
+    assert obj["status"]["verification"] == "Verified"
+    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    entry = json.loads(client.get_object(Bucket=stack.s3_bucket, Key=f"{key}.catalog.json")["Body"].read())
+    assert (entry["namespace"], entry["backup"], entry["uid"]) == (
+        namespace,
+        "offsite",
+        obj["metadata"]["uid"],
+    )
+    assert (entry["sha256"], entry["sizeBytes"]) == (artifact["sha256"], artifact["sizeBytes"])
+
+    storage = s3_storage(stack, prefix)
+    kubectl.apply(backup("kept", storage=storage, schedule=NEVER_IN_THIS_TEST, retention={"keepLast": 1}))
+    parent = kubectl.get("backup", "kept")
+    kubectl.apply(run_by_hand("kept-20200101000000", parent, storage=storage))
+    wait_ready(kubectl, "kept-20200101000000", operator_alive)
+    kubectl.apply(run_by_hand("kept-20200102000000", parent, storage=storage))
+    wait_ready(kubectl, "kept-20200102000000", operator_alive)
+    wait_for(
+        "the older run to expire",
+        lambda: [r["metadata"]["name"] for r in runs_of(kubectl, "kept")] == ["kept-20200102000000"],
+        timeout=60,
+        operator=operator_alive,
+    )
+    newer = f"{prefix}/{namespace}/kept-20200102000000.dump"
+    assert keys(client, stack.s3_bucket, prefix) == sorted(
+        [key, f"{key}.catalog.json", newer, f"{newer}.catalog.json"]
+    )
+
+
+def test_disaster_recovery_from_the_bucket_alone(
+    operator_alive: OperatorProcess,
+    stack: Stack,
+    kubectl: Kubectl,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    pg_admin_uri: str,
+    namespace: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    steps: dict[str, float] = {}
+
+    def step(name: str, started: float) -> None:
+        steps[name] = round(time.monotonic() - started, 1)
+
+    seed(fresh_database, rows=2000)
+    before = rows(fresh_database)
+    kubectl.apply(backup("nightly", storage=s3_storage(stack, prefix)))
+    wait_ready(kubectl, "nightly", operator_alive)
+
+    # The disaster: the operator, the namespace with every Backup object, and the database are gone.
+    operator_alive.kill()
+    started = time.monotonic()
+    admin = Kubectl(stack, "default")
+    admin.run("delete", "namespace", namespace, "--wait=true", "--timeout=120s")
+    dbname = fresh_database.rsplit("/", 1)[1]
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+    step("disaster (namespace and database deleted)", started)
+
+    # The new cluster: a new namespace, a fresh operator that watches only it, an empty backup root.
+    recovery = f"dr-{secrets.token_hex(4)}"
+    admin.run("create", "namespace", recovery)
+    fresh = operator_of(recovery, stack, tmp_path, backup_root=tmp_path / "empty-backup-root")
+    try:
+        started = time.monotonic()
+        fresh.start()
+        step("operator started", started)
+        dr = Kubectl(stack, recovery)
+        started = time.monotonic()
+        create_s3_secret(dr, stack)
+        dr.run("create", "secret", "generic", "target-db", f"--from-literal=uri={fresh_database}")
+        dr.apply(
+            restore(
+                "from-bucket",
+                source={"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}},
+                mode={"createDatabase": True},
+            )
+        )
+        done = finished(dr, "from-bucket", fresh)
+        step("restore applied to Succeeded", started)
+        assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        key = f"{prefix}/{namespace}/nightly.dump"
+        assert done["status"]["restoredFrom"]["uri"] == f"s3://{stack.s3_bucket}/{key}"
+        assert rows(fresh_database) == before
+        local = tmp_path / "empty-backup-root"
+        assert not local.exists() or not any(local.iterdir())  # the bucket alone
+
+        # The nightly drill that proves it before a disaster: the same source, into a scratch database.
+        drill_source = {"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}}
+        dr.apply(restore("drill", source=drill_source, drill=True))
+        drilled = finished(dr, "drill", fresh)
+        assert drilled["status"]["phase"] == "Succeeded", drilled["status"].get("message")
+    finally:
+        fresh.stop()
+        admin.run("delete", "namespace", recovery, "--wait=false", check=False)
+    print(f"disaster recovery steps (seconds): {steps}")
+
+
+def test_operator_killed_mid_upload_aborts_it_and_the_retry_succeeds(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+) -> None:
+    seed(fresh_database, rows=2000)
+    client = s3_client(stack)
+    with table_locked(fresh_database):  # the upload is open, and pg_dump waits: a kill is mid-upload
+        kubectl.apply(backup("crash", storage=s3_storage(stack, prefix), retry={"limit": 2, "backoff": "1s"}))
+        wait_for_upload(client, stack.s3_bucket, prefix, operator_alive)
+        operator_alive.kill()
+    assert kubectl.get("backup", "crash")["status"]["phase"] == "Running"
+    assert keys(client, stack.s3_bucket, prefix) == []  # an unfinished upload is listed nowhere
+
+    operator_alive.start()
+    obj = wait_ready(kubectl, "crash", operator_alive, timeout=180)
+    assert obj["status"]["attempts"] == 2
+    key = f"{prefix}/{namespace}/crash.dump"
+    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    assert unfinished_uploads(client, stack.s3_bucket, prefix) == []
+    events = kubectl.run("get", "events", "--field-selector=involvedObject.name=crash").stdout
+    assert "Interrupted" in events
+
+
+def test_wrong_credentials_fail_readably_without_the_secret(
+    operator_alive: OperatorProcess, kubectl: Kubectl, stack: Stack, db_secret: str, prefix: str
+) -> None:
+    wrong = f"wrong-{secrets.token_hex(12)}"
+    create_s3_secret(kubectl, stack, secret_key=wrong)
+    kubectl.apply(backup("denied", storage=s3_storage(stack, prefix), retry={"limit": 0}))
+    obj = wait_phase(kubectl, "backup", "denied", {"Failed"}, operator_alive)
+    stalled = condition(obj, "Stalled")
+    assert stalled["reason"] == "StorageAuthFailed"
+    assert "credentials" in stalled["message"]
+    events = kubectl.run("get", "events", "-o", "json").stdout
+    for text in (json.dumps(obj["status"]), events, operator_alive.log_text()):
+        assert wrong not in text and stack.s3_secret_key not in text
+
+
+def test_a_tampered_object_is_refused_before_the_target_is_touched(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    pg_admin_uri: str,
+    namespace: str,
+    prefix: str,
+) -> None:
+    seed(fresh_database, rows=2000)
+    kubectl.apply(backup("source", storage=s3_storage(stack, prefix)))
+    wait_ready(kubectl, "source", operator_alive)
+    client = s3_client(stack)
+    key = f"{prefix}/{namespace}/source.dump"
+    body = bytearray(client.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=stack.s3_bucket, Key=key, Body=bytes(body))
+
+    target = f"untouched_{secrets.token_hex(4)}"
+    kubectl.run(
+        "create", "secret", "generic", "target-db", f"--from-literal=uri={database_uri(pg_admin_uri, target)}"
+    )
+    kubectl.apply(restore("tampered", mode={"createDatabase": True}))
+    obj = finished(kubectl, "tampered", operator_alive)
+    assert condition(obj, "Stalled")["reason"] == "ChecksumMismatch"
+    assert "the target was not touched" in obj["status"]["message"]
+    with psycopg.connect(pg_admin_uri) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [target]).fetchone()
+    assert exists is None
+
+
+@pytest.fixture
+def private_s3(stack: Stack, tmp_path: Path) -> Iterator[PrivateS3]:
+    server = PrivateS3(stack, tmp_path / "s3")
+    server.start()
+    server.client().create_bucket(Bucket=stack.s3_bucket)
+    yield server
+    server.stop()
+
+
+class PrivateS3:
+    """A versitygw of this test alone, so that it can be stopped mid-upload and started again."""
+
+    def __init__(self, stack: Stack, data: Path) -> None:
+        self.stack = stack
+        self.data = data
+        self.data.mkdir(parents=True)
+        self.port = dev_stack.free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = dev_stack.State.load().s3_bin
+        env = {"ROOT_ACCESS_KEY": self.stack.s3_access_key, "ROOT_SECRET_KEY": self.stack.s3_secret_key}
+        self.process = subprocess.Popen(
+            [binary, "--port", f"127.0.0.1:{self.port}", "posix", str(self.data)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for("the private S3 server", self._ready, timeout=30)
+
+    def _ready(self) -> bool:
+        try:
+            self.client().list_buckets()
+        except Exception:  # not listening yet
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def client(self) -> Any:
+        return s3_client(self.stack, self.endpoint)
+
+
+def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succeeds(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+    private_s3: PrivateS3,
+) -> None:
+    seed(fresh_database, rows=2000)
+    client = private_s3.client()
+    storage = s3_storage(stack, prefix, endpoint=private_s3.endpoint)
+    with table_locked(fresh_database):  # the upload is open while pg_dump waits
+        kubectl.apply(backup("outage", storage=storage, retry={"limit": 5, "backoff": "2s"}))
+        wait_for_upload(client, stack.s3_bucket, prefix, operator_alive)
+        private_s3.stop()
+    obj = wait_phase(kubectl, "backup", "outage", {"Pending", "Failed"}, operator_alive)
+    assert condition(obj, "Stalled" if obj["status"]["phase"] == "Failed" else "Reconciling")["reason"] in (
+        "StorageUnreachable",
+        "StorageFailed",
+    )
+    private_s3.start()
+    assert keys(client, stack.s3_bucket, prefix) == []  # nothing partial is listed or cataloged
+
+    obj = wait_ready(kubectl, "outage", operator_alive, timeout=180)
+    key = f"{prefix}/{namespace}/outage.dump"
+    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+
+
+def peak_rss_mib(process: OperatorProcess) -> float:
+    assert process.process is not None
+    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def fill(uri: str, mib: int) -> None:
+    """About `mib` MiB of table data (1 KiB rows), added to what the database holds."""
+    with psycopg.connect(uri) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS blob (id bigserial PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO blob (payload) SELECT repeat(md5(g::text), 32) FROM generate_series(1, %s) g",
+            [mib * 1024],
+        )
+
+
+MEMORY_BOUND_MIB = 256
+GROWTH_BOUND_MIB = 32  # the database grows by 192 MiB between the two; parts in flight take 48 MiB
+
+
+def test_peak_memory_does_not_grow_with_the_database(
+    operator: OperatorProcess,
+    stack: Stack,
+    kubectl: Kubectl,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Peak RSS of an operator of its own after a backup of 64 MiB and then one of 256 MiB
+    (uncompressed, so every byte goes up): the second may not need more than GROWTH_BOUND_MIB more."""
+    if operator.process is not None and operator.process.poll() is None:
+        operator.kill()  # the shared operator watches every namespace: one operator per Backup
+    own = operator_of(namespace, stack, tmp_path, backup_root=tmp_path / "backups")
+    own.start()
+    try:
+        peaks = []
+        for name, mib in (("small", 64), ("large", 192)):
+            fill(fresh_database, mib)
+            kubectl.apply(backup(name, storage=s3_storage(stack, prefix), compression="none"))
+            done = wait_ready(kubectl, name, own, timeout=240)
+            peaks.append(peak_rss_mib(own))
+            print(f"{name}: {done['status']['artifact']['size']}, operator peak RSS {peaks[-1]:.0f} MiB")
+    finally:
+        own.stop()
+    assert peaks[1] - peaks[0] <= GROWTH_BOUND_MIB, peaks
+    assert peaks[1] <= MEMORY_BOUND_MIB, peaks

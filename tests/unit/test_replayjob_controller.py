@@ -1,0 +1,191 @@
+"""ReplayRun against the fake apiserver, a fake event store and a fake broker: killed at any publish,
+it loses no event, and it says how many may have gone out twice."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from habitat_operator.api.common import API_VERSION
+from habitat_operator.api.replayjob import EventSelector
+from habitat_operator.config import OperatorConfig
+from habitat_operator.controllers.base.lifecycle import RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.replayjob import run as replay_run
+from habitat_operator.controllers.replayjob.run import ReplayRun
+from habitat_operator.engines.postgres import events as event_store
+from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
+from habitat_operator.engines.rabbitmq.publisher import Message, Tally
+from tests.unit.bodies import NS, conditions
+from tests.unit.fake_kube import FakeKube
+
+PLURAL = "replayjobs"
+TOTAL = 400
+
+
+class Killed(BaseException):
+    """The operator dying mid-publish: nothing catches it, nothing is written."""
+
+
+class FakeStore:
+    """Events 1..TOTAL, every one selected (the selector's SQL is the integration tests' business)."""
+
+    def __init__(self) -> None:
+        moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        self.events = [Event(i, "t", moment, b"{}", "rk", None, None) for i in range(1, TOTAL + 1)]
+
+    async def check_columns(self, store: EventStore) -> None:
+        pass
+
+    async def snapshot(self, store: EventStore, selector: EventSelector) -> Snapshot:
+        return Snapshot(len(self.events), self.events[-1].id)
+
+    async def count_between(
+        self, store: EventStore, selector: EventSelector, after: int, through: int
+    ) -> int:
+        return sum(after < e.id <= through for e in self.events)
+
+    async def page(
+        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+    ) -> list[Event]:
+        return [e for e in self.events if after < e.id <= through][:limit]
+
+    async def pages(
+        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+    ) -> AsyncIterator[list[Event]]:
+        while events := await self.page(store, selector, after, through, limit):
+            yield events
+            after = events[-1].id
+
+
+class FakeBroker:
+    """Confirms each message `lag` publishes later; checks that no id goes out unreserved."""
+
+    def __init__(self, kube: FakeKube, lag: int = 7) -> None:
+        self.kube = kube
+        self.lag = lag
+        self.delivered: list[int] = []
+        self.kill_at: int | None = None
+
+    def __call__(self, target: Any, window: int) -> FakeBroker:
+        self.tally = Tally()
+        self.confirmed_through: int | None = None
+        self._open: list[int] = []
+        return self
+
+    async def open(self) -> FakeBroker:
+        return self
+
+    async def close(self) -> None:
+        pass
+
+    async def publish(self, message: Message) -> None:
+        if self.kill_at is not None and len(self.delivered) == self.kill_at:
+            raise Killed
+        reserved = self.kube.status(PLURAL, NS, "replay").get("reservedThrough")
+        assert reserved is not None and message.key <= reserved, (message.key, reserved)
+        self.delivered.append(message.key)
+        self._open.append(message.key)
+        if len(self._open) > self.lag:
+            self._settle()
+        await asyncio.sleep(0)
+
+    def _settle(self) -> None:
+        self.confirmed_through = self._open.pop(0)
+        self.tally.confirmed += 1
+
+    async def drain(self) -> None:
+        while self._open:
+            self._settle()
+
+    @property
+    def sent_through(self) -> int | None:
+        return self._open[-1] if self._open else self.confirmed_through
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
+    fake = FakeStore()
+
+    @asynccontextmanager
+    async def connect(_: Any) -> AsyncIterator[FakeStore]:
+        yield fake
+
+    monkeypatch.setattr(event_store, "connect", connect)
+    return fake
+
+
+@pytest.fixture
+def broker(monkeypatch: pytest.MonkeyPatch, fake_kube: FakeKube) -> FakeBroker:
+    fake = FakeBroker(fake_kube)
+    monkeypatch.setattr(replay_run, "ConfirmingPublisher", fake)
+    return fake
+
+
+def replayjob(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ReplayJob",
+        "metadata": {"name": "replay", "namespace": NS},
+        "spec": {
+            "source": {"database": {"secretRef": {"name": "events-db"}}},
+            "selector": {"types": ["t"]},
+            "target": {"rabbitmq": {"secretRef": {"name": "broker"}}, "queue": {"name": "q"}},
+            "batchSize": 50,
+            "checkpointInterval": "1ms",
+            **spec,
+        },
+    }
+
+
+def reconcile(kube: FakeKube, config: OperatorConfig) -> RetryLater | None:
+    run = ReplayRun(kube.object(PLURAL, NS, "replay"), config, OperationSlots())
+    return asyncio.run(run.reconcile())
+
+
+@pytest.fixture
+def job(fake_kube: FakeKube) -> None:
+    fake_kube.put_secret(NS, "events-db", {"uri": "postgresql://reader:pw@db:5432/habitat"})
+    fake_kube.put_secret(NS, "broker", {"uri": "amqp://guest:pw@broker:5672/%2F"})
+    fake_kube.add(PLURAL, replayjob())
+
+
+def test_a_replay_publishes_every_event_once_in_order(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
+) -> None:
+    assert reconcile(fake_kube, config) is None
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert broker.delivered == list(range(1, TOTAL + 1))
+    assert (status["phase"], status["publishedEvents"], status["checkpoint"]) == ("Succeeded", TOTAL, TOTAL)
+    assert "duplicatesAtMost" not in status and conditions(status)["Ready"] == ("True", "Succeeded")
+
+
+@pytest.mark.parametrize("kill_at", [0, 1, 49, 50, 51, 199, 399])
+def test_killed_at_any_publish_it_loses_nothing_and_bounds_duplicates(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None, kill_at: int
+) -> None:
+    broker.kill_at = kill_at
+    with pytest.raises(Killed):
+        reconcile(fake_kube, config)
+    assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Running"
+    broker.kill_at = None
+    assert reconcile(fake_kube, config) is None  # the next operator: interrupted, resumed
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert status["phase"] == "Succeeded" and status["publishedEvents"] == TOTAL
+    assert set(broker.delivered) == set(range(1, TOTAL + 1))
+    assert len(broker.delivered) - TOTAL <= status.get("duplicatesAtMost", 0)
+    assert "Interrupted" in fake_kube.reasons("replay")
+
+
+def test_suspended_before_it_starts_it_publishes_nothing(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker
+) -> None:
+    fake_kube.add(PLURAL, replayjob(suspend=True))
+    assert isinstance(reconcile(fake_kube, config), RetryLater)
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("True", "Suspended")
