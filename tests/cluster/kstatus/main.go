@@ -13,6 +13,7 @@ import (
 )
 
 type result struct {
+	Kind    string `json:"kind"`
 	Name    string `json:"name"`
 	Status  string `json:"status"`
 	Message string `json:"message"`
@@ -36,6 +37,6 @@ func main() {
 			fmt.Fprintln(os.Stderr, "kstatus:", item.GetName(), err)
 			os.Exit(1)
 		}
-		_ = out.Encode(result{item.GetName(), computed.Status.String(), computed.Message})
+		_ = out.Encode(result{item.GetKind(), item.GetName(), computed.Status.String(), computed.Message})
 	}
 }
