@@ -3,6 +3,7 @@ refuses bad values, and the real apiserver accepts what it renders (a server-sid
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,8 @@ def test_full_values_render_and_are_accepted(helm: str, kubectl: Kubectl, watche
     assert by_kind(documents, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
     base_alerts = yaml.safe_load((REPO / "manifests" / "base" / "alerts.yaml").read_text())
     assert by_kind(documents, "PrometheusRule")["spec"]["groups"] == base_alerts["spec"]["groups"]
+    dashboard = json.loads(by_kind(documents, "ConfigMap")["data"]["habitat-operator.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     assert by_kind(documents, "ServiceMonitor")["spec"]["endpoints"] == [
         {"port": "metrics", "interval": "15s"}
     ]
