@@ -1,13 +1,37 @@
-# The operator's image: Python, the package, and pg_dump/pg_restore of the server's major version.
-FROM python:3.11-slim-bookworm
+# The operator's image: habitat-operator on a slim Python, with pg_dump and pg_restore 17 (which
+# dump and restore PostgreSQL 15, 16 and 17 servers), non-root. Python packages come only from
+# requirements.lock, by hash (`make lock` regenerates it from pyproject.toml).
+FROM python:3.11-slim-bookworm AS base
+ARG PG_MAJOR=17
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian bookworm ships client 15 only; PostgreSQL's own apt repository has 17.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends postgresql-client-15 \
+ && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
+ && install -d /usr/share/postgresql-common/pgdg \
+ && curl -fsSL https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+      | gpg --dearmor -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.gpg \
+ && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.gpg] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+      > /etc/apt/sources.list.d/pgdg.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
+ && apt-get purge -y curl gnupg \
+ && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator ./operator
-RUN pip install --no-cache-dir . && rm -rf /src
-# The Deployment runs it as this user with a read-only root filesystem.
-USER 10001
+
+FROM base AS build
+COPY requirements.lock /tmp/requirements.lock
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock
+COPY pyproject.toml README.md /src/
+COPY operator /src/operator
+# Dependencies and setuptools are already in place, installed by hash: no index access here.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src
+
+FROM base
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+USER 10001:10001
+EXPOSE 8080
 ENTRYPOINT ["habitat-operator"]
-CMD ["run", "--all-namespaces", "--log-format=json"]
+CMD ["run", "--all-namespaces"]

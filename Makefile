@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: venv stack-up stack-down test lint unit crds demo bench clean
+.PHONY: venv stack-up stack-down test lint unit crds chart lock demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,17 @@ test: lint
 
 crds: venv
 	$(BIN)/habitat-operator crds --output crds/
+	$(BIN)/habitat-operator reference --output docs/reference/
+	$(BIN)/python scripts/sync_chart.py
+
+# The Helm chart's copies of the CRDs, RBAC rules and alerts.
+chart: venv
+	$(BIN)/python scripts/sync_chart.py
+
+# The image's Python dependencies, pinned by hash (tests/unit/test_image.py checks it against pyproject.toml).
+lock: venv
+	echo "setuptools>=68" | $(BIN)/uv pip compile --quiet pyproject.toml - --generate-hashes \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 demo: venv
 	scripts/with-stack scripts/demo

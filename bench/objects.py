@@ -1,8 +1,10 @@
-"""What the operator costs at rest: 1,000 suspended scheduled Backups in 10 namespaces.
+"""What the operator costs at rest with 1,000 objects in 10 namespaces: 500 suspended scheduled
+Backups, 250 Backups and 250 restore drills that ran (for real, of a small database) and finished.
 
 Run on the local stack: `make bench` (or `python -m bench.objects` with the stack's env sourced).
 Starts `habitat-operator run --all-namespaces` with the stack's admin kubeconfig, creates the
-schedules, waits until every one has a status, then measures over 30 s at rest: the operator's CPU
+objects, waits until every one has a status (the runs: a finished one), then measures over 30 s at
+rest: the operator's CPU
 (from /proc/<pid>/stat) and the apiserver's requests (`apiserver_request_total` from its /metrics,
 WATCH excluded); then the operator's RSS, apply-to-first-status latency for 20 more objects, and
 the requests and RSS of an operator restarted with all these objects in place.
@@ -29,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 GROUP, VERSION, PLURAL = "ops.habitat.dev", "v1alpha1", "backups"
+RESTORES = "restores"
+DATABASE = "bench_objects"
+FINISHED = {"Succeeded", "Failed"}
 LABEL = "bench.habitat.dev/objects"
 NAMESPACE_PREFIX = "bench-objects-"
 NOT_COUNTED = {"WATCH", "WATCHLIST"}  # the watches themselves are long-lived requests, not load
@@ -56,6 +62,37 @@ def schedule(name: str) -> dict[str, Any]:
             "suspend": True,
         },
     }
+
+
+def finished_backup(name: str) -> dict[str, Any]:
+    body = schedule(name)
+    del body["spec"]["schedule"], body["spec"]["suspend"]
+    return body
+
+
+def finished_drill(name: str, backup: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Restore",
+        "metadata": {"name": name, "labels": {LABEL: "1"}},
+        "spec": {
+            "drill": True,
+            "source": {"backupRef": {"name": backup}},
+            "target": {"database": {"secretRef": {"name": "habitat-db"}}},
+        },
+    }
+
+
+def small_database(admin_uri: str) -> str:
+    """A database of a few rows for the runs to back up and drill, created afresh."""
+    with psycopg.connect(admin_uri, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    uri = admin_uri.rsplit("/", 1)[0] + f"/{DATABASE}"
+    with psycopg.connect(uri, autocommit=True) as db:
+        db.execute("CREATE TABLE residents (id int PRIMARY KEY, name text)")
+        db.execute("INSERT INTO residents SELECT i, 'resident ' || i FROM generate_series(1, 100) i")
+    return uri
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
@@ -221,18 +258,40 @@ def operator_requests(requests: Counter[tuple[str, str]]) -> dict[tuple[str, str
     return {key: n for key, n in requests.items() if key[1].startswith(GROUP) and n}
 
 
-def create_schedules(custom: kubernetes.client.CustomObjectsApi, namespaces: list[str], count: int) -> None:
-    def create(i: int) -> None:
-        body = schedule(f"s-{i:05d}")
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespaces[i % len(namespaces)], PLURAL, body)
+def create_objects(
+    custom: kubernetes.client.CustomObjectsApi, namespaces: list[str], schedules: int, runs: int
+) -> None:
+    """The schedules, then `runs` one-shot Backups, then a drill of each once its Backup is done."""
+
+    def create(plural: str, i: int, body: dict[str, Any]) -> None:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespaces[i % len(namespaces)], plural, body)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, range(count)))
+        list(pool.map(lambda i: create(PLURAL, i, schedule(f"s-{i:05d}")), range(schedules)))
+        list(pool.map(lambda i: create(PLURAL, i, finished_backup(f"b-{i:05d}")), range(runs)))
+    wait_until("the one-shot Backups to finish", lambda: count_finished(custom, PLURAL) >= runs, 900, 2)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: create(RESTORES, i, finished_drill(f"r-{i:05d}", f"b-{i:05d}")), range(runs)))
+
+
+def count_finished(custom: kubernetes.client.CustomObjectsApi, plural: str) -> int:
+    items = custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
+    return sum(1 for item in items if (item.get("status") or {}).get("phase") in FINISHED)
 
 
 def count_with_status(custom: kubernetes.client.CustomObjectsApi) -> int:
-    items = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=LABEL)["items"]
-    return sum(1 for item in items if (item.get("status") or {}).get("phase"))
+    """Objects that have a status; runs count once they have finished."""
+    items = [
+        item
+        for plural in (PLURAL, RESTORES)
+        for item in custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
+    ]
+    return sum(
+        1
+        for item in items
+        if (phase := (item.get("status") or {}).get("phase"))
+        and ("schedule" in item["spec"] or phase in FINISHED)
+    )
 
 
 def measure_latency(custom: kubernetes.client.CustomObjectsApi, namespace: str, count: int) -> list[float]:
@@ -251,12 +310,13 @@ def measure_latency(custom: kubernetes.client.CustomObjectsApi, namespace: str, 
     return latencies
 
 
-def report(figures: Figures, objects: int, namespaces: int, rest_seconds: float) -> None:
+def report(figures: Figures, schedules: int, runs: int, namespaces: int, rest_seconds: float) -> None:
     ours = figures.ours
     total = sum(ours.values())
     p50, p95 = statistics.median(figures.latencies), percentile(figures.latencies, 0.95)
     print(
-        f"\n{objects} suspended scheduled Backups, {namespaces} namespaces, at rest for {rest_seconds:.0f}s:"
+        f"\n{schedules} suspended scheduled Backups, {runs} finished Backups and {runs} finished restore"
+        f" drills, {namespaces} namespaces, at rest for {rest_seconds:.0f}s:"
     )
     print(f"  operator CPU          {figures.cpu_percent:7.2f}% of a core   (goal < {GOAL_CPU_PERCENT}%)")
     print(f"  operator RSS          {figures.rss_mb:7.1f} MB            (goal < {GOAL_RSS_MB:.0f} MB)")
@@ -299,25 +359,27 @@ def cleanup(
     while core.list_namespace(label_selector=LABEL).items and time.monotonic() < deadline:
         time.sleep(2)
     operator.stop()
-    left = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=LABEL)["items"]
-    if left:
-        print(f"the operator left {len(left)} finalizers after 120 s; removing them")
-    for item in left:
-        meta = item["metadata"]
-        patch = {"metadata": {"finalizers": None}}
-        try:
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
-            )
-        except kubernetes.client.ApiException as error:
-            if error.status != 404:
-                raise
+    for plural in (PLURAL, RESTORES):
+        left = custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
+        if left:
+            print(f"the operator left {len(left)} {plural} finalizers after 120 s; removing them")
+        for item in left:
+            meta = item["metadata"]
+            patch = {"metadata": {"finalizers": None}}
+            try:
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, meta["namespace"], plural, meta["name"], patch
+                )
+            except kubernetes.client.ApiException as error:
+                if error.status != 404:
+                    raise
     wait_until("the namespaces to go", lambda: not core.list_namespace(label_selector=LABEL).items, 300, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--schedules", type=int, default=500, help="suspended scheduled Backups")
+    parser.add_argument("--runs", type=int, default=250, help="finished Backups, and as many restore drills")
     parser.add_argument("--namespaces", type=int, default=10)
     parser.add_argument("--rest-seconds", type=float, default=30.0)
     parser.add_argument("--settle-seconds", type=float, default=15.0, help="wait after the last status")
@@ -338,17 +400,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         operators = [Operator(Path(tmp))]
         try:
+            uri = small_database(os.environ["HABITAT_PG_URI"])
             for namespace in namespaces:
                 core.create_namespace({"metadata": {"name": namespace, "labels": {LABEL: "1"}}})
-            print(
-                f"operator pid {operators[0].process.pid}; creating {args.objects} schedules ...", flush=True
-            )
+                secret = {"metadata": {"name": "habitat-db"}, "stringData": {"uri": uri}}
+                core.create_namespaced_secret(namespace, secret)
+            objects = args.schedules + 2 * args.runs
+            print(f"operator pid {operators[0].process.pid}; creating {objects} objects ...", flush=True)
             started = time.monotonic()
-            create_schedules(custom, namespaces, args.objects)
+            create_objects(custom, namespaces, args.schedules, args.runs)
             created = time.monotonic() - started
             wait_until(
-                "every schedule to have a status",
-                lambda: count_with_status(custom) >= args.objects,
+                "every object to have a status (runs: to finish)",
+                lambda: count_with_status(custom) >= objects,
                 timeout=900,
                 interval=2,
             )
@@ -373,7 +437,7 @@ def main() -> None:
                 restart_rss_mb=operators[-1].rss_mb(),
                 restart_requests=apiserver_requests(client) - before_restart,
             )
-            report(figures, args.objects, args.namespaces, args.rest_seconds)
+            report(figures, args.schedules, args.runs, args.namespaces, args.rest_seconds)
         finally:
             cleanup(core, custom, namespaces, operators[-1])
 

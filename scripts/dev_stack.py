@@ -311,12 +311,12 @@ def api_get(state: State, path: str) -> int:
 def control_plane_binaries() -> Path:
     if not shutil.which("go"):
         raise StackError("go not found; install Go 1.26+ (Debian: apt-get install golang-go, or go.dev/dl)")
+    # build.sh's progress goes straight to the terminal: a first build takes minutes.
     result = subprocess.run(
-        [str(CLUSTER_MODULE / "build.sh")], capture_output=True, text=True, cwd=CLUSTER_MODULE
+        [str(CLUSTER_MODULE / "build.sh")], stdout=subprocess.PIPE, text=True, cwd=CLUSTER_MODULE
     )
     if result.returncode != 0:
-        last = [line for line in result.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
-        raise StackError(f"building the control plane failed ({CLUSTER_MODULE / 'build.sh'}): {last[0]}")
+        raise StackError(f"building the control plane failed ({CLUSTER_MODULE / 'build.sh'}); see above")
     return Path(result.stdout.strip().splitlines()[-1])
 
 

@@ -1,5 +1,5 @@
-"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `events` lists stored events;
-`catalog list` lists what a bucket holds (disaster recovery's first step)."""
+"""`habitat-operator run` runs the operator; `crds` writes the CRDs; `reference` the API docs; `events`
+lists stored events; `catalog list` lists what a bucket holds (disaster recovery's first step)."""
 
 from __future__ import annotations
 
@@ -60,11 +60,26 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_PER_DATABASE,
         help="backups and restores of one database at once; others wait, Queued",
     )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: the first started is active, the others stand by "
+        "(Kopf peering through the ClusterKopfPeering, or each namespace's KopfPeering, of that name)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=_positive,
+        default=15,
+        help="seconds without a keep-alive before standbys take over from the active replica",
+    )
     run.add_argument("--log-format", choices=["json", "console"], default="console")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
     crds = commands.add_parser("crds", help="print the CRDs generated from the API models, or write them")
     crds.add_argument("--output", "-o", type=Path, help="directory to write one file per kind into")
+
+    reference = commands.add_parser("reference", help="write the API reference (Markdown, one page per kind)")
+    reference.add_argument("--output", "-o", type=Path, required=True, help="directory, e.g. docs/reference")
 
     catalog = commands.add_parser("catalog", help="what a bucket holds, from its catalog entries")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -98,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(crdgen.render_all())
         return 0
 
+    if args.command == "reference":
+        from habitat_operator.api.reference import write_reference
+
+        for path in write_reference(args.output):
+            print(path)
+        return 0
     if args.command == "catalog":
         return _catalog(args)
 
@@ -116,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 scratch_dir=args.scratch_dir,
             ),
             slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
+            peering=runtime.Peering(args.peering, args.peering_lifetime) if args.peering else None,
             log_format=args.log_format,
             verbose=args.verbose,
         )

@@ -51,3 +51,7 @@ class RetryableError(OperationError):
 
 class WaitingError(OperationError):
     """Something the run needs does not exist yet, or is not ready: look again later."""
+
+
+class WaitingOnProgress(WaitingError):
+    """Something the run needs is on its way (a Backup still running): it is working, not stuck."""

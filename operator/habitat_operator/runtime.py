@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 from dataclasses import dataclass
 
 import kopf
@@ -24,16 +26,32 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Peering:
+    """Several replicas, one active: Kopf pauses every replica that sees a peer of higher priority."""
+
+    name: str
+    lifetime_seconds: int
+
+    @staticmethod
+    def startup_priority() -> int:
+        """Earlier start, higher priority: a replica that starts later (a rollout, a rescheduled pod)
+        stands by instead of taking over from the one at work. Equal priorities would pause both,
+        so the low digits are random."""
+        return -(time.time_ns() // 1_000_000 * 1000 + secrets.randbelow(1000))
+
+
+@dataclass(frozen=True)
 class Options:
     namespaces: list[str]
     metrics_port: int
     config: OperatorConfig
     slots: OperationSlots
+    peering: Peering | None
     log_format: habitat_logging.LogFormat
     verbose: bool
 
 
-def settings() -> kopf.OperatorSettings:
+def settings(peering: Peering | None) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # Everything Kopf stores on our objects lives under our own group, not kopf.zalando.org.
     s.persistence.finalizer = f"{GROUP}/finalizer"
@@ -43,7 +61,14 @@ def settings() -> kopf.OperatorSettings:
     )
     s.posting.reporting_component = "habitat-operator"
     s.posting.level = logging.WARNING  # Events are posted on purpose (kube.event), not for every log line.
-    s.peering.standalone = True  # one replica (the Deployment uses the Recreate strategy)
+    if peering is None:
+        s.peering.standalone = True  # one replica (the Deployment uses the Recreate strategy)
+    else:
+        s.peering.name = peering.name
+        s.peering.mandatory = True  # paused until the peering says this replica is the active one
+        s.peering.priority = Peering.startup_priority()
+        s.peering.lifetime = peering.lifetime_seconds
+        s.peering.stealth = True  # keep-alives every few seconds would drown the log
     # A watch that silently stops delivering events is a known failure mode; reconnect regularly.
     s.watching.server_timeout = 270
     s.watching.client_timeout = 300
@@ -83,12 +108,11 @@ async def _main(options: Options) -> None:
     memo = kopf.Memo(config=options.config, slots=options.slots, schedule_wakeups=ScheduleWakeups())
     operator = asyncio.create_task(
         kopf.operator(
-            settings=settings(),
+            settings=settings(options.peering),
             clusterwide=not options.namespaces,
             namespaces=options.namespaces,
             memo=memo,
             ready_flag=ready,  # Kopf sets it once its watches are up; /readyz reports it
-            standalone=True,
         )
     )
     try:

@@ -27,10 +27,16 @@ class OperatorProcess:
     """Starts, kills and restarts `habitat-operator run`; its log is kept for failure messages."""
 
     def __init__(
-        self, kubeconfig: Path, backup_root: Path, log_path: Path, namespaces: tuple[str, ...] = ()
+        self,
+        kubeconfig: Path,
+        backup_root: Path,
+        log_path: Path,
+        namespaces: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        """`namespaces`: the ones to watch; all of them when empty."""
+        """`namespaces`: the ones to watch; all of them when empty. `extra_args`: more `run` flags."""
         self.namespaces = namespaces
+        self.extra_args = extra_args
         self.kubeconfig = kubeconfig
         self.backup_root = backup_root
         self.log_path = log_path
@@ -52,6 +58,7 @@ class OperatorProcess:
             f"--backup-root={self.backup_root}",
             f"--scratch-dir={self.scratch_dir}",
             "--log-format=json",
+            *self.extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:

@@ -40,3 +40,27 @@ def test_the_kustomize_base_renders_and_the_apiserver_accepts_it(installed: None
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "manifests" / "examples").glob("*.yaml")))
 def test_every_example_is_valid(installed: None, kubectl: Kubectl, example: str) -> None:
     kubectl.run("apply", "--dry-run=server", "-f", str(REPO / "manifests" / "examples" / example))
+
+
+def test_the_ha_overlay_runs_two_peered_replicas(installed: None, stack: Stack) -> None:
+    admin = Kubectl(stack, "habitat-system")
+    admin.run("apply", "--server-side", "-f", str(REPO / "manifests" / "ha" / "kopf-peering.yaml"))
+    admin.run("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    rendered = admin.run("kustomize", str(REPO / "manifests" / "ha")).stdout
+    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert "--peering=habitat-operator" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    claim = next(doc for doc in documents if doc["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert any(doc["kind"] == "ClusterKopfPeering" for doc in documents)
+    applicable = [doc for doc in documents if doc["kind"] != "PrometheusRule"]
+    admin.run(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(applicable),
+    )

@@ -189,7 +189,8 @@ def test_suspend_then_resume_completes_with_no_gap(
     wait_progress(kubectl, "paced", operator_alive, beyond=50)
     kubectl.run("patch", "replayjob", "paced", "--type=merge", "-p", '{"spec": {"suspend": true}}')
     paused = wait_phase(kubectl, "replayjob", "paced", {"Suspended"}, operator_alive)
-    assert condition(paused, "Stalled")["reason"] == "Suspended"
+    assert condition(paused, "Ready")["reason"] == "Suspended"
+    assert {condition(paused, c)["status"] for c in ("Ready", "Reconciling", "Stalled")} == {"False"}
     assert paused["status"]["publishedEvents"] < EVENTS
     refused = kubectl.run(
         "patch", "replayjob", "paced", "--type=merge", "-p", '{"spec": {"batchSize": 5}}', check=False

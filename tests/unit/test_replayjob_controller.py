@@ -188,4 +188,4 @@ def test_suspended_before_it_starts_it_publishes_nothing(
     fake_kube.add(PLURAL, replayjob(suspend=True))
     assert isinstance(reconcile(fake_kube, config), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
-    assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("True", "Suspended")
+    assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("False", "Suspended")

@@ -174,7 +174,9 @@ def test_waits_for_its_backup(
 
     fake_kube.add("backups", backup_body("nightly"))
     assert reconcile_restore(fake_kube, config, "restore") == RetryLater(30.0)
-    assert conditions(fake_kube.status(RESTORES, NS, "restore"))["Stalled"] == ("True", "BackupNotReady")
+    # The Backup exists and is on its way: working, not stuck (kstatus InProgress, not Failed).
+    waiting = conditions(fake_kube.status(RESTORES, NS, "restore"))
+    assert (waiting["Reconciling"], waiting["Stalled"]) == (("True", "BackupNotReady"), ("False", "BackupNotReady"))
     assert postgres.calls == []
 
 

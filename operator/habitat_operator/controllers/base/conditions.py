@@ -7,6 +7,8 @@ Every kind carries the same three kstatus-style conditions, so generic tooling
 - Reconciling: the operator is working on it (includes retrying after a transient failure).
 - Stalled: it cannot progress without a change to the spec or its environment
   (invalid spec, missing Secret, retries exhausted).
+
+A run suspended on purpose (`spec.suspend`) has all three False: it waits, without an error.
 """
 
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from habitat_operator.errors import one_line
 from habitat_operator.timestamps import rfc3339
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-ConditionState = Literal["reconciling", "ready", "stalled"]
+ConditionState = Literal["reconciling", "ready", "stalled", "paused"]
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -28,6 +30,8 @@ _STATE_STATUSES: dict[ConditionState, tuple[ConditionStatus, ConditionStatus, Co
     "reconciling": ("False", "True", "False"),
     "ready": ("True", "False", "False"),
     "stalled": ("False", "False", "True"),
+    # Suspended on purpose before it is done: not ready, not working, and no error (kstatus: Current).
+    "paused": ("False", "False", "False"),
 }
 
 

@@ -7,6 +7,7 @@ retries it or fails it. The kind supplies only its work (`execute`); the lifecyc
 outcome into status, Events, logs and metrics:
 
 - `WaitingError`: Pending, Stalled with the reason, looked at again every RECHECK_SECONDS; not an attempt.
+  `WaitingOnProgress` (what it needs is on its way) is Reconciling instead: kstatus says InProgress.
 - `RetryableError`, or any exception nobody expected: retried under `spec.retry` with a doubling
   backoff, then Failed.
 - `PermanentError`, an invalid spec, or retries used up: Failed, with an Event and a log line.
@@ -32,7 +33,7 @@ from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, StatusReporter
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.durations import parse_duration
-from habitat_operator.errors import OperationError, RetryableError, WaitingError, one_line
+from habitat_operator.errors import OperationError, RetryableError, WaitingError, WaitingOnProgress, one_line
 from habitat_operator.metrics import OPERATIONS_CANCELLED
 
 # Something an object needs (a Secret, a Backup) may be applied a moment later (GitOps sync order).
@@ -145,7 +146,7 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
                 await self._interrupted(policy)
             return await self.execute(spec)
         except WaitingError as error:
-            return await self.wait(error.reason, error.message)
+            return await self.wait(error.reason, error.message, isinstance(error, WaitingOnProgress))
         except OperationError as error:
             return await self._retry_or_fail(policy, error)
         except Exception as error:  # a step that failed in a way nobody planned for still ends in status
@@ -198,10 +199,14 @@ class OneShotRun(ABC, Generic[SpecT, StatusT]):
         self.log.info(f"{self.info.kind.lower()} succeeded", detail=message, seconds=round(self.elapsed, 2))
         await kube.event(self.body, "Normal", Reason.SUCCEEDED, event_message or message)
 
-    async def wait(self, reason: StrEnum, message: str) -> RetryLater:
-        """Stalled on something missing, but not failed: it is looked for again every RECHECK_SECONDS."""
+    async def wait(self, reason: StrEnum, message: str, progressing: bool = False) -> RetryLater:
+        """Stalled on something missing (Reconciling on something on its way), but not failed: it is
+        looked for again every RECHECK_SECONDS."""
         await self.reporter.write(
-            "stalled", Phase.PENDING, reason, f"{message}; checking again every {RECHECK_SECONDS:.0f}s"
+            "reconciling" if progressing else "stalled",
+            Phase.PENDING,
+            reason,
+            f"{message}; checking again every {RECHECK_SECONDS:.0f}s",
         )
         return RetryLater(RECHECK_SECONDS)
 

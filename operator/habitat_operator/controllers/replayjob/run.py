@@ -117,7 +117,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     async def _suspended(self, why: str) -> RetryLater:
         metrics.stopped(self.namespace, self.name)
         await self.reporter.write(
-            "stalled",
+            "paused",
             Phase.SUSPENDED,
             ReplayReason.SUSPENDED,
             f"{why}; unset spec.suspend to resume from the checkpoint",

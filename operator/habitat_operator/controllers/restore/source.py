@@ -19,7 +19,7 @@ from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
 from habitat_operator.engines.threads import in_thread
-from habitat_operator.errors import PermanentError, WaitingError
+from habitat_operator.errors import PermanentError, WaitingError, WaitingOnProgress
 
 BACKUPS = BACKUP.plural
 
@@ -80,7 +80,7 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
         )
     artifact = status.get("artifact") or {}
     if status.get("phase") != Phase.SUCCEEDED or not artifact.get("uri"):
-        raise WaitingError(
+        raise WaitingOnProgress(
             RestoreReason.BACKUP_NOT_READY,
             f"Backup {name} has not succeeded yet (phase {status.get('phase') or 'Pending'})",
         )
