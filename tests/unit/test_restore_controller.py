@@ -176,7 +176,8 @@ def test_waits_for_its_backup(
     assert reconcile_restore(fake_kube, config, "restore") == RetryLater(30.0)
     # The Backup exists and is on its way: working, not stuck (kstatus InProgress, not Failed).
     waiting = conditions(fake_kube.status(RESTORES, NS, "restore"))
-    assert (waiting["Reconciling"], waiting["Stalled"]) == (("True", "BackupNotReady"), ("False", "BackupNotReady"))
+    assert waiting["Reconciling"] == ("True", "BackupNotReady")
+    assert waiting["Stalled"] == ("False", "BackupNotReady")
     assert postgres.calls == []
 
 
