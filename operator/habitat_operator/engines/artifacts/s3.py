@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from habitat_operator.api.common import Reason
@@ -136,6 +134,10 @@ class Bucket:
             self._ca_file = tempfile.NamedTemporaryFile(prefix="habitat-s3-ca-", suffix=".pem")  # noqa: SIM115
             self._ca_file.write(location.ca_bundle)
             self._ca_file.flush()
+        # boto3 costs about 20 MB of RSS once imported: only an operator that uses a bucket pays it.
+        import boto3
+        from botocore.config import Config
+
         config = Config(
             s3={"addressing_style": "path" if location.force_path_style else "auto"},
             retries={"max_attempts": 3, "mode": "standard"},
