@@ -308,16 +308,19 @@ def api_get(state: State, path: str) -> int:
 # ---------------------------------------------------------------- components
 
 
-def control_plane_binaries() -> Path:
+def go_build(script: Path, what: str) -> Path:
+    """Runs one of the Go build scripts and returns the folder it prints last. Its progress goes
+    straight to the terminal: a first build takes minutes, and a newcomer should see why."""
     if not shutil.which("go"):
         raise StackError("go not found; install Go 1.26+ (Debian: apt-get install golang-go, or go.dev/dl)")
-    # build.sh's progress goes straight to the terminal: a first build takes minutes.
-    result = subprocess.run(
-        [str(CLUSTER_MODULE / "build.sh")], stdout=subprocess.PIPE, text=True, cwd=CLUSTER_MODULE
-    )
+    result = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, cwd=script.parent)
     if result.returncode != 0:
-        raise StackError(f"building the control plane failed ({CLUSTER_MODULE / 'build.sh'}); see above")
+        raise StackError(f"building {what} failed ({script}); see above")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def control_plane_binaries() -> Path:
+    return go_build(CLUSTER_MODULE / "build.sh", "the control plane")
 
 
 def start_control_plane(state: State) -> None:
@@ -640,13 +643,7 @@ def _prometheus_ready(state: State) -> bool:
 
 def s3_binary() -> Path:
     """versitygw, built from the Go module proxy once and cached in .bin/ like the control plane."""
-    if not shutil.which("go"):
-        raise StackError("go not found; install Go 1.26+ (Debian: apt-get install golang-go, or go.dev/dl)")
-    result = subprocess.run([str(S3_BUILD)], capture_output=True, text=True)
-    if result.returncode != 0:
-        last = [line for line in result.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
-        raise StackError(f"building versitygw failed ({S3_BUILD}): {last[0]}")
-    return Path(result.stdout.strip().splitlines()[-1]) / "versitygw"
+    return go_build(S3_BUILD, "versitygw") / "versitygw"
 
 
 def start_s3(state: State) -> None:

@@ -7,11 +7,13 @@ version=v1.8.0
 out=${1:-$(cd "$here/../.." && pwd)/.bin/versitygw-$version}
 if [ ! -x "$out/versitygw" ]; then
   mkdir -p "$out"
-  echo "building versitygw ($version) ..." >&2
+  started=$SECONDS
+  echo "dev-stack: building versitygw $version from Go modules (first run only; later runs reuse $out) ..." >&2
   # GOFLAGS cleared: `go install pkg@version` builds outside any module, whatever the caller sets.
   GOBIN="$out/.tmp" CGO_ENABLED=0 GOFLAGS= go install -trimpath -ldflags "-s -w" \
     "github.com/versity/versitygw/cmd/versitygw@$version"
   mv "$out/.tmp/versitygw" "$out/versitygw"
   rmdir "$out/.tmp"
+  echo "dev-stack: built versitygw in $((SECONDS - started))s" >&2
 fi
 echo "$out"
