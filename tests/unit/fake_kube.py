@@ -292,5 +292,5 @@ def install(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     for name in ("patch_status", "create", "list_objects", "get", "delete", "read_secret", "event"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     monkeypatch.setattr(kube, "_custom", _unreachable)
-    monkeypatch.setattr(kube, "_core", _unreachable)
+    monkeypatch.setattr(kube, "_request", _unreachable)
     return fake
