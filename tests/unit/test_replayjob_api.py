@@ -49,7 +49,7 @@ def test_bad_selectors_are_refused(selector: dict[str, Any], message: str) -> No
 
 def test_target_needs_exactly_one_of_exchange_and_queue() -> None:
     both = {"rabbitmq": {"secretRef": {"name": "b"}}, "exchange": {"name": "x"}, "queue": {"name": "q"}}
-    with pytest.raises(ValidationError, match="exactly one of exchange and queue"):
+    with pytest.raises(ValidationError, match="exactly one of exchange or queue"):
         ReplayJobSpec.model_validate(spec(target=both))
 
 

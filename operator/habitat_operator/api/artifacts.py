@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from habitat_operator.api.common import SECRET_KEY_PATTERN, ApiModel, CelRule, SecretName
+from habitat_operator.api.common import SECRET_KEY_PATTERN, ApiModel, CelRule, SecretName, exactly_one_of
 
 RelativePath = Annotated[
     str,
@@ -108,13 +108,7 @@ class S3Storage(ApiModel):
 class BackupStorage(ApiModel):
     """Where artifacts go: exactly one of filesystem or s3."""
 
-    cel_rules = (
-        CelRule(
-            "has(self.filesystem) != has(self.s3)",
-            "storage needs exactly one of filesystem or s3",
-            lambda storage: (storage.filesystem is None) != (storage.s3 is None),
-        ),
-    )
+    cel_rules = (exactly_one_of("storage", "filesystem", "s3"),)
 
     filesystem: FilesystemStorage | None = Field(
         None, description="Filesystem storage under the operator's backup root."

@@ -72,6 +72,24 @@ class CelRule:
         return json_schema
 
 
+def _by_alias(model: BaseModel, alias: str) -> Any:
+    """A field's value by its wire name (the camelCase one in CEL rules)."""
+    fields = type(model).model_fields
+    return next(getattr(model, name) for name, info in fields.items() if info.alias == alias)
+
+
+def exactly_one_of(what: str, *fields: str) -> CelRule:
+    """The rule that `what` sets exactly one of `fields` (their camelCase names), for the apiserver
+    and for Python alike."""
+    listed = f"{', '.join(fields[:-1])} or {fields[-1]}"
+    present = " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in fields)
+    return CelRule(
+        f"{present} == 1",
+        f"{what} needs exactly one of {listed}",
+        lambda model: sum(_by_alias(model, name) is not None for name in fields) == 1,
+    )
+
+
 @dataclass(frozen=True)
 class TransitionRule:
     """An `x-kubernetes-validations` rule on an update (it reads `oldSelf`) and the same check in Python.

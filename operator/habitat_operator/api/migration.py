@@ -17,6 +17,7 @@ from habitat_operator.api.common import (
     ResourceStatus,
     RetryPolicy,
     Timestamp,
+    exactly_one_of,
 )
 
 MAX_INLINE_MIGRATIONS = 500
@@ -100,13 +101,7 @@ class ConfigMapRef(ApiModel):
 class MigrationSource(ApiModel):
     """Where the migrations are: exactly one of configMapRefs or inline."""
 
-    cel_rules = (
-        CelRule(
-            "has(self.configMapRefs) != has(self.inline)",
-            "source needs exactly one of configMapRefs or inline",
-            lambda source: (source.config_map_refs is None) != (source.inline is None),
-        ),
-    )
+    cel_rules = (exactly_one_of("source", "configMapRefs", "inline"),)
 
     config_map_refs: list[ConfigMapRef] | None = Field(
         None,

@@ -22,6 +22,7 @@ from habitat_operator.api.common import (
     RunStatus,
     SecretName,
     TransitionRule,
+    exactly_one_of,
 )
 
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
@@ -205,13 +206,7 @@ class QueueTarget(ApiModel):
 class ReplayTarget(ApiModel):
     """Where the events go: an exchange, or exactly one queue."""
 
-    cel_rules = (
-        CelRule(
-            "has(self.exchange) != has(self.queue)",
-            "target needs exactly one of exchange and queue",
-            lambda t: (t.exchange is None) != (t.queue is None),
-        ),
-    )
+    cel_rules = (exactly_one_of("target", "exchange", "queue"),)
 
     rabbitmq: RabbitMqRef = Field(description="The broker.")
     exchange: ExchangeTarget | None = Field(None, description="Publish to this exchange.")

@@ -18,6 +18,7 @@ from habitat_operator.api.common import (
     PrinterColumn,
     RetryPolicy,
     ScheduledStatus,
+    exactly_one_of,
     one_shot_spec_rules,
 )
 
@@ -100,13 +101,7 @@ class LatestOf(ApiModel):
 class StorageSource(ApiModel):
     """An artifact found in a bucket alone, with no Backup object: the disaster-recovery source."""
 
-    cel_rules = (
-        CelRule(
-            "has(self.latestOf) != has(self.key)",
-            "storage source needs exactly one of latestOf or key",
-            lambda source: (source.latest_of is None) != (source.key is None),
-        ),
-    )
+    cel_rules = (exactly_one_of("storage source", "latestOf", "key"),)
 
     s3: S3Storage = Field(description="The bucket, as a Backup's storage.s3 names it.")
     latest_of: LatestOf | None = Field(
@@ -123,13 +118,7 @@ class StorageSource(ApiModel):
 class RestoreSource(ApiModel):
     """What to restore: exactly one of backupRef, artifact or storage."""
 
-    cel_rules = (
-        CelRule(
-            "(has(self.backupRef) ? 1 : 0) + (has(self.artifact) ? 1 : 0) + (has(self.storage) ? 1 : 0) == 1",
-            "source needs exactly one of backupRef, artifact or storage",
-            lambda source: [source.backup_ref, source.artifact, source.storage].count(None) == 2,
-        ),
-    )
+    cel_rules = (exactly_one_of("source", "backupRef", "artifact", "storage"),)
 
     backup_ref: BackupRef | None = Field(None, description="Restore the artifact of a Backup.")
     artifact: ArtifactSource | None = Field(None, description="Restore an artifact given by its URI.")
