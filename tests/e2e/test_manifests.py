@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
@@ -10,10 +12,29 @@ from tests.harness import REPO, Kubectl, Stack
 pytestmark = pytest.mark.e2e
 
 
+def kustomize(admin: Kubectl, overlay: str) -> list[dict[str, Any]]:
+    rendered = admin.run("kustomize", str(REPO / "manifests" / overlay)).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def dry_run(admin: Kubectl, documents: list[dict[str, Any]]) -> str:
+    """A server-side dry run of all the apiserver can check: the Prometheus Operator's CRDs are not
+    part of the local stack."""
+    applicable = [doc for doc in documents if doc["kind"] != "PrometheusRule"]
+    return admin.run(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(applicable),
+    ).stdout
+
+
 def test_the_kustomize_base_renders_and_the_apiserver_accepts_it(installed: None, stack: Stack) -> None:
     admin = Kubectl(stack, "habitat-system")
-    rendered = admin.run("kustomize", str(REPO / "manifests" / "base")).stdout
-    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    documents = kustomize(admin, "base")
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in documents}
     assert {
         ("CustomResourceDefinition", "backups.ops.habitat.dev"),
@@ -23,18 +44,7 @@ def test_the_kustomize_base_renders_and_the_apiserver_accepts_it(installed: None
         ("Service", "habitat-operator-metrics"),
         ("PrometheusRule", "habitat-operator"),
     } <= kinds
-    # The Prometheus Operator's CRDs are not part of the local stack; everything else is checked.
-    applicable = [doc for doc in documents if doc["kind"] != "PrometheusRule"]
-    result = admin.run(
-        "apply",
-        "--dry-run=server",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(applicable),
-    )
-    assert "deployment.apps/habitat-operator serverside-applied (server dry run)" in result.stdout
+    assert "deployment.apps/habitat-operator serverside-applied (server dry run)" in dry_run(admin, documents)
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "manifests" / "examples").glob("*.yaml")))
@@ -46,21 +56,11 @@ def test_the_ha_overlay_runs_two_peered_replicas(installed: None, stack: Stack) 
     admin = Kubectl(stack, "habitat-system")
     admin.run("apply", "--server-side", "-f", str(REPO / "manifests" / "ha" / "kopf-peering.yaml"))
     admin.run("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
-    rendered = admin.run("kustomize", str(REPO / "manifests" / "ha")).stdout
-    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    documents = kustomize(admin, "ha")
     deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 2
     assert "--peering=habitat-operator" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     claim = next(doc for doc in documents if doc["kind"] == "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert any(doc["kind"] == "ClusterKopfPeering" for doc in documents)
-    applicable = [doc for doc in documents if doc["kind"] != "PrometheusRule"]
-    admin.run(
-        "apply",
-        "--dry-run=server",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(applicable),
-    )
+    dry_run(admin, documents)
