@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import REPO, Kubectl, Stack, dev_stack
 
@@ -92,6 +94,10 @@ class OperatorProcess:
     def scrape(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             return str(response.read().decode())
+
+    def metrics(self) -> dict[str, Metric]:
+        """The scraped metric families, by name."""
+        return {family.name: family for family in text_string_to_metric_families(self.scrape())}
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from habitat_operator.engines.postgres.dump import read_plaintext
 from tests.conftest import database_uri
@@ -280,7 +279,7 @@ def test_operator_killed_mid_backup_recovers_without_partial_artifacts(
     assert "Interrupted" in reasons
 
     # Gauges are rebuilt from status after the restart.
-    families = {f.name: f for f in text_string_to_metric_families(operator_alive.scrape())}
+    families = operator_alive.metrics()
     samples = families["habitat_backup_last_success_timestamp_seconds"].samples
     assert any(s.labels == {"namespace": namespace, "backup": "crash"} for s in samples)
 
@@ -291,7 +290,7 @@ def test_metrics_endpoint_is_scraped_and_parsed(
     seed(fresh_database, rows=10)
     kubectl.apply(backup("measured"))
     wait_ready(kubectl, "measured", operator_alive)
-    families = {f.name: f for f in text_string_to_metric_families(operator_alive.scrape())}
+    families = operator_alive.metrics()
 
     runs = families["habitat_backup_runs"].samples
     assert any(

@@ -16,7 +16,7 @@ from sample_database import create_events
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.prometheus import get, scraping
 from tests.e2e.test_backup import backup, seed, wait_for
-from tests.e2e.test_gitops_health import restore
+from tests.e2e.test_gitops_health import drill
 from tests.e2e.test_migration import inline, migration
 from tests.e2e.test_replayjob import replayjob
 from tests.e2e.test_scalepolicy import deployment, policy, queue_trigger
@@ -54,7 +54,7 @@ def objects() -> list[tuple[dict[str, Any], str, set[str]]]:
     ledger = {"database": {"secretRef": {"name": "habitat-db"}}, "table": "ledger"}
     return [
         (backup("nightly"), "backup", {"Succeeded"}),
-        (restore("drill", "nightly"), "restore", {"Succeeded"}),
+        (drill("drill", "nightly"), "restore", {"Succeeded"}),
         (migration("schema", source=inline((1, "init", "CREATE TABLE t (id int)"))), "migration", {"Ready"}),
         (
             replayjob("replay", {"eventIds": [1, 2, 3]}, {"queue": {"name": QUEUE}}, source=ledger),

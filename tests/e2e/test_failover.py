@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
 from tests.e2e.test_backup import artifact_path, backup, seed, wait_for, wait_phase, wait_ready
@@ -21,7 +20,7 @@ LIFETIME_SECONDS = 10
 
 
 def backup_runs(replica: OperatorProcess) -> float:
-    families = {f.name: f for f in text_string_to_metric_families(replica.scrape())}
+    families = replica.metrics()
     runs = families.get("habitat_backup_runs")
     return sum(s.value for s in runs.samples if s.name.endswith("_total")) if runs else 0.0
 

@@ -23,6 +23,7 @@ from tests.e2e.conftest import OperatorProcess
 from tests.e2e.test_backup import backup, seed, wait_for
 from tests.e2e.test_migration import inline, migration
 from tests.e2e.test_replayjob import replayjob
+from tests.e2e.test_restore import restore
 from tests.e2e.test_scalepolicy import deployment, policy
 from tests.harness import Kubectl, Stack
 
@@ -137,9 +138,9 @@ def objects() -> list[dict[str, Any]]:
     return [
         backup("dumping"),
         backup("no-secret", database={"secretRef": {"name": "absent"}}),
-        restore("drill", "done"),
-        restore("after-dumping", "dumping"),
-        restore("no-backup", "absent"),
+        drill("drill", "done"),
+        drill("after-dumping", "dumping"),
+        drill("no-backup", "absent"),
         migration("applied", database=elsewhere, source=inline((1, "init", "CREATE TABLE gitops (id int)"))),
         migration("broken", database=elsewhere, source=inline((1, "typo", "CREAT TABLE gitops (id int)"))),
         migration(
@@ -156,14 +157,10 @@ def objects() -> list[dict[str, Any]]:
     ]
 
 
-def restore(name: str, source: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Restore",
-        "metadata": {"name": name},
-        "spec": {
-            "drill": True,
-            "source": {"backupRef": {"name": source}},
-            "target": {"database": {"secretRef": {"name": "habitat-db"}}},
-        },
-    }
+def drill(name: str, source: str) -> dict[str, Any]:
+    return restore(
+        name,
+        drill=True,
+        source={"backupRef": {"name": source}},
+        target={"database": {"secretRef": {"name": "habitat-db"}}},
+    )

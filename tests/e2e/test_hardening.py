@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -89,7 +88,7 @@ def events(kubectl: Kubectl) -> list[dict[str, Any]]:
 
 
 def metric_series(operator: OperatorProcess, family: str) -> list[dict[str, str]]:
-    families = {f.name: f for f in text_string_to_metric_families(operator.scrape())}
+    families = operator.metrics()
     found = families.get(family)
     return [dict(s.labels) for s in found.samples] if found else []
 

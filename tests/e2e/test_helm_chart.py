@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.test_manifests import dry_run
 from tests.harness import REPO, Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
 CHART = REPO / "charts" / "habitat-operator"
 FULL_VALUES = Path(__file__).with_name("helm-values-full.yaml")
-# The Prometheus Operator's CRDs are not part of the local stack; promtool checks the rules instead.
-PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 WATCHED = ("team-a", "team-b")
 
 
@@ -45,23 +44,6 @@ def render(helm: str, namespace: str, *args: str) -> list[dict[str, Any]]:
 
 def by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next(doc for doc in documents if doc["kind"] == kind)
-
-
-def dry_run(kubectl: Kubectl, documents: list[dict[str, Any]]) -> str:
-    """Server-side dry run of what the apiserver can check, namespace by namespace (kubectl's -n)."""
-    applicable = [doc for doc in documents if doc["kind"] not in PROMETHEUS_OPERATOR_KINDS]
-    namespaces = {doc["metadata"].get("namespace", kubectl.namespace) for doc in applicable}
-    output = ""
-    for namespace in sorted(namespaces):
-        group = [
-            doc for doc in applicable if doc["metadata"].get("namespace", kubectl.namespace) == namespace
-        ]
-        output += (
-            Kubectl(kubectl.stack, namespace)
-            .run("apply", "--dry-run=server", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(group))
-            .stdout
-        )
-    return output
 
 
 def test_helm_lint_passes_for_default_and_full_values(helm: str) -> None:

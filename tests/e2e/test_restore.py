@@ -7,7 +7,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
@@ -231,7 +230,7 @@ def test_a_drill_restores_into_a_scratch_database_and_drops_it(
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (scratch,)).fetchone() is None
     assert tables(target_database) == []  # a drill never touches the target
 
-    families = {f.name: f for f in text_string_to_metric_families(operator_alive.scrape())}
+    families = operator_alive.metrics()
     drills = families["habitat_restore_drill_last_success_timestamp_seconds"].samples
     assert any(s.labels == {"namespace": namespace, "restore": "drill"} for s in drills)
 

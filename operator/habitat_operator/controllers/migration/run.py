@@ -157,7 +157,7 @@ class MigrationRun:
                     "reconciling",
                     Phase.PENDING,
                     Reason.WAITING_FOR_LOCK,
-                    f"{lock.holder} is writing to {target.display}; waiting for it to finish",
+                    lock.waiting_message(target.display),
                     waiting_for=lock.holder,
                 )
                 return WAIT_SECONDS

@@ -92,7 +92,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                     "reconciling",
                     Phase.PENDING,
                     Reason.WAITING_FOR_LOCK,
-                    f"{lock.holder} is writing to {into.display}; waiting for it to finish",
+                    lock.waiting_message(into.display),
                     waiting_for=lock.holder,
                 )
                 return RetryLater(WAIT_SECONDS)

@@ -40,6 +40,10 @@ class DatabaseLock:
     acquired: bool
     holder: str | None = None
 
+    def waiting_message(self, display: str) -> str:
+        """What a Restore or a Migration that did not get the lock says in its status."""
+        return f"{self.holder} is writing to {display}; waiting for it to finish"
+
 
 def holder_name(holder: str) -> str:
     return (HOLDER_PREFIX + holder).encode()[:_APPLICATION_NAME_BYTES].decode(errors="ignore")
