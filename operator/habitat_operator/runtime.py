@@ -18,8 +18,7 @@ from habitat_operator.api import GROUP
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.slots import OperationSlots
-from habitat_operator.engines.artifacts.store import sweep_partials
-from habitat_operator.engines.postgres.restore import sweep_scratch_folders
+from habitat_operator.engines.artifacts.store import sweep_partials, sweep_scratch_folders
 from habitat_operator.health import Heartbeat, map_large_buffers, release_memory_periodically
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ def run(options: Options) -> None:
     for partial in sweep_partials(root):
         log.warning("removed a partial artifact left by an interrupted run", extra={"path": str(partial)})
     for folder in sweep_scratch_folders(options.config.scratch_dir):
-        log.warning("removed a restore's scratch folder left by a crash", extra={"path": str(folder)})
+        log.warning("removed a scratch folder left by a crash", extra={"path": str(folder)})
     map_large_buffers()
     kube.configure()
     metrics.record_build_info()

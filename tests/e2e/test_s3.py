@@ -235,6 +235,66 @@ def test_disaster_recovery_from_the_bucket_alone(
     print(f"disaster recovery steps (seconds): {steps}")
 
 
+def test_directory_format_with_jobs_goes_up_as_one_tar_and_restores_with_jobs(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    pg_admin_uri: str,
+    namespace: str,
+    prefix: str,
+) -> None:
+    """pg_dump --jobs 2 staged in the scratch folder, sent as one tar object through zstd and
+    encryption; restored by the catalog alone with pg_restore --jobs 2, row for row."""
+    seed(fresh_database, rows=2000)
+    before = rows(fresh_database)
+    client = s3_client(stack)
+    kubectl.run("create", "secret", "generic", "backup-key", f"--from-literal=key={secrets.token_hex(32)}")
+    kubectl.apply(
+        backup(
+            "parallel",
+            storage=s3_storage(stack, prefix),
+            format="directory",
+            jobs=2,
+            compression="zstd",
+            encryption={"keySecretRef": {"name": "backup-key"}},
+        )
+    )
+    obj = wait_ready(kubectl, "parallel", operator_alive)
+    key = f"{prefix}/{namespace}/parallel.tar"
+    artifact = obj["status"]["artifact"]
+    assert (artifact["uri"], artifact["format"]) == (f"s3://{stack.s3_bucket}/{key}", "directory")
+    assert obj["status"]["verification"] == "Verified"
+    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    entry = json.loads(client.get_object(Bucket=stack.s3_bucket, Key=f"{key}.catalog.json")["Body"].read())
+    assert (entry["format"], entry["compression"], entry["encrypted"]) == ("directory", "zstd", True)
+    assert (entry["sha256"], entry["sizeBytes"]) == (artifact["sha256"], artifact["sizeBytes"])
+    assert list(operator_alive.scratch_dir.iterdir()) == []  # the staged dump is gone
+
+    dbname = fresh_database.rsplit("/", 1)[1]
+    target = database_uri(pg_admin_uri, f"parallel_{secrets.token_hex(4)}")
+    kubectl.run("create", "secret", "generic", "target-db", f"--from-literal=uri={target}")
+    source = {
+        "storage": {
+            **s3_storage(stack, prefix),
+            "latestOf": {"database": dbname},
+            "encryptionKeySecretRef": {"name": "backup-key"},
+        }
+    }
+    kubectl.apply(restore("from-tar", source=source, jobs=2, mode={"createDatabase": True}))
+    try:
+        done = finished(kubectl, "from-tar", operator_alive)
+        assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        assert done["status"]["restoredFrom"] == {"uri": artifact["uri"], "sha256": artifact["sha256"]}
+        assert rows(target) == before
+        assert list(operator_alive.scratch_dir.iterdir()) == []  # the unpacked copy is gone
+    finally:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{target.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
 def test_operator_killed_mid_upload_aborts_it_and_the_retry_succeeds(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,

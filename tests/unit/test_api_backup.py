@@ -99,7 +99,7 @@ def test_encryption_key_defaults_to_key() -> None:
         ({"schedule": "@daily", "retention": {"keepLast": -1}}, "greater than or equal to 0"),
         (
             {"format": "directory", "encryption": {"keySecretRef": {"name": "k"}}},
-            "encryption is supported with format: custom only",
+            "encryption is supported with format: custom, or with storage.s3",
         ),
         ({"database": {"secretRef": {"name": "Bad_Name"}}}, "should match pattern"),
     ],

@@ -466,7 +466,7 @@ def test_disk_full_leaves_no_partial(tiny_filesystem: Path) -> None:
 
 
 def test_restore_scratch_folders_left_by_a_crash_are_swept(tmp_path: Path) -> None:
-    from habitat_operator.engines.postgres.restore import SCRATCH_FOLDER_PREFIX, sweep_scratch_folders
+    from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, sweep_scratch_folders
 
     left = tmp_path / f"{SCRATCH_FOLDER_PREFIX}abc"
     left.mkdir(mode=0o700)

@@ -206,7 +206,7 @@ def test_backup_schema_details() -> None:
     assert status["properties"]["artifact"]["properties"]["sizeBytes"]["format"] == "int64"
     assert status["properties"]["lastSuccessfulTime"]["format"] == "date-time"
     messages = {v["message"] for v in spec["x-kubernetes-validations"]}
-    assert "encryption is supported with format: custom only" in messages
+    assert "encryption is supported with format: custom, or with storage.s3" in messages
 
 
 @pytest.mark.parametrize(

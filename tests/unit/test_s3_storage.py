@@ -47,7 +47,6 @@ def test_s3_storage_defaults() -> None:
             {"storage": {"s3": S3, "filesystem": {"path": "x"}}},
             "storage needs exactly one of filesystem or s3",
         ),
-        ({"storage": {"s3": S3}, "format": "directory"}, "storage.s3 is supported with format: custom only"),
         ({"format": "directory", "compression": "zstd"}, "compression zstd or none is supported"),
         ({"storage": {"s3": {**S3, "prefix": "a/../b"}}}, "prefix must not contain '..' segments"),
         ({"storage": {"s3": {**S3, "prefix": "/abs"}}}, "prefix must be relative"),
@@ -58,6 +57,19 @@ def test_s3_storage_defaults() -> None:
 def test_invalid_s3_specs(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         BackupSpec.model_validate(backup_spec(**overrides))
+
+
+def test_a_bucket_takes_the_directory_format_encrypted_and_compressed() -> None:
+    parsed = BackupSpec.model_validate(
+        backup_spec(
+            storage={"s3": S3},
+            format="directory",
+            jobs=2,
+            compression="zstd",
+            encryption={"keySecretRef": {"name": "k"}},
+        )
+    )
+    assert (parsed.format, parsed.jobs, parsed.compression) == ("directory", 2, "zstd")
 
 
 def test_restore_from_a_bucket_needs_latest_of_or_key() -> None:

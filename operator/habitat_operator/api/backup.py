@@ -84,21 +84,24 @@ class BackupSpec(ApiModel):
             "retention requires a schedule",
             lambda spec: spec.retention is None or spec.schedule is not None,
         ),
+        # A bucket takes a directory-format dump as one tar stream, which encrypts and compresses
+        # like a custom-format one; a folder on the backup volume is its files as pg_dump wrote them.
         CelRule(
-            "!has(self.encryption) || !has(self.format) || self.format == 'custom'",
-            "encryption is supported with format: custom only",
-            lambda spec: spec.encryption is None or spec.format is BackupFormat.CUSTOM,
-        ),
-        CelRule(
-            "!has(self.storage.s3) || !has(self.format) || self.format == 'custom'",
-            "storage.s3 is supported with format: custom only",
-            lambda spec: spec.storage.s3 is None or spec.format is BackupFormat.CUSTOM,
+            "!has(self.encryption) || !has(self.format) || self.format == 'custom' || has(self.storage.s3)",
+            "encryption is supported with format: custom, or with storage.s3",
+            lambda spec: (
+                spec.encryption is None or spec.format is BackupFormat.CUSTOM or spec.storage.s3 is not None
+            ),
         ),
         CelRule(
             "!has(self.compression) || self.compression == 'gzip' || !has(self.format)"
-            " || self.format == 'custom'",
-            "compression zstd or none is supported with format: custom only",
-            lambda spec: spec.compression is Compression.GZIP or spec.format is BackupFormat.CUSTOM,
+            " || self.format == 'custom' || has(self.storage.s3)",
+            "compression zstd or none is supported with format: custom, or with storage.s3",
+            lambda spec: (
+                spec.compression is Compression.GZIP
+                or spec.format is BackupFormat.CUSTOM
+                or spec.storage.s3 is not None
+            ),
         ),
         *one_shot_spec_rules("Backup"),
     )
@@ -111,7 +114,7 @@ class BackupSpec(ApiModel):
         Compression.GZIP,
         description=(
             "gzip: pg_dump's own (one thread); zstd: the operator compresses pg_dump's output with "
-            "multi-threaded zstd; none. zstd and none need format: custom."
+            "multi-threaded zstd; none. zstd and none need format: custom, or storage.s3."
         ),
     )
     schedule: CronSchedule | None = Field(
@@ -124,7 +127,9 @@ class BackupSpec(ApiModel):
         None, description="Pruning of the schedule's artifacts; needs a schedule."
     )
     verify: bool = Field(True, description="Check the artifact with pg_restore --list after dumping.")
-    encryption: Encryption | None = Field(None, description="Encrypt the artifact; needs format: custom.")
+    encryption: Encryption | None = Field(
+        None, description="Encrypt the artifact; needs format: custom, or storage.s3."
+    )
     include: ObjectSelection | None = Field(None, description="Dump only these schemas/tables.")
     exclude: ObjectSelection | None = Field(None, description="Leave out these schemas/tables.")
 

@@ -8,6 +8,7 @@ dump waiting on a database lock never delays a status write.
 import asyncio
 import contextvars
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -33,10 +34,22 @@ def in_pool(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> 
 async def in_thread(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run `function` in an ENGINE_POOL thread; if cancelled, still wait for it, so that cleanup
     (closing or removing the file it works on) never races it."""
-    work = in_pool(function, *args, **kwargs)
+    return await _held(in_pool(function, *args, **kwargs))
+
+
+async def in_stoppable_thread(function: Callable[[threading.Event], _T]) -> _T:
+    """Run `function(stop)` in an ENGINE_POOL thread; if cancelled, set `stop` (which `function`
+    checks between blocks of its work) and wait for it, as in_thread does."""
+    stop = threading.Event()
+    return await _held(in_pool(function, stop), stop.set)
+
+
+async def _held(work: asyncio.Future[_T], on_cancel: Callable[[], None] | None = None) -> _T:
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
         await asyncio.wait([work])
         if not work.cancelled():
             work.exception()  # retrieved: the cancellation is what propagates

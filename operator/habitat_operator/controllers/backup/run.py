@@ -87,6 +87,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
                     encryption_key=key,
                     verify=spec.verify,
                     timeout=parse_duration(spec.timeout).total_seconds(),
+                    scratch_dir=self.config.scratch_dir,
                 )
             )
         await self._succeed(result)
@@ -103,7 +104,9 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             return
         bucket = await open_bucket(self.namespace, spec.storage.s3)
         try:
-            object_key = bucket.location.artifact_key(self.namespace, names.fit(self.name, MAX_FILE_STEM))
+            object_key = bucket.location.artifact_key(
+                self.namespace, names.fit(self.name, MAX_FILE_STEM), tar=spec.format is BackupFormat.DIRECTORY
+            )
             made_by = CatalogSource(
                 self.namespace,
                 self.name,

@@ -8,10 +8,14 @@ first by a safety Backup that belongs to this run alone. A restore runs once, li
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from habitat_operator import timestamps
+from habitat_operator.api.artifacts import BackupFormat
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.restore import (
@@ -33,7 +37,7 @@ from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres import restore, scratch
-from habitat_operator.engines.postgres.bucket import check_object
+from habitat_operator.engines.postgres.bucket import check_object, fetched_directory
 from habitat_operator.engines.postgres.locks import database_lock
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError, PermanentError
@@ -83,7 +87,12 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if self.resumed and spec.jobs > 1 and not spec.drill:
             # A parallel restore is not one transaction: the target may hold part of the artifact.
             raise PermanentError(Reason.INTERRUPTED, "the restore was interrupted midway")
-        await self._check_source(spec, source)
+        async with self._checked(spec, source) as checked:
+            return await self._execute_checked(spec, checked, target)
+
+    async def _execute_checked(
+        self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget
+    ) -> RetryLater | None:
         into = self._scratch(target) if spec.drill else target
         holder = f"restore {self.namespace}/{self.name}"
         async with self.slot(into.display), database_lock(into, holder) as lock:
@@ -124,6 +133,28 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         """This drill's scratch database on the target's server."""
         return target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
 
+    @asynccontextmanager
+    async def _checked(self, spec: RestoreSpec, source: SourceArtifact) -> AsyncIterator[SourceArtifact]:
+        """The source once it is known to be intact: nothing touches the target before. A bucket's
+        directory-format artifact is unpacked (and checked) into a scratch folder on the way, which
+        pg_restore --jobs reads and which is removed on leaving."""
+        expected = source.sha256 if spec.verify.checksum else None
+        if source.bucket is None or source.key is None or source.format is not BackupFormat.DIRECTORY:
+            await self._check_source(spec, source)
+            yield source
+            return
+        checked = False
+        try:
+            async with fetched_directory(
+                source.bucket, source.key, expected, source.encryption_key, self.config.scratch_dir
+            ) as folder:
+                checked = True
+                yield replace(source, stored=folder, encryption_key=None)  # the folder is plaintext
+        except OperationError as error:
+            if checked:
+                raise
+            raise _untouched(error) from None
+
     async def _check_source(self, spec: RestoreSpec, source: SourceArtifact) -> None:
         """Nothing touches the target before the artifact is known to be intact."""
         try:
@@ -142,7 +173,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                     checksum=spec.verify.checksum,
                 )
         except OperationError as error:
-            raise PermanentError(error.reason, f"{error.message}; the target was not touched") from None
+            raise _untouched(error) from None
 
     async def _restore(
         self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget, into: ConnectionTarget
@@ -299,3 +330,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
 
     def record_outcome(self, succeeded: bool) -> None:
         metrics.RESTORE_RUNS.labels(self.namespace, self.series, "success" if succeeded else "failure").inc()
+
+
+def _untouched(error: OperationError) -> OperationError:
+    """A failed check of the source: permanent, and the message says the target is as it was."""
+    return PermanentError(error.reason, f"{error.message}; the target was not touched")

@@ -14,7 +14,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
 from habitat_operator.controllers.scheduling.child_runs import completed_at, list_children, phase
-from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
@@ -132,7 +132,7 @@ async def _from_bucket(source: StorageSource, namespace: str) -> SourceArtifact:
     return SourceArtifact(
         stored=opener(bucket, key),
         uri=bucket.uri(key),
-        format=BackupFormat.CUSTOM,
+        format=BackupFormat(entry.get("format") or ("directory" if key.endswith(TAR_SUFFIX) else "custom")),
         sha256=entry.get("sha256"),
         encryption_key=encryption_key,
         backup=None,

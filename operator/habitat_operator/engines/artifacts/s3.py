@@ -1,11 +1,12 @@
 """Artifacts in an S3-compatible bucket, through boto3: complete or invisible, with a catalog beside each.
 
-Layout: `<prefix>/<namespace>/<name>.dump`, and `<prefix>/<namespace>/<name>.dump.catalog.json` beside
-it. An artifact goes up as a multipart upload, which the bucket lists nowhere until it is completed;
-a failed or cancelled upload is aborted, and one that a killed operator left behind is aborted by the
-next attempt (`abort_uploads`: a key belongs to one Backup object, so every upload to it is that
-Backup's). The catalog entry is written last, once the artifact is verified: `latestOf` and
-`habitat-operator catalog list` read only the catalog, so they never see an unfinished artifact.
+Layout: `<prefix>/<namespace>/<name>.dump` (`<name>.tar` for the directory format), and its catalog
+entry `<key>.catalog.json` beside it. An artifact goes up as a multipart upload, which the bucket
+lists nowhere until it is completed; a failed or cancelled upload is aborted, and one that a killed
+operator left behind is aborted by the next attempt (`abort_uploads`: a key belongs to one Backup
+object, so every upload to it is that Backup's). The catalog entry is written last, once the
+artifact is verified: `latestOf` and `habitat-operator catalog list` read only the catalog, so they
+never see an unfinished artifact.
 
 Every failure comes out as an OperationError whose message names the bucket and the key, never a
 credential: StorageAuthFailed, BucketNotFound (both permanent), StorageUnreachable (retryable).
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ARTIFACT_SUFFIX = ".dump"
+TAR_SUFFIX = ".tar"  # a directory-format artifact, as one tar stream (engines/artifacts/tarball)
 CATALOG_SUFFIX = ".catalog.json"
 PART_SIZE = 16 << 20  # 10,000 parts (S3's limit) make 156 GiB
 PARTS_IN_FLIGHT = 2  # memory: PART_SIZE x (PARTS_IN_FLIGHT + the one filling)
@@ -73,8 +75,8 @@ class S3Location:
         """`parts` joined under the prefix, without empty segments."""
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
 
-    def artifact_key(self, namespace: str, name: str) -> str:
-        return self.key(namespace, f"{name}{ARTIFACT_SUFFIX}")
+    def artifact_key(self, namespace: str, name: str, *, tar: bool = False) -> str:
+        return self.key(namespace, f"{name}{TAR_SUFFIX if tar else ARTIFACT_SUFFIX}")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

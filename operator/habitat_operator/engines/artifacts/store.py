@@ -15,17 +15,22 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO, Self
 from urllib.parse import unquote, urlsplit
 
 from habitat_operator.api.common import Reason
-from habitat_operator.engines.threads import in_pool
+from habitat_operator.engines.threads import in_pool, in_thread
 from habitat_operator.errors import OperationError, PermanentError
 
+# Private folders under the scratch directory: a parallel restore's plaintext, a directory-format
+# dump staged for its bucket. Named so that the operator's start can sweep what a crash left.
+SCRATCH_FOLDER_PREFIX = "habitat-restore-"
+STAGING_FOLDER_PREFIX = "habitat-backup-"
 _PARTIAL_MARKER = ".partial-"
 _PARTIAL_NAME = re.compile(r"\..+\.partial-[0-9a-f]+")
 _DIRECTORY_MODE = 0o700
@@ -74,6 +79,32 @@ def sweep_partials(root: Path) -> list[Path]:
             if not os.path.lexists(entry):
                 removed.append(entry)
         subdirectories[:] = [name for name in subdirectories if not _PARTIAL_NAME.fullmatch(name)]
+    return removed
+
+
+@asynccontextmanager
+async def scratch_folder(scratch_dir: Path | None, prefix: str) -> AsyncIterator[Path]:
+    """A fresh private folder (0700) under `scratch_dir` (None: the system's temporary directory),
+    removed with its content on leaving, by success, error or cancellation.
+
+    Never in the backup store: a copy left there by a kill would sit readable beside the artifacts.
+    """
+    folder = Path(await in_thread(tempfile.mkdtemp, prefix=prefix, dir=scratch_dir))
+    try:
+        yield folder
+    finally:
+        await in_thread(shutil.rmtree, folder, ignore_errors=True)
+
+
+def sweep_scratch_folders(scratch_dir: Path | None) -> list[Path]:
+    """Removes the scratch folders that a crash cut off; run before any backup or restore starts."""
+    base = scratch_dir or Path(tempfile.gettempdir())
+    removed = []
+    for prefix in (SCRATCH_FOLDER_PREFIX, STAGING_FOLDER_PREFIX):
+        for folder in sorted(base.glob(f"{prefix}*")):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
     return removed
 
 

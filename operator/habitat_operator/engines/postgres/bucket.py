@@ -1,32 +1,45 @@
-"""pg_dump straight into a bucket, and artifacts checked from a bucket: nothing staged on local disk.
+"""pg_dump straight into a bucket, and artifacts checked from a bucket.
 
-A backup streams pg_dump's output through the sink (zstd, encryption, SHA-256) into a multipart
-upload. The object appears only when the upload completes; verification then reads it back (the
-checksum and `pg_restore --list` in one pass) and a failed check deletes it; the catalog entry is
-written last. Any failure, timeout or cancellation before that aborts the upload.
+A custom-format backup streams pg_dump's output through the sink (zstd, encryption, SHA-256) into a
+multipart upload, with nothing staged on local disk. A directory-format one (parallel jobs) is
+dumped into a scratch folder first and sent through the same sink as one tar stream: one object,
+one SHA-256, one upload. The object appears only when the upload completes; verification then reads
+it back (the checksum and `pg_restore --list` in one pass; a directory's tar is unpacked into a
+scratch folder for that) and a failed check deletes it; the catalog entry is written last. Any
+failure, timeout or cancellation before that aborts the upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts.codec import Readable
 from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.artifacts.store import (
+    SCRATCH_FOLDER_PREFIX,
+    STAGING_FOLDER_PREFIX,
+    scratch_folder,
+)
 from habitat_operator.engines.postgres.dump import (
     BackupRequest,
     BackupResult,
     backup_deadline,
     check_request,
+    dump_directory_stream,
     dump_stream,
     list_contents,
     open_plaintext,
     result_of,
     server_version,
+    unpack_directory,
+    verify_artifact,
 )
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
@@ -55,15 +68,13 @@ async def run_backup_to_bucket(
     Uploads an interrupted attempt left to `key` are aborted first.
     """
     check_request(request)
-    if request.format != "custom":
-        raise PermanentError(Reason.INVALID_REQUEST, "a bucket takes format custom only")
     created = timestamps.now()
     async with backup_deadline(request):
         pg_version = await server_version(request.target)
         await in_thread(bucket.abort_uploads, key)
         size, sha256 = await _upload(request, bucket, key)
         if request.verify:
-            await _verify_uploaded(bucket, key, sha256, request.encryption_key)
+            await _verify_uploaded(request, bucket, key, sha256)
     entry: dict[str, Any] = {
         "namespace": source.namespace,
         "backup": source.name,
@@ -86,18 +97,28 @@ async def run_backup_to_bucket(
 
 
 async def check_object(
-    bucket: Bucket, key: str, expected_sha256: str | None, encryption_key: bytes | None
+    bucket: Bucket,
+    key: str,
+    expected_sha256: str | None,
+    encryption_key: bytes | None,
+    *,
+    unpack_into: Path | None = None,
 ) -> str:
     """Read the object once: its SHA-256 (returned, and compared with `expected_sha256` if given),
-    its decryption (every chunk authenticated) and `pg_restore --list` of its plaintext.
+    its decryption (every chunk authenticated) and `pg_restore --list` of its plaintext. With
+    `unpack_into`, the object is a directory-format tar: it is unpacked there, and its files are
+    checked against its MANIFEST.sha256 before `pg_restore --list` of the folder.
 
     Raises OperationError "ArtifactNotFound", "ChecksumMismatch", "VerificationFailed",
-    "DecryptionFailed", or a storage reason.
+    "DecryptionFailed", "DiskFull", or a storage reason.
     """
     reader = await in_thread(open_plaintext, opener(bucket, key), encryption_key)
     listing: OperationError | None = None
     try:
-        await list_contents(reader, key.rsplit("/", 1)[-1])
+        if unpack_into is None:
+            await list_contents(reader, key.rsplit("/", 1)[-1])
+        else:
+            await unpack_directory(reader, unpack_into)
     except OperationError as error:
         if error.reason not in (Reason.VERIFICATION_FAILED, Reason.DECRYPTION_FAILED):
             raise
@@ -111,7 +132,25 @@ async def check_object(
         )
     if listing is not None:
         raise listing
+    if unpack_into is not None:
+        await verify_artifact(unpack_into, "directory", None, None)
     return actual
+
+
+@asynccontextmanager
+async def fetched_directory(
+    bucket: Bucket,
+    key: str,
+    expected_sha256: str | None,
+    encryption_key: bytes | None,
+    scratch_dir: Path | None,
+) -> AsyncIterator[Path]:
+    """A directory-format artifact of the bucket, checked by check_object while it is unpacked into
+    a private scratch folder: pg_restore --jobs reads the folder, which is removed on leaving."""
+    async with scratch_folder(scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
+        artifact = folder / "artifact"
+        await check_object(bucket, key, expected_sha256, encryption_key, unpack_into=artifact)
+        yield artifact
 
 
 def _drain(bucket: Bucket, key: str, offset: int, sha256: Any) -> None:
@@ -131,7 +170,8 @@ async def _upload(request: BackupRequest, bucket: Bucket, key: str) -> tuple[int
     upload = bucket.upload(key)
     await in_thread(upload.__enter__)
     try:
-        sink = await dump_stream(request, upload)
+        dump = dump_stream if request.format == "custom" else dump_directory_stream
+        sink = await dump(request, upload)
         await in_thread(upload.complete)
     except BaseException as error:
         await in_thread(upload.__exit__, type(error), error, None)
@@ -140,13 +180,21 @@ async def _upload(request: BackupRequest, bucket: Bucket, key: str) -> tuple[int
     return sink.size, sink.sha256.hexdigest()
 
 
-async def _verify_uploaded(bucket: Bucket, key: str, sha256: str, encryption_key: bytes | None) -> None:
+async def _verify_uploaded(request: BackupRequest, bucket: Bucket, key: str, sha256: str) -> None:
     """check_object on what we just uploaded; a bad one is deleted and worth dumping again."""
     try:
-        await check_object(bucket, key, sha256, encryption_key)
+        await _check_uploaded(request, bucket, key, sha256)
     except OperationError as error:
         bad = (Reason.VERIFICATION_FAILED, Reason.CHECKSUM_MISMATCH, Reason.DECRYPTION_FAILED)
         if error.reason not in bad:
             raise
         await in_thread(bucket.delete_artifact, key)
         raise RetryableError(Reason.VERIFICATION_FAILED, error.message) from None
+
+
+async def _check_uploaded(request: BackupRequest, bucket: Bucket, key: str, sha256: str) -> None:
+    if request.format == "custom":
+        await check_object(bucket, key, sha256, request.encryption_key)
+        return
+    async with scratch_folder(request.scratch_dir, STAGING_FOLDER_PREFIX) as folder:
+        await check_object(bucket, key, sha256, request.encryption_key, unpack_into=folder / "artifact")

@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal, Self
 
@@ -27,12 +28,15 @@ from habitat_operator.engines.artifacts.codec import (
 )
 from habitat_operator.engines.artifacts.crypto import MAGIC, is_encrypted
 from habitat_operator.engines.artifacts.store import (
+    STAGING_FOLDER_PREFIX,
     AtomicDirectory,
     AtomicFile,
     disk_errors,
     file_uri,
     remove_partials,
+    scratch_folder,
 )
+from habitat_operator.engines.artifacts.tarball import extract_tar, write_tar
 from habitat_operator.engines.postgres.client_tools import (
     READ_SIZE,
     ClientTool,
@@ -40,7 +44,7 @@ from habitat_operator.engines.postgres.client_tools import (
     meaningful_line,
 )
 from habitat_operator.engines.postgres.uri import ConnectionTarget
-from habitat_operator.engines.threads import in_pool, in_thread
+from habitat_operator.engines.threads import in_pool, in_stoppable_thread, in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 ArtifactFormat = Literal["custom", "directory"]
@@ -72,6 +76,8 @@ class BackupRequest:
     timeout: float = 3600.0
     # gzip: pg_dump's own; zstd: pg_dump writes uncompressed and ArtifactSink compresses.
     compression: CompressionName = "gzip"
+    # Where a directory-format dump to a bucket is staged (None: the system's temporary directory).
+    scratch_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ async def run_backup(request: BackupRequest) -> BackupResult:
     destination = request.destination
     if destination is None:
         raise PermanentError(Reason.INVALID_REQUEST, "run_backup needs a destination")
+    if request.format == "directory" and request.encryption_key is not None:
+        raise _encryption_unsupported()  # a folder of files; a bucket's tar stream can be encrypted
     async with backup_deadline(request):
         pg_version = await server_version(request.target)
         if request.format == "custom":
@@ -243,8 +251,6 @@ def check_request(request: BackupRequest) -> None:
         raise PermanentError(Reason.INVALID_REQUEST, f"unknown backup format {request.format!r}")
     if request.jobs < 1 or (request.jobs > 1 and request.format != "directory"):
         raise PermanentError(Reason.INVALID_REQUEST, "jobs must be 1, or more with format directory")
-    if request.format == "directory" and request.encryption_key is not None:
-        raise _encryption_unsupported()
 
 
 def _dump_argv(request: BackupRequest) -> list[str]:
@@ -286,13 +292,40 @@ async def dump_stream(request: BackupRequest, out: Writable) -> ArtifactSink:
 async def _dump_directory(request: BackupRequest, destination: Path) -> tuple[int, str]:
     remove_partials(destination.parent, destination.name)
     async with AtomicDirectory(destination) as out:
-        argv = [*_dump_argv(request), f"--jobs={request.jobs}", f"--file={out.temp_path}"]
-        async with ClientTool.start(argv, request.target) as dump:
-            await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
-        size, digest = await in_thread(_write_manifest, out.temp_path)
+        size, digest = await _dump_into_folder(request, out.temp_path)
         if request.verify:
             await _verify_own_artifact(out.temp_path, "directory", digest, None)
     return size, digest
+
+
+async def dump_directory_stream(request: BackupRequest, out: Writable) -> ArtifactSink:
+    """A directory-format dump (`jobs` in parallel), staged in a scratch folder and sent as one tar
+    stream through an ArtifactSink into `out`, synced at the end; the folder is removed on leaving."""
+    sink = ArtifactSink(out, request.encryption_key, zstd=request.compression == "zstd")
+    async with scratch_folder(request.scratch_dir, STAGING_FOLDER_PREFIX) as folder:
+        staged = folder / "artifact"
+        await _dump_into_folder(request, staged)
+        await in_stoppable_thread(partial(write_tar, staged, sink.write))
+    await in_thread(sink.finish)
+    return sink
+
+
+async def unpack_directory(reader: PlaintextReader, directory: Path) -> None:
+    """The tar stream of a directory-format artifact unpacked into `directory` (which must not
+    exist), read to the end; the reader is closed. Check the result with verify_artifact."""
+    try:
+        with disk_errors(directory):
+            await in_stoppable_thread(partial(extract_tar, reader, directory))
+    finally:
+        await in_thread(reader.close)
+
+
+async def _dump_into_folder(request: BackupRequest, folder: Path) -> tuple[int, str]:
+    """pg_dump --format=directory into `folder`, with its MANIFEST.sha256; (total size, its sha256)."""
+    argv = [*_dump_argv(request), f"--jobs={request.jobs}", f"--file={folder}"]
+    async with ClientTool.start(argv, request.target) as dump:
+        await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
+    return await in_thread(_write_manifest, folder)
 
 
 async def _verify_own_artifact(
@@ -420,4 +453,6 @@ def _artifact_failed(name: str, detail: str) -> OperationError:
 
 
 def _encryption_unsupported() -> OperationError:
-    return PermanentError(Reason.ENCRYPTION_UNSUPPORTED, "encryption is supported with format custom only")
+    return PermanentError(
+        Reason.ENCRYPTION_UNSUPPORTED, "encryption is supported with format custom, or in a bucket only"
+    )

@@ -9,8 +9,6 @@ to pg_restore, or (parallel jobs) copied into a private scratch folder removed a
 import asyncio
 import os
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -25,7 +23,7 @@ from psycopg import sql
 
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason, VerificationExpectation, VerificationQuery
-from habitat_operator.engines.artifacts.store import disk_errors
+from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, disk_errors, scratch_folder
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, connect
 from habitat_operator.engines.postgres.dump import (
     ArtifactFormat,
@@ -40,7 +38,6 @@ from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError, one_line
 
 MAINTENANCE_DATABASE = "postgres"
-SCRATCH_FOLDER_PREFIX = "habitat-restore-"
 LOCK_POLL_SECONDS = 2.0
 # Whether the named session waits for a lock, and who holds it (pid and application, never a query).
 _LOCK_WAIT = """
@@ -345,15 +342,9 @@ def _restore_failed(stderr: str, target: ConnectionTarget) -> OperationError:
 async def _decrypted_copy(
     artifact: StoredBytes, key: bytes | None, scratch_dir: Path | None
 ) -> AsyncIterator[Path]:
-    """The artifact's plaintext (decrypted, decompressed) in a fresh private folder (0700) under
-    `scratch_dir` (None: the system's temporary directory), removed with it on leaving, by success,
-    error or cancellation.
-
-    Never beside the artifact: a copy left there by a kill would sit readable in the backup store.
-    """
-    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_FOLDER_PREFIX, dir=scratch_dir))
-    plaintext = folder / "plaintext.dump"
-    try:
+    """The artifact's plaintext (decrypted, decompressed) in a scratch_folder, removed on leaving."""
+    async with scratch_folder(scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
+        plaintext = folder / "plaintext.dump"
         with disk_errors(plaintext):
             fd = os.open(plaintext, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
@@ -361,8 +352,6 @@ async def _decrypted_copy(
                     async for chunk in chunks:
                         await in_thread(out.write, chunk)
         yield plaintext
-    finally:
-        await in_thread(shutil.rmtree, folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- databases
@@ -444,14 +433,3 @@ def _unmet(expect: VerificationExpectation, value: str) -> str | None:
     if expect.max is not None and number > expect.max:
         return f"{shown} is more than the maximum {expect.max}"
     return None
-
-
-def sweep_scratch_folders(scratch_dir: Path | None) -> list[Path]:
-    """Removes the private folders of restores that a crash cut off; run before any restore starts."""
-    base = scratch_dir or Path(tempfile.gettempdir())
-    removed = []
-    for folder in base.glob(f"{SCRATCH_FOLDER_PREFIX}*"):
-        if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
