@@ -465,14 +465,21 @@ def test_disk_full_leaves_no_partial(tiny_filesystem: Path) -> None:
     assert list(tiny_filesystem.iterdir()) == []
 
 
-def test_restore_scratch_folders_left_by_a_crash_are_swept(tmp_path: Path) -> None:
-    from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, sweep_scratch_folders
+def test_scratch_folders_left_by_a_crash_are_swept(tmp_path: Path) -> None:
+    from habitat_operator.engines.artifacts.store import (
+        SCRATCH_FOLDER_PREFIX,
+        STAGING_FOLDER_PREFIX,
+        sweep_scratch_folders,
+    )
 
     left = tmp_path / f"{SCRATCH_FOLDER_PREFIX}abc"
     left.mkdir(mode=0o700)
     (left / "plaintext.dump").write_bytes(b"PGDMP")
+    staged = tmp_path / f"{STAGING_FOLDER_PREFIX}def"
+    (staged / "artifact").mkdir(parents=True)
+    (staged / "artifact" / "toc.dat").write_bytes(b"PGDMP")
     other = tmp_path / "someone-elses"
     other.mkdir()
-    assert sweep_scratch_folders(tmp_path) == [left]
-    assert not left.exists()
+    assert sweep_scratch_folders(tmp_path) == [left, staged]
+    assert not left.exists() and not staged.exists()
     assert other.exists()
