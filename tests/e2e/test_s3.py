@@ -50,7 +50,7 @@ def create_s3_secret(kubectl: Kubectl, stack: Stack, secret_key: str | None = No
     )
 
 
-def s3_client(stack: Stack, endpoint: str | None = None) -> Any:
+def s3_client(stack: Stack, endpoint: str | None = None, ca: Path | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -60,6 +60,7 @@ def s3_client(stack: Stack, endpoint: str | None = None) -> Any:
         region_name="us-east-1",
         aws_access_key_id=stack.s3_access_key,
         aws_secret_access_key=stack.s3_secret_key,
+        verify=str(ca) if ca else None,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
 
@@ -375,28 +376,36 @@ def test_a_tampered_object_is_refused_before_the_target_is_touched(
 @pytest.fixture
 def private_s3(stack: Stack, tmp_path: Path) -> Iterator[PrivateS3]:
     server = PrivateS3(stack, tmp_path / "s3")
-    server.start()
-    server.client().create_bucket(Bucket=stack.s3_bucket)
-    yield server
-    server.stop()
+    try:
+        server.start()
+        server.client().create_bucket(Bucket=stack.s3_bucket)
+        yield server
+    finally:
+        server.stop()
 
 
 class PrivateS3:
-    """A versitygw of this test alone, so that it can be stopped mid-upload and started again."""
+    """A versitygw of this test alone, so that it can be stopped mid-upload and started again;
+    over TLS with `tls`, a certificate and its key (PEM files)."""
 
-    def __init__(self, stack: Stack, data: Path) -> None:
+    def __init__(
+        self, stack: Stack, data: Path, tls: tuple[Path, Path] | None = None, ca: Path | None = None
+    ) -> None:
         self.stack = stack
         self.data = data
         self.data.mkdir(parents=True)
         self.port = dev_stack.free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.ca = ca
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         binary = dev_stack.State.load().s3_bin
         env = {"ROOT_ACCESS_KEY": self.stack.s3_access_key, "ROOT_SECRET_KEY": self.stack.s3_secret_key}
+        tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
         self.process = subprocess.Popen(
-            [binary, "--port", f"127.0.0.1:{self.port}", "posix", str(self.data)],
+            [binary, "--port", f"127.0.0.1:{self.port}", *tls, "posix", str(self.data)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -416,7 +425,7 @@ class PrivateS3:
             self.process.wait()
 
     def client(self) -> Any:
-        return s3_client(self.stack, self.endpoint)
+        return s3_client(self.stack, self.endpoint, self.ca)
 
 
 def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succeeds(
@@ -448,6 +457,94 @@ def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succee
     obj = wait_ready(kubectl, "outage", operator_alive, timeout=180)
     key = f"{prefix}/{namespace}/outage.dump"
     assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+
+
+def private_ca_and_server_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made here and now, and a certificate it signed for 127.0.0.1: (CA, cert, key) PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("habitat e2e private CA", ca_key, "habitat e2e private CA", ca_key, ca=True)
+    server_cert = certificate("127.0.0.1", server_key, "habitat e2e private CA", ca_key, ca=False)
+    paths = folder / "ca.crt", folder / "server.crt", folder / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_s3(stack: Stack, tmp_path: Path) -> Iterator[PrivateS3]:
+    """A versitygw of this test alone over TLS, with a certificate of a private CA; stopped however
+    the test ends."""
+    ca, cert, key = private_ca_and_server_certificate(tmp_path)
+    server = PrivateS3(stack, tmp_path / "s3-tls", tls=(cert, key), ca=ca)
+    try:
+        server.start()
+        server.client().create_bucket(Bucket=stack.s3_bucket)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_private_ca_is_trusted_through_ca_secret_ref_and_only_then(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    namespace: str,
+    prefix: str,
+    tls_s3: PrivateS3,
+) -> None:
+    seed(fresh_database, rows=500)
+    assert tls_s3.ca is not None
+    kubectl.run("create", "secret", "generic", "s3-ca", f"--from-file=ca.crt={tls_s3.ca}")
+    storage = s3_storage(stack, prefix, endpoint=tls_s3.endpoint)
+
+    kubectl.apply(backup("untrusted", storage=storage, retry={"limit": 0}))
+    obj = wait_phase(kubectl, "backup", "untrusted", {"Failed"}, operator_alive)
+    stalled = condition(obj, "Stalled")
+    assert stalled["reason"] == "StorageUnreachable"
+    assert "TLS certificate is not trusted" in stalled["message"] and "caSecretRef" in stalled["message"]
+
+    trusted = {"s3": {**storage["s3"], "caSecretRef": {"name": "s3-ca"}}}
+    kubectl.apply(backup("trusted", storage=trusted))
+    done = wait_ready(kubectl, "trusted", operator_alive)
+    key = f"{prefix}/{namespace}/trusted.dump"
+    assert done["status"]["artifact"]["uri"] == f"s3://{stack.s3_bucket}/{key}"
+    assert keys(tls_s3.client(), stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
 
 
 def peak_rss_mib(process: OperatorProcess) -> float:

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
 from pydantic import ValidationError
 
 from habitat_operator.api.backup import BackupSpec
@@ -104,6 +104,17 @@ def test_storage_errors_become_reasons(error: Exception, reason: Reason, retryab
     result = storage_error(error, "uploading s3://b/k")
     assert (result.reason, result.retryable) == (reason, retryable)
     assert result.message.startswith("uploading s3://b/k: ")
+
+
+def test_an_untrusted_certificate_is_named_as_such() -> None:
+    verify_failed = Exception("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    untrusted = storage_error(SSLError(endpoint_url="https://127.0.0.1:9", error=verify_failed), "listing")
+    assert (untrusted.reason, untrusted.retryable) == (Reason.STORAGE_UNREACHABLE, True)
+    assert untrusted.message == (
+        "listing: the endpoint's TLS certificate is not trusted (a private CA goes in caSecretRef)"
+    )
+    other = storage_error(SSLError(endpoint_url="https://127.0.0.1:9", error=Exception("EOF")), "listing")
+    assert other.message == "listing: the TLS handshake with the S3 endpoint failed"
 
 
 def test_keys_under_the_prefix() -> None:

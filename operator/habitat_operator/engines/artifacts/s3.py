@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, SSLError
 
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts.codec import Readable
@@ -105,6 +105,14 @@ def storage_error(error: Exception, doing: str) -> OperationError:
                 Reason.STORAGE_UNREACHABLE, f"{doing}: the server answered {code or status}"
             )
         return PermanentError(Reason.STORAGE_FAILED, f"{doing}: the server answered {code or status}")
+    if isinstance(error, SSLError):
+        untrusted = "CERTIFICATE_VERIFY_FAILED" in str(error)
+        detail = (
+            "the endpoint's TLS certificate is not trusted (a private CA goes in caSecretRef)"
+            if untrusted
+            else "the TLS handshake with the S3 endpoint failed"
+        )
+        return RetryableError(Reason.STORAGE_UNREACHABLE, f"{doing}: {detail}")
     if isinstance(error, ConnectionError | HTTPClientError):
         return RetryableError(Reason.STORAGE_UNREACHABLE, f"{doing}: cannot reach the S3 endpoint")
     return RetryableError(Reason.STORAGE_FAILED, f"{doing}: {type(error).__name__}")
