@@ -85,7 +85,8 @@ class CaSecretRef(ApiModel):
 
 
 class S3Storage(ApiModel):
-    """An S3-compatible bucket: artifacts go to `<prefix>/<namespace>/<name>.dump`, a catalog beside each."""
+    """An S3-compatible bucket: artifacts go to `<prefix>/<namespace>/<name>.dump` (`.tar` for format
+    directory), a catalog beside each."""
 
     bucket: str = Field(pattern=BUCKET_PATTERN, description="Name of an existing bucket.")
     prefix: S3Prefix = Field("", description="Key prefix inside the bucket, e.g. habitat/prod.")
