@@ -362,6 +362,9 @@ class _OutputPipe:
         """Pass everything up to EOF to `write`, in blocks of about READ_SIZE."""
         pending = bytearray()
         while chunk := os.read(self.read_end, READ_SIZE):
+            if not pending and len(chunk) == READ_SIZE:
+                write(chunk)  # a full block (we fell behind pg_dump): passed on without a copy
+                continue
             pending += chunk
             if len(pending) >= READ_SIZE:
                 write(bytes(pending))
