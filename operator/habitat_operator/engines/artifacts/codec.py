@@ -21,6 +21,10 @@ from habitat_operator.errors import PermanentError
 READ_SIZE = 1 << 20
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_LEVEL = 3
+# No worker threads: zstd compresses on the thread that copies pg_dump's output. pg_dump, its server
+# backend and this thread already fill two cores, and worker threads only added hand-offs and job
+# buffers (docs/benchmarks.md: slower, and 67 MiB more RSS).
+ZSTD_THREADS = 0
 # Compressed input handed to the decompressor at once: bounds the plaintext one step makes.
 _DECOMPRESS_STEP = 128 << 10
 
@@ -38,13 +42,13 @@ class Readable(Protocol):
 
 
 class ArtifactSink:
-    """Compresses (zstd, all cores), encrypts (optionally), hashes and writes pg_dump's output."""
+    """Compresses (zstd, optionally), encrypts (optionally), hashes and writes pg_dump's output."""
 
     def __init__(self, out: Writable, encryption_key: bytes | None, *, zstd: bool = False) -> None:
         self._out = out
         self._encryptor = Encryptor(encryption_key) if encryption_key is not None else None
         self._compressor = (
-            zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj() if zstd else None
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS).compressobj() if zstd else None
         )
         self.sha256 = hashlib.sha256()
         self.size = 0
