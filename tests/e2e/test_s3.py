@@ -375,10 +375,16 @@ def test_a_tampered_object_is_refused_before_the_target_is_touched(
 
 @pytest.fixture
 def private_s3(stack: Stack, tmp_path: Path) -> Iterator[PrivateS3]:
-    server = PrivateS3(stack, tmp_path / "s3")
+    with serving(PrivateS3(stack, tmp_path / "s3")) as server:
+        yield server
+
+
+@contextmanager
+def serving(server: PrivateS3) -> Iterator[PrivateS3]:
+    """`server` started, with the stack's bucket name, and stopped however the test ends."""
     try:
         server.start()
-        server.client().create_bucket(Bucket=stack.s3_bucket)
+        server.client().create_bucket(Bucket=server.stack.s3_bucket)
         yield server
     finally:
         server.stop()
@@ -508,13 +514,8 @@ def tls_s3(stack: Stack, tmp_path: Path) -> Iterator[PrivateS3]:
     """A versitygw of this test alone over TLS, with a certificate of a private CA; stopped however
     the test ends."""
     ca, cert, key = private_ca_and_server_certificate(tmp_path)
-    server = PrivateS3(stack, tmp_path / "s3-tls", tls=(cert, key), ca=ca)
-    try:
-        server.start()
-        server.client().create_bucket(Bucket=stack.s3_bucket)
+    with serving(PrivateS3(stack, tmp_path / "s3-tls", tls=(cert, key), ca=ca)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_private_ca_is_trusted_through_ca_secret_ref_and_only_then(
