@@ -33,7 +33,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_text
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.replayjob import metrics
-from habitat_operator.controllers.replayjob.messages import Addressing, to_message
+from habitat_operator.controllers.replayjob.messages import Addressing, encoder, to_message
 from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres import events
@@ -253,13 +253,13 @@ class _Replay:
             async for page in reader.pages(
                 store, self.spec.selector, self.after, upper, self.spec.batch_size
             ):
-                replayed_at = timestamps.rfc3339(timestamps.now())
+                marks = encoder(self.job_name, uid, timestamps.rfc3339(timestamps.now()))
                 for event in page:  # the hot loop: a few attribute reads a message, no more
                     if self.rate_limit is not None:
                         await self._pace()
                     if event.id > self.reserved:
                         await self._write(reserve_past=max(event.id, page[-1].id))
-                    await publish(to_message(event, self.addressing, self.job_name, uid, replayed_at))
+                    await publish(to_message(event, self.addressing, marks))
                     if fail_fast and tally.failed:
                         break
                     if time.monotonic() >= self._due:
