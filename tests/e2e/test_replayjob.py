@@ -127,7 +127,7 @@ def test_each_selector_form_delivers_exactly_its_events_in_order(
         assert ids(received) == expected, name  # exactly the selection, in id order
         status = obj["status"]
         assert status["totalEvents"] == status["publishedEvents"] == len(expected)
-        assert status["checkpoint"] == expected[-1] and status["percent"] == 100
+        assert status["checkpoint"] == expected[-1] and status["percent"] == "100%"
         assert condition(obj, "Ready")["status"] == "True"
         job = obj["metadata"]
         for message in received:

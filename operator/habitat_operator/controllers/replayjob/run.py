@@ -80,7 +80,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                     published_events=0,
                     failed_events=0,
                     progress=f"0/{snapshot.count}",
-                    percent=0,
+                    percent="0%",
                 )
             return await self._replay(spec, reader, store)
 
@@ -170,7 +170,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if failed:
             message += f"; {failed} failed (first: event {failure.key if failure else '?'})"
         self._record_duration()
-        await self.succeed(message, percent=100, eta=None, rate_per_second=0.0, reserved_through=None)
+        await self.succeed(message, percent="100%", eta=None, rate_per_second=0.0, reserved_through=None)
 
     def _record_duration(self) -> None:
         metrics.REPLAY_DURATION.labels(self.namespace, self.name).observe(self.elapsed)
