@@ -207,6 +207,7 @@ def test_suspend_then_resume_completes_with_no_gap(
     obj = succeeded(kubectl, "paced", operator_alive)
     assert ids(broker.drain(queue)) == list(range(1, EVENTS + 1))  # every id once, in order
     assert obj["status"]["publishedEvents"] == EVENTS and "duplicatesAtMost" not in obj["status"]
+    assert obj["status"]["attempts"] == 1  # suspending and resuming is not another attempt
 
 
 def test_unroutable_messages_fail_the_replay_or_are_counted(

@@ -114,7 +114,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             sample=sample,
         )
 
-    async def _suspended(self, why: str) -> RetryLater:
+    async def _suspended(self, why: str, **fields: Any) -> RetryLater:
         metrics.stopped(self.namespace, self.name)
         await self.reporter.write(
             "paused",
@@ -123,6 +123,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             f"{why}; unset spec.suspend to resume from the checkpoint",
             rate_per_second=0.0,
             eta=None,
+            **fields,
         )
         return RetryLater(SUSPENDED_RECHECK_SECONDS)
 
@@ -159,7 +160,11 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             await replay.close()
         if suspended:
             self._record_duration()
-            return await self._suspended(f"suspended at checkpoint {self.status.checkpoint}")
+            # Not a failed attempt: resuming continues this one, so suspending never uses up spec.retry.
+            self.attempts -= 1
+            return await self._suspended(
+                f"suspended at checkpoint {self.status.checkpoint}", attempts=self.attempts
+            )
         await self._finish(replay.first_failure)
         return None
 
