@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from habitat_operator.api.common import API_VERSION
 from habitat_operator.api.replayjob import EventSelector, ReplayReason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob import run as replay_run
-from habitat_operator.controllers.replayjob.run import ReplayRun
+from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
 from habitat_operator.engines.postgres import events as event_store
 from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
 from habitat_operator.engines.rabbitmq.publisher import Message, Tally
@@ -217,3 +219,35 @@ def test_suspending_and_resuming_never_uses_up_retries(
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], status["attempts"], status["publishedEvents"]) == ("Succeeded", 2, TOTAL)
     assert set(broker.delivered) == set(range(1, TOTAL + 1))
+
+
+def test_a_restarted_operator_continues_the_metrics_from_status(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
+) -> None:
+    labels = {"namespace": NS, "replayjob": "replay"}
+
+    def sample(name: str, **extra: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {**labels, **extra})
+
+    metrics.forget_replayjob(NS, "replay")
+    broker.kill_at = 199
+    with pytest.raises(Killed):
+        reconcile(fake_kube, config)
+    published = fake_kube.status(PLURAL, NS, "replay")["publishedEvents"]
+    assert 0 < published < TOTAL
+    # Counted only once status has them: the series never runs ahead of what a restart restores.
+    assert (sample("habitat_replay_events_total", result="published") or 0) <= published
+    metrics.forget_replayjob(NS, "replay")  # a new operator process: no series yet
+    restore_metrics(fake_kube.object(PLURAL, NS, "replay"))
+    assert sample("habitat_replay_events_total", result="published") == published
+    assert sample("habitat_replay_progress_ratio") == published / TOTAL
+    broker.kill_at = None
+    assert reconcile(fake_kube, config) is None
+    assert sample("habitat_replay_events_total", result="published") == TOTAL  # each event counted once
+    metrics.forget_replayjob(NS, "replay")
+    restore_metrics(fake_kube.object(PLURAL, NS, "replay"))  # finished: the dashboard keeps its 100%
+    assert (sample("habitat_replay_progress_ratio"), sample("habitat_replay_rate_events_per_second")) == (
+        1.0,
+        0,
+    )
+    assert sample("habitat_replay_events_total", result="published") == TOTAL

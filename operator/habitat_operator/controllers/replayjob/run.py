@@ -32,6 +32,7 @@ from habitat_operator.api.replayjob import (
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_text
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
+from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob.messages import Addressing, encoder, to_message
 from habitat_operator.controllers.replayjob.progress import Progress
@@ -202,6 +203,23 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         metrics.REPLAY_RUNS.labels("success" if succeeded else "failure").inc()
 
 
+def restore_metrics(body: kube.JsonDict) -> None:
+    """After an operator restart, a replay's series come back from its status, so a dashboard sees
+    no drop to zero. The stall clock is not restored (status does not say when events were last
+    settled): the next attempt starts it, as a new one would."""
+    status = read_status(ReplayJobStatus, body)
+    if status.total_events is None or (body.get("spec") or {}).get("dryRun"):
+        return
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    published, failed = status.published_events or 0, status.failed_events or 0
+    metrics.settled(namespace, name, published, failed)
+    metrics.REPLAY_PROGRESS.labels(namespace, name).set(
+        Progress(status.total_events, published + failed).ratio
+    )
+    if status.phase not in (Phase.RUNNING, Phase.PENDING):
+        metrics.REPLAY_RATE.labels(namespace, name).set(0)
+
+
 class _FieldsError(PermanentError):
     """A permanent failure that also sets status fields (the counts, the first failed event)."""
 
@@ -334,7 +352,6 @@ class _Replay:
         tally = self.publisher.tally
         published, failed = self.base_published + tally.confirmed, self.base_failed + tally.failed
         checkpoint = self.publisher.confirmed_through
-        self._record_metrics(published, failed)
         self.progress.observe(now, published + failed)
         failure = tally.first_failure
         await self.owner.reporter.write(
@@ -354,6 +371,7 @@ class _Replay:
             if failure is None
             else ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message),
         )
+        self._record_metrics(published, failed)
         if checkpoint is not None:
             self.checkpoint = checkpoint
         self.reserved = self.after if reserved is None else reserved
@@ -362,14 +380,7 @@ class _Replay:
 
     def _record_metrics(self, published: int, failed: int) -> None:
         ns, name = self.owner.namespace, self.owner.name
-        status = self.owner.status
-        new_published = published - (status.published_events or 0)
-        new_failed = failed - (status.failed_events or 0)
-        if new_published > 0:
-            metrics.REPLAY_EVENTS.labels(ns, name, "published").inc(new_published)
-        if new_failed > 0:
-            metrics.REPLAY_EVENTS.labels(ns, name, "failed").inc(new_failed)
-        if new_published + new_failed > 0:
+        if metrics.settled(ns, name, published, failed):
             metrics.progressed(ns, name)
         metrics.REPLAY_PROGRESS.labels(ns, name).set(self.progress.ratio)
         metrics.REPLAY_RATE.labels(ns, name).set(self.progress.rate)
