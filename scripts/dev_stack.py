@@ -470,6 +470,18 @@ def start_postgres(state: State) -> None:
     state.pids["postgres"] = int((data / "postmaster.pid").read_text().split()[0])
 
 
+def stop_postgres() -> None:
+    """Stops this stack's PostgreSQL (fast: open sessions end) and keeps its data, e.g. to take the
+    database away mid-operation; `start_postgres(State.load())` brings it back on the same port."""
+    subprocess.run(
+        as_user(
+            "postgres", [pg_bin("pg_ctl"), "-D", str(service_home("postgres") / "data"), "-m", "fast", "stop"]
+        ),
+        capture_output=True,
+        check=False,
+    )
+
+
 def _pg_ready(state: State) -> bool:
     argv = [pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(state.ports["postgres"]), "-q"]
     return subprocess.run(argv, check=False).returncode == 0
@@ -770,14 +782,7 @@ def down() -> None:
     for name in reversed(CONTROL_PLANE):
         stop_group(state.pids.get(name, 0))
     if state.pids.get("postgres") and (service_home("postgres") / "data").exists():
-        subprocess.run(
-            as_user(
-                "postgres",
-                [pg_bin("pg_ctl"), "-D", str(service_home("postgres") / "data"), "-m", "fast", "stop"],
-            ),
-            capture_output=True,
-            check=False,
-        )
+        stop_postgres()
         stop_group(state.pids["postgres"])
     stop_rabbitmq(state)
     stop_group(state.pids.get("prometheus", 0))

@@ -6,6 +6,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -349,6 +350,57 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     broker.reconnect()
     kubectl.run("patch", "replayjob", "outage", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
     obj = succeeded(kubectl, "outage", operator_alive, timeout=120)
+    received = ids(broker.drain(queue))
+    assert set(received) == set(range(1, EVENTS + 1))
+    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
+    assert obj["status"]["publishedEvents"] == EVENTS
+
+
+def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_id(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    queue = broker.queue()
+    retry = {"limit": 10, "backoff": "1s"}
+    kubectl.apply(
+        replayjob(
+            "dbdown",
+            {"from": "2026-01-01T00:00:00Z"},
+            {"queue": {"name": queue}},
+            rateLimit=150,
+            batchSize=20,  # many pages: the database is read again and again while it is down
+            retry=retry,
+        )
+    )
+    wait_progress(kubectl, "dbdown", operator_alive, beyond=50)
+    dev_stack.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
+    try:
+        down = wait_for(
+            "DatabaseUnreachable",
+            lambda: (
+                condition(o := kubectl.get("replayjob", "dbdown"), "Ready")["reason"] == "DatabaseUnreachable"
+                and o
+            ),
+            operator=operator_alive,
+            timeout=60,
+        )
+        assert condition(down, "Ready")["status"] == "False" and down["status"]["phase"] == "Pending"
+        retries = wait_for(  # the backoff doubles from spec.retry.backoff
+            "a second retry",
+            lambda: (
+                (m := [e["message"] for e in events(kubectl) if e["reason"] == "DatabaseUnreachable"])[1:]
+                and m
+            ),
+            operator=operator_alive,
+            timeout=60,
+        )
+        assert any("retry 2/10 in 2s" in message for message in retries)
+        assert not any(str(urlsplit(store).password) in message for message in retries)
+    finally:
+        state = dev_stack.State.load()
+        dev_stack.start_postgres(state)
+        state.save()
+    kubectl.run("patch", "replayjob", "dbdown", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
+    obj = succeeded(kubectl, "dbdown", operator_alive, timeout=120)
     received = ids(broker.drain(queue))
     assert set(received) == set(range(1, EVENTS + 1))
     assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
