@@ -396,9 +396,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         assert any("retry 2/10 in 2s" in message for message in retries)
         assert not any(str(urlsplit(store).password) in message for message in retries)
     finally:
-        state = dev_stack.State.load()
-        dev_stack.start_postgres(state)
-        state.save()
+        dev_stack.restart_postgres()
     kubectl.run("patch", "replayjob", "dbdown", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
     obj = succeeded(kubectl, "dbdown", operator_alive, timeout=120)
     received = ids(broker.drain(queue))
