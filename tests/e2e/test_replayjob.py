@@ -322,6 +322,30 @@ def test_sigkill_mid_replay_loses_nothing_and_bounds_duplicates(
     assert obj["status"]["publishedEvents"] == total and obj["status"]["checkpoint"] == total
 
 
+def wait_reason(kubectl: Kubectl, name: str, reason: str, operator: OperatorProcess) -> dict[str, Any]:
+    """The job once its Ready condition has `reason`."""
+    return dict(
+        wait_for(
+            reason,
+            lambda: condition(o := kubectl.get("replayjob", name), "Ready")["reason"] == reason and o,
+            operator=operator,
+            timeout=60,
+        )
+    )
+
+
+def completes_with_every_id(
+    kubectl: Kubectl, name: str, operator: OperatorProcess, broker: Broker, queue: str
+) -> None:
+    """Unpaced after an outage, the job succeeds: every id delivered, duplicates within its bound."""
+    kubectl.run("patch", "replayjob", name, "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
+    obj = succeeded(kubectl, name, operator, timeout=120)
+    received = ids(broker.drain(queue))
+    assert set(received) == set(range(1, EVENTS + 1))
+    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
+    assert obj["status"]["publishedEvents"] == EVENTS
+
+
 def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, broker: Broker
 ) -> None:
@@ -335,25 +359,12 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     wait_progress(kubectl, "outage", operator_alive, beyond=50)
     dev_stack.rabbitmqctl("stop_app")
     try:
-        down = wait_for(
-            "BrokerUnavailable",
-            lambda: (
-                condition(o := kubectl.get("replayjob", "outage"), "Ready")["reason"] == "BrokerUnavailable"
-                and o
-            ),
-            operator=operator_alive,
-            timeout=60,
-        )
+        down = wait_reason(kubectl, "outage", "BrokerUnavailable", operator_alive)
         assert condition(down, "Ready")["status"] == "False"
     finally:
         dev_stack.rabbitmqctl("start_app")
     broker.reconnect()
-    kubectl.run("patch", "replayjob", "outage", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
-    obj = succeeded(kubectl, "outage", operator_alive, timeout=120)
-    received = ids(broker.drain(queue))
-    assert set(received) == set(range(1, EVENTS + 1))
-    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
-    assert obj["status"]["publishedEvents"] == EVENTS
+    completes_with_every_id(kubectl, "outage", operator_alive, broker, queue)
 
 
 def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_id(
@@ -374,15 +385,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
     wait_progress(kubectl, "dbdown", operator_alive, beyond=50)
     dev_stack.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
     try:
-        down = wait_for(
-            "DatabaseUnreachable",
-            lambda: (
-                condition(o := kubectl.get("replayjob", "dbdown"), "Ready")["reason"] == "DatabaseUnreachable"
-                and o
-            ),
-            operator=operator_alive,
-            timeout=60,
-        )
+        down = wait_reason(kubectl, "dbdown", "DatabaseUnreachable", operator_alive)
         assert condition(down, "Ready")["status"] == "False" and down["status"]["phase"] == "Pending"
         retries = wait_for(  # the backoff doubles from spec.retry.backoff
             "a second retry",
@@ -397,12 +400,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         assert not any(str(urlsplit(store).password) in message for message in retries)
     finally:
         dev_stack.restart_postgres()
-    kubectl.run("patch", "replayjob", "dbdown", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
-    obj = succeeded(kubectl, "dbdown", operator_alive, timeout=120)
-    received = ids(broker.drain(queue))
-    assert set(received) == set(range(1, EVENTS + 1))
-    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
-    assert obj["status"]["publishedEvents"] == EVENTS
+    completes_with_every_id(kubectl, "dbdown", operator_alive, broker, queue)
 
 
 def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
