@@ -54,14 +54,13 @@ def _entries(headers: dict[str, Any]) -> bytes:
 
 class JsonPropertiesEncoder:
     """`content_type` application/json, persistent, with `message_id`, `timestamp`, `type`,
-    `correlation_id` (when set) and headers: the message's own, `shared`, and `type_header` (when
-    set) repeating the type. `shared` and `type_header` win over a message's own header of the same
-    name."""
+    `correlation_id` (when set) and headers: the message's own, `shared`, and `type_header`
+    repeating the type. `shared` and `type_header` win over a message's own header of the same name."""
 
-    def __init__(self, shared: dict[str, Any], type_header: str | None = None) -> None:
+    def __init__(self, shared: dict[str, Any], type_header: str) -> None:
         self._shared = _entries(shared)
-        self._type_key = None if type_header is None else _short(type_header.encode())
-        self._reserved = frozenset(shared) | ({type_header} if type_header else set())
+        self._type_key = _short(type_header.encode())
+        self._reserved = frozenset(shared) | {type_header}
 
     def encode(
         self,
@@ -77,8 +76,7 @@ class JsonPropertiesEncoder:
             if not self._reserved.isdisjoint(headers):
                 headers = {k: v for k, v in headers.items() if k not in self._reserved}
             table = _entries(headers) + table
-        if self._type_key is not None:
-            table += self._type_key + _LONG_STRING.pack(b"S", len(type_bytes)) + type_bytes
+        table += self._type_key + _LONG_STRING.pack(b"S", len(type_bytes)) + type_bytes
         return Encoded(
             b"".join(
                 (
