@@ -424,7 +424,7 @@ def pg_bin(name: str) -> str:
     return found
 
 
-def start_postgres(state: State) -> None:
+def start_postgres(state: State, port: int | None = None) -> None:
     apt_install("postgresql-15", "/usr/lib/postgresql/15/bin/postgres")
     data = service_home("postgres") / "data"
     socket_dir = service_home("postgres") / "run"
@@ -455,7 +455,7 @@ def start_postgres(state: State) -> None:
             capture_output=True,
         )
         pwfile.unlink()
-    port = state.port("postgres")
+    port = port or state.port("postgres")
     options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
     server_log = service_home("postgres") / "server.log"  # in the postgres-owned folder: the server writes it
     subprocess.run(
@@ -468,6 +468,26 @@ def start_postgres(state: State) -> None:
     )
     wait_until("postgres", lambda: _pg_ready(state), 30, server_log)
     state.pids["postgres"] = int((data / "postmaster.pid").read_text().split()[0])
+
+
+def stop_postgres() -> None:
+    """Stops this stack's PostgreSQL (fast: open sessions end) and keeps its data, e.g. to take the
+    database away mid-operation; `restart_postgres` brings it back."""
+    subprocess.run(
+        as_user(
+            "postgres", [pg_bin("pg_ctl"), "-D", str(service_home("postgres") / "data"), "-m", "fast", "stop"]
+        ),
+        capture_output=True,
+        check=False,
+    )
+
+
+def restart_postgres() -> None:
+    """Starts this stack's PostgreSQL again after `stop_postgres`, on its port even while closed
+    connections still hold it in TIME_WAIT (PostgreSQL binds with SO_REUSEADDR): URIs stay valid."""
+    state = State.load()
+    start_postgres(state, port=state.ports["postgres"])
+    state.save()
 
 
 def _pg_ready(state: State) -> bool:
@@ -770,14 +790,7 @@ def down() -> None:
     for name in reversed(CONTROL_PLANE):
         stop_group(state.pids.get(name, 0))
     if state.pids.get("postgres") and (service_home("postgres") / "data").exists():
-        subprocess.run(
-            as_user(
-                "postgres",
-                [pg_bin("pg_ctl"), "-D", str(service_home("postgres") / "data"), "-m", "fast", "stop"],
-            ),
-            capture_output=True,
-            check=False,
-        )
+        stop_postgres()
         stop_group(state.pids["postgres"])
     stop_rabbitmq(state)
     stop_group(state.pids.get("prometheus", 0))

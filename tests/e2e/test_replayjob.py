@@ -6,6 +6,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -127,7 +128,7 @@ def test_each_selector_form_delivers_exactly_its_events_in_order(
         assert ids(received) == expected, name  # exactly the selection, in id order
         status = obj["status"]
         assert status["totalEvents"] == status["publishedEvents"] == len(expected)
-        assert status["checkpoint"] == expected[-1] and status["percent"] == 100
+        assert status["checkpoint"] == expected[-1] and status["percent"] == "100%"
         assert condition(obj, "Ready")["status"] == "True"
         job = obj["metadata"]
         for message in received:
@@ -207,6 +208,7 @@ def test_suspend_then_resume_completes_with_no_gap(
     obj = succeeded(kubectl, "paced", operator_alive)
     assert ids(broker.drain(queue)) == list(range(1, EVENTS + 1))  # every id once, in order
     assert obj["status"]["publishedEvents"] == EVENTS and "duplicatesAtMost" not in obj["status"]
+    assert obj["status"]["attempts"] == 1  # suspending and resuming is not another attempt
 
 
 def test_unroutable_messages_fail_the_replay_or_are_counted(
@@ -320,6 +322,30 @@ def test_sigkill_mid_replay_loses_nothing_and_bounds_duplicates(
     assert obj["status"]["publishedEvents"] == total and obj["status"]["checkpoint"] == total
 
 
+def wait_reason(kubectl: Kubectl, name: str, reason: str, operator: OperatorProcess) -> dict[str, Any]:
+    """The job once its Ready condition has `reason`."""
+    return dict(
+        wait_for(
+            reason,
+            lambda: condition(o := kubectl.get("replayjob", name), "Ready")["reason"] == reason and o,
+            operator=operator,
+            timeout=60,
+        )
+    )
+
+
+def completes_with_every_id(
+    kubectl: Kubectl, name: str, operator: OperatorProcess, broker: Broker, queue: str
+) -> None:
+    """Unpaced after an outage, the job succeeds: every id delivered, duplicates within its bound."""
+    kubectl.run("patch", "replayjob", name, "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
+    obj = succeeded(kubectl, name, operator, timeout=120)
+    received = ids(broker.drain(queue))
+    assert set(received) == set(range(1, EVENTS + 1))
+    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
+    assert obj["status"]["publishedEvents"] == EVENTS
+
+
 def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, broker: Broker
 ) -> None:
@@ -333,25 +359,48 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
     wait_progress(kubectl, "outage", operator_alive, beyond=50)
     dev_stack.rabbitmqctl("stop_app")
     try:
-        down = wait_for(
-            "BrokerUnavailable",
-            lambda: (
-                condition(o := kubectl.get("replayjob", "outage"), "Ready")["reason"] == "BrokerUnavailable"
-                and o
-            ),
-            operator=operator_alive,
-            timeout=60,
-        )
+        down = wait_reason(kubectl, "outage", "BrokerUnavailable", operator_alive)
         assert condition(down, "Ready")["status"] == "False"
     finally:
         dev_stack.rabbitmqctl("start_app")
     broker.reconnect()
-    kubectl.run("patch", "replayjob", "outage", "--type=merge", "-p", '{"spec": {"rateLimit": 100000}}')
-    obj = succeeded(kubectl, "outage", operator_alive, timeout=120)
-    received = ids(broker.drain(queue))
-    assert set(received) == set(range(1, EVENTS + 1))
-    assert len(received) - EVENTS <= obj["status"].get("duplicatesAtMost", 0)
-    assert obj["status"]["publishedEvents"] == EVENTS
+    completes_with_every_id(kubectl, "outage", operator_alive, broker, queue)
+
+
+def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_id(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    queue = broker.queue()
+    retry = {"limit": 10, "backoff": "1s"}
+    kubectl.apply(
+        replayjob(
+            "dbdown",
+            {"from": "2026-01-01T00:00:00Z"},
+            {"queue": {"name": queue}},
+            rateLimit=150,
+            batchSize=20,  # many pages: the database is read again and again while it is down
+            retry=retry,
+        )
+    )
+    wait_progress(kubectl, "dbdown", operator_alive, beyond=50)
+    dev_stack.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
+    try:
+        down = wait_reason(kubectl, "dbdown", "DatabaseUnreachable", operator_alive)
+        assert condition(down, "Ready")["status"] == "False" and down["status"]["phase"] == "Pending"
+        retries = wait_for(  # the backoff doubles from spec.retry.backoff
+            "a second retry",
+            lambda: (
+                (m := [e["message"] for e in events(kubectl) if e["reason"] == "DatabaseUnreachable"])[1:]
+                and m
+            ),
+            operator=operator_alive,
+            timeout=60,
+        )
+        assert any("retry 2/10 in 2s" in message for message in retries)
+        assert not any(str(urlsplit(store).password) in message for message in retries)
+    finally:
+        dev_stack.restart_postgres()
+    completes_with_every_id(kubectl, "dbdown", operator_alive, broker, queue)
 
 
 def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(

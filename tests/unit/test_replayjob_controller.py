@@ -10,17 +10,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from habitat_operator.api.common import API_VERSION
-from habitat_operator.api.replayjob import EventSelector
+from habitat_operator.api.replayjob import EventSelector, ReplayReason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob import run as replay_run
-from habitat_operator.controllers.replayjob.run import ReplayRun
+from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
 from habitat_operator.engines.postgres import events as event_store
 from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
 from habitat_operator.engines.rabbitmq.publisher import Message, Tally
+from habitat_operator.errors import RetryableError
 from tests.unit.bodies import NS, conditions
 from tests.unit.fake_kube import FakeKube
 
@@ -71,6 +74,8 @@ class FakeBroker:
         self.lag = lag
         self.delivered: list[int] = []
         self.kill_at: int | None = None
+        self.fail_at: int | None = None  # the broker goes away when this many were delivered
+        self.suspend_at: int | None = None  # a user sets spec.suspend when this many were delivered
 
     def __call__(self, target: Any, window: int) -> FakeBroker:
         self.tally = Tally()
@@ -87,6 +92,10 @@ class FakeBroker:
     async def publish(self, message: Message) -> None:
         if self.kill_at is not None and len(self.delivered) == self.kill_at:
             raise Killed
+        if self.fail_at is not None and len(self.delivered) == self.fail_at:
+            raise RetryableError(ReplayReason.BROKER_UNAVAILABLE, "RabbitMQ at broker:5672 is unavailable")
+        if self.suspend_at is not None and len(self.delivered) == self.suspend_at:
+            self.kube.objects[(PLURAL, NS, "replay")]["spec"]["suspend"] = True
         reserved = self.kube.status(PLURAL, NS, "replay").get("reservedThrough")
         assert reserved is not None and message.key <= reserved, (message.key, reserved)
         self.delivered.append(message.key)
@@ -189,3 +198,56 @@ def test_suspended_before_it_starts_it_publishes_nothing(
     assert isinstance(reconcile(fake_kube, config), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("False", "Suspended")
+
+
+def test_suspending_and_resuming_never_uses_up_retries(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
+) -> None:
+    spec = fake_kube.objects[(PLURAL, NS, "replay")]["spec"]
+    spec["retry"] = {"limit": 1, "backoff": "1s"}
+    for suspend_at in (50, 100, 150):  # more suspensions than the retry limit
+        broker.suspend_at = suspend_at
+        assert isinstance(reconcile(fake_kube, config), RetryLater)
+        assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Suspended"
+        spec["suspend"] = False
+    broker.fail_at = 200  # one failure: within the limit, so it is retried, after the first backoff
+    assert reconcile(fake_kube, config) == RetryLater(1.0)
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert (status["phase"], status["attempts"]) == ("Pending", 1)
+    broker.fail_at = None
+    assert reconcile(fake_kube, config) is None
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert (status["phase"], status["attempts"], status["publishedEvents"]) == ("Succeeded", 2, TOTAL)
+    assert set(broker.delivered) == set(range(1, TOTAL + 1))
+
+
+def test_a_restarted_operator_continues_the_metrics_from_status(
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
+) -> None:
+    labels = {"namespace": NS, "replayjob": "replay"}
+
+    def sample(name: str, **extra: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {**labels, **extra})
+
+    metrics.forget_replayjob(NS, "replay")
+    broker.kill_at = 199
+    with pytest.raises(Killed):
+        reconcile(fake_kube, config)
+    published = fake_kube.status(PLURAL, NS, "replay")["publishedEvents"]
+    assert 0 < published < TOTAL
+    # Counted only once status has them: the series never runs ahead of what a restart restores.
+    assert (sample("habitat_replay_events_total", result="published") or 0) <= published
+    metrics.forget_replayjob(NS, "replay")  # a new operator process: no series yet
+    restore_metrics(fake_kube.object(PLURAL, NS, "replay"))
+    assert sample("habitat_replay_events_total", result="published") == published
+    assert sample("habitat_replay_progress_ratio") == published / TOTAL
+    broker.kill_at = None
+    assert reconcile(fake_kube, config) is None
+    assert sample("habitat_replay_events_total", result="published") == TOTAL  # each event counted once
+    metrics.forget_replayjob(NS, "replay")
+    restore_metrics(fake_kube.object(PLURAL, NS, "replay"))  # finished: the dashboard keeps its 100%
+    assert (sample("habitat_replay_progress_ratio"), sample("habitat_replay_rate_events_per_second")) == (
+        1.0,
+        0,
+    )
+    assert sample("habitat_replay_events_total", result="published") == TOTAL

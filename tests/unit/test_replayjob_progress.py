@@ -15,14 +15,14 @@ def test_progress_percent_rate_and_eta() -> None:
     progress.observe(10.0, 0)
     progress.observe(12.0, 200)
     assert (progress.percent, progress.rate, progress.eta, progress.display(190)) == (
-        20,
+        "20%",
         100.0,
         "8s",
         "190/1000",
     )
     progress.observe(14.0, 1000)
-    assert (progress.percent, progress.ratio, progress.eta) == (100, 1.0, None)
-    assert Progress(total=0).percent == 100
+    assert (progress.percent, progress.ratio, progress.eta) == ("100%", 1.0, None)
+    assert Progress(total=0).percent == "100%"
 
 
 def ack(tag: int, multiple: bool = False, nack: bool = False) -> Any:

@@ -317,7 +317,11 @@ class ReplayJobStatus(RunStatus):
         description="Events that may have been published twice (after a crash or a broker outage).",
     )
     progress: str | None = Field(None, description="published/total, for kubectl.")
-    percent: int | None = Field(None, ge=0, le=100, description="Share of the selection handled.")
+    percent: str | None = Field(
+        None,
+        pattern=r"^(100|[1-9]?[0-9])%$",
+        description="Share of the selection settled, as kubectl shows it (24%); exactly: publishedEvents.",
+    )
     rate_per_second: float | None = Field(None, ge=0, description="Events per second, recently.")
     eta: str | None = Field(None, description="Estimated time to completion.")
     sample: list[SampleEvent] | None = Field(None, description="A dry run's first events.")
@@ -332,7 +336,7 @@ REPLAYJOB = KindInfo(
     printer_columns=(
         PrinterColumn("Phase", ".status.phase"),
         PrinterColumn("Published", ".status.progress"),
-        PrinterColumn("Percent", ".status.percent", type="integer"),
+        PrinterColumn("Percent", ".status.percent"),
         PrinterColumn("Rate", ".status.ratePerSecond", type="number"),
         PrinterColumn("ETA", ".status.eta", priority=1),
         PrinterColumn("Checkpoint", ".status.checkpoint", type="integer", priority=1),

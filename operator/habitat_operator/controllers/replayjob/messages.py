@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from habitat_operator.api.replayjob import ReplayTarget
 from habitat_operator.engines.postgres.events import Event
+from habitat_operator.engines.rabbitmq.properties import JsonPropertiesEncoder
 from habitat_operator.engines.rabbitmq.publisher import Message
 
 JOB_HEADER = "x-habitat-replay-job"
@@ -36,22 +37,25 @@ class Addressing:
         return f"queue {self.fixed_routing_key}" if not self.exchange else f"exchange {self.exchange}"
 
 
-def to_message(event: Event, addressing: Addressing, job: str, job_uid: str, replayed_at: str) -> Message:
-    """The event as a message; `job` is namespace/name."""
-    headers = {
-        **(event.headers or {}),
-        JOB_HEADER: job,
-        JOB_UID_HEADER: job_uid,
-        EVENT_TYPE_HEADER: event.event_type,
-        REPLAYED_AT_HEADER: replayed_at,
-    }
+def encoder(job: str, job_uid: str, replayed_at: str) -> JsonPropertiesEncoder:
+    """The replay's marks, shared by every message replayed at `replayed_at`; `job` is namespace/name."""
+    return JsonPropertiesEncoder(
+        {JOB_HEADER: job, JOB_UID_HEADER: job_uid, REPLAYED_AT_HEADER: replayed_at},
+        type_header=EVENT_TYPE_HEADER,
+    )
+
+
+def to_message(event: Event, addressing: Addressing, marks: JsonPropertiesEncoder) -> Message:
     return Message(
         key=event.id,
         exchange=addressing.exchange,
         routing_key=addressing.fixed_routing_key or event.routing_key or "",
         body=event.payload,
-        headers=headers,
-        type=event.event_type,
-        correlation_id=event.correlation_id,
-        timestamp=int(event.occurred_at.timestamp()),
+        properties=marks.encode(
+            event.id,
+            event.headers,
+            event.event_type,
+            event.correlation_id,
+            int(event.occurred_at.timestamp()),
+        ),
     )

@@ -43,6 +43,22 @@ REPLAY_RUNS = Counter(
 
 
 _progressing: set[tuple[str, str]] = set()
+# What habitat_replay_events_total holds per series: the totals of status, counted once each.
+_counted: dict[tuple[str, str, str], int] = {}
+
+
+def settled(namespace: str, name: str, published: int, failed: int) -> bool:
+    """Raises the event counters to status's totals (counted after status has them, so they never run
+    ahead of it, and a restarted operator that restores them from status continues each series with
+    no reset); True when some were new."""
+    new = False
+    for result, total in (("published", published), ("failed", failed)):
+        key = (namespace, name, result)
+        if total > _counted.get(key, 0):
+            REPLAY_EVENTS.labels(namespace, name, result).inc(total - _counted.get(key, 0))
+            _counted[key] = total
+            new = True
+    return new
 
 
 def progressed(namespace: str, name: str) -> None:
@@ -67,6 +83,7 @@ def stopped(namespace: str, name: str) -> None:
 def forget_replayjob(namespace: str, name: str) -> None:
     _progressing.discard((namespace, name))
     for result in ("published", "failed"):
+        _counted.pop((namespace, name, result), None)
         with suppress(KeyError):
             REPLAY_EVENTS.remove(namespace, name, result)
     for gauge in (REPLAY_PROGRESS, REPLAY_RATE, REPLAY_LAST_PROGRESS, REPLAY_DURATION):

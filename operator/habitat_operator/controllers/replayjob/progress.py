@@ -24,8 +24,9 @@ class Progress:
         self.settled = settled
 
     @property
-    def percent(self) -> int:
-        return 100 if self.total == 0 else min(100, self.settled * 100 // self.total)
+    def percent(self) -> str:
+        """As kubectl shows a share: 24%, rounded down (100% only when all is settled)."""
+        return "100%" if self.total == 0 else f"{min(100, self.settled * 100 // self.total)}%"
 
     @property
     def ratio(self) -> float:

@@ -32,8 +32,9 @@ from habitat_operator.api.replayjob import (
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_text
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
+from habitat_operator.controllers.base.status import read_status
 from habitat_operator.controllers.replayjob import metrics
-from habitat_operator.controllers.replayjob.messages import Addressing, to_message
+from habitat_operator.controllers.replayjob.messages import Addressing, encoder, to_message
 from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres import events
@@ -80,7 +81,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                     published_events=0,
                     failed_events=0,
                     progress=f"0/{snapshot.count}",
-                    percent=0,
+                    percent="0%",
                 )
             return await self._replay(spec, reader, store)
 
@@ -114,7 +115,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             sample=sample,
         )
 
-    async def _suspended(self, why: str) -> RetryLater:
+    async def _suspended(self, why: str, **fields: Any) -> RetryLater:
         metrics.stopped(self.namespace, self.name)
         await self.reporter.write(
             "paused",
@@ -123,6 +124,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             f"{why}; unset spec.suspend to resume from the checkpoint",
             rate_per_second=0.0,
             eta=None,
+            **fields,
         )
         return RetryLater(SUSPENDED_RECHECK_SECONDS)
 
@@ -159,7 +161,11 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             await replay.close()
         if suspended:
             self._record_duration()
-            return await self._suspended(f"suspended at checkpoint {self.status.checkpoint}")
+            # Not a failed attempt: resuming continues this one, so suspending never uses up spec.retry.
+            self.attempts -= 1
+            return await self._suspended(
+                f"suspended at checkpoint {self.status.checkpoint}", attempts=self.attempts
+            )
         await self._finish(replay.first_failure)
         return None
 
@@ -170,7 +176,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if failed:
             message += f"; {failed} failed (first: event {failure.key if failure else '?'})"
         self._record_duration()
-        await self.succeed(message, percent=100, eta=None, rate_per_second=0.0, reserved_through=None)
+        await self.succeed(message, percent="100%", eta=None, rate_per_second=0.0, reserved_through=None)
 
     def _record_duration(self) -> None:
         metrics.REPLAY_DURATION.labels(self.namespace, self.name).observe(self.elapsed)
@@ -195,6 +201,23 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     def record_outcome(self, succeeded: bool) -> None:
         metrics.stopped(self.namespace, self.name)
         metrics.REPLAY_RUNS.labels("success" if succeeded else "failure").inc()
+
+
+def restore_metrics(body: kube.JsonDict) -> None:
+    """After an operator restart, a replay's series come back from its status, so a dashboard sees
+    no drop to zero. The stall clock is not restored (status does not say when events were last
+    settled): the next attempt starts it, as a new one would."""
+    status = read_status(ReplayJobStatus, body)
+    if status.total_events is None or (body.get("spec") or {}).get("dryRun"):
+        return
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    published, failed = status.published_events or 0, status.failed_events or 0
+    metrics.settled(namespace, name, published, failed)
+    metrics.REPLAY_PROGRESS.labels(namespace, name).set(
+        Progress(status.total_events, published + failed).ratio
+    )
+    if status.phase not in (Phase.RUNNING, Phase.PENDING):
+        metrics.REPLAY_RATE.labels(namespace, name).set(0)
 
 
 class _FieldsError(PermanentError):
@@ -253,13 +276,13 @@ class _Replay:
             async for page in reader.pages(
                 store, self.spec.selector, self.after, upper, self.spec.batch_size
             ):
-                replayed_at = timestamps.rfc3339(timestamps.now())
+                marks = encoder(self.job_name, uid, timestamps.rfc3339(timestamps.now()))
                 for event in page:  # the hot loop: a few attribute reads a message, no more
                     if self.rate_limit is not None:
                         await self._pace()
                     if event.id > self.reserved:
                         await self._write(reserve_past=max(event.id, page[-1].id))
-                    await publish(to_message(event, self.addressing, self.job_name, uid, replayed_at))
+                    await publish(to_message(event, self.addressing, marks))
                     if fail_fast and tally.failed:
                         break
                     if time.monotonic() >= self._due:
@@ -329,7 +352,6 @@ class _Replay:
         tally = self.publisher.tally
         published, failed = self.base_published + tally.confirmed, self.base_failed + tally.failed
         checkpoint = self.publisher.confirmed_through
-        self._record_metrics(published, failed)
         self.progress.observe(now, published + failed)
         failure = tally.first_failure
         await self.owner.reporter.write(
@@ -349,6 +371,7 @@ class _Replay:
             if failure is None
             else ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message),
         )
+        self._record_metrics(published, failed)
         if checkpoint is not None:
             self.checkpoint = checkpoint
         self.reserved = self.after if reserved is None else reserved
@@ -357,14 +380,7 @@ class _Replay:
 
     def _record_metrics(self, published: int, failed: int) -> None:
         ns, name = self.owner.namespace, self.owner.name
-        status = self.owner.status
-        new_published = published - (status.published_events or 0)
-        new_failed = failed - (status.failed_events or 0)
-        if new_published > 0:
-            metrics.REPLAY_EVENTS.labels(ns, name, "published").inc(new_published)
-        if new_failed > 0:
-            metrics.REPLAY_EVENTS.labels(ns, name, "failed").inc(new_failed)
-        if new_published + new_failed > 0:
+        if metrics.settled(ns, name, published, failed):
             metrics.progressed(ns, name)
         metrics.REPLAY_PROGRESS.labels(ns, name).set(self.progress.ratio)
         metrics.REPLAY_RATE.labels(ns, name).set(self.progress.rate)
