@@ -17,7 +17,7 @@ from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreSpec, StorageSource
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key
 from habitat_operator.controllers.restore.source import _catalog_entry, _check_key
-from habitat_operator.engines.artifacts.codec import ZSTD_MAGIC, ArtifactSink, PlaintextReader
+from habitat_operator.engines.artifacts.codec import READ_SIZE, ZSTD_MAGIC, ArtifactSink, PlaintextReader
 from habitat_operator.engines.artifacts.s3 import S3Location, storage_error
 from habitat_operator.errors import OperationError
 from tests.unit.test_api_backup import spec as backup_spec
@@ -179,6 +179,21 @@ def test_the_codec_round_trips(zstd: bool, key: bytes | None) -> None:
         chunks.append(chunk)
     assert b"".join(chunks) == plain
     assert reader.sha256.hexdigest() == sink.sha256.hexdigest()
+
+
+@pytest.mark.parametrize("key", [None, b"k" * 32])
+def test_decompressed_chunks_stay_small_however_well_the_data_compressed(key: bytes | None) -> None:
+    out = Collected()
+    sink = ArtifactSink(out, key, zstd=True)
+    for _ in range(256):
+        sink.write(bytes(1 << 20))  # 256 MiB of zeros: a few kilobytes of zstd
+    sink.finish()
+    reader = PlaintextReader(io.BytesIO(bytes(out.data)), key)
+    total = 0
+    while chunk := reader.read():
+        assert len(chunk) <= READ_SIZE
+        total += len(chunk)
+    assert total == 256 << 20 and reader.finished
 
 
 def test_an_encrypted_artifact_needs_its_key() -> None:

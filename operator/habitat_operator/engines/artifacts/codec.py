@@ -9,8 +9,8 @@ Both classes block: use them from an ENGINE_POOL thread.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from typing import Protocol
+from collections.abc import Callable
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -25,8 +25,6 @@ ZSTD_LEVEL = 3
 # backend and this thread already fill two cores, and worker threads only added hand-offs and job
 # buffers (docs/benchmarks.md: slower, and 67 MiB more RSS).
 ZSTD_THREADS = 0
-# Compressed input handed to the decompressor at once: bounds the plaintext one step makes.
-_DECOMPRESS_STEP = 128 << 10
 
 
 class Writable(Protocol):
@@ -83,27 +81,32 @@ class PlaintextReader:
     def __init__(self, raw: Readable, encryption_key: bytes | None) -> None:
         self._raw = raw
         self._decryptor = Decryptor(encryption_key) if encryption_key is not None else None
-        self._decompressor: zstandard.ZstdDecompressionObj | None = None
+        self._zstd: zstandard.ZstdDecompressionReader | None = None
         self._sniffed = False
-        self._ready: deque[bytes] = deque()
         self._done = False
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def read(self) -> bytes:
-        """The next non-empty plaintext chunk; b"" at the end, once the whole stream is authenticated."""
-        while not self._ready and not self._done:
-            raw = self._raw.read(READ_SIZE)
-            if not raw:
-                self._done = True
-                self._decode(self._decryptor.finalize() if self._decryptor else b"")
-                break
-            if not self.size and self._decryptor is None and is_encrypted(raw[: len(MAGIC)]):
-                raise PermanentError(Reason.DECRYPTION_FAILED, "artifact is encrypted but no key was given")
-            self.sha256.update(raw)
-            self.size += len(raw)
-            self._decode(self._decryptor.update(raw) if self._decryptor else raw)
-        return self._ready.popleft() if self._ready else b""
+        """The next non-empty plaintext chunk; b"" at the end, once the whole stream is authenticated.
+
+        A decompressed chunk is at most READ_SIZE, however well the data compressed: 1 MiB of zstd
+        can hold gigabytes of a blank column."""
+        if not self._sniffed:
+            self._sniffed = True
+            first = self._next_stored_plain()
+            if not first.startswith(ZSTD_MAGIC):
+                return first
+            source = cast("IO[bytes]", _Prepended(first, self._next_stored_plain))  # it only reads
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(
+                source, read_across_frames=True, closefd=False
+            )
+        if self._zstd is None:
+            return self._next_stored_plain()
+        try:
+            return self._zstd.read(READ_SIZE)
+        except zstandard.ZstdError as error:
+            raise PermanentError(Reason.VERIFICATION_FAILED, f"artifact is corrupt: {error}") from None
 
     @property
     def finished(self) -> bool:
@@ -113,39 +116,41 @@ class PlaintextReader:
     def drain(self) -> None:
         """Read to the end without decompressing, once the consumer stopped reading: the SHA-256
         completes and every encrypted chunk is still authenticated, at a fraction of the cost."""
-        self._ready.clear()
-        while not self._done:
-            raw = self._raw.read(READ_SIZE)
-            if not raw:
-                self._done = True
-                if self._decryptor:
-                    self._decryptor.finalize()
-                return
-            self.sha256.update(raw)
-            self.size += len(raw)
-            if self._decryptor:
-                self._decryptor.update(raw)
+        while self._next_stored_plain():
+            pass
 
     def close(self) -> None:
         self._raw.close()
 
-    def _decode(self, plain: bytes) -> None:
-        if not plain:
-            return
-        if not self._sniffed:
-            self._sniffed = True
-            if plain.startswith(ZSTD_MAGIC):
-                self._decompressor = zstandard.ZstdDecompressor().decompressobj()
-        if self._decompressor is None:
-            self._ready.append(plain)
-            return
-        for start in range(0, len(plain), _DECOMPRESS_STEP):
-            try:
-                out = self._decompressor.decompress(plain[start : start + _DECOMPRESS_STEP])
-            except zstandard.ZstdError as error:
-                raise PermanentError(Reason.VERIFICATION_FAILED, f"artifact is corrupt: {error}") from None
-            if out:
-                self._ready.append(out)
+    def _next_stored_plain(self) -> bytes:
+        """The next non-empty piece of the stored bytes, hashed and decrypted; b"" at the end."""
+        while not self._done:
+            raw = self._raw.read(READ_SIZE)
+            if not raw:
+                self._done = True
+                return self._decryptor.finalize() if self._decryptor else b""
+            if not self.size and self._decryptor is None and is_encrypted(raw[: len(MAGIC)]):
+                raise PermanentError(Reason.DECRYPTION_FAILED, "artifact is encrypted but no key was given")
+            self.sha256.update(raw)
+            self.size += len(raw)
+            plain = self._decryptor.update(raw) if self._decryptor else raw
+            if plain:
+                return plain
+        return b""
+
+
+class _Prepended:
+    """What zstd's stream reader reads: the piece already taken to sniff the format, then the rest."""
+
+    def __init__(self, first: bytes, rest: Callable[[], bytes]) -> None:
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._rest()
 
 
 def starts_compressed(head: bytes) -> bool:
