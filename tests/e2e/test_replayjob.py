@@ -233,6 +233,29 @@ def test_unroutable_messages_fail_the_replay_or_are_counted(
     assert ids(broker.drain(invoices)) == selected(store, "event_type = 'invoice.issued'")
 
 
+def test_an_event_whose_headers_amqp_cannot_carry_fails_the_replay_or_is_counted(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    with psycopg.connect(store) as conn:  # JSON allows a float in headers; pika encodes none
+        conn.execute(
+            """UPDATE events SET headers = COALESCE(headers, '{}') || '{"weight": 1.5}' WHERE id IN (3, 7)"""
+        )
+    queue = broker.queue(broker.exchange())
+    selector = {"eventIds": list(range(1, 11))}
+    kubectl.apply(replayjob("strict-headers", selector, {"queue": {"name": queue}}))
+    failed = wait_phase(kubectl, "replayjob", "strict-headers", {"Failed"}, operator_alive)
+    assert condition(failed, "Stalled")["reason"] == "MessageNotEncodable"
+    assert "event 3 cannot be sent: its headers hold a float" in failed["status"]["message"]
+    broker.drain(queue)
+
+    kubectl.apply(replayjob("lenient-headers", selector, {"queue": {"name": queue}}, onError="continue"))
+    status = succeeded(kubectl, "lenient-headers", operator_alive)["status"]
+    assert (status["publishedEvents"], status["failedEvents"], status["checkpoint"]) == (8, 2, 10)
+    assert status["firstFailure"]["eventId"] == 3
+    assert status["firstFailure"]["reason"] == "MessageNotEncodable"
+    assert ids(broker.drain(queue)) == [1, 2, 4, 5, 6, 8, 9, 10]
+
+
 def test_bad_selectors_are_refused_at_apply_time_or_stall_with_the_field(
     operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None
 ) -> None:

@@ -22,7 +22,7 @@ from habitat_operator.controllers.replayjob import run as replay_run
 from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
 from habitat_operator.engines.postgres import events as event_store
 from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
-from habitat_operator.engines.rabbitmq.publisher import Message, Tally
+from habitat_operator.engines.rabbitmq.publisher import Failure, Message, Tally
 from habitat_operator.errors import RetryableError
 from tests.unit.bodies import NS, conditions
 from tests.unit.fake_kube import FakeKube
@@ -103,6 +103,9 @@ class FakeBroker:
         if len(self._open) > self.lag:
             self._settle()
         await asyncio.sleep(0)
+
+    def refuse(self, failure: Failure) -> None:
+        raise AssertionError(f"every event here can be encoded, but {failure.key} was refused")
 
     def _settle(self) -> None:
         self.confirmed_through = self._open.pop(0)

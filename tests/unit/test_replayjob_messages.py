@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 
 import pika
 import pika.frame
+import pika.spec
+import pytest
 
-from habitat_operator.api.replayjob import ReplayTarget
+from habitat_operator.api.replayjob import ReplayReason, ReplayTarget
 from habitat_operator.controllers.replayjob.messages import (
     EVENT_TYPE_HEADER,
     JOB_HEADER,
@@ -22,7 +25,14 @@ from habitat_operator.controllers.replayjob.messages import (
     to_message,
 )
 from habitat_operator.engines.postgres.events import Event
-from habitat_operator.engines.rabbitmq.publisher import _CoalescingConnection
+from habitat_operator.engines.rabbitmq.properties import NotEncodable
+from habitat_operator.engines.rabbitmq.publisher import (
+    ConfirmingPublisher,
+    Failure,
+    Message,
+    _CoalescingConnection,
+)
+from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 
 MOMENT = dt.datetime(2026, 1, 31, 23, 59, 59, tzinfo=dt.UTC)
 TARGET = ReplayTarget.model_validate({"rabbitmq": {"secretRef": {"name": "b"}}, "exchange": {"name": "x"}})
@@ -80,3 +90,35 @@ def test_frames_of_one_loop_turn_leave_in_one_write() -> None:
     asyncio.run(publish_two_messages())
     assert written == [b"method1header1body1method2header2body2"]
     assert (connection.frames_sent, connection.bytes_sent) == (6, len(written[0]))
+
+
+def test_headers_amqp_cannot_carry_are_refused_with_the_reason_not_the_value() -> None:
+    with pytest.raises(NotEncodable, match="its headers hold a float") as refused:
+        on_the_wire(Event(8, "t", MOMENT, b"{}", None, None, {"weight": 1.5}))
+    assert "1.5" not in str(refused.value)
+    with pytest.raises(NotEncodable, match="longer than AMQP's 255 bytes"):
+        on_the_wire(Event(9, "t", MOMENT, b"{}", None, "c" * 256, None))
+
+
+def test_a_refused_event_settles_in_its_place_among_those_in_flight() -> None:
+    publisher = ConfirmingPublisher(AmqpTarget("amqp://broker"), window=10)
+    publisher._channel = SimpleNamespace(basic_publish=lambda *args, **kwargs: None)
+
+    def ack(tag: int) -> None:
+        publisher._on_confirm(SimpleNamespace(method=pika.spec.Basic.Ack(delivery_tag=tag)))
+
+    def send(key: int) -> None:
+        asyncio.run(publisher.publish(Message(key, "x", "k", b"{}", pika.BasicProperties())))
+
+    send(1)
+    publisher.refuse(Failure(2, ReplayReason.MESSAGE_NOT_ENCODABLE, "cannot be sent"))
+    send(3)
+    assert publisher.confirmed_through is None  # 1 is not confirmed yet, so neither is anything after it
+    ack(1)
+    assert publisher.confirmed_through == 2
+    ack(2)
+    publisher.refuse(Failure(4, ReplayReason.MESSAGE_NOT_ENCODABLE, "cannot be sent"))  # nothing in flight
+    assert publisher.confirmed_through == 4
+    tally = publisher.tally
+    assert (tally.confirmed, tally.failed) == (2, 2)
+    assert tally.first_failure is not None and tally.first_failure.key == 2

@@ -52,6 +52,7 @@ class ReplayReason(StrEnum):
     TARGET_NOT_FOUND = "TargetNotFound"
     MESSAGE_RETURNED = "MessageReturned"
     MESSAGE_NACKED = "MessageNacked"
+    MESSAGE_NOT_ENCODABLE = "MessageNotEncodable"
 
 
 class WhereOperator(StrEnum):

@@ -39,6 +39,7 @@ from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres import events
 from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventReader, EventStore
+from habitat_operator.engines.rabbitmq.properties import NotEncodable
 from habitat_operator.engines.rabbitmq.publisher import ConfirmingPublisher, Failure
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 from habitat_operator.errors import OperationError, PermanentError
@@ -270,7 +271,8 @@ class _Replay:
     async def run(self, reader: EventReader, store: EventStore, upper: int) -> bool:
         """Publishes every selected event after the checkpoint; True when suspended midway."""
         self.publisher = await ConfirmingPublisher(self.broker, WINDOW).open()
-        publish, tally, uid = self.publisher.publish, self.publisher.tally, self.owner.uid
+        publish, refuse, tally = self.publisher.publish, self.publisher.refuse, self.publisher.tally
+        uid = self.owner.uid
         fail_fast = self.spec.on_error is OnError.FAIL
         try:
             async for page in reader.pages(
@@ -282,7 +284,12 @@ class _Replay:
                         await self._pace()
                     if event.id > self.reserved:
                         await self._write(reserve_past=max(event.id, page[-1].id))
-                    await publish(to_message(event, self.addressing, marks))
+                    try:
+                        message = to_message(event, self.addressing, marks)
+                    except NotEncodable as error:  # counted as failed, as a returned message is
+                        refuse(Failure(event.id, ReplayReason.MESSAGE_NOT_ENCODABLE, str(error)))
+                    else:
+                        await publish(message)
                     if fail_fast and tally.failed:
                         break
                     if time.monotonic() >= self._due:

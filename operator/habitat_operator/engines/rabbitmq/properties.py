@@ -27,6 +27,26 @@ _U64 = struct.Struct(">Q")
 _LONG_STRING = struct.Struct(">cI")
 
 
+class NotEncodable(ValueError):
+    """Properties that AMQP, as pika encodes it, cannot carry; the message says which, not the value."""
+
+
+_NOT_ENCODABLE = (
+    pika.exceptions.UnsupportedAMQPFieldException,
+    pika.exceptions.ShortStringTooLong,
+    struct.error,
+)
+
+
+def _why_not(error: Exception) -> str:
+    if isinstance(error, pika.exceptions.UnsupportedAMQPFieldException):
+        kind = type(error.args[-1]).__name__ if error.args else "value"
+        return f"cannot be sent: its headers hold a {kind}, which pika cannot encode in an AMQP table"
+    if isinstance(error, pika.exceptions.ShortStringTooLong):
+        return "cannot be sent: a header name or its correlation id is longer than AMQP's 255 bytes"
+    return "cannot be sent: a number in its headers is out of AMQP's range"
+
+
 class Encoded(pika.BasicProperties):  # type: ignore[misc]
     """Properties already in wire format; pika's content header frame takes them from `encode()`.
 
@@ -63,6 +83,20 @@ class JsonPropertiesEncoder:
         self._reserved = frozenset(shared) | {type_header}
 
     def encode(
+        self,
+        message_id: int,
+        headers: dict[str, Any] | None,
+        type_: str,
+        correlation_id: str | None,
+        timestamp: int,
+    ) -> Encoded:
+        """Raises NotEncodable for what AMQP cannot carry (a float in the headers, for one)."""
+        try:
+            return self._encode(message_id, headers, type_, correlation_id, timestamp)
+        except _NOT_ENCODABLE as error:
+            raise NotEncodable(_why_not(error)) from None
+
+    def _encode(
         self,
         message_id: int,
         headers: dict[str, Any] | None,

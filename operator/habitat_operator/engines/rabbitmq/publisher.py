@@ -212,6 +212,13 @@ class ConfirmingPublisher:
         self._in_flight.append(entry)
         self._by_tag[entry.tag] = entry
 
+    def refuse(self, failure: Failure) -> None:
+        """Counts `failure.key` as failed without sending it (a message that cannot be encoded), in
+        its place among the keys in flight, so the checkpoint passes it as it passes a returned one."""
+        entry = _InFlight(self._next_tag - 1, failure.key, settled=True, failure=failure)
+        self._in_flight.append(entry)
+        self._settle_from_the_left()
+
     async def drain(self) -> None:
         """Waits until every message sent is settled."""
         while self._in_flight and self._error is None:
@@ -248,6 +255,9 @@ class ConfirmingPublisher:
             entry.settled = True
             del self._by_tag[entry.tag]
             entry.failure = self._failure(entry.key, nacked)
+        self._settle_from_the_left()
+
+    def _settle_from_the_left(self) -> None:
         while self._in_flight and self._in_flight[0].settled:
             done = self._in_flight.popleft()
             if done.failure is None:
