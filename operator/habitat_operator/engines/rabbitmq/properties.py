@@ -92,37 +92,27 @@ class JsonPropertiesEncoder:
     ) -> Encoded:
         """Raises NotEncodable for what AMQP cannot carry (a float in the headers, for one)."""
         try:
-            return self._encode(message_id, headers, type_, correlation_id, timestamp)
-        except _NOT_ENCODABLE as error:
-            raise NotEncodable(_why_not(error)) from None
-
-    def _encode(
-        self,
-        message_id: int,
-        headers: dict[str, Any] | None,
-        type_: str,
-        correlation_id: str | None,
-        timestamp: int,
-    ) -> Encoded:
-        type_bytes = type_.encode()
-        table = self._shared
-        if headers:
-            if not self._reserved.isdisjoint(headers):
-                headers = {k: v for k, v in headers.items() if k not in self._reserved}
-            table = _entries(headers) + table
-        table += self._type_key + _LONG_STRING.pack(b"S", len(type_bytes)) + type_bytes
-        return Encoded(
-            b"".join(
-                (
-                    _FLAGS_BYTES if correlation_id is None else _FLAGS_CORRELATED_BYTES,
-                    b"\x10application/json",
-                    _U32.pack(len(table)),
-                    table,
-                    _DELIVERY_MODE,
-                    b"" if correlation_id is None else _short(correlation_id.encode()),
-                    _short(str(message_id).encode()),
-                    _U64.pack(timestamp),
-                    _short(type_bytes),
+            type_bytes = type_.encode()
+            table = self._shared
+            if headers:
+                if not self._reserved.isdisjoint(headers):
+                    headers = {k: v for k, v in headers.items() if k not in self._reserved}
+                table = _entries(headers) + table
+            table += self._type_key + _LONG_STRING.pack(b"S", len(type_bytes)) + type_bytes
+            return Encoded(
+                b"".join(
+                    (
+                        _FLAGS_BYTES if correlation_id is None else _FLAGS_CORRELATED_BYTES,
+                        b"\x10application/json",
+                        _U32.pack(len(table)),
+                        table,
+                        _DELIVERY_MODE,
+                        b"" if correlation_id is None else _short(correlation_id.encode()),
+                        _short(str(message_id).encode()),
+                        _U64.pack(timestamp),
+                        _short(type_bytes),
+                    )
                 )
             )
-        )
+        except _NOT_ENCODABLE as error:
+            raise NotEncodable(_why_not(error)) from None
