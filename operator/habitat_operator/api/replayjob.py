@@ -76,7 +76,7 @@ NULL_OPERATORS = frozenset({WhereOperator.IS_NULL, WhereOperator.IS_NOT_NULL})
 
 
 class OnError(StrEnum):
-    """What a nacked or returned (unroutable) message does to the replay."""
+    """What a nacked, returned (unroutable) or unencodable message does to the replay."""
 
     FAIL = "fail"
     CONTINUE = "continue"
@@ -284,7 +284,7 @@ class SampleEvent(ApiModel):
 
 
 class ReplayFailure(ApiModel):
-    """The first message the broker nacked or returned."""
+    """The first message the broker nacked or returned, or that AMQP could not carry."""
 
     event_id: EventId = Field(description="The event's id.")
     reason: str = Field(description="MessageReturned or MessageNacked.")
@@ -299,7 +299,9 @@ class ReplayJobStatus(RunStatus):
     )
     total_events: int | None = Field(None, ge=0, description="Events in the selection at the start.")
     published_events: int | None = Field(None, ge=0, description="Events the broker confirmed.")
-    failed_events: int | None = Field(None, ge=0, description="Events the broker nacked or returned.")
+    failed_events: int | None = Field(
+        None, ge=0, description="Events the broker nacked or returned, or that AMQP could not carry."
+    )
     checkpoint: int | None = Field(
         None,
         ge=0,
@@ -326,7 +328,7 @@ class ReplayJobStatus(RunStatus):
     rate_per_second: float | None = Field(None, ge=0, description="Events per second, recently.")
     eta: str | None = Field(None, description="Estimated time to completion.")
     sample: list[SampleEvent] | None = Field(None, description="A dry run's first events.")
-    first_failure: ReplayFailure | None = Field(None, description="The first nacked or returned event.")
+    first_failure: ReplayFailure | None = Field(None, description="The first failed event.")
 
 
 REPLAYJOB = KindInfo(

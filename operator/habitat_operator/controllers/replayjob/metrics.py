@@ -11,7 +11,7 @@ from habitat_operator.metrics import LONG_BUCKETS
 
 REPLAY_EVENTS = Counter(
     "habitat_replay_events_total",
-    "Replayed events the broker settled, by result (published, failed: nacked or returned).",
+    "Replayed events settled, by result (published; failed: nacked, returned, or not encodable).",
     ["namespace", "replayjob", "result"],
 )
 REPLAY_PROGRESS = Gauge(
