@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 import structlog
@@ -81,30 +82,35 @@ async def _apply_retention(
         return children
     namespace, parent_name = parent["metadata"]["namespace"], parent["metadata"]["name"]
     kept, deleted = [], []
-    try:
-        delete = await _deleter(config, spec, namespace)
-    except OperationError as error:  # e.g. the bucket's Secret is missing: prune on a later pass
-        await kube.event(parent, "Warning", BackupReason.RETENTION_FAILED, f"cannot prune: {error.message}")
-        return children
-    for child in children:
-        name = child["metadata"]["name"]
-        if name not in expired:
-            kept.append(child)
-            continue
-        uri = ((child.get("status") or {}).get("artifact") or {}).get("uri")
+    async with AsyncExitStack() as opened:
         try:
-            if uri:
-                await delete(uri)
-        except (OperationError, OSError) as error:  # a store it cannot write must not stop the schedule
-            why = error.message if isinstance(error, OperationError) else one_line(str(error))
+            delete = await opened.enter_async_context(_deleter(config, spec, namespace))
+        except OperationError as error:  # e.g. the bucket's Secret is missing: prune on a later pass
             await kube.event(
-                parent, "Warning", BackupReason.RETENTION_FAILED, f"could not delete {uri}: {why}"
+                parent, "Warning", BackupReason.RETENTION_FAILED, f"cannot prune: {error.message}"
             )
-            kept.append(child)
-            continue
-        await kube.delete(BACKUP.plural, namespace, name)
-        deleted.append(name)
-        log.info("retention expired a run", kind="Backup", namespace=namespace, name=parent_name, run=name)
+            return children
+        for child in children:
+            name = child["metadata"]["name"]
+            if name not in expired:
+                kept.append(child)
+                continue
+            uri = ((child.get("status") or {}).get("artifact") or {}).get("uri")
+            try:
+                if uri:
+                    await delete(uri)
+            except (OperationError, OSError) as error:  # a store it cannot write must not stop the schedule
+                why = error.message if isinstance(error, OperationError) else one_line(str(error))
+                await kube.event(
+                    parent, "Warning", BackupReason.RETENTION_FAILED, f"could not delete {uri}: {why}"
+                )
+                kept.append(child)
+                continue
+            await kube.delete(BACKUP.plural, namespace, name)
+            deleted.append(name)
+            log.info(
+                "retention expired a run", kind="Backup", namespace=namespace, name=parent_name, run=name
+            )
     if deleted:
         await kube.event(
             parent,
@@ -115,28 +121,29 @@ async def _apply_retention(
     return kept
 
 
+@asynccontextmanager
 async def _deleter(
     config: OperatorConfig, spec: BackupSpec, namespace: str
-) -> Callable[[str], Awaitable[None]]:
-    """Deletes an artifact of `namespace` by URI: a file under the backup root, or an object and its
-    catalog entry in the schedule's bucket."""
+) -> AsyncIterator[Callable[[str], Awaitable[None]]]:
+    """Deletes artifacts of `namespace` by URI: files under the backup root, or objects and their
+    catalog entries in the schedule's bucket, opened once for the whole pass."""
     if spec.storage.s3 is None:
         store = ArtifactStore(config.backup_root)
 
         async def delete_file(uri: str) -> None:
             await in_thread(store.delete, uri, namespace)
 
-        return delete_file
-    storage = spec.storage.s3
+        yield delete_file
+        return
+    bucket = await open_bucket(namespace, spec.storage.s3)
+    try:
 
-    async def delete_object(uri: str) -> None:
-        bucket = await open_bucket(namespace, storage)
-        try:
+        async def delete_object(uri: str) -> None:
             await in_thread(bucket.delete_artifact, object_key(bucket.location, uri, namespace))
-        finally:
-            await in_thread(bucket.close)
 
-    return delete_object
+        yield delete_object
+    finally:
+        await in_thread(bucket.close)
 
 
 def _artifact_uri(run: kube.JsonDict) -> str | None:
