@@ -45,7 +45,6 @@ class ReplayReason(StrEnum):
     """Condition and Event reasons of ReplayJob's own; the shared ones are in `Reason`."""
 
     REPLAYING = "Replaying"
-    SUSPENDED = "Suspended"
     DRY_RUN = "DryRun"
     SELECTION_TOO_LARGE = "SelectionTooLarge"
     BROKER_UNAVAILABLE = "BrokerUnavailable"

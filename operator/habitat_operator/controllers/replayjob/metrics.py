@@ -7,7 +7,7 @@ from contextlib import suppress
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from habitat_operator.metrics import LONG_BUCKETS
+from habitat_operator.metrics import LONG_BUCKETS, forget
 
 REPLAY_EVENTS = Counter(
     "habitat_replay_events_total",
@@ -86,6 +86,4 @@ def forget_replayjob(namespace: str, name: str) -> None:
         _counted.pop((namespace, name, result), None)
         with suppress(KeyError):
             REPLAY_EVENTS.remove(namespace, name, result)
-    for gauge in (REPLAY_PROGRESS, REPLAY_RATE, REPLAY_LAST_PROGRESS, REPLAY_DURATION):
-        with suppress(KeyError):
-            gauge.remove(namespace, name)
+    forget((REPLAY_PROGRESS, REPLAY_RATE, REPLAY_LAST_PROGRESS, REPLAY_DURATION), namespace, name)

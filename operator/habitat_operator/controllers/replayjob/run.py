@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from habitat_operator import timestamps
-from habitat_operator.api.common import Phase
+from habitat_operator.api.common import Phase, Reason
 from habitat_operator.api.replayjob import (
     REPLAYJOB,
     OnError,
@@ -121,7 +121,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         await self.reporter.write(
             "paused",
             Phase.SUSPENDED,
-            ReplayReason.SUSPENDED,
+            Reason.SUSPENDED,
             f"{why}; unset spec.suspend to resume from the checkpoint",
             rate_per_second=0.0,
             eta=None,
