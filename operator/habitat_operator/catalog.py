@@ -18,6 +18,7 @@ import yaml
 from habitat_operator.api.artifacts import S3Storage
 from habitat_operator.controllers.base.buckets import location_of
 from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.formatting import human_size, text_table
 
 COLUMNS = ("DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY")
 
@@ -38,15 +39,6 @@ def newest_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: (str(e.get("completedAt", "")), str(e["key"])), reverse=True)
 
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def table(entries: list[dict[str, Any]]) -> str:
     rows = [COLUMNS] + [
         (
@@ -60,10 +52,7 @@ def table(entries: list[dict[str, Any]]) -> str:
         )
         for e in entries
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
-    )
+    return text_table(rows)
 
 
 def list_catalog(storage: S3Storage, output: str, out: TextIO) -> None:

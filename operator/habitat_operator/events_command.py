@@ -25,6 +25,7 @@ from habitat_operator.engines.postgres import events
 from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, Event, EventStore
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
+from habitat_operator.formatting import text_table
 
 URI_VARIABLE = "HABITAT_EVENTS_DATABASE_URI"
 COLUMNS = ("ID", "TYPE", "OCCURRED-AT", "CORRELATION-ID", "ROUTING-KEY")
@@ -121,12 +122,11 @@ async def _query(args: argparse.Namespace, selector: EventSelector, store: Event
             print(snapshot.count)
             return 0
         listed: list[Event] = []
-        if snapshot.upper is not None:
+        if snapshot.upper is not None and args.limit:
+            listed = await reader.page(store, selector, BEFORE_FIRST_ID, snapshot.upper, args.limit)
+        elif snapshot.upper is not None:
             async for page in reader.pages(store, selector, BEFORE_FIRST_ID, snapshot.upper, 1000):
                 listed.extend(page)
-                if args.limit and len(listed) >= args.limit:
-                    break
-        listed = listed[: args.limit] if args.limit else listed
     if args.output == "json":
         print(json.dumps([_row(e) for e in listed], indent=2))
         return 0
@@ -140,9 +140,7 @@ async def _query(args: argparse.Namespace, selector: EventSelector, store: Event
         )
         for e in listed
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    for row in rows:
-        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(text_table(rows), end="")
     if len(listed) < snapshot.count:
         print(f"({len(listed)} of {snapshot.count} events; --limit 0 lists all)", file=sys.stderr)
     return 0

@@ -30,6 +30,7 @@ from habitat_operator.engines.postgres.bucket import CatalogSource, run_backup_t
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError
+from habitat_operator.formatting import human_size
 
 MAX_FILE_STEM = 200
 
@@ -44,15 +45,6 @@ def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: 
 
 
 Dumper = Callable[[BackupRequest], Awaitable[BackupResult]]
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
