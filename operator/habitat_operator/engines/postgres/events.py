@@ -27,6 +27,7 @@ from habitat_operator.api.replayjob import (
     WhereClause,
     WhereOperator,
 )
+from habitat_operator.engines.postgres import client_tools
 from habitat_operator.engines.postgres.client_tools import classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
@@ -175,8 +176,7 @@ def _classified(target: ConnectionTarget) -> Iterator[None]:
 @asynccontextmanager
 async def connect(target: ConnectionTarget) -> AsyncIterator[EventReader]:
     """A read-only session on the event store."""
-    with _classified(target):
-        conn = await psycopg.AsyncConnection.connect(target.conninfo(), autocommit=True)
+    conn = await client_tools.connect(target, Reason.DATABASE_UNREACHABLE)
     async with conn:
         yield EventReader(conn, target)
 
