@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,8 @@ import kubernetes
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.operator_process import REPO, Operator, wait_until
+
 GROUP, VERSION, PLURAL = "ops.habitat.dev", "v1alpha1", "backups"
 RESTORES = "restores"
 DATABASE = "bench_objects"
@@ -42,7 +39,6 @@ FINISHED = {"Succeeded", "Failed"}
 LABEL = "bench.habitat.dev/objects"
 NAMESPACE_PREFIX = "bench-objects-"
 NOT_COUNTED = {"WATCH", "WATCHLIST"}  # the watches themselves are long-lived requests, not load
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The figures this benchmark checks, as in issue 7.
 GOAL_CPU_PERCENT = 2.0
@@ -93,69 +89,6 @@ def small_database(admin_uri: str) -> str:
         db.execute("CREATE TABLE residents (id int PRIMARY KEY, name text)")
         db.execute("INSERT INTO residents SELECT i, 'resident ' || i FROM generate_series(1, 100) i")
     return uri
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Operator:
-    """`habitat-operator run --all-namespaces`, as tests/e2e/conftest.py starts it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.log = workdir / "operator.log"
-        argv = [
-            str(REPO / ".venv" / "bin" / "habitat-operator"),
-            "run",
-            "--all-namespaces",
-            f"--metrics-port={self.port}",
-            f"--backup-root={workdir / 'backups'}",
-            "--log-format=json",
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_until("the operator to be ready", self._ready, timeout=60, interval=0.2)
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise SystemExit(f"the operator exited:\n{self.log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    def cpu_seconds(self) -> float:
-        """User and system time of all the operator's threads so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def apiserver_requests(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:

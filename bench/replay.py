@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ import pika
 import psycopg
 from pika.adapters.asyncio_connection import AsyncioConnection
 
+from bench.operator_process import REPO, Operator
 from habitat_operator.controllers.replayjob.run import WINDOW
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from sample_database import create_events  # noqa: E402  (scripts/ is not a package)
+from sample_database import create_events
 
 DATABASE = "habitat_bench_replay"
 NAMESPACE = "habitat-bench"
@@ -171,6 +170,8 @@ def replay_job(stack: Stack, queue: str, total: int) -> tuple[float, float]:
         published = status.get("publishedEvents") or 0
         if total * 0.1 <= published <= total * 0.9:
             marks.append((now, published))
+    else:  # the watch timed out: no figure to report
+        raise SystemExit(f"ReplayJob {name} did not finish within 600 s")
     elapsed = now - started
     api.delete_namespaced_custom_object("ops.habitat.dev", "v1alpha1", NAMESPACE, "replayjobs", name)
     if len(marks) < 2:
@@ -182,28 +183,6 @@ def purge(amqp_uri: str, queue: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
     connection.channel().queue_purge(queue)
     connection.close()
-
-
-def start_operator(workdir: Path) -> subprocess.Popen[bytes]:
-    port = 18000 + secrets.randbelow(2000)
-    operator = subprocess.Popen(
-        [
-            str(REPO / ".venv" / "bin" / "habitat-operator"),
-            "run",
-            f"--namespace={NAMESPACE}",
-            f"--metrics-port={port}",
-            f"--backup-root={workdir}",
-            "--log-format=json",
-        ],
-        stdout=(workdir / "operator.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                return operator
-        except OSError:
-            time.sleep(0.2)
 
 
 def main() -> None:
@@ -230,7 +209,7 @@ def main() -> None:
     end_to_end: list[float] = []
     steady: list[float] = []
     with tempfile.TemporaryDirectory() as workdir:
-        operator = start_operator(Path(workdir))
+        operator = Operator(Path(workdir), namespaces=[NAMESPACE])
         try:
             for round_ in range(args.rounds):
                 started = time.perf_counter()
@@ -247,8 +226,7 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            operator.terminate()
-            operator.wait()
+            operator.stop()
     connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
     connection.channel().queue_delete(queue)
     connection.close()

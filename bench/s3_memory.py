@@ -11,32 +11,17 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from bench.backup import ensure_database
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.operator_process import REPO, Operator
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
     argv = [os.environ["HABITAT_KUBECTL"], *args]
     return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True).stdout
-
-
-def peak_rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(namespace: str, name: str) -> dict[str, object]:
@@ -59,21 +44,10 @@ def main() -> None:
         f"--from-literal=accessKeyId={os.environ['HABITAT_S3_ACCESS_KEY']}",
         f"--from-literal=secretAccessKey={os.environ['HABITAT_S3_SECRET_KEY']}",
     )  # fmt: skip
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "operator.log").open("wb") as log:
-        operator = subprocess.Popen(
-            [str(REPO / ".venv/bin/habitat-operator"), "run", "-n", namespace, f"--metrics-port={port}",
-             f"--backup-root={tmp}/backups"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        operator = Operator(Path(tmp), namespaces=[namespace])
         try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            print(f"operator ready: peak RSS {peak_rss_mib(operator.pid):.0f} MiB")
+            print(f"operator ready: peak RSS {operator.peak_rss_mib():.0f} MiB")
             for compression in ("none", "gzip", "zstd"):
                 name = f"bench-{compression}"
                 backup = {
@@ -99,11 +73,10 @@ def main() -> None:
                 size = status["artifact"]["size"]  # type: ignore[index]
                 print(
                     f"{compression:5} {size:>10} in {status['duration']}: "
-                    f"peak RSS {peak_rss_mib(operator.pid):.0f} MiB"
+                    f"peak RSS {operator.peak_rss_mib():.0f} MiB"
                 )
         finally:
-            operator.terminate()
-            operator.wait(timeout=30)
+            operator.stop()
             kubectl("delete", "namespace", namespace, "--wait=false")
 
 

@@ -30,7 +30,7 @@ import kubernetes
 import pika
 import urllib3
 
-from bench.objects import REPO, Operator, wait_until
+from bench.operator_process import REPO, Operator, wait_until
 
 GROUP, VERSION = "ops.habitat.dev", "v1alpha1"
 NAMESPACE = "bench-scale"
