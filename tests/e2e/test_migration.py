@@ -101,6 +101,15 @@ def schema(uri: str) -> list[tuple[str, str]]:
     return [(str(t), str(c)) for t, c in rows]
 
 
+def gauge(operator: OperatorProcess, name: str, namespace: str, migration: str = "app") -> list[float]:
+    """The values of the operator's gauge `name` for one Migration (one sample, when it is set)."""
+    return [
+        sample.value
+        for sample in operator.metrics()[name].samples
+        if sample.labels.get("namespace") == namespace and sample.labels.get("migration") == migration
+    ]
+
+
 def test_config_map_migrations_converge_follow_the_config_map_and_roll_back(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
 ) -> None:
@@ -139,7 +148,7 @@ def test_config_map_migrations_converge_follow_the_config_map_and_roll_back(
     ]
     assert schema(fresh_database) == v1_schema
     assert history(fresh_database) == [(1, False)]
-    assert 'habitat_migration_current_version{migration="app"' in operator_alive.scrape()
+    assert gauge(operator_alive, "habitat_migration_current_version", kubectl.namespace) == [1.0]
 
 
 def test_two_migrations_on_one_database_wait_for_the_lock_and_apply_each_version_once(
@@ -241,7 +250,7 @@ def test_drift_concurrent_index_outside_a_transaction_and_a_dirty_version(
     kubectl.apply(migration("app", source=inline(*steps, half, (4, "next", "CREATE TABLE n (id bigint);"))))
     obj = failed(kubectl, "app", operator_alive, "Dirty")
     assert "version 3" in obj["status"]["message"] and "n" not in [t for t, _ in schema(fresh_database)]
-    assert "habitat_migration_dirty{" in operator_alive.scrape()
+    assert gauge(operator_alive, "habitat_migration_dirty", kubectl.namespace) == [1.0]
 
     # Repaired by hand (the valid index kept, the statement fixed), then marked applied.
     fixed = (3, "half", half[2])
