@@ -15,6 +15,7 @@ from sample_database import create_events
 from tests.e2e.amqp import Broker, Received
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.test_backup import condition, wait_for, wait_phase
+from tests.e2e.test_hardening import events
 from tests.harness import REPO, Kubectl, dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -73,10 +74,6 @@ def wait_progress(
         operator=operator,
         timeout=60,
     )
-
-
-def events(kubectl: Kubectl) -> list[dict[str, Any]]:
-    return list(json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"])
 
 
 def ids(received: list[Received]) -> list[int]:
