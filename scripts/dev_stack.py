@@ -562,30 +562,23 @@ def _management_ready(state: State) -> bool:
         return int(response.status) == 200
 
 
-def rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str, state: State | None = None, timeout: float = 120, check: bool = True) -> None:
     """Runs rabbitmqctl against this stack's node, e.g. `stop_app` and `start_app` to take the broker
     away and bring it back while the node (and its durable queues) stays."""
-    env = rabbitmq_env(State.load())
+    env = rabbitmq_env(state or State.load())
     subprocess.run(
         as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], *args]),
         env={**os.environ, **env},
         capture_output=True,
-        timeout=120,
-        check=True,
+        timeout=timeout,
+        check=check,
     )
 
 
 def stop_rabbitmq(state: State) -> None:
     pid = state.pids.get("rabbitmq")
     if pid_alive(pid) and "amqp" in state.ports:
-        env = rabbitmq_env(state)
-        subprocess.run(
-            as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], "stop"]),
-            env={**os.environ, **env},
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        rabbitmqctl("stop", state=state, timeout=60, check=False)
     if pid:
         stop_group(pid)
     # epmd daemonizes out of the node's process group, and its command line is just `epmd -daemon`:
