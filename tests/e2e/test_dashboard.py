@@ -3,19 +3,17 @@ operator exported for objects of all five kinds: each parses, and returns data w
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from typing import Any
 
-import pika
 import psycopg
 import pytest
 
 from sample_database import create_events
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.prometheus import get, scraping
-from tests.e2e.test_backup import backup, seed, wait_for
+from tests.e2e.test_backup import backup, seed, wait_phase
 from tests.e2e.test_gitops_health import drill
 from tests.e2e.test_migration import inline, migration
 from tests.e2e.test_replayjob import replayjob
@@ -25,7 +23,6 @@ from tests.harness import REPO, Kubectl, Stack
 pytestmark = pytest.mark.e2e
 
 DASHBOARD = REPO / "charts" / "habitat-operator" / "files" / "grafana-dashboard.json"
-QUEUE = "dashboard-replay"
 # Panels about trouble or about S3: nothing in this test fails or uses a bucket.
 MAY_BE_EMPTY = {"Object storage traffic (5m)"}
 
@@ -44,11 +41,7 @@ def empty_panels(stack: Stack, namespace: str) -> list[str]:
     ]
 
 
-def finished(kubectl: Kubectl, kind: str, name: str, phases: set[str]) -> bool:
-    return (kubectl.get(kind, name).get("status") or {}).get("phase") in phases
-
-
-def objects() -> list[tuple[dict[str, Any], str, set[str]]]:
+def objects(queue: str) -> list[tuple[dict[str, Any], str, set[str]]]:
     window = {"start": "0 0 * * *", "duration": "24h", "timezone": "UTC", "minReplicas": 2}
     daytime = {"name": "daytime", "type": "schedule", "schedule": window}
     ledger = {"database": {"secretRef": {"name": "habitat-db"}}, "table": "ledger"}
@@ -57,12 +50,12 @@ def objects() -> list[tuple[dict[str, Any], str, set[str]]]:
         (drill("drill", "nightly"), "restore", {"Succeeded"}),
         (migration("schema", source=inline((1, "init", "CREATE TABLE t (id int)"))), "migration", {"Ready"}),
         (
-            replayjob("replay", {"eventIds": [1, 2, 3]}, {"queue": {"name": QUEUE}}, source=ledger),
+            replayjob("replay", {"eventIds": [1, 2, 3]}, {"queue": {"name": queue}}, source=ledger),
             "replayjob",
             {"Succeeded"},
         ),
         (
-            policy("workers", "workers", [daytime, queue_trigger("jobs", QUEUE)]),
+            policy("workers", "workers", [daytime, queue_trigger("jobs", queue)]),
             "",
             set(),
         ),
@@ -77,27 +70,20 @@ def test_every_panel_query_runs_and_returns_data(
     db_secret: str,
     fresh_database: str,
     amqp_uri: str,
+    fresh_queue: str,
 ) -> None:
     seed(fresh_database, rows=10)
     with psycopg.connect(fresh_database) as conn:
         create_events(conn, 3, table="ledger")
-    channel = pika.BlockingConnection(pika.URLParameters(amqp_uri)).channel()
-    channel.queue_declare(QUEUE, durable=True)
     kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
     kubectl.run("create", "secret", "generic", "rabbitmq", f"--from-literal=uri={stack.rabbitmq_api}")
     kubectl.apply(deployment("workers"))
-    try:
-        with scraping(stack, operator_alive):
-            for manifest, kind, phases in objects():
-                kubectl.apply(manifest)
-                if kind:
-                    name = manifest["metadata"]["name"]
-                    done = functools.partial(finished, kubectl, kind, name, phases)
-                    wait_for(f"{kind} {name}", done, 90, operator_alive)
-            deadline = time.monotonic() + 30  # a scrape (every second) and a rule evaluation
-            while (empty := empty_panels(stack, namespace)) and time.monotonic() < deadline:
-                time.sleep(1)
-            assert not empty, f"panels without data: {empty}"
-    finally:
-        channel.queue_delete(QUEUE)
-        channel.connection.close()
+    with scraping(stack, operator_alive):
+        for manifest, kind, phases in objects(fresh_queue):
+            kubectl.apply(manifest)
+            if kind:
+                wait_phase(kubectl, kind, manifest["metadata"]["name"], phases, operator_alive)
+        deadline = time.monotonic() + 30  # a scrape (every second) and a rule evaluation
+        while (empty := empty_panels(stack, namespace)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not empty, f"panels without data: {empty}"

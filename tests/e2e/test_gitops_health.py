@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import psycopg
 import pytest
 
@@ -20,7 +19,7 @@ from habitat_operator.engines.postgres.locks import LOCK_CLASS, holder_name
 from sample_database import create_events
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import backup, seed, wait_for
+from tests.e2e.test_backup import backup, seed, wait_phase
 from tests.e2e.test_migration import inline, migration
 from tests.e2e.test_replayjob import replayjob
 from tests.e2e.test_restore import restore
@@ -29,7 +28,6 @@ from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
-QUEUE = "gitops-health"
 # (kind, name) -> the kstatus it must reach
 EXPECTED = {
     ("Backup", "done"): "Current",
@@ -80,13 +78,12 @@ def test_kstatus_of_every_kind_in_each_state(
     spare_databases: tuple[str, str],
     pg_admin_uri: str,
     amqp_uri: str,
+    fresh_queue: str,
 ) -> None:
     assert {kind for kind, _ in EXPECTED} == {info.kind for info in ALL_KINDS}
     seed(fresh_database, rows=100)
     with psycopg.connect(fresh_database) as conn:
         create_events(conn, 60, table="ledger")
-    channel = pika.BlockingConnection(pika.URLParameters(amqp_uri)).channel()
-    channel.queue_declare(QUEUE, auto_delete=False)
     kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={fresh_database}")
     kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
     migrations_db, locked_db = spare_databases
@@ -97,11 +94,11 @@ def test_kstatus_of_every_kind_in_each_state(
     table_lock = psycopg.connect(fresh_database)
     try:
         kubectl.apply(backup("done"))
-        wait_for("Backup done", lambda: phase(kubectl, "backup", "done") == "Succeeded", 90, operator_alive)
+        wait_phase(kubectl, "backup", "done", {"Succeeded"}, operator_alive)
         locked_name = locked_db.rsplit("/", 1)[1]
         lock_holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, locked_name))
         table_lock.execute("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")
-        for manifest in objects():
+        for manifest in objects(fresh_queue):
             kubectl.apply(manifest)
         deadline = time.monotonic() + 120
         while (states := kstatus(stack, kubectl)) and time.monotonic() < deadline:
@@ -118,21 +115,15 @@ def test_kstatus_of_every_kind_in_each_state(
     finally:
         table_lock.close()
         lock_holder.close()
-        channel.queue_delete(QUEUE)
-        channel.connection.close()
 
 
-def phase(kubectl: Kubectl, kind: str, name: str) -> str:
-    return str((kubectl.get(kind, name).get("status") or {}).get("phase"))
-
-
-def objects() -> list[dict[str, Any]]:
+def objects(queue: str) -> list[dict[str, Any]]:
     schedule_trigger = {
         "name": "office_hours",
         "type": "schedule",
         "schedule": {"start": "0 0 * * *", "duration": "24h", "timezone": "UTC", "minReplicas": 2},
     }
-    to_queue = {"queue": {"name": QUEUE}}
+    to_queue = {"queue": {"name": queue}}
     elsewhere = {"secretRef": {"name": "migrations-db"}}  # not the Backups' database, whose slot is busy
     ledger = {"database": {"secretRef": {"name": "events-db"}}, "table": "ledger"}
     return [
