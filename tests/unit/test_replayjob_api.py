@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from habitat_operator.api.replayjob import EventSelector, ReplayJobSpec
+from habitat_operator.api.replayjob import _IMMUTABLE, EventSelector, ReplayJobSpec
 from habitat_operator.engines.postgres.events import EventStore
 
 
@@ -58,6 +58,12 @@ def test_only_suspend_and_rate_limit_change() -> None:
     ReplayJobSpec.model_validate(spec(suspend=True, rateLimit=50)).check_update(old)
     with pytest.raises(ValueError, match="only suspend and rateLimit"):
         ReplayJobSpec.model_validate(spec(batchSize=5)).check_update(old)
+
+
+def test_every_field_but_suspend_and_rate_limit_is_in_the_immutability_rule() -> None:
+    # A new spec field is fixed once the job exists unless it is added to the exceptions on purpose.
+    aliases = {field.alias or name for name, field in ReplayJobSpec.model_fields.items()}
+    assert aliases == {*_IMMUTABLE, "suspend", "rateLimit"}
 
 
 def test_identifiers_are_quoted_and_values_bound() -> None:

@@ -229,8 +229,9 @@ _IMMUTABLE = (
 
 
 def _unchanged(old: Any, new: Any) -> bool:
-    exclude = {"suspend", "rate_limit"}
-    return bool(old.model_dump(exclude=exclude) == new.model_dump(exclude=exclude))
+    """The rule in Python, over the same fields as the CEL rule."""
+    before, after = old.model_dump(by_alias=True), new.model_dump(by_alias=True)
+    return all(before[field] == after[field] for field in _IMMUTABLE)
 
 
 class ReplayJobSpec(ApiModel):
