@@ -17,7 +17,7 @@ import yaml
 
 from habitat_operator.api.artifacts import S3Storage
 from habitat_operator.controllers.base.buckets import location_of
-from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.artifacts.s3 import Bucket, recency
 from habitat_operator.formatting import human_size, text_table
 
 COLUMNS = ("DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY")
@@ -36,7 +36,7 @@ def storage_from(file: Path | None, flags: dict[str, Any]) -> S3Storage:
 
 
 def newest_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(entries, key=lambda e: (str(e.get("completedAt", "")), str(e["key"])), reverse=True)
+    return sorted(entries, key=recency, reverse=True)
 
 
 def table(entries: list[dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
 from habitat_operator.controllers.scheduling.child_runs import completed_at, list_children, phase
-from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket
+from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket, recency
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
@@ -160,7 +160,7 @@ def _catalog_entry(bucket: Bucket, source: StorageSource) -> dict[str, Any]:
             f"no verified artifact of database {database} in the catalog under"
             f" {bucket.uri(bucket.location.key())}",
         )
-    return max(candidates, key=lambda entry: (str(entry["completedAt"]), str(entry["key"])))
+    return max(candidates, key=recency)
 
 
 def _check_key(entry: dict[str, Any], encryption_key: bytes | None, uri: str) -> None:

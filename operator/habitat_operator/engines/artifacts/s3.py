@@ -86,6 +86,11 @@ def catalog_key(artifact_key: str) -> str:
     return f"{artifact_key}{CATALOG_SUFFIX}"
 
 
+def recency(entry: dict[str, Any]) -> tuple[str, str]:
+    """The order of catalog entries by age: completion time (RFC 3339 sorts as text), then key."""
+    return str(entry.get("completedAt", "")), str(entry["key"])
+
+
 def storage_error(error: Exception, doing: str) -> OperationError:
     """A boto3 failure as an OperationError naming what was being done; never the error's own text,
     which may quote request headers."""
