@@ -19,6 +19,7 @@ from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
 from tests.e2e.test_backup import backup, condition, seed, wait_for, wait_phase, wait_ready
 from tests.e2e.test_backup_schedule import NEVER_IN_THIS_TEST, run_by_hand, runs_of
+from tests.e2e.test_hardening import events
 from tests.e2e.test_restore import finished, restore
 from tests.harness import Kubectl, Stack, dev_stack
 
@@ -68,6 +69,12 @@ def s3_client(stack: Stack, endpoint: str | None = None, ca: Path | None = None)
 def keys(client: Any, bucket: str, prefix: str) -> list[str]:
     answer = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
     return sorted(o["Key"] for o in answer.get("Contents", []))
+
+
+def stored_with_catalog(client: Any, bucket: str, prefix: str, key: str) -> dict[str, Any]:
+    """Asserts that `prefix` holds exactly the artifact `key` and its catalog entry; returns the entry."""
+    assert keys(client, bucket, prefix) == [key, f"{key}.catalog.json"]
+    return dict(json.loads(client.get_object(Bucket=bucket, Key=f"{key}.catalog.json")["Body"].read()))
 
 
 def unfinished_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
@@ -137,8 +144,7 @@ def test_one_shot_and_scheduled_backups_to_s3_with_catalog_and_retention(
     assert artifact["uri"] == f"s3://{stack.s3_bucket}/{key}"
     assert artifact["compression"] == "zstd"
     assert obj["status"]["verification"] == "Verified"
-    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
-    entry = json.loads(client.get_object(Bucket=stack.s3_bucket, Key=f"{key}.catalog.json")["Body"].read())
+    entry = stored_with_catalog(client, stack.s3_bucket, prefix, key)
     assert (entry["namespace"], entry["backup"], entry["uid"]) == (
         namespace,
         "offsite",
@@ -268,8 +274,7 @@ def test_directory_format_with_jobs_goes_up_as_one_tar_and_restores_with_jobs(
     artifact = obj["status"]["artifact"]
     assert (artifact["uri"], artifact["format"]) == (f"s3://{stack.s3_bucket}/{key}", "directory")
     assert obj["status"]["verification"] == "Verified"
-    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
-    entry = json.loads(client.get_object(Bucket=stack.s3_bucket, Key=f"{key}.catalog.json")["Body"].read())
+    entry = stored_with_catalog(client, stack.s3_bucket, prefix, key)
     assert (entry["format"], entry["compression"], entry["encrypted"]) == ("directory", "zstd", True)
     assert (entry["sha256"], entry["sizeBytes"]) == (artifact["sha256"], artifact["sizeBytes"])
     assert list(operator_alive.scratch_dir.iterdir()) == []  # the staged dump is gone
@@ -319,10 +324,9 @@ def test_operator_killed_mid_upload_aborts_it_and_the_retry_succeeds(
     obj = wait_ready(kubectl, "crash", operator_alive, timeout=180)
     assert obj["status"]["attempts"] == 2
     key = f"{prefix}/{namespace}/crash.dump"
-    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    stored_with_catalog(client, stack.s3_bucket, prefix, key)
     assert unfinished_uploads(client, stack.s3_bucket, prefix) == []
-    events = kubectl.run("get", "events", "--field-selector=involvedObject.name=crash").stdout
-    assert "Interrupted" in events
+    assert "Interrupted" in [e["reason"] for e in events(kubectl) if e["involvedObject"]["name"] == "crash"]
 
 
 def test_wrong_credentials_fail_readably_without_the_secret(
@@ -335,8 +339,8 @@ def test_wrong_credentials_fail_readably_without_the_secret(
     stalled = condition(obj, "Stalled")
     assert stalled["reason"] == "StorageAuthFailed"
     assert "credentials" in stalled["message"]
-    events = kubectl.run("get", "events", "-o", "json").stdout
-    for text in (json.dumps(obj["status"]), events, operator_alive.log_text()):
+    events_json = kubectl.run("get", "events", "-o", "json").stdout
+    for text in (json.dumps(obj["status"]), events_json, operator_alive.log_text()):
         assert wrong not in text and stack.s3_secret_key not in text
 
 
@@ -462,7 +466,7 @@ def test_s3_server_stopped_mid_upload_leaves_nothing_listed_and_the_retry_succee
 
     obj = wait_ready(kubectl, "outage", operator_alive, timeout=180)
     key = f"{prefix}/{namespace}/outage.dump"
-    assert keys(client, stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    stored_with_catalog(client, stack.s3_bucket, prefix, key)
 
 
 def private_ca_and_server_certificate(folder: Path) -> tuple[Path, Path, Path]:
@@ -545,7 +549,7 @@ def test_a_private_ca_is_trusted_through_ca_secret_ref_and_only_then(
     done = wait_ready(kubectl, "trusted", operator_alive)
     key = f"{prefix}/{namespace}/trusted.dump"
     assert done["status"]["artifact"]["uri"] == f"s3://{stack.s3_bucket}/{key}"
-    assert keys(tls_s3.client(), stack.s3_bucket, prefix) == [key, f"{key}.catalog.json"]
+    stored_with_catalog(tls_s3.client(), stack.s3_bucket, prefix, key)
 
 
 def peak_rss_mib(process: OperatorProcess) -> float:
