@@ -126,15 +126,15 @@ async def _serve_metrics(port: int, ready: asyncio.Event, heartbeat: Heartbeat) 
 
 async def _main(options: Options) -> None:
     from habitat_operator import handlers  # noqa: F401  (registers the Kopf handlers)
-    from habitat_operator.handlers.common import ScheduleWakeups
+    from habitat_operator.handlers.driver import Shared, Wakeups
 
     ready = asyncio.Event()
     heartbeat = Heartbeat()
     beating = asyncio.create_task(heartbeat.run())
     trimming = asyncio.create_task(release_memory_periodically())
     runner = await _serve_metrics(options.metrics_port, ready, heartbeat)
-    # Kopf hands each object a shallow copy of this memo: the objects in it are shared by all.
-    memo = kopf.Memo(config=options.config, slots=options.slots, schedule_wakeups=ScheduleWakeups())
+    # Kopf hands each object a shallow copy of this memo: the Shared in it is the same for all.
+    memo = kopf.Memo(shared=Shared(options.config, options.slots, Wakeups()))
     operator = asyncio.create_task(
         kopf.operator(
             settings=settings(options.peering),

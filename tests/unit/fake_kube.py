@@ -7,7 +7,9 @@ It keeps what the apiserver would, and checks what the apiserver would check:
   kind's model (the CRD's schema) rejects;
 - status written by JSON merge patch (RFC 7386: objects merge, null removes a key, anything else
   replaces), JSON-serialisable and valid for the kind's status model, as the CRD's schema wants;
+- status writes based on an older resourceVersion refused (`kube.Conflict`), as the apiserver does;
 - Secrets, and Secrets the operator may not read (`kube.Forbidden`);
+- Deployments' and StatefulSets' /scale, which RBAC may forbid to read or to patch;
 - the Events posted, in order.
 
 Every body handed out is a copy, so a controller never sees a later write through a body it holds;
@@ -126,6 +128,8 @@ class FakeKube:
         self.deleted: list[Key] = []
         # Objects a list does not show yet (a list served from a cache that lags behind).
         self.unlisted: set[Key] = set()
+        self.scales: dict[tuple[str, str, str], int] = {}  # (kind, namespace, name): spec.replicas
+        self.forbidden_scale_verbs: set[str] = set()  # "get", "patch"
         self._faults: dict[str, list[BaseException]] = defaultdict(list)
         self._version = 0
 
@@ -144,7 +148,16 @@ class FakeKube:
 
     def set_status(self, plural: str, namespace: str, name: str, status: JsonDict) -> None:
         """Replaces an object's status, as another writer (or an older operator) left it."""
-        self.objects[(plural, namespace, name)]["status"] = copy.deepcopy(status)
+        stored = self.objects[(plural, namespace, name)]
+        stored["status"] = copy.deepcopy(status)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+
+    def edit_spec(self, plural: str, namespace: str, name: str, **changes: Any) -> None:
+        """A user's edit of the spec: a new generation and resourceVersion."""
+        stored = self.objects[(plural, namespace, name)]
+        stored["spec"] = {**stored.get("spec", {}), **changes}
+        stored["metadata"]["generation"] += 1
+        stored["metadata"]["resourceVersion"] = self._next_version()
 
     def names(self, plural: str, namespace: str) -> list[str]:
         return sorted(name for (p, ns, name) in self.objects if (p, ns) == (plural, namespace))
@@ -173,11 +186,15 @@ class FakeKube:
 
     # ---------------------------------------------------------------- the kube module's calls
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: JsonDict) -> None:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: JsonDict, resource_version: str | None = None
+    ) -> str:
         self._fault("patch_status")
         stored = self.objects.get((plural, namespace, name))
         if stored is None:
             raise NotFound(f"{plural} {namespace}/{name}")
+        if resource_version is not None and resource_version != stored["metadata"]["resourceVersion"]:
+            raise kube.Conflict(f"{plural} {namespace}/{name}")
         wire = json.loads(json.dumps(status))  # what the client would send; fails on non-JSON values
         merged = merge_patch(stored.get("status"), wire)
         try:
@@ -185,8 +202,9 @@ class FakeKube:
         except ValidationError as error:
             raise Invalid(f"status of {plural} {namespace}/{name}: {error}") from None
         stored["status"] = merged
-        stored["metadata"]["resourceVersion"] = self._next_version()
+        stored["metadata"]["resourceVersion"] = version = self._next_version()
         self.patches.append(StatusPatch(plural, namespace, name, wire))
+        return version
 
     async def create(self, plural: str, namespace: str, body: JsonDict) -> JsonDict:
         if body["metadata"].get("namespace", namespace) != namespace:
@@ -221,6 +239,21 @@ class FakeKube:
             raise kube.Forbidden(f"Secret {namespace}/{name}")
         data = self.secrets.get((namespace, name))
         return dict(data) if data is not None else None
+
+    async def read_scale(self, kind: str, namespace: str, name: str) -> JsonDict | None:
+        self._fault("read_scale")
+        if "get" in self.forbidden_scale_verbs:
+            raise kube.Forbidden(f"{kind} {namespace}/{name}")
+        replicas = self.scales.get((kind, namespace, name))
+        return (
+            None if replicas is None else {"spec": {"replicas": replicas}, "status": {"replicas": replicas}}
+        )
+
+    async def apply_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        self._fault("apply_replicas")
+        if "patch" in self.forbidden_scale_verbs:
+            raise kube.Forbidden(f"{kind} {namespace}/{name}/scale")
+        self.scales[(kind, namespace, name)] = replicas
 
     async def event(self, body: JsonDict, type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
@@ -289,7 +322,8 @@ def _unreachable(*_: Any, **__: Any) -> Any:
 def install(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     """Replaces every call of the kube module with a new FakeKube's; the real client is unreachable."""
     fake = FakeKube()
-    for name in ("patch_status", "create", "list_objects", "get", "delete", "read_secret", "event"):
+    calls = ("patch_status", "create", "list_objects", "get", "delete", "read_secret", "event")
+    for name in (*calls, "read_scale", "apply_replicas"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     monkeypatch.setattr(kube, "_custom", _unreachable)
     monkeypatch.setattr(kube, "_request", _unreachable)

@@ -69,7 +69,8 @@ class Daemon:
 
     def tick(self, body: JsonDict | None = None) -> float:
         """One tick on `body`, by default the schedule as stored now."""
-        return asyncio.run(self.runs.tick(body or self.kube.object(self.plural, NS, self.name)))
+        self.runs.observe(body or self.kube.object(self.plural, NS, self.name))
+        return asyncio.run(self.runs.reconcile()).seconds
 
 
 def daemon(kube: FakeKube, config: OperatorConfig, name: str = "nightly") -> Daemon:
@@ -80,7 +81,9 @@ def tick(kube: FakeKube, config: OperatorConfig, name: str = "nightly") -> float
     """One tick of a new daemon (as after an operator restart), with the runs listed from the API."""
     body = kube.object(BACKUPS, NS, name)
     listed = asyncio.run(child_runs.list_children(BACKUPS, body))
-    return asyncio.run(ScheduleRuns(backup_schedule.kind(config), lambda: listed).tick(body))
+    runs = ScheduleRuns(backup_schedule.kind(config), lambda: listed)
+    runs.observe(body)
+    return asyncio.run(runs.reconcile()).seconds
 
 
 def until(moment: dt.datetime, now: dt.datetime) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
@@ -16,15 +17,12 @@ from habitat_operator.api.common import SCHEDULE_LABEL
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import schedule as backup_schedule
 from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.core import RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.scheduling import child_runs
 from habitat_operator.controllers.scheduling.child_runs import IDLE_RECHECK_SECONDS, ScheduleRuns
-from habitat_operator.handlers.common import (
-    ScheduleWakeups,
-    index_run,
-    is_run_of_a_schedule,
-    run_schedule,
-    wakes_a_schedule,
-)
+from habitat_operator.handlers.common import index_run, is_run_of_a_schedule, wake, wakes_a_daemon
+from habitat_operator.handlers.driver import Shared, Wakeups, drive
 from tests.unit.bodies import DB_SECRET, DB_URI, NS, backup_body
 from tests.unit.conftest import START
 from tests.unit.fake_kube import Clock, FakeKube, JsonDict
@@ -88,16 +86,28 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
+def step(runs: ScheduleRuns[Any], body: JsonDict) -> float:
+    """One step of the schedule's daemon on `body`: the seconds it asks to sleep."""
+    runs.observe(body)
+    return float(run(runs.reconcile()).seconds)
+
+
+def memo_of(wakeups: Wakeups) -> kopf.Memo:
+    return kopf.Memo(
+        shared=Shared(OperatorConfig(backup_root=Path("/nonexistent")), OperationSlots(), wakeups)
+    )
+
+
 def test_a_tick_at_rest_makes_no_api_call_and_sleeps_until_the_next_run(
     fake_kube: FakeKube, config: OperatorConfig, clock: Clock, nightly: JsonDict, calls: list[str]
 ) -> None:
     runs = schedule_runs(fake_kube, config, nightly)
-    assert run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly"))) == 3600.0  # 11:00, capped at 1 h
+    assert step(runs, fake_kube.object(BACKUPS, NS, "nightly")) == 3600.0  # 11:00, capped at 1 h
     assert calls == ["patch_status"]  # the first status
 
     calls.clear()
     clock.set(at(10, 59, 30))
-    delay = run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly")))
+    delay = step(runs, fake_kube.object(BACKUPS, NS, "nightly"))
 
     assert calls == []
     assert delay == pytest.approx(30.0 + child_runs.DUE_MARGIN_SECONDS)
@@ -109,11 +119,11 @@ def test_a_suspended_schedule_waits_only_for_the_safety_cap(
     fake_kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
     parent = fake_kube.add(BACKUPS, backup_body(schedule=HOURLY, suspend=True))
     runs = schedule_runs(fake_kube, config, parent)
-    assert run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly"))) == IDLE_RECHECK_SECONDS
+    assert step(runs, fake_kube.object(BACKUPS, NS, "nightly")) == IDLE_RECHECK_SECONDS
     calls.clear()
     clock.set(at(15))
 
-    assert run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly"))) == IDLE_RECHECK_SECONDS
+    assert step(runs, fake_kube.object(BACKUPS, NS, "nightly")) == IDLE_RECHECK_SECONDS
     assert calls == []
     assert fake_kube.names(BACKUPS, NS) == ["nightly"]
 
@@ -125,11 +135,11 @@ def test_a_tick_on_a_body_that_does_not_show_the_last_write_yet_repeats_nothing(
     runs = schedule_runs(fake_kube, config, nightly)
     clock.set(at(11, 0, 30))
     stale = fake_kube.object(BACKUPS, NS, "nightly")
-    run(runs.tick(stale))
+    step(runs, stale)
     assert fake_kube.status(BACKUPS, NS, "nightly")["lastScheduleTime"] == "2024-06-01T11:00:00Z"
 
     clock.set(at(11, 0, 31))
-    run(runs.tick(stale))
+    step(runs, stale)
 
     assert fake_kube.names(BACKUPS, NS) == ["nightly", "nightly-20240601110000"]
     assert "RunSkipped" not in fake_kube.reasons("nightly")
@@ -145,7 +155,7 @@ def test_a_run_deleted_while_the_watch_was_away_does_not_block_the_next(
     runs = ScheduleRuns(backup_schedule.kind(config), lambda: [gone])  # still in the index: active
     clock.set(at(11, 0, 30))
 
-    run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly")))
+    step(runs, fake_kube.object(BACKUPS, NS, "nightly"))
 
     assert "get" in calls  # asked only because a due run would have been skipped
     assert fake_kube.names(BACKUPS, NS) == ["nightly", "nightly-20240601110000"]
@@ -158,10 +168,10 @@ def test_an_active_run_still_skips_the_due_one(
 ) -> None:
     runs = schedule_runs(fake_kube, config, nightly)
     clock.set(at(11, 0, 30))
-    run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly")))
+    step(runs, fake_kube.object(BACKUPS, NS, "nightly"))
     clock.set(at(12, 0, 30))
 
-    run(runs.tick(fake_kube.object(BACKUPS, NS, "nightly")))
+    step(runs, fake_kube.object(BACKUPS, NS, "nightly"))
 
     assert fake_kube.names(BACKUPS, NS) == ["nightly", "nightly-20240601110000"]
     assert fake_kube.reasons("nightly")[-1] == "RunSkipped"
@@ -213,54 +223,63 @@ def object_body(uid: str, generation: int = 1, schedule_uid: str | None = None) 
 
 
 def test_a_run_wakes_its_schedule_and_a_status_write_does_not() -> None:
-    wakeups = ScheduleWakeups()
+    wakeups = Wakeups()
+    memo = memo_of(wakeups)
     wakeup = wakeups.register("s1")
     wakeup.generation = 1
 
-    wakeups.observe(as_body(object_body("s1", generation=1)))  # its own status write
-    wakeups.observe(as_body(object_body("other", schedule_uid="s2")))  # another schedule's run
+    wake(as_body(object_body("s1", generation=1)), memo)  # its own status write
+    wake(as_body(object_body("other", schedule_uid="s2")), memo)  # another schedule's run
     assert not wakeup.event.is_set()
 
-    wakeups.observe(as_body(object_body("run", schedule_uid="s1")))
+    wake(as_body(object_body("run", schedule_uid="s1")), memo)
     assert wakeup.event.is_set()
 
     wakeup.event.clear()
-    wakeups.observe(as_body(object_body("s1", generation=2)))  # a spec edit
+    wake(as_body(object_body("s1", generation=2)), memo)  # a spec edit
     assert wakeup.event.is_set()
 
 
 def test_kopf_invokes_the_wake_up_handler_only_when_it_wakes_someone() -> None:
-    memo = kopf.Memo(schedule_wakeups=ScheduleWakeups())
+    wakeups = Wakeups()
+    memo = memo_of(wakeups)
     run_body = as_body(object_body("run", schedule_uid="s1"))
-    assert not wakes_a_schedule(run_body, memo)  # no daemon yet (or any more)
-    memo.schedule_wakeups.register("s1")
-    assert wakes_a_schedule(run_body, memo)
+    assert not wakes_a_daemon(run_body, memo)  # no daemon yet (or any more)
+    wakeups.register("s1")
+    assert wakes_a_daemon(run_body, memo)
 
 
 def test_a_replaced_daemon_keeps_its_wakeup() -> None:
-    wakeups = ScheduleWakeups()
+    wakeups = Wakeups()
     old = wakeups.register("s1")
     new = wakeups.register("s1")
     wakeups.unregister("s1", old)
-    wakeups.observe(as_body(object_body("run", schedule_uid="s1")))
+    wake(as_body(object_body("run", schedule_uid="s1")), memo_of(wakeups))
     assert new.event.is_set()
 
 
 class Daemon:
-    """run_schedule as Kopf runs it, with a tick that records what it saw."""
+    """The driver as Kopf runs it, with a step that records what it saw."""
 
     def __init__(self, raw: JsonDict) -> None:
         self.raw = raw
-        self.wakeups = ScheduleWakeups()
-        self.memo = kopf.Memo(schedule_wakeups=self.wakeups)
+        self.wakeups = Wakeups()
+        self.memo = memo_of(self.wakeups)
         self.stopper: FlagSetter[Any] = FlagSetter()
         self.seen: list[JsonDict] = []
         self.ticked = asyncio.Event()
 
-    async def tick(self, body: JsonDict) -> float:
-        self.seen.append(body)
+    def run_for(self, body: JsonDict) -> Daemon:
+        self.body = body
+        return self
+
+    async def reconcile(self) -> RetryLater:
+        self.seen.append(self.body)
         self.ticked.set()
-        return 3600.0
+        return RetryLater(3600.0)
+
+    async def cancelled(self) -> None:
+        raise AssertionError("no step was cancelled")
 
     async def wait_for_tick(self, count: int) -> None:
         async with asyncio.timeout(2):
@@ -273,7 +292,7 @@ class Daemon:
 
     def start(self) -> asyncio.Task[None]:
         return asyncio.create_task(
-            run_schedule("Backup", as_body(self.raw), self.wakeups, self.tick, self.stopper.async_waiter)
+            drive("Backup", as_body(self.raw), self.stopper.async_waiter, self.run_for, self.wakeups)
         )
 
 
@@ -288,25 +307,24 @@ def test_the_daemon_ticks_on_its_runs_and_spec_edits_only(daemon: Daemon) -> Non
         await daemon.wait_for_tick(1)
 
         daemon.raw["status"] = {"phase": "Scheduled"}  # its own status write arrives
-        daemon.wakeups.observe(as_body(daemon.raw))
+        wake(as_body(daemon.raw), daemon.memo)
         await daemon.settle()
         assert len(daemon.seen) == 1
 
-        daemon.wakeups.observe(as_body(object_body("run", schedule_uid="s1")))
+        wake(as_body(object_body("run", schedule_uid="s1")), daemon.memo)
         await daemon.wait_for_tick(2)
 
         daemon.raw["spec"] = {**daemon.raw["spec"], "suspend": True}
         daemon.raw["metadata"]["generation"] = 2
-        daemon.wakeups.observe(as_body(daemon.raw))
+        wake(as_body(daemon.raw), daemon.memo)
         await daemon.wait_for_tick(3)
         assert daemon.seen[-1]["spec"]["suspend"] is True  # the latest body, not the one it started with
 
-        # Kopf stops an async daemon by setting its stopper, then cancelling it (cancellation_timeout).
+        # Kopf stops a daemon by setting its stopper: the sleeping daemon returns at once.
         daemon.stopper.set()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(1):
             await task
         assert len(daemon.seen) == 3
-        assert not wakes_a_schedule(as_body(object_body("run", schedule_uid="s1")), daemon.memo)
+        assert not wakes_a_daemon(as_body(object_body("run", schedule_uid="s1")), daemon.memo)
 
     asyncio.run(scenario())

@@ -15,8 +15,8 @@ from habitat_operator.handlers.registration import register_kind
 
 register_kind(
     BACKUP,
-    lambda body, memo: BackupRun(body, memo.config, memo.slots),
-    lambda memo: schedule.kind(memo.config),
+    lambda body, shared: BackupRun(body, shared.config, shared.slots),
+    lambda shared: schedule.kind(shared.config),
     metrics.forget_backup,
 )
 

@@ -16,21 +16,14 @@ from habitat_operator.api.common import KindInfo
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.lifecycle import OneShotRun
 from habitat_operator.controllers.scheduling.child_runs import ScheduledKind, ScheduleRuns
-from habitat_operator.handlers import one_shot
-from habitat_operator.handlers.common import (
-    has_schedule,
-    index_run,
-    is_gone_with_its_series,
-    is_run_of_a_schedule,
-    run_schedule,
-    wakes_a_schedule,
-)
+from habitat_operator.handlers import common
+from habitat_operator.handlers.driver import Shared, drive, shared
 
 
 def register_kind(
     info: KindInfo,
-    new_run: Callable[[kube.JsonDict, kopf.Memo], OneShotRun[Any, Any]],
-    scheduled_kind: Callable[[kopf.Memo], ScheduledKind[Any]] | None,
+    new_run: Callable[[kube.JsonDict, Shared], OneShotRun[Any, Any]],
+    scheduled_kind: Callable[[Shared], ScheduledKind[Any]] | None,
     forget: Callable[[str, str], None],
 ) -> None:
     """Registers, for `info`'s plural: the daemon that runs each unfinished one-shot object, the
@@ -45,34 +38,41 @@ def register_kind(
         VERSION,
         plural,
         id="run",
-        when=one_shot.is_unfinished_one_shot,
+        when=common.is_unfinished_one_shot,
         # Kopf signals the daemon, and cancels it only after the backoff: the step cleans up first.
         cancellation_backoff=30,
         cancellation_timeout=60,
     )
     async def run(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        await one_shot.drive(info.kind, lambda: new_run(dict(body), memo), stopped)
+        state = shared(memo)
+        await drive(info.kind, body, stopped, lambda latest: new_run(latest, state))
 
-    @kopf.on.event(GROUP, VERSION, plural, id="forget", when=is_gone_with_its_series)
+    @kopf.on.event(GROUP, VERSION, plural, id="forget", when=common.is_gone_with_its_series)
     async def forget_series(body: kopf.Body, **_: Any) -> None:
         forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
     if scheduled_kind is None:
         return
-    with_schedule: Callable[[kopf.Memo], ScheduledKind[Any]] = scheduled_kind
+    with_schedule: Callable[[Shared], ScheduledKind[Any]] = scheduled_kind
 
-    @kopf.index(GROUP, VERSION, plural, id=index_id, when=is_run_of_a_schedule)
+    @kopf.index(GROUP, VERSION, plural, id=index_id, when=common.is_run_of_a_schedule)
     async def runs(body: kopf.Body, **_: Any) -> dict[str, kube.JsonDict]:
         """Schedules' runs by schedule uid, kept from the watch: a schedule never LISTs its runs."""
-        return index_run(body)
+        return common.index_run(body)
 
-    @kopf.on.event(GROUP, VERSION, plural, id="wake_schedules", when=wakes_a_schedule)
+    @kopf.on.event(GROUP, VERSION, plural, id="wake_schedules", when=common.wakes_a_daemon)
     async def wake(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        memo.schedule_wakeups.observe(body)
+        common.wake(body, memo)
 
-    @kopf.daemon(GROUP, VERSION, plural, id="scheduled", when=has_schedule, cancellation_timeout=10)
+    @kopf.daemon(GROUP, VERSION, plural, id="scheduled", when=common.has_schedule, cancellation_timeout=10)
     async def scheduled(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         index: kopf.Index[str, kube.JsonDict] = kwargs[index_id]
         uid = body["metadata"]["uid"]
-        schedule_runs = ScheduleRuns(with_schedule(memo), lambda: index.get(uid, ()))
-        await run_schedule(info.kind, body, memo.schedule_wakeups, schedule_runs.tick, stopped)
+        state = shared(memo)
+        schedule_runs = ScheduleRuns(with_schedule(state), lambda: index.get(uid, ()))
+
+        def run_for(latest: kube.JsonDict) -> ScheduleRuns[Any]:
+            schedule_runs.observe(latest)
+            return schedule_runs
+
+        await drive(info.kind, body, stopped, run_for, state.wakeups)

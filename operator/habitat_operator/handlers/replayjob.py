@@ -14,7 +14,7 @@ from habitat_operator.handlers.registration import register_kind
 
 register_kind(
     REPLAYJOB,
-    lambda body, memo: ReplayRun(body, memo.config, memo.slots),
+    lambda body, shared: ReplayRun(body, shared.config, shared.slots),
     None,
     metrics.forget_replayjob,
 )

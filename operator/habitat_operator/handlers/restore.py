@@ -9,7 +9,7 @@ from habitat_operator.handlers.registration import register_kind
 
 register_kind(
     RESTORE,
-    lambda body, memo: RestoreRun(body, memo.config, memo.slots),
+    lambda body, shared: RestoreRun(body, shared.config, shared.slots),
     lambda _: schedule.KIND,
     metrics.forget_restore,
 )

@@ -1,19 +1,19 @@
-"""ScalePolicy: a daemon per policy that polls at its interval, and an index of policies by target."""
+"""ScalePolicy: a daemon per policy that polls at its interval, and an index of policies by target.
+
+Every ScalePolicy has a daemon, and so Kopf's finalizer: it polls its triggers for as long as it
+exists, and the daemon keeps the HPA-style memory (stabilization, cooldown) between polls."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import kopf
-import structlog
 
 from habitat_operator.api import GROUP, VERSION
 from habitat_operator.api.scalepolicy import SCALE_POLICY
-from habitat_operator.controllers.scalepolicy.run import Claim, ScalePolicyLoop, target_key
-from habitat_operator.handlers.common import reconcile_timer
+from habitat_operator.controllers.scalepolicy.run import Claim, ScalePolicyRun, target_key
+from habitat_operator.handlers.driver import drive, shared
 
-log = structlog.get_logger(__name__)
 INDEX = "scalepolicies_by_target"  # Kopf passes the index to handlers as a keyword of this name
 
 
@@ -24,23 +24,22 @@ async def by_target(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_
 
 
 @kopf.daemon(GROUP, VERSION, SCALE_POLICY.plural, id="poll", cancellation_timeout=10)
-async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+async def poll(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     index: kopf.Index[Any, Claim] = kwargs[INDEX]
     namespace = body["metadata"]["namespace"]
-    loop = ScalePolicyLoop(dict(body), lambda: list(index.get(target_key(namespace, dict(body["spec"])), [])))
+    state = shared(memo)
+    policy = ScalePolicyRun(
+        dict(body),
+        state.config,
+        state.slots,
+        lambda: list(index.get(target_key(namespace, dict(body["spec"])), [])),
+    )
+
+    def run_for(latest: dict[str, Any]) -> ScalePolicyRun:
+        policy.observe(latest)
+        return policy
+
     try:
-        while not stopped:
-            started = time.monotonic()
-            delay = 10.0
-            try:
-                with reconcile_timer(SCALE_POLICY.kind):
-                    delay = await loop.poll(
-                        dict(body)
-                    )  # Kopf's daemon body is a live view of the latest object
-            except Exception:  # the next poll tries again; the daemon and its memory survive
-                log.exception(
-                    "scalepolicy poll failed", namespace=namespace, scalepolicy=body["metadata"]["name"]
-                )
-            await stopped.wait(max(0.0, delay - (time.monotonic() - started)))
+        await drive(SCALE_POLICY.kind, body, stopped, run_for)
     finally:
-        loop.forget()
+        policy.forget()

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat, Compression
@@ -22,7 +21,7 @@ from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
-from habitat_operator.controllers.base.status import read_status
+from habitat_operator.controllers.base.status import Edit, read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
@@ -63,9 +62,12 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             key_ref = spec.encryption.key_secret_ref
             key = await read_secret_value(self.namespace, key_ref.name, key_ref.key)
         async with self._storage(spec, key) as dump, self.slot(target.display):
-            await self.start(
-                BackupReason.BACKUP_RUNNING, f"dumping {target.display}", database=target.display
-            )
+            database = target.display
+
+            def dumping(status: BackupStatus) -> None:
+                status.database = database
+
+            await self.start(BackupReason.BACKUP_RUNNING, f"dumping {database}", dumping)
             result = await dump(
                 BackupRequest(
                     target=target,
@@ -118,10 +120,10 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         metrics.note_backup_success(
             self.namespace, self.series, timestamps.now().timestamp(), result.size_bytes
         )
-        await self.succeed(
-            message,
-            f"{message}: {result.uri}",
-            artifact=Artifact(
+        completed = timestamps.now()
+
+        def dumped(status: BackupStatus) -> None:
+            status.artifact = Artifact(
                 uri=result.uri,
                 size_bytes=result.size_bytes,
                 size=size,
@@ -130,11 +132,12 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
                 encrypted=result.encrypted,
                 compression=Compression(result.compression),
                 pg_version=result.pg_version,
-            ),
-            verification=Verification.VERIFIED if result.verified else Verification.NOT_VERIFIED,
-            last_successful_time=timestamps.now(),
-            duration=format_duration(elapsed),
-        )
+            )
+            status.verification = Verification.VERIFIED if result.verified else Verification.NOT_VERIFIED
+            status.last_successful_time = completed
+            status.duration = format_duration(elapsed)
+
+        await self.succeed(message, dumped, event_message=f"{message}: {result.uri}")
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         if elapsed is not None:
@@ -145,10 +148,14 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
     def record_outcome(self, succeeded: bool) -> None:
         metrics.BACKUP_RUNS.labels(self.namespace, self.series, "success" if succeeded else "failure").inc()
 
-    def failure_fields(self, error: OperationError) -> dict[str, Any]:
-        if error.reason is Reason.VERIFICATION_FAILED:
-            return {"verification": Verification.VERIFICATION_FAILED}
-        return {}
+    def failure_edit(self, error: OperationError) -> Edit[BackupStatus] | None:
+        if error.reason is not Reason.VERIFICATION_FAILED:
+            return None
+
+        def unverified(status: BackupStatus) -> None:
+            status.verification = Verification.VERIFICATION_FAILED
+
+        return unverified
 
 
 def restore_metrics(body: kube.JsonDict) -> None:

@@ -30,6 +30,10 @@ class AlreadyExists(Exception):
     """An object of that name exists already (HTTP 409 on create)."""
 
 
+class Conflict(Exception):
+    """The object changed since the resourceVersion a write was based on (HTTP 409 on a patch)."""
+
+
 def configure() -> None:
     """Loads in-cluster credentials when running in a pod, else the current kubeconfig."""
     try:
@@ -92,6 +96,11 @@ async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
     return None if scale is None else dict(scale)
 
 
+def scale_resource(kind: str) -> str:
+    """The resource an RBAC rule names to let the operator scale `kind`: `deployments/scale`."""
+    return f"{_SCALE_PLURALS[kind]}/scale"
+
+
 async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) -> None:
     """Sets spec.replicas alone by a server-side apply of the /scale subresource, as the field
     manager `habitat-operator`: GitOps tools that apply the target's other fields leave it alone."""
@@ -118,17 +127,25 @@ async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) ->
         raise
 
 
-async def patch_status(plural: str, namespace: str, name: str, status: JsonDict) -> None:
-    """Writes status at once (not at the handler's end), so a crash right after still shows it."""
-    await asyncio.to_thread(
-        _custom().patch_namespaced_custom_object_status,
-        GROUP,
-        VERSION,
-        namespace,
-        plural,
-        name,
-        {"status": status},
-    )
+async def patch_status(
+    plural: str, namespace: str, name: str, status: JsonDict, resource_version: str | None = None
+) -> str | None:
+    """Writes status at once (not at the handler's end), so a crash right after still shows it.
+    With `resource_version`, the write applies only to that version of the object (else Conflict).
+    Returns the object's new resourceVersion."""
+    body: JsonDict = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        result = await asyncio.to_thread(
+            _custom().patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, body
+        )
+    except ApiException as error:
+        if error.status == 409:
+            raise Conflict(f"{plural} {namespace}/{name}") from None
+        raise
+    version = (dict(result).get("metadata") or {}).get("resourceVersion")
+    return None if version is None else str(version)
 
 
 async def create(plural: str, namespace: str, body: JsonDict) -> JsonDict:

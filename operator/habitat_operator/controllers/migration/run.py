@@ -1,11 +1,12 @@
 """One reconciliation of a Migration: bring its database to the target version, or say why not.
 
-A Migration converges; it does not run once. Each look reads the source and the history, plans,
-lints, and (unless `plan`) applies what is pending. The order protects the database: the plan is
-refused whole before anything runs (drift, a dirty version, a missing down script, lint under
-`enforce`); the safety Backup succeeds before the lock is taken; under the database's advisory
-lock (shared with Restore, on its own session) the history is read again and the plan made again,
-so a second Migration that waited finds its versions applied and runs nothing twice.
+A Migration converges; it does not run once (the convergent policy, controllers/base/convergent.py).
+Each look reads the source and the history, plans, lints, and (unless `plan`) applies what is
+pending. The order protects the database: the plan is refused whole before anything runs (drift,
+a dirty version, a missing down script, lint under `enforce`); the safety Backup succeeds before
+the lock is taken; under the database's advisory lock (shared with Restore, on its own session) the
+history is read again and the plan made again, so a second Migration that waited finds its versions
+applied and runs nothing twice.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from enum import StrEnum
-from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from habitat_operator import timestamps
-from habitat_operator.api.backup import BACKUP
-from habitat_operator.api.common import Phase, Reason, qualified
+from habitat_operator.api.common import Phase, Reason, RetryPolicy, qualified
 from habitat_operator.api.migration import (
     MIGRATION,
     AppliedMigration,
@@ -33,32 +31,25 @@ from habitat_operator.api.migration import (
 )
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube, names, owned_backup
-from habitat_operator.controllers.base.conditions import ConditionState
+from habitat_operator.controllers.base.convergent import STOPPED_SECONDS, ConvergentRun
+from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.credentials import read_connection
-from habitat_operator.controllers.base.lifecycle import RECHECK_SECONDS, backoff_seconds, unexpected
 from habitat_operator.controllers.base.slots import OperationSlots
-from habitat_operator.controllers.base.status import StatusReporter, read_status
-from habitat_operator.controllers.base.validation import describe_validation_error
+from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.migration import metrics, source
+from habitat_operator.controllers.migration.engines import POSTGRES, History, MigrationEngines
 from habitat_operator.controllers.migration.plan import UP, Plan, make_plan
 from habitat_operator.durations import parse_duration
-from habitat_operator.engines.postgres.lint import Finding, lint
-from habitat_operator.engines.postgres.locks import database_lock
-from habitat_operator.engines.postgres.migrations import (
-    HistoryRow,
-    MigrationFailed,
-    MigrationSession,
-    Timeouts,
-)
-from habitat_operator.errors import OperationError, PermanentError, RetryableError, WaitingError, one_line
+from habitat_operator.engines.postgres.lint import Finding
+from habitat_operator.engines.postgres.migrations import HistoryRow, MigrationFailed, Timeouts
+from habitat_operator.errors import OperationError, PermanentError, one_line
 
 # A converged Migration looks again hourly (drift); spec and ConfigMap changes wake it at once.
 IDLE_SECONDS = 3600.0
-# A failed one waits for a change of its spec or source; this only bounds the daemon's sleep.
-STOPPED_SECONDS = 86400.0
 WAIT_SECONDS = 2.0  # for the database lock, or the safety Backup
 BACKUP_FOR_LABEL = qualified("backup-before-migration")  # the Migration's uid
 LISTED = 200
+
 
 log = structlog.get_logger(__name__)
 
@@ -67,24 +58,26 @@ def _ms(duration: str | None) -> int | None:
     return None if duration is None else round(parse_duration(duration).total_seconds() * 1000)
 
 
-class MigrationRun:
+class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
     """One look at one Migration object; build one per reconciliation with the latest body."""
 
-    def __init__(self, body: kube.JsonDict, config: OperatorConfig, slots: OperationSlots) -> None:
-        meta = body["metadata"]
-        self.body, self.config, self.slots = body, config, slots
-        self.namespace: str = meta["namespace"]
-        self.name: str = meta["name"]
-        self.uid: str = meta["uid"]
-        self.reporter = StatusReporter(MIGRATION.plural, body, MigrationStatus)
-        self.log = log.bind(kind=MIGRATION.kind, namespace=self.namespace, name=self.name)
-        # Fields every status write of this look carries (what is known so far).
-        self.fields: dict[str, Any] = {}
-        self.dirty: int | None = None
+    info = MIGRATION
+    spec_model = MigrationSpec
+    status_model = MigrationStatus
 
-    @property
-    def status(self) -> MigrationStatus:
-        return self.reporter.status
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        config: OperatorConfig,
+        slots: OperationSlots,
+        engines: MigrationEngines = POSTGRES,
+    ) -> None:
+        super().__init__(body, config, slots)
+        self.engines = engines
+        self.uid: str = body["metadata"]["uid"]
+        self.dirty: int | None = None
+        self.digest: str | None = None
+        self.lint_findings: list[LintFinding] | None = None
 
     @property
     def session_name(self) -> str:
@@ -95,48 +88,71 @@ class MigrationRun:
     def applied_by(self) -> str:
         return f"{self.namespace}/{self.name} uid={self.uid}"
 
-    async def reconcile(self) -> float:
-        """Seconds until the next look, unless something wakes the object earlier."""
-        try:
-            spec = MigrationSpec.model_validate(self.body.get("spec") or {})
-        except ValidationError as error:
-            await self._fail(PermanentError(Reason.INVALID_SPEC, describe_validation_error(error)))
-            return STOPPED_SECONDS
-        try:
-            return await self._converge(spec)
-        except WaitingError as error:
-            await self._write("stalled", Phase.PENDING, error.reason, error.message)
-            return RECHECK_SECONDS
-        except MigrationFailed as error:
-            self.dirty = error.version if error.dirty else None
-            await self._fail(error, counted=True)
-            return STOPPED_SECONDS
-        except RetryableError as error:
-            return await self._retry(spec, error)
-        except OperationError as error:
-            await self._fail(error)
-            return STOPPED_SECONDS
-        except Exception as error:  # nobody planned for it; it still ends in status, and is retried
-            self.log.exception("unexpected error")
-            return await self._retry(spec, unexpected(error))
+    # ---------------------------------------------------------------- the policy's hooks
 
-    async def _converge(self, spec: MigrationSpec) -> float:
+    def retry_policy(self, spec: MigrationSpec) -> RetryPolicy:
+        return spec.retry
+
+    def attempts(self) -> int:
+        return self.status.attempts or 0
+
+    def retry_edits(self, attempts: int, message: str) -> tuple[Edit[MigrationStatus], ...]:
+        def retrying(status: MigrationStatus) -> None:
+            status.attempts, status.message = attempts, message
+
+        return (retrying,)
+
+    def record_failure(self, error: OperationError, final: bool) -> None:
+        """A run that ran and failed, or used up its retries, counts; a refused plan does not."""
+        if final and (isinstance(error, MigrationFailed) or error.retryable):
+            metrics.MIGRATION_RUNS.labels(self.namespace, self.name, "failure").inc()
+
+    async def retry_or_fail(self, spec: MigrationSpec, error: OperationError) -> RetryLater | None:
+        if isinstance(error, MigrationFailed):
+            self.dirty = error.version if error.dirty else None
+        return await super().retry_or_fail(spec, error)
+
+    async def fail(self, reason: StrEnum, message: str, *edits: Edit[MigrationStatus]) -> RetryLater:
+        """Stalled and Failed until the spec or the source changes."""
+        dirty = self.dirty if reason is MigrationReason.DIRTY else None
+        if dirty is not None:
+            metrics.MIGRATION_DIRTY.labels(self.namespace, self.name).set(1)
+        message = one_line(message)
+
+        def failed(status: MigrationStatus) -> None:
+            status.message, status.attempts = message, None
+            if dirty is not None:
+                status.dirty_version = dirty
+
+        return await super().fail(reason, message, *edits, failed)
+
+    # ---------------------------------------------------------------- the look
+
+    async def execute(self, spec: MigrationSpec) -> RetryLater:
         files = await source.load(self.namespace, spec.source)
-        self.fields["source_digest"] = digest = source.digest(files)
+        self.digest = digest = source.digest(files)
+
+        def read(status: MigrationStatus) -> None:
+            status.source_digest = digest
+
+        self.reporter.carry(read)
         if self._failed_before(digest):
-            return STOPPED_SECONDS
+            return Recheck(STOPPED_SECONDS)
         target = await read_connection(self.namespace, spec.database.secret_ref)
-        self.fields["database"] = target.display
+        database = target.display
+
+        def connected(status: MigrationStatus) -> None:
+            status.database = database
+
+        self.reporter.carry(connected)
         timeouts = Timeouts(_ms(spec.lock_timeout), _ms(spec.statement_timeout))
-        async with MigrationSession.connect(
-            target, self.session_name, spec.history_table, timeouts
-        ) as session:
+        async with self.engines.connect(target, self.session_name, spec.history_table, timeouts) as session:
             history = await session.history()
         plan = self._plan(files, history, spec)
         findings = await self._lint(spec, plan)
         if spec.plan:
             await self._planned(plan, findings)
-            return IDLE_SECONDS
+            return Recheck(IDLE_SECONDS)
         if findings and spec.lint.mode is LintMode.ENFORCE:
             raise PermanentError(
                 MigrationReason.LINT_REFUSED,
@@ -145,28 +161,33 @@ class MigrationRun:
         resolving = _resolution_due(history, spec)
         if not (plan.steps or plan.baseline or resolving):
             await self._at_target(plan, None)
-            return IDLE_SECONDS
+            return Recheck(IDLE_SECONDS)
         if spec.backup_before and plan.steps and not await self._backup_done(spec, plan):
-            return WAIT_SECONDS
+            return RetryLater(WAIT_SECONDS)
         async with (
-            self._slot(target.display),
-            database_lock(target, f"migration {self.namespace}/{self.name}") as lock,
+            self.slot(target.display),
+            self.engines.lock(target, f"migration {self.namespace}/{self.name}") as lock,
         ):
             if not lock.acquired:
-                await self._write(
+                holder = lock.holder
+
+                def waiting(status: MigrationStatus) -> None:
+                    status.waiting_for = holder
+
+                await self.reporter.write(
                     "reconciling",
                     Phase.PENDING,
                     Reason.WAITING_FOR_LOCK,
                     lock.waiting_message(target.display),
-                    waiting_for=lock.holder,
+                    waiting,
                 )
-                return WAIT_SECONDS
-            async with MigrationSession.connect(
+                return RetryLater(WAIT_SECONDS)
+            async with self.engines.connect(
                 target, self.session_name, spec.history_table, timeouts
             ) as session:
                 plan, applied = await self._run(session, spec, files)
         await self._at_target(plan, applied)
-        return IDLE_SECONDS
+        return Recheck(IDLE_SECONDS)
 
     def _plan(
         self, files: list[source.MigrationFile], history: list[HistoryRow], spec: MigrationSpec
@@ -174,17 +195,17 @@ class MigrationRun:
         self.dirty = next((row.version for row in history if row.dirty), None)
         plan = make_plan(files, history, spec)
         self.dirty = None  # resolved by the spec, if it was dirty
-        self.fields.update(
-            current_version=plan.current,
-            target_version=plan.target,
-            pending=plan.pending[:LISTED] or None,
-            pending_count=len(plan.steps),
-        )
+
+        def planned(status: MigrationStatus) -> None:
+            status.current_version, status.target_version = plan.current, plan.target
+            status.pending, status.pending_count = plan.pending[:LISTED] or None, len(plan.steps)
+
+        self.reporter.carry(planned)
         metrics.MIGRATION_PENDING.labels(self.namespace, self.name).set(len(plan.steps))
         return plan
 
     async def _run(
-        self, session: MigrationSession, spec: MigrationSpec, files: list[source.MigrationFile]
+        self, session: History, spec: MigrationSpec, files: list[source.MigrationFile]
     ) -> tuple[Plan, list[AppliedMigration]]:
         """Under the lock: ends a killed run's session, records resolutions and baselines, plans again
         on the history as it is now, and runs each step in order; returns the plan it ran."""
@@ -200,7 +221,11 @@ class MigrationRun:
         verb = "rolling back" if plan.rollback else "applying"
         summary = f"{verb} {_versions(plan.pending)}: version {plan.current} to {plan.target}"
         reason = MigrationReason.ROLLING_BACK if plan.rollback else MigrationReason.APPLYING
-        await self._write("reconciling", Phase.RUNNING, reason, summary, waiting_for=None)
+
+        def running(status: MigrationStatus) -> None:
+            status.waiting_for = None
+
+        await self.reporter.write("reconciling", Phase.RUNNING, reason, summary, running)
         await kube.event(self.body, "Normal", Reason.STARTED, summary)
         applied: list[AppliedMigration] = []
         recorded = sorted(plan.recorded)
@@ -223,16 +248,19 @@ class MigrationRun:
                 )
         finally:
             metrics.MIGRATION_DURATION.labels(self.namespace, self.name).observe(time.monotonic() - started)
-            self.fields.update(
-                applied=applied[-LISTED:] or None,
-                current_version=max(recorded, default=0),
-                last_applied_at=timestamps.now() if applied else self.status.last_applied_at,
+            current, last = (
+                max(recorded, default=0),
+                timestamps.now() if applied else self.status.last_applied_at,
             )
+
+            def ran(status: MigrationStatus) -> None:
+                status.applied, status.current_version = applied[-LISTED:] or None, current
+                status.last_applied_at = last
+
+            self.reporter.carry(ran)
         return plan, applied
 
-    async def _resolve(
-        self, session: MigrationSession, spec: MigrationSpec, history: list[HistoryRow]
-    ) -> None:
+    async def _resolve(self, session: History, spec: MigrationSpec, history: list[HistoryRow]) -> None:
         if not _resolution_due(history, spec):
             return
         assert spec.resolve_dirty is not None
@@ -252,21 +280,27 @@ class MigrationRun:
             skip.append("require-lock-timeout")
         if spec.statement_timeout:
             skip.append("require-statement-timeout")
-        findings = await lint([step.script for step in plan.steps], skip)
+        findings = await self.engines.lint([step.script for step in plan.steps], skip)
         metrics.set_lint_findings(self.namespace, self.name, Counter(f.rule for f in findings))
         if plan.steps:
-            self.fields["lint_findings"] = [
+            listed = [
                 LintFinding(rule=f.rule, version=f.version, line=f.line, message=f.message)
                 for f in findings[:LISTED]
             ] or None
+            self.lint_findings = listed
+
+            def linted(status: MigrationStatus) -> None:
+                status.lint_findings = listed
+
+            self.reporter.carry(linted)
             if findings and self._lint_is_news():
                 await kube.event(self.body, "Warning", MigrationReason.LINT_FINDINGS, _summary(findings))
         return findings
 
     def _lint_is_news(self) -> bool:
         """One Event per run: not again while the same run waits for a lock or a Backup."""
-        return self.fields.get("lint_findings") != self.status.lint_findings or (
-            self.status.source_digest != self.fields["source_digest"]
+        return self.lint_findings != self.status.lint_findings or (
+            self.status.source_digest != self.digest
             or self.status.observed_generation != self.reporter.generation
         )
 
@@ -274,7 +308,7 @@ class MigrationRun:
         verb = "revert" if plan.rollback else "apply"
         pending = _versions(plan.pending) if plan.steps else "nothing"
         lint_part = f"; the linter found {_summary(findings)}" if findings else ""
-        await self._write(
+        await self.reporter.write(
             "ready",
             Phase.PLANNED,
             MigrationReason.PLANNED,
@@ -294,60 +328,41 @@ class MigrationRun:
             metrics.MIGRATION_RUNS.labels(self.namespace, self.name, "success").inc()
             self.log.info("migration run succeeded", detail=message)
             await kube.event(self.body, "Normal", Reason.SUCCEEDED, message)
-        await self._write(
-            "ready",
-            Phase.READY,
-            MigrationReason.AT_TARGET,
-            message,
-            current_version=plan.target,
-            pending=None,
-            pending_count=0,
-            waiting_for=None,
-            dirty_version=None,
-            attempts=None,
-            message=None,
-        )
+
+        def converged(status: MigrationStatus) -> None:
+            status.current_version, status.pending, status.pending_count = plan.target, None, 0
+            status.waiting_for = status.dirty_version = status.attempts = status.message = None
+
+        await self.reporter.write("ready", Phase.READY, MigrationReason.AT_TARGET, message, converged)
 
     async def _backup_done(self, spec: MigrationSpec, plan: Plan) -> bool:
         """A Backup of the database for this run (from the current to the target version), owned by
         the Migration and labelled with its uid; True once it has succeeded."""
         assert spec.backup_before is not None
         name = names.fit(f"{self.name}-v{plan.current}-to-v{plan.target}-{self.uid[:8]}", 253)
-        owned = await owned_backup.ensure(
-            self.body,
+
+        def backing_up(status: MigrationStatus) -> None:
+            status.backup = name
+
+        self.reporter.carry(backing_up)
+        backup = owned_backup.BackupFirst(
             name,
             BACKUP_FOR_LABEL,
-            spec.database.model_dump(by_alias=True),
-            spec.backup_before.storage.model_dump(by_alias=True, exclude_none=True),
+            "Backup",
+            "this Migration's",
+            "nothing was applied",
+            (Reason.STARTED, f"backing up the database first: Backup {name}"),
+            MigrationReason.BACKUP_FAILED,
         )
-        if owned.created:
-            await kube.event(
-                self.body, "Normal", Reason.STARTED, f"backing up the database first: Backup {name}"
-            )
-        if not owned.ours:
-            raise PermanentError(
-                MigrationReason.BACKUP_FAILED,
-                f"Backup {name} exists but is not this Migration's; nothing was applied",
-            )
-        self.fields["backup"] = name
-        backup = read_status(BACKUP.status_model, owned.body)
-        if backup.phase is Phase.FAILED:
-            why = getattr(backup, "message", None) or "see its status"
-            raise PermanentError(
-                MigrationReason.BACKUP_FAILED, f"Backup {name} failed ({why}); nothing was applied"
-            )
-        if backup.phase is Phase.SUCCEEDED:
+        storage = spec.backup_before.storage.model_dump(by_alias=True, exclude_none=True)
+        if await owned_backup.await_backup(
+            self.body, backup, spec.database.model_dump(by_alias=True), storage
+        ):
             return True
-        await self._write(
+        await self.reporter.write(
             "reconciling", Phase.PENDING, MigrationReason.WAITING_FOR_BACKUP, f"waiting for Backup {name}"
         )
         return False
-
-    def _slot(self, database: str) -> Any:
-        async def queued(why: str) -> None:
-            await self._write("reconciling", Phase.PENDING, Reason.QUEUED, f"queued: {why}")
-
-        return self.slots.hold(database, queued)
 
     def _failed_before(self, digest: str) -> bool:
         """Failed on this very spec and source: running it again would fail the same way."""
@@ -357,37 +372,6 @@ class MigrationRun:
             and status.observed_generation == self.reporter.generation
             and status.source_digest == digest
         )
-
-    async def _retry(self, spec: MigrationSpec, error: OperationError) -> float:
-        attempts = (self.status.attempts or 0) + 1
-        if attempts > spec.retry.limit:
-            await self._fail(PermanentError(error.reason, f"{error.message}; no retries left"), counted=True)
-            return STOPPED_SECONDS
-        delay = backoff_seconds(spec.retry, attempts)
-        message = f"{error.message}; retry {attempts}/{spec.retry.limit} in {delay:.0f}s"
-        self.log.warning("attempt failed", reason=error.reason.value, error=error.message, retry_in=delay)
-        await self._write(
-            "reconciling", Phase.PENDING, error.reason, message, attempts=attempts, message=message
-        )
-        await kube.event(self.body, "Warning", error.reason, message)
-        return delay
-
-    async def _fail(self, error: OperationError, counted: bool = False) -> None:
-        """Stalled and Failed until the spec or the source changes."""
-        if counted:
-            metrics.MIGRATION_RUNS.labels(self.namespace, self.name, "failure").inc()
-        if error.reason is MigrationReason.DIRTY and self.dirty is not None:
-            metrics.MIGRATION_DIRTY.labels(self.namespace, self.name).set(1)
-            self.fields["dirty_version"] = self.dirty
-        message = one_line(error.message)
-        self.log.warning("migration failed", reason=error.reason.value, error=message)
-        await self._write("stalled", Phase.FAILED, error.reason, message, message=message, attempts=None)
-        await kube.event(self.body, "Warning", error.reason, message)
-
-    async def _write(
-        self, state: ConditionState, phase: Phase, reason: StrEnum, summary: str, **changes: Any
-    ) -> None:
-        await self.reporter.write(state, phase, reason, summary, **{**self.fields, **changes})
 
 
 def _resolution_due(history: list[HistoryRow], spec: MigrationSpec) -> bool:

@@ -16,7 +16,6 @@ import asyncio
 import time
 from contextlib import suppress
 from enum import StrEnum
-from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Phase, Reason
@@ -32,7 +31,7 @@ from habitat_operator.api.replayjob import (
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_text
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
-from habitat_operator.controllers.base.status import read_status
+from habitat_operator.controllers.base.status import Edit, read_status
 from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob.messages import Addressing, encoder, to_message
 from habitat_operator.controllers.replayjob.progress import Progress
@@ -72,17 +71,15 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                 if spec.dry_run:
                     await self._dry_run(spec, reader, store, snapshot.count, snapshot.upper)
                     return None
+                count, upper = snapshot.count, snapshot.upper
+
+                def selected(status: ReplayJobStatus) -> None:
+                    status.total_events, status.upper_bound = count, upper
+                    status.published_events = status.failed_events = 0
+                    status.progress, status.percent = f"0/{count}", "0%"
+
                 await self.reporter.write(
-                    "reconciling",
-                    Phase.PENDING,
-                    ReplayReason.REPLAYING,
-                    f"selected {snapshot.count} events",
-                    total_events=snapshot.count,
-                    upper_bound=snapshot.upper,
-                    published_events=0,
-                    failed_events=0,
-                    progress=f"0/{snapshot.count}",
-                    percent="0%",
+                    "reconciling", Phase.PENDING, ReplayReason.REPLAYING, f"selected {count} events", selected
                 )
             return await self._replay(spec, reader, store)
 
@@ -106,26 +103,30 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             )
             for e in first
         ]
+
+        def sampled(status: ReplayJobStatus) -> None:
+            status.total_events, status.upper_bound, status.published_events = count, upper, 0
+            status.progress, status.sample = f"0/{count}", sample
+
         await self.succeed(
             f"dry run: {count} events would be replayed to {Addressing.of(spec.target).display};"
             " nothing was published",
-            total_events=count,
-            upper_bound=upper,
-            published_events=0,
-            progress=f"0/{count}",
-            sample=sample,
+            sampled,
         )
 
-    async def _suspended(self, why: str, **fields: Any) -> RetryLater:
+    async def _suspended(self, why: str, *edits: Edit[ReplayJobStatus]) -> RetryLater:
         metrics.stopped(self.namespace, self.name)
+
+        def idle(status: ReplayJobStatus) -> None:
+            status.rate_per_second, status.eta = 0.0, None
+
         await self.reporter.write(
             "paused",
             Phase.SUSPENDED,
             Reason.SUSPENDED,
             f"{why}; unset spec.suspend to resume from the checkpoint",
-            rate_per_second=0.0,
-            eta=None,
-            **fields,
+            idle,
+            *edits,
         )
         return RetryLater(SUSPENDED_RECHECK_SECONDS)
 
@@ -143,11 +144,13 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             )
         addressing = Addressing.of(spec.target)
         metrics.started(self.namespace, self.name)
+
+        def replaying(status: ReplayJobStatus) -> None:
+            status.duplicates_at_most = duplicates or None
+            status.reserved_through = status.checkpoint
+
         await self.start(
-            ReplayReason.REPLAYING,
-            f"replaying {total} events to {addressing.display}",
-            duplicates_at_most=duplicates or None,
-            reserved_through=None if status.checkpoint is None else status.checkpoint,
+            ReplayReason.REPLAYING, f"replaying {total} events to {addressing.display}", replaying
         )
         if upper is None or after >= upper:
             await self._finish(None)
@@ -164,9 +167,12 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             self._record_duration()
             # Not a failed attempt: resuming continues this one, so suspending never uses up spec.retry.
             self.attempts -= 1
-            return await self._suspended(
-                f"suspended at checkpoint {self.status.checkpoint}", attempts=self.attempts
-            )
+            attempts = self.attempts
+
+            def counted(status: ReplayJobStatus) -> None:
+                status.attempts = attempts
+
+            return await self._suspended(f"suspended at checkpoint {self.status.checkpoint}", counted)
         await self._finish(replay.first_failure)
         return None
 
@@ -177,7 +183,16 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if failed:
             message += f"; {failed} failed (first: event {failure.key if failure else '?'})"
         self._record_duration()
-        await self.succeed(message, percent="100%", eta=None, rate_per_second=0.0, reserved_through=None)
+
+        def finished(status: ReplayJobStatus) -> None:
+            status.percent, status.eta, status.rate_per_second, status.reserved_through = (
+                "100%",
+                None,
+                0.0,
+                None,
+            )
+
+        await self.succeed(message, finished)
 
     def _record_duration(self) -> None:
         metrics.REPLAY_DURATION.labels(self.namespace, self.name).observe(self.elapsed)
@@ -190,8 +205,8 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
             " what was published stays published"
         )
 
-    def failure_fields(self, error: OperationError) -> dict[str, Any]:
-        return error.fields if isinstance(error, _FieldsError) else {}
+    def failure_edit(self, error: OperationError) -> Edit[ReplayJobStatus] | None:
+        return error.edit if isinstance(error, _FieldsError) else None
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         """A failed attempt; the stall clock keeps running while it is retried (HabitatReplayStalled)."""
@@ -224,17 +239,21 @@ def restore_metrics(body: kube.JsonDict) -> None:
 class _FieldsError(PermanentError):
     """A permanent failure that also sets status fields (the counts, the first failed event)."""
 
-    def __init__(self, reason: StrEnum, message: str, **fields: Any) -> None:
+    def __init__(self, reason: StrEnum, message: str, edit: Edit[ReplayJobStatus]) -> None:
         super().__init__(reason, message)
-        self.fields = fields
+        self.edit = edit
 
 
 def _too_large(count: int, limit: int) -> PermanentError:
+
+    def counted(status: ReplayJobStatus) -> None:
+        status.total_events = count
+
     return _FieldsError(
         ReplayReason.SELECTION_TOO_LARGE,
         f"the selection holds {count} events, more than spec.maxEvents ({limit});"
         " raise maxEvents to replay them",
-        total_events=count,
+        counted,
     )
 
 
@@ -313,11 +332,16 @@ class _Replay:
         failure = self.first_failure
         assert failure is not None
         status = self.owner.status
+        first = ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message)
+
+        def failed_at(status: ReplayJobStatus) -> None:
+            status.first_failure = first
+
         return _FieldsError(
             failure.reason,
             f"event {failure.key} {failure.message}; stopped after {status.published_events or 0}"
             " published events (onError: fail)",
-            first_failure=ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message),
+            failed_at,
         )
 
     async def _settle_and_write(self) -> None:
@@ -361,22 +385,26 @@ class _Replay:
         checkpoint = self.publisher.confirmed_through
         self.progress.observe(now, published + failed)
         failure = tally.first_failure
+        progress = self.progress
+
+        def progressed(status: ReplayJobStatus) -> None:
+            status.checkpoint = self.checkpoint if checkpoint is None else checkpoint
+            status.reserved_through = None if reserved is None or reserved == BEFORE_FIRST_ID else reserved
+            status.published_events, status.failed_events = published, failed
+            status.progress, status.percent = progress.display(published), progress.percent
+            status.rate_per_second, status.eta = round(progress.rate, 1), progress.eta
+            status.first_failure = (
+                None
+                if failure is None
+                else ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message)
+            )
+
         await self.owner.reporter.write(
             "reconciling",
             Phase.RUNNING,
             ReplayReason.REPLAYING,
-            f"replaying {self.progress.total} events to {self.addressing.display}",
-            checkpoint=self.checkpoint if checkpoint is None else checkpoint,
-            reserved_through=None if reserved is None or reserved == BEFORE_FIRST_ID else reserved,
-            published_events=published,
-            failed_events=failed,
-            progress=self.progress.display(published),
-            percent=self.progress.percent,
-            rate_per_second=round(self.progress.rate, 1),
-            eta=self.progress.eta,
-            first_failure=None
-            if failure is None
-            else ReplayFailure(event_id=failure.key, reason=failure.reason, message=failure.message),
+            f"replaying {progress.total} events to {self.addressing.display}",
+            progressed,
         )
         self._record_metrics(published, failed)
         if checkpoint is not None:

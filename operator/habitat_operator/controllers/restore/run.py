@@ -12,11 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat
-from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.restore import (
     RESTORE,
@@ -26,10 +24,10 @@ from habitat_operator.api.restore import (
     RestoreSpec,
     RestoreStatus,
 )
-from habitat_operator.controllers.base import kube, names, owned_backup
+from habitat_operator.controllers.base import names, owned_backup
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
-from habitat_operator.controllers.base.status import read_status
+from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.restore import metrics
 from habitat_operator.controllers.restore.scratch import sweep_orphans
 from habitat_operator.controllers.restore.source import SourceArtifact, resolve
@@ -97,12 +95,17 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         holder = f"restore {self.namespace}/{self.name}"
         async with self.slot(into.display), database_lock(into, holder) as lock:
             if not lock.acquired:
+                holder_now = lock.holder
+
+                def locked_out(status: RestoreStatus) -> None:
+                    status.waiting_for = holder_now
+
                 await self.reporter.write(
                     "reconciling",
                     Phase.PENDING,
                     Reason.WAITING_FOR_LOCK,
                     lock.waiting_message(into.display),
-                    waiting_for=lock.holder,
+                    locked_out,
                 )
                 return RetryLater(WAIT_SECONDS)
             if spec.drill:
@@ -179,14 +182,14 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget, into: ConnectionTarget
     ) -> str:
         """Restores and verifies; returns the verification summary."""
-        await self.start(
-            RestoreReason.RESTORING,
-            f"restoring {source.uri} into {into.display}",
-            target=target.display,
-            scratch_database=into.dbname if spec.drill else None,
-            waiting_for=None,
-            restored_from=RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256),
-        )
+
+        def restoring(status: RestoreStatus) -> None:
+            status.target = target.display
+            status.scratch_database = into.dbname if spec.drill else None
+            status.waiting_for = None
+            status.restored_from = RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256)
+
+        await self.start(RestoreReason.RESTORING, f"restoring {source.uri} into {into.display}", restoring)
         await restore.run_restore(
             restore.RestoreRequest(
                 target=into,
@@ -228,9 +231,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             )
         await self.succeed(
             f"restored {source.uri} into {into.display} in {elapsed:.1f}s; verification {summary}",
-            **self._timing_fields(elapsed),
-            verification=self._query_results,
-            verification_summary=summary,
+            self._verified(elapsed),
         )
 
     async def _prepare_target(
@@ -268,59 +269,47 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             if configured
             else source.storage or {"filesystem": {"path": "safety"}}
         )
-        owned = await owned_backup.ensure(
-            self.body,
+        safety = owned_backup.BackupFirst(
             name,
             SAFETY_FOR_LABEL,
-            {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)},
-            storage,
+            "safety Backup",
+            "this Restore's safety backup",
+            "the target was not touched",
+            (RestoreReason.SAFETY_BACKUP, f"backing up the target first: Backup {name}"),
+            RestoreReason.SAFETY_BACKUP_FAILED,
         )
-        if owned.created:
-            await kube.event(
-                self.body,
-                "Normal",
-                RestoreReason.SAFETY_BACKUP,
-                f"backing up the target first: Backup {name}",
-            )
-        if not owned.ours:
-            raise PermanentError(
-                RestoreReason.SAFETY_BACKUP_FAILED,
-                f"Backup {name} exists but is not this Restore's safety backup; the target was not touched",
-            )
-        backup = read_status(BACKUP.status_model, owned.body)
-        if backup.phase is Phase.SUCCEEDED:
+        database = {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)}
+        if await owned_backup.await_backup(self.body, safety, database, storage):
             return None
-        if backup.phase is Phase.FAILED:
-            why = getattr(backup, "message", None) or "see its status"
-            raise PermanentError(
-                RestoreReason.SAFETY_BACKUP_FAILED,
-                f"safety Backup {name} failed ({why}); the target was not touched",
-            )
+
+        def waiting(status: RestoreStatus) -> None:
+            status.safety_backup = name
+
         await self.reporter.write(
             "reconciling",
             Phase.PENDING,
             RestoreReason.WAITING_FOR_SAFETY_BACKUP,
             f"waiting for safety Backup {name}",
-            safety_backup=name,
+            waiting,
         )
         return RetryLater(WAIT_SECONDS)
 
-    @staticmethod
-    def _timing_fields(elapsed: float) -> dict[str, Any]:
-        return {"duration_seconds": round(elapsed, 3), "duration": format_duration(elapsed)}
+    def _verified(self, elapsed: float) -> Edit[RestoreStatus]:
+        """The verification's results and the run's duration."""
+        results, summary = self._query_results, self._query_summary
+
+        def verified(status: RestoreStatus) -> None:
+            status.verification, status.verification_summary = results, summary
+            status.duration_seconds, status.duration = round(elapsed, 3), format_duration(elapsed)
+
+        return verified
 
     def explain(self, message: str) -> str:
         safety = self.status.safety_backup
         return f"{message}; roll back by restoring Backup {safety}" if safety and not self.drill else message
 
-    def failure_fields(self, error: OperationError) -> dict[str, Any]:
-        if self._query_results is None:
-            return {}
-        return {
-            "verification": self._query_results,
-            "verification_summary": self._query_summary,
-            **self._timing_fields(self.elapsed),
-        }
+    def failure_edit(self, error: OperationError) -> Edit[RestoreStatus] | None:
+        return None if self._query_results is None else self._verified(self.elapsed)
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         if elapsed is not None:

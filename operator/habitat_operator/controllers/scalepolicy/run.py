@@ -1,10 +1,17 @@
 """One ScalePolicy's poll: check the spec, the claim on the target and the target, read the
 triggers, decide, write the target's replicas, then the status (only when it changed).
 
-Any line may be cut off by a crash: the replicas are written before the status that reports them,
-and the next poll of a restarted operator reads the target again, so it neither repeats nor loses
-a change. A restart forgets the stabilization history and the cooldown's start, which can only
-delay a scale-down.
+A ScalePolicy is a convergent kind (controllers/base/convergent.py): Ready while it scales its
+target, Stalled with the reason (and an Event when that starts) when it cannot: an invalid spec,
+another policy's claim, RBAC that refuses the target's /scale, or any error nobody expected; it
+looks again every RECHECK_SECONDS. Any line may be cut off by a crash: the replicas are written
+before the status that reports them, and the next poll of a restarted operator reads the target
+again, so it neither repeats nor loses a change. A restart forgets the stabilization history and
+the cooldown's start, which can only delay a scale-down.
+
+Besides the three kstatus conditions its status carries Active, ScalingLimited, Fallback and
+Paused. Messages name triggers, never their values, so a queue that fills and drains without
+changing the decision causes no write.
 """
 
 from __future__ import annotations
@@ -12,31 +19,68 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
-from pydantic import ValidationError
 
 from habitat_operator import timestamps
-from habitat_operator.api.common import Reason
-from habitat_operator.api.scalepolicy import ScalePhase, ScalePolicyReason, ScalePolicySpec
-from habitat_operator.controllers.base import kube
-from habitat_operator.controllers.base.validation import describe_validation_error
-from habitat_operator.controllers.scalepolicy import metrics
-from habitat_operator.controllers.scalepolicy.decision import Outcome, PolicyState, decide, formula_of
-from habitat_operator.controllers.scalepolicy.sources import Sources
-from habitat_operator.controllers.scalepolicy.status import (
-    ACTIVE,
-    FALLBACK,
-    PAUSED,
-    SCALING_LIMITED,
-    Flag,
-    PolicyStatus,
+from habitat_operator.api.scalepolicy import (
+    SCALE_POLICY,
+    Decision,
+    ScalePhase,
+    ScalePolicyReason,
+    ScalePolicySpec,
+    ScalePolicyStatus,
 )
+from habitat_operator.config import OperatorConfig
+from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base.conditions import Flag
+from habitat_operator.controllers.base.convergent import ConvergentRun
+from habitat_operator.controllers.base.core import Recheck, RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.scalepolicy import metrics
+from habitat_operator.controllers.scalepolicy.decision import (
+    Outcome,
+    PolicyState,
+    Reading,
+    decide,
+    formula_of,
+)
+from habitat_operator.controllers.scalepolicy.sources import Sources
+from habitat_operator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
 # A policy that cannot poll (invalid, in conflict, its target missing) looks again this often.
-RECHECK_SECONDS = 10.0  # the target-missing message says so
+RECHECK_SECONDS = 10.0
+
+ACTIVE = "Active"
+SCALING_LIMITED = "ScalingLimited"
+FALLBACK = "Fallback"
+PAUSED = "Paused"
+
+
+class ScaleTarget(Protocol):
+    """The target's /scale subresource (controllers/base/kube.py, or a test's stand-in)."""
+
+    async def read_scale(self, kind: str, namespace: str, name: str) -> kube.JsonDict | None: ...
+    async def apply_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None: ...
+
+
+class TriggerSources(Protocol):
+    """Where the triggers' values come from (sources.py: RabbitMQ, Prometheus)."""
+
+    async def read_all(self, spec: ScalePolicySpec) -> dict[str, Reading]: ...
+    def forget_secrets(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _KubeScale:
+    async def read_scale(self, kind: str, namespace: str, name: str) -> kube.JsonDict | None:
+        return await kube.read_scale(kind, namespace, name)
+
+    async def apply_replicas(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        await kube.apply_replicas(kind, namespace, name, replicas)
 
 
 @dataclass(frozen=True)
@@ -56,95 +100,96 @@ def target_key(namespace: str, spec: kube.JsonDict) -> tuple[str, str, str]:
     return namespace, str(target.get("kind")), str(target.get("name"))
 
 
-class ScalePolicyLoop:
-    """A policy's daemon state across polls: its status, sources and the HPA's memory."""
+class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
+    """A policy for as long as its daemon runs: its status, sources and the HPA's memory; each
+    poll is a `reconcile` on the latest body (`observe`)."""
 
-    def __init__(self, body: kube.JsonDict, claims: Callable[[], Iterable[Claim]]) -> None:
-        self.status = PolicyStatus(body)
-        self.sources = Sources(self.status.namespace, self.status.name)
-        self.state = PolicyState()
+    info = SCALE_POLICY
+    spec_model = ScalePolicySpec
+    status_model = ScalePolicyStatus
+    pending_phase = ScalePhase.PENDING
+    failed_phase = ScalePhase.STALLED
+    retries_failed = True
+    recheck_seconds = RECHECK_SECONDS
+
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        config: OperatorConfig,
+        slots: OperationSlots,
+        claims: Callable[[], Iterable[Claim]],
+        target: ScaleTarget | None = None,
+        sources: TriggerSources | None = None,
+    ) -> None:
+        super().__init__(body, config, slots)
         self.claims = claims
+        self.target = target or _KubeScale()
+        self.sources = sources or Sources(self.namespace, self.name)
+        self.state = PolicyState()
         self.triggers: list[str] = []
 
-    async def poll(self, body: kube.JsonDict) -> float:
-        """One poll on the latest body; returns the seconds until the next."""
-        self.status.generation = body["metadata"].get("generation")
-        try:
-            spec = ScalePolicySpec.model_validate(body.get("spec") or {})
-            formula_of(spec)
-        except (ValidationError, ValueError) as error:
-            detail = describe_validation_error(error) if isinstance(error, ValidationError) else str(error)
-            await self._stall(body, Reason.INVALID_SPEC, f"invalid spec: {detail}", ScalePhase.STALLED)
-            return RECHECK_SECONDS
+    def check_spec(self, spec: ScalePolicySpec) -> None:
+        formula_of(spec)
+
+    async def execute(self, spec: ScalePolicySpec) -> RetryLater:
         self.triggers = [t.name for t in spec.triggers]
+        target = f"{spec.target.kind} {spec.target.name}"
         first = min(self.claims(), key=lambda c: (c.created, c.name), default=None)
-        if first is not None and first.name != self.status.name:
-            message = f"ScalePolicy {first.name} already scales {spec.target.kind} {spec.target.name}"
-            await self._stall(body, ScalePolicyReason.CONFLICT, message, ScalePhase.STALLED)
-            return RECHECK_SECONDS
-        scale = await self._read_target(body, spec)
+        if first is not None and first.name != self.name:
+            raise PermanentError(
+                ScalePolicyReason.CONFLICT, f"ScalePolicy {first.name} already scales {target}"
+            )
+        try:
+            scale = await self.target.read_scale(spec.target.kind, self.namespace, spec.target.name)
+        except kube.Forbidden:
+            raise PermanentError(
+                ScalePolicyReason.TARGET_FORBIDDEN,
+                f"the operator is not allowed to read {target}/scale (check its RBAC)",
+            ) from None
         if scale is None:
-            return RECHECK_SECONDS
+            message = f"{target} not found in namespace {self.namespace}; looking again in 10s"
+            await self.stall(ScalePhase.PENDING, ScalePolicyReason.TARGET_NOT_FOUND, message)
+            return RetryLater(RECHECK_SECONDS)
         current = int(scale.get("spec", {}).get("replicas") or 0)
-        metrics.CURRENT.labels(self.status.namespace, self.status.name).set(current)
+        metrics.CURRENT.labels(self.namespace, self.name).set(current)
         if spec.paused:
-            await self.status.write(
+
+            def paused(status: ScalePolicyStatus) -> None:
+                status.current_replicas = current
+
+            await self.reporter.write(
                 "ready",
                 ScalePhase.PAUSED,
                 ScalePolicyReason.PAUSED,
                 "paused: the triggers are not polled and the target is left alone",
-                (Flag(PAUSED, True, ScalePolicyReason.PAUSED, "spec.paused is true"),),
-                current_replicas=current,
+                paused,
+                flags=(Flag(PAUSED, True, ScalePolicyReason.PAUSED, "spec.paused is true"),),
             )
-            return float(spec.polling_interval)
+            return Recheck(float(spec.polling_interval))
         readings = await self.sources.read_all(spec)
         if any(r.value is None for r in readings.values()):
             self.sources.forget_secrets()
         outcome = decide(spec, readings, current, self.state, time.monotonic(), timestamps.now())
-        await self._apply(body, spec, current, outcome)
-        return float(spec.polling_interval)
+        await self._apply(spec, current, outcome)
+        return Recheck(float(spec.polling_interval))
 
-    async def _read_target(self, body: kube.JsonDict, spec: ScalePolicySpec) -> kube.JsonDict | None:
-        target = f"{spec.target.kind} {spec.target.name}"
-        try:
-            scale = await kube.read_scale(spec.target.kind, self.status.namespace, spec.target.name)
-        except kube.Forbidden:
-            message = f"the operator is not allowed to read {target}/scale (check its RBAC)"
-            await self._stall(body, ScalePolicyReason.TARGET_FORBIDDEN, message, ScalePhase.STALLED)
-            return None
-        if scale is None:
-            message = f"{target} not found in namespace {self.status.namespace}; looking again in 10s"
-            await self._stall(body, ScalePolicyReason.TARGET_NOT_FOUND, message, ScalePhase.PENDING)
-        return scale
-
-    async def _apply(
-        self, body: kube.JsonDict, spec: ScalePolicySpec, current: int, outcome: Outcome
-    ) -> None:
-        labels = (self.status.namespace, self.status.name)
+    async def _apply(self, spec: ScalePolicySpec, current: int, outcome: Outcome) -> None:
+        labels = (self.namespace, self.name)
         metrics.DESIRED.labels(*labels).set(outcome.replicas)
         metrics.MIN.labels(*labels).set(outcome.floor)
         metrics.MAX.labels(*labels).set(outcome.ceiling)
         metrics.FALLBACK_ACTIVE.labels(*labels).set(1 if outcome.falling_back else 0)
-        previous = self.status.wire.get("lastDecision") or {}
-        fields: dict[str, object] = {"desired_replicas": outcome.replicas, "current_replicas": current}
+        previous = self.status.last_decision or Decision()
         # A new count or a new deciding trigger is a new decision; a new value alone is not.
-        if (outcome.replicas, outcome.trigger) != (previous.get("replicas"), previous.get("trigger")):
-            fields["last_decision"] = {
-                "replicas": outcome.replicas,
-                "trigger": outcome.trigger,
-                "value": outcome.value,
-                "reason": outcome.reason,
-            }
+        decided = (outcome.replicas, outcome.trigger) != (previous.replicas, previous.trigger)
+        replicas, scaled_at = current, None
         if outcome.replicas != current and not spec.dry_run:
-            await kube.apply_replicas(
-                spec.target.kind, self.status.namespace, spec.target.name, outcome.replicas
-            )
+            await self._scale(spec, outcome.replicas)
             self.state.memory.changes.append((time.monotonic(), outcome.replicas - current))
             direction = "up" if outcome.replicas > current else "down"
             metrics.SCALE_EVENTS.labels(*labels, direction).inc()
             metrics.CURRENT.labels(*labels).set(outcome.replicas)
-            fields["current_replicas"] = outcome.replicas
-            fields["last_scale_time"] = timestamps.now()
+            replicas, scaled_at = outcome.replicas, timestamps.now()
             target = f"{spec.target.kind} {spec.target.name}"
             message = f"{target} scaled from {current} to {outcome.replicas}: {outcome.reason}"
             log.info(
@@ -154,23 +199,48 @@ class ScalePolicyLoop:
                 replicas=outcome.replicas,
                 reason=outcome.reason,
             )
-            await kube.event(body, "Normal", ScalePolicyReason.SCALED, message)
+            await kube.event(self.body, "Normal", ScalePolicyReason.SCALED, message)
+
+        def scaled(status: ScalePolicyStatus) -> None:
+            status.desired_replicas, status.current_replicas = outcome.replicas, replicas
+            if scaled_at is not None:
+                status.last_scale_time = scaled_at
+            if decided:
+                status.last_decision = Decision(
+                    replicas=outcome.replicas,
+                    trigger=outcome.trigger,
+                    value=outcome.value,
+                    reason=outcome.reason,
+                )
+
         summary = f"scaling {spec.target.kind} {spec.target.name}"
         if spec.dry_run:
             summary = f"dry run: deciding for {spec.target.kind} {spec.target.name} without changing it"
-        was_falling_back = (self.status.condition(FALLBACK) or {}).get("status") == "True"
-        await self.status.write(
+        was_falling_back = self.reporter.condition(FALLBACK) is True
+        flags = self._flags(spec, outcome)
+        await self.reporter.write(
             "ready",
             ScalePhase.READY,
             ScalePolicyReason.DRY_RUN if spec.dry_run else ScalePolicyReason.TARGET_FOUND,
             summary,
-            self._flags(spec, outcome),
-            **fields,
+            scaled,
+            flags=flags,
         )
         if outcome.falling_back and not was_falling_back:
-            await kube.event(
-                body, "Warning", ScalePolicyReason.TRIGGER_FAILING, self._flags(spec, outcome)[2].message
-            )
+            await kube.event(self.body, "Warning", ScalePolicyReason.TRIGGER_FAILING, flags[2].message)
+
+    async def _scale(self, spec: ScalePolicySpec, replicas: int) -> None:
+        """Writes the target's replicas; RBAC that refuses it stalls the policy, naming the permission."""
+        kind, name = spec.target.kind, spec.target.name
+        try:
+            await self.target.apply_replicas(kind, self.namespace, name, replicas)
+        except kube.Forbidden:
+            resource = kube.scale_resource(kind)
+            raise PermanentError(
+                ScalePolicyReason.TARGET_FORBIDDEN,
+                f"the operator is not allowed to patch {resource} (apps) in namespace {self.namespace}:"
+                f" grant it the verb patch on {resource}; {kind} {name} was not scaled",
+            ) from None
 
     def _flags(self, spec: ScalePolicySpec, outcome: Outcome) -> tuple[Flag, ...]:
         if outcome.active or outcome.windows:
@@ -214,21 +284,7 @@ class ScalePolicyLoop:
         paused = Flag(PAUSED, False, ScalePolicyReason.NOT_PAUSED, "spec.paused is false")
         return active, limited, fallback, paused
 
-    async def _stall(self, body: kube.JsonDict, reason: str, message: str, phase: ScalePhase) -> None:
-        """Stalled (invalid spec, conflict, target missing): one Event when it starts, not every poll."""
-        was = self.status.condition("Stalled") or {}
-        await self.status.write("stalled", phase, reason, message)
-        if was.get("status") != "True" or was.get("reason") != reason:
-            await kube.event(body, "Warning", reason, message)
-            log.warning(
-                "scalepolicy stalled",
-                namespace=self.status.namespace,
-                scalepolicy=self.status.name,
-                reason=reason,
-                message=message,
-            )
-
     def forget(self) -> None:
         """The daemon ends: close the sources' connections and drop the policy's series."""
         self.sources.close()
-        metrics.forget_policy(self.status.namespace, self.status.name, self.triggers)
+        metrics.forget_policy(self.namespace, self.name, self.triggers)

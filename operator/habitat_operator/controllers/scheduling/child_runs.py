@@ -34,6 +34,7 @@ from habitat_operator.api.common import (
     qualified,
 )
 from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base.core import Recheck
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, StatusReporter, read_status
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.controllers.scheduling import cron
@@ -211,14 +212,22 @@ class ScheduleRuns(Generic[SpecT]):
         self.kind = kind
         self.children = children  # the schedule's children as the watch last delivered them
         self.progress: Progress | None = None
+        self.body: kube.JsonDict = {}
 
-    async def tick(self, body: kube.JsonDict) -> float:
-        """One look at the schedule; returns how many seconds to wait before the next at the latest."""
-        seen = await look(self.kind, body, self.children(), self.progress)
+    def observe(self, body: kube.JsonDict) -> None:
+        """The schedule's latest body, for the next step."""
+        self.body = body
+
+    async def reconcile(self) -> Recheck:
+        """One look at the schedule; says how long to wait before the next at the latest."""
+        seen = await look(self.kind, self.body, self.children(), self.progress)
         if seen is None:
-            return IDLE_RECHECK_SECONDS
+            return Recheck(IDLE_RECHECK_SECONDS)
         self.progress = seen.progress
-        return seen.delay
+        return Recheck(seen.delay)
+
+    async def cancelled(self) -> None:
+        """Deleted mid-tick: its runs are its children, which go with it."""
 
 
 async def tick(
@@ -278,18 +287,18 @@ async def tick(
     finished = [c for c in children if c["metadata"]["name"] not in active_names]
     succeeded = [c for c in finished if phase(c) == Phase.SUCCEEDED]
     next_time = None if suspend else cron.next_run(expression, now)
-    fields: dict[str, Any] = {
-        "last_schedule_time": last_schedule,
-        "next_schedule_time": next_time,
-        "last_successful_time": completed_at(succeeded[0]) if succeeded else None,
-        "missed_runs": missed,
-        "recent_runs": [c["metadata"]["name"] for c in children[:RECENT_RUNS]],
-        "active_run": active[0]["metadata"]["name"] if active else None,
-    }
-    reporter = StatusReporter(kind.info.plural, body, kind.info.status_model)
+    recent = [c["metadata"]["name"] for c in children[:RECENT_RUNS]]
+
+    def observed(status: ScheduledStatus) -> None:
+        status.last_schedule_time, status.next_schedule_time = last_schedule, next_time
+        status.last_successful_time = completed_at(succeeded[0]) if succeeded else None
+        status.missed_runs, status.recent_runs = missed, recent
+        status.active_run = active[0]["metadata"]["name"] if active else None
+
+    reporter = StatusReporter(kind.info.plural, body, ScheduledStatus)
     if suspend:
         await reporter.write(
-            "ready", Phase.SUSPENDED, Reason.SUSPENDED, "schedule is suspended; no new runs start", **fields
+            "ready", Phase.SUSPENDED, Reason.SUSPENDED, "schedule is suspended; no new runs start", observed
         )
     elif finished and phase(finished[0]) == Phase.FAILED:
         failed = finished[0]
@@ -299,11 +308,11 @@ async def tick(
             Phase.SCHEDULED,
             Reason.LAST_RUN_FAILED,
             f"run {failed['metadata']['name']} failed: {why}",
-            **fields,
+            observed,
         )
     else:
         next_text = timestamps.rfc3339(next_time) if next_time else "never"
-        await reporter.write("ready", Phase.SCHEDULED, Reason.SCHEDULED, f"next run at {next_text}", **fields)
+        await reporter.write("ready", Phase.SCHEDULED, Reason.SCHEDULED, f"next run at {next_text}", observed)
 
     delay = (
         IDLE_RECHECK_SECONDS

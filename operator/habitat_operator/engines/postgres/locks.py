@@ -9,8 +9,9 @@ goes with its session. The session's application_name names the holder, so a wai
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import psycopg
 
@@ -43,6 +44,14 @@ class DatabaseLock:
     def waiting_message(self, display: str) -> str:
         """What a Restore or a Migration that did not get the lock says in its status."""
         return f"{self.holder} is writing to {display}; waiting for it to finish"
+
+
+class Locker(Protocol):
+    """`database_lock`, or a stand-in for it: what a controller is given to lock a database."""
+
+    def __call__(
+        self, target: ConnectionTarget, holder: str
+    ) -> AbstractAsyncContextManager[DatabaseLock]: ...
 
 
 def holder_name(holder: str) -> str:
