@@ -10,6 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import structlog
 
 from habitat_operator import timestamps
 from habitat_operator.config import OperatorConfig
@@ -17,6 +18,15 @@ from tests.unit.fake_engines import FakeDump, FakeLock, FakePostgres, FakeScratc
 from tests.unit.fake_kube import Clock, FakeKube, install
 
 START = dt.datetime(2024, 6, 1, 10, 0, 0, tzinfo=dt.UTC)
+
+# Plain tracebacks: structlog's default renders them with rich, which takes a second or two per
+# logged exception, and the unexpected-error tests log one each.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 
 @pytest.fixture

@@ -1,16 +1,21 @@
 """Stand-ins for the engines the controllers call (pg_dump, pg_restore, the database lock).
 
 Each records what it was asked and fails when a test queues an error for it; nothing reaches
-PostgreSQL. Tests install them by monkeypatching the names the controller modules import.
+PostgreSQL. A run that takes its engines as a constructor argument (Migration, ScalePolicy) is
+given them; the others' are installed by monkeypatching the names their modules import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+
+import psycopg
 
 from habitat_operator.api.restore import VerificationQuery
 from habitat_operator.engines.artifacts.store import file_uri
@@ -18,6 +23,7 @@ from habitat_operator.engines.postgres import restore as restore_engine
 from habitat_operator.engines.postgres import scratch as scratch_engine
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult
 from habitat_operator.engines.postgres.locks import DatabaseLock
+from habitat_operator.engines.postgres.migrations import HistoryRow, MigrationFailed, Script, Timeouts
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 
 ARTIFACT_BYTES = b"PGDMP fake archive " * 64
@@ -161,3 +167,87 @@ class FakeScratch:
 
     async def list_scratch_databases(self, target: ConnectionTarget) -> list[scratch_engine.ScratchDatabase]:
         return [o for o in self.orphans if o.name in self.postgres.databases]
+
+
+class FakeMigrationDatabase:
+    """A database's migration history, as `MigrationEngines.connect` opens sessions on it.
+
+    `apply_errors` are raised by the next applies, in order (None: that one succeeds); with `gate`, each apply waits for it
+    (a long migration); `cancelled` counts applies cut off mid-way (their transaction rolled back).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[HistoryRow] = []
+        self.applied: list[int] = []
+        self.apply_errors: list[BaseException | None] = []
+        self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
+        self.cancelled = 0
+        self.sessions: list[str] = []
+
+    def connect(
+        self, target: ConnectionTarget, application_name: str, table: str, timeouts: Timeouts
+    ) -> AbstractAsyncContextManager[FakeMigrationDatabase]:
+        return self._session(application_name)
+
+    @asynccontextmanager
+    async def _session(self, application_name: str) -> AsyncIterator[FakeMigrationDatabase]:
+        self.sessions.append(application_name)
+        yield self
+
+    async def end_leftovers(self, application_name: str) -> None:
+        pass
+
+    async def ensure_history(self) -> None:
+        pass
+
+    async def history(self) -> list[HistoryRow]:
+        return sorted(self.rows, key=lambda row: row.version)
+
+    async def baseline(self, script: Script, applied_by: str) -> None:
+        self.rows.append(self._row(script, applied_by, baselined=True))
+
+    async def mark_clean(self, version: int) -> None:
+        self.rows = [replace(row, dirty=False) if row.version == version else row for row in self.rows]
+
+    async def forget(self, version: int) -> None:
+        self.rows = [row for row in self.rows if row.version != version]
+
+    async def apply(self, script: Script, applied_by: str) -> int:
+        self.started.set()
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        error = self.apply_errors.pop(0) if self.apply_errors else None
+        if error is not None:
+            if isinstance(error, MigrationFailed) and error.dirty:
+                self.rows.append(replace(self._row(script, applied_by), dirty=True))
+            raise error
+        self.rows.append(self._row(script, applied_by))
+        self.applied.append(script.version)
+        return 5
+
+    async def revert(self, down: Script) -> int:
+        self.rows = [row for row in self.rows if row.version != down.version]
+        return 5
+
+    @staticmethod
+    def _row(script: Script, applied_by: str, baselined: bool = False) -> HistoryRow:
+        return HistoryRow(
+            script.version,
+            script.name,
+            script.checksum,
+            dt.datetime(2024, 6, 1, tzinfo=dt.UTC),
+            5,
+            applied_by,
+            dirty=False,
+            baselined=baselined,
+        )
+
+
+def sql_error(message: str) -> psycopg.Error:
+    """An error as psycopg raises it for a failed statement."""
+    return psycopg.errors.SyntaxError(message)
