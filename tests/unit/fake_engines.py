@@ -172,8 +172,9 @@ class FakeScratch:
 class FakeMigrationDatabase:
     """A database's migration history, as `MigrationEngines.connect` opens sessions on it.
 
-    `apply_errors` are raised by the next applies, in order (None: that one succeeds); with `gate`, each apply waits for it
-    (a long migration); `cancelled` counts applies cut off mid-way (their transaction rolled back).
+    `apply_errors` are raised by the next applies, in order (None: that one succeeds); with `gate`,
+    each apply waits for it (a long migration); `cancelled` counts applies cut off mid-way (their
+    transaction rolled back).
     """
 
     def __init__(self) -> None:
