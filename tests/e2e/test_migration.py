@@ -201,6 +201,49 @@ def test_a_lock_timeout_is_retried_with_backoff_and_then_applies(
     assert "attempts" not in obj["status"]
 
 
+def test_lock_timeouts_use_up_the_retries_then_fail_until_the_spec_changes(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    blocker = psycopg.connect(fresh_database)
+    try:
+        blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")  # held for the whole retry budget
+        source = inline((1, "add", "ALTER TABLE busy ADD COLUMN note text;"))
+        kubectl.apply(
+            migration("app", source=source, lockTimeout="300ms", retry={"limit": 1, "backoff": "1s"})
+        )
+        obj = failed(kubectl, "app", operator_alive, "LockTimeout")
+        message = obj["status"]["message"]
+        assert "version 1 (add) up hit lock_timeout" in message and message.endswith("; no retries left")
+        assert "attempts" not in obj["status"]
+        assert condition(obj, "Ready")["status"] == "False"
+        assert counter(operator_alive, "habitat_migration_runs_total", kubectl.namespace, "failure") == 1.0
+    finally:
+        blocker.close()
+    assert history(fresh_database) == []
+    # The same spec and source would fail the same way: it waits for a change, and a change runs it.
+    kubectl.run(
+        "patch", "migration", "app", "--type=merge", "-p", json.dumps({"spec": {"lockTimeout": "5s"}})
+    )
+    at_version(kubectl, "app", 1, operator_alive)
+    assert history(fresh_database) == [(1, False)]
+
+
+def counter(
+    operator: OperatorProcess, name: str, namespace: str, result: str, migration: str = "app"
+) -> float:
+    """A counter's value for one Migration and result."""
+    return sum(
+        sample.value
+        for sample in operator.metrics()[name.removesuffix("_total")].samples
+        if sample.name == name
+        and sample.labels.get("namespace") == namespace
+        and sample.labels.get("migration") == migration
+        and sample.labels.get("result") == result
+    )
+
+
 def test_a_failing_migration_leaves_the_database_at_the_previous_version(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
 ) -> None:

@@ -6,18 +6,19 @@ policy polls each second with short windows, so each test takes seconds; none sl
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
 import pytest
 
-from tests.e2e.conftest import OperatorProcess
+from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess
 from tests.e2e.test_backup import condition, wait_for
 from tests.harness import Kubectl, Stack, dev_stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
@@ -328,6 +329,54 @@ def test_conflict_paused_dry_run_and_a_missing_target(
     holds(kubectl, "paused", 1, 2)
     assert replicas(kubectl, "dry") == 1
     assert condition(kubectl.get("scalepolicy", "dry"), "Ready")["reason"] == "DryRun"
+
+
+@pytest.fixture
+def scale_patch_revoked(stack: Stack) -> Iterator[Callable[[], None]]:
+    """The operator's ClusterRole without `patch` on deployments/scale, as a cluster whose RBAC was
+    cut down would have it; the fixture gives back what restores it, and restores it in the end."""
+    admin = Kubectl(stack, OPERATOR_NAMESPACE)
+    role = admin.get("clusterrole", "habitat-operator")
+    original = {k: role[k] for k in ("apiVersion", "kind", "rules")} | {
+        "metadata": {"name": "habitat-operator"}
+    }
+    narrowed = copy.deepcopy(original)
+    for rule in narrowed["rules"]:
+        if "deployments/scale" in rule.get("resources", []):
+            rule["verbs"] = [verb for verb in rule["verbs"] if verb != "patch"]
+    admin.run("replace", "-f", "-", stdin=json.dumps(narrowed))
+
+    def restore() -> None:
+        admin.run("replace", "-f", "-", stdin=json.dumps(original))
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+def test_rbac_without_deployments_scale_patch_stalls_the_policy_naming_the_permission(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    rabbitmq_secret: str,
+    queue: str,
+    amqp_uri: str,
+    scale_patch_revoked: Callable[[], None],
+) -> None:
+    gitops_apply(kubectl, deployment("worker"))
+    publish(amqp_uri, queue, 30)
+    kubectl.apply(policy("workers", "worker", [queue_trigger("jobs", queue)]))
+
+    obj = wait_condition(kubectl, "workers", "Ready", "False", operator_alive, reason="TargetForbidden")
+    message = condition(obj, "Ready")["message"]
+    assert "patch" in message and "deployments/scale" in message, message
+    assert obj["status"]["phase"] == "Stalled"
+    assert condition(obj, "Stalled")["status"] == "True"
+    assert replicas(kubectl, "worker") == 1
+
+    scale_patch_revoked()  # the Role is fixed: the policy recovers on a later poll
+    wait_replicas(kubectl, "worker", 3, operator_alive)
+    wait_condition(kubectl, "workers", "Ready", "True", operator_alive)
 
 
 def test_another_managers_server_side_apply_keeps_the_operators_replicas(
