@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -177,26 +179,33 @@ def test_two_migrations_on_one_database_wait_for_the_lock_and_apply_each_version
     assert sorted(len(r or []) for r in runs) == [0, 3]  # one applied all three, the other found them applied
 
 
+@contextmanager
+def busy_table(uri: str) -> Iterator[None]:
+    """A table `busy` that a long reader holds for the block: an ALTER TABLE of it must wait."""
+    with psycopg.connect(uri, autocommit=True) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    with psycopg.connect(uri) as blocker:
+        blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+        yield
+
+
+def apply_add_column(kubectl: Kubectl, retry: dict[str, Any]) -> None:
+    """A Migration "app" whose one version alters `busy`, timing out after 300 ms on its lock."""
+    source = inline((1, "add", "ALTER TABLE busy ADD COLUMN note text;"))
+    kubectl.apply(migration("app", source=source, lockTimeout="300ms", retry=retry))
+
+
 def test_a_lock_timeout_is_retried_with_backoff_and_then_applies(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
 ) -> None:
-    with psycopg.connect(fresh_database, autocommit=True) as setup:
-        setup.execute("CREATE TABLE busy (id bigint)")
-    blocker = psycopg.connect(fresh_database)
-    try:
-        blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")  # a long reader: ALTER TABLE must wait
-        source = inline((1, "add", "ALTER TABLE busy ADD COLUMN note text;"))
-        kubectl.apply(
-            migration("app", source=source, lockTimeout="300ms", retry={"limit": 5, "backoff": "1s"})
-        )
+    with busy_table(fresh_database):
+        apply_add_column(kubectl, retry={"limit": 5, "backoff": "1s"})
         retrying = wait_status(
             kubectl, "app", operator_alive, lambda s: (s.get("attempts") or 0) >= 1, "a lock-timeout retry"
         )
         assert condition(retrying, "Reconciling")["reason"] == "LockTimeout"
         assert "version 1 (add) up hit lock_timeout" in retrying["status"]["message"]
         assert "retry 1/5 in 1s" in retrying["status"]["message"]
-    finally:
-        blocker.close()
     obj = at_version(kubectl, "app", 1, operator_alive)
     assert "attempts" not in obj["status"]
 
@@ -204,23 +213,14 @@ def test_a_lock_timeout_is_retried_with_backoff_and_then_applies(
 def test_lock_timeouts_use_up_the_retries_then_fail_until_the_spec_changes(
     operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
 ) -> None:
-    with psycopg.connect(fresh_database, autocommit=True) as setup:
-        setup.execute("CREATE TABLE busy (id bigint)")
-    blocker = psycopg.connect(fresh_database)
-    try:
-        blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")  # held for the whole retry budget
-        source = inline((1, "add", "ALTER TABLE busy ADD COLUMN note text;"))
-        kubectl.apply(
-            migration("app", source=source, lockTimeout="300ms", retry={"limit": 1, "backoff": "1s"})
-        )
+    with busy_table(fresh_database):  # locked for the whole retry budget
+        apply_add_column(kubectl, retry={"limit": 1, "backoff": "1s"})
         obj = failed(kubectl, "app", operator_alive, "LockTimeout")
         message = obj["status"]["message"]
         assert "version 1 (add) up hit lock_timeout" in message and message.endswith("; no retries left")
         assert "attempts" not in obj["status"]
         assert condition(obj, "Ready")["status"] == "False"
         assert counter(operator_alive, "habitat_migration_runs_total", kubectl.namespace, "failure") == 1.0
-    finally:
-        blocker.close()
     assert history(fresh_database) == []
     # The same spec and source would fail the same way: it waits for a change, and a change runs it.
     kubectl.run(

@@ -136,7 +136,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
             status.source_digest = digest
 
         self.reporter.carry(read)
-        if self._failed_before(digest):
+        if self._inputs_failed_already(digest):
             return Recheck(STOPPED_SECONDS)
         target = await read_connection(self.namespace, spec.database.secret_ref)
         database = target.display
@@ -364,7 +364,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
         )
         return False
 
-    def _failed_before(self, digest: str) -> bool:
+    def _inputs_failed_already(self, digest: str) -> bool:
         """Failed on this very spec and source: running it again would fail the same way."""
         status = self.status
         return (
