@@ -7,7 +7,7 @@ from typing import Any
 
 from habitat_operator.api.common import API_VERSION
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.backup.run import BackupRun
+from habitat_operator.controllers.backup.run import BackupEngines, BackupRun, Dumper
 from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.restore.run import RestoreRun
@@ -46,10 +46,11 @@ def restore_body(name: str = "restore", namespace: str = NS, **spec: Any) -> Jso
 
 
 def reconcile_backup(
-    kube: FakeKube, config: OperatorConfig, name: str, namespace: str = NS
+    kube: FakeKube, config: OperatorConfig, dump: Dumper, name: str, namespace: str = NS
 ) -> RetryLater | None:
-    """One step with the body as stored now, as Kopf hands it to the handler."""
-    run = BackupRun(kube.object("backups", namespace, name), config, OperationSlots())
+    """One step with the body as stored now, as Kopf hands it to the handler; `dump` stands in
+    for pg_dump."""
+    run = BackupRun(kube.object("backups", namespace, name), config, OperationSlots(), BackupEngines(dump))
     return asyncio.run(run.reconcile())
 
 

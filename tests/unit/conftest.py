@@ -49,10 +49,9 @@ def config(tmp_path: Path) -> OperatorConfig:
 
 
 @pytest.fixture
-def dump(monkeypatch: pytest.MonkeyPatch) -> FakeDump:
-    fake = FakeDump()
-    monkeypatch.setattr("habitat_operator.controllers.backup.run.run_backup", fake)
-    return fake
+def dump() -> FakeDump:
+    """pg_dump's stand-in, which a test hands to BackupRun (tests.unit.bodies.reconcile_backup)."""
+    return FakeDump()
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_pending_to_succeeded(fake_kube: FakeKube, dump: FakeDump, config: Opera
     phases_while_dumping: list[str] = []
     dump.during = lambda _: phases_while_dumping.append(fake_kube.status(BACKUPS, NS, "nightly")["phase"])
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert phases_while_dumping == ["Running"]  # written before the work it announces
@@ -74,7 +74,7 @@ def test_pending_to_succeeded(fake_kube: FakeKube, dump: FakeDump, config: Opera
 
 def test_the_engine_gets_the_spec(fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig) -> None:
     applied(fake_kube, format="directory", jobs=4, verify=False, timeout="10m", include={"schemas": ["app"]})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     [request] = dump.requests
     assert isinstance(request, BackupRequest)
     assert request.target.display == DB_DISPLAY
@@ -89,10 +89,10 @@ def test_a_succeeded_backup_is_left_alone(
     fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig
 ) -> None:
     applied(fake_kube)
-    reconcile_backup(fake_kube, config, "nightly")
+    reconcile_backup(fake_kube, config, dump, "nightly")
     patches, events = len(fake_kube.patches), len(fake_kube.events)
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     assert len(fake_kube.patches) == patches
     assert len(fake_kube.events) == events
@@ -108,7 +108,7 @@ def test_retryable_failure_backs_off_then_fails(
 
     delays = []
     for attempt in (1, 2, 3):
-        delays.append(reconcile_backup(fake_kube, config, "nightly"))
+        delays.append(reconcile_backup(fake_kube, config, dump, "nightly"))
         status = fake_kube.status(BACKUPS, NS, "nightly")
         assert status["phase"] == "Pending"
         assert status["attempts"] == attempt
@@ -118,7 +118,7 @@ def test_retryable_failure_backs_off_then_fails(
     assert delays == [RetryLater(30.0), RetryLater(60.0), RetryLater(120.0)]
     assert "could not connect to db.example:5432/app; retry 1/3 in 30s" in fake_kube.events[1].message
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Failed"
@@ -131,23 +131,23 @@ def test_retryable_failure_backs_off_then_fails(
     assert [reason for reason, _ in warnings] == ["DatabaseUnreachable"] * 4
     assert warnings[-1][1] == f"could not connect to {DB_DISPLAY}"
     assert fake_kube.reasons("nightly").count("Started") == 4
-    assert reconcile_backup(fake_kube, config, "nightly") is None  # Failed is final
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None  # Failed is final
     assert len(dump.requests) == 4
 
 
 def test_retry_policy_of_the_spec(fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig) -> None:
     applied(fake_kube, retry={"limit": 1, "backoff": "10s"})
     dump.fail(RetryableError(Reason.TIMEOUT, "too slow"), RetryableError(Reason.TIMEOUT, "too slow"))
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(10.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(10.0)
     assert "retry 1/1 in 10s" in fake_kube.status(BACKUPS, NS, "nightly")["message"]
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     assert fake_kube.status(BACKUPS, NS, "nightly")["phase"] == "Failed"
 
 
 def test_no_retries(fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig) -> None:
     applied(fake_kube, retry={"limit": 0})
     dump.fail(RetryableError(Reason.TIMEOUT, "too slow"))
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Failed", 1)
 
@@ -157,8 +157,8 @@ def test_a_retry_that_succeeds_clears_the_failure(
 ) -> None:
     applied(fake_kube)
     dump.fail(RetryableError(Reason.DATABASE_UNREACHABLE, "down"))
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 2)
     assert "message" not in status  # removed with a null in the merge patch
@@ -171,7 +171,7 @@ def test_permanent_failure_fails_at_once(fake_kube: FakeKube, dump: FakeDump, co
     applied(fake_kube)
     dump.fail(PermanentError(Reason.AUTHENTICATION_FAILED, "password authentication failed for user backup"))
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Failed"
@@ -187,7 +187,7 @@ def test_verification_failure_is_recorded(
 ) -> None:
     applied(fake_kube)
     dump.fail(PermanentError(Reason.VERIFICATION_FAILED, "pg_restore --list failed"))
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["verification"]) == ("Failed", "VerificationFailed")
 
@@ -197,7 +197,7 @@ def test_invalid_connection_uri_fails_before_starting(
 ) -> None:
     applied(fake_kube)
     fake_kube.put_secret(NS, DB_SECRET, {"uri": "mysql://root:hunter2@db/app"})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Failed"
     assert conditions(status)["Stalled"] == ("True", "InvalidConnectionUri")
@@ -210,13 +210,13 @@ def test_encryption_key_is_read_from_its_secret(
     fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig
 ) -> None:
     applied(fake_kube, encryption={"keySecretRef": {"name": "backup-key"}})
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert conditions(status)["Stalled"] == ("True", "SecretNotFound")
     assert "backup-key" in status["conditions"][0]["message"]
 
     fake_kube.put_secret(NS, "backup-key", {"key": b"\x01" * 32})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     assert dump.requests[0].encryption_key == b"\x01" * 32
     assert fake_kube.status(BACKUPS, NS, "nightly")["artifact"]["encrypted"] is True
 
@@ -226,7 +226,7 @@ def test_storage_path_outside_the_root_fails(
 ) -> None:
     (config.backup_root / "escape").symlink_to(tmp_path)
     applied(fake_kube, storage={"filesystem": {"path": "escape/app"}})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert conditions(status)["Stalled"] == ("True", "InvalidArtifactPath")
     assert dump.requests == []

@@ -217,7 +217,7 @@ def test_the_child_runs_and_the_schedule_reports_it(
     schedule = daemon(fake_kube, config)
     clock.set(at(11, 0, 30))
     schedule.tick()
-    assert reconcile_backup(fake_kube, config, "nightly-20240601110000") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly-20240601110000") is None
     clock.set(at(11, 1))
     schedule.tick()
 

@@ -10,7 +10,7 @@ import pytest
 
 from habitat_operator.api.common import Reason, RetryPolicy
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.backup.run import BackupRun
+from habitat_operator.controllers.backup.run import BackupEngines, BackupRun
 from habitat_operator.controllers.base.lifecycle import RetryLater, backoff_seconds
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.errors import RetryableError
@@ -42,7 +42,7 @@ def test_invalid_spec_fails_naming_the_field(
 ) -> None:
     fake_kube.add(BACKUPS, backup_body(storage={"filesystem": {"path": "/etc"}}), validate=False)
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Failed"
@@ -52,7 +52,7 @@ def test_invalid_spec_fails_naming_the_field(
     assert "attempts" not in status
     assert [(e.type, e.reason) for e in fake_kube.events] == [("Warning", "InvalidSpec")]
     assert dump.requests == []
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     assert len(fake_kube.patches) == 1
 
 
@@ -71,7 +71,7 @@ def test_invalid_spec_names_each_field(
     body = backup_body(**spec)
     body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
     fake_kube.add(BACKUPS, body, validate=False)
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], conditions(status)["Stalled"]) == ("Failed", ("True", "InvalidSpec"))
     assert f"{field}: " in status["message"]
@@ -81,7 +81,7 @@ def test_a_spec_that_is_not_an_object(fake_kube: FakeKube, dump: FakeDump, confi
     body = backup_body()
     body["spec"] = ["not", "an", "object"]
     fake_kube.add(BACKUPS, body, validate=False)
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     assert conditions(fake_kube.status(BACKUPS, NS, "nightly"))["Stalled"] == ("True", "InvalidSpec")
 
 
@@ -93,7 +93,7 @@ def test_missing_secret_waits_without_counting_an_attempt(
 ) -> None:
     fake_kube.add(BACKUPS, backup_body())
 
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Pending"
@@ -108,11 +108,11 @@ def test_missing_secret_waits_without_counting_an_attempt(
     assert fake_kube.events == []
 
     # Looking again changes nothing: no write, no watch event.
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
     assert len(fake_kube.patches) == 1
 
     fake_kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 1)
 
@@ -121,7 +121,7 @@ def test_missing_key_names_only_the_key(fake_kube: FakeKube, dump: FakeDump, con
     fake_kube.add(BACKUPS, backup_body())
     fake_kube.put_secret(NS, DB_SECRET, {"password": "hunter2", "connection-string": DB_URI})
 
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], conditions(status)["Stalled"]) == ("Pending", ("True", "SecretKeyNotFound"))
@@ -135,7 +135,7 @@ def test_missing_key_names_only_the_key(fake_kube: FakeKube, dump: FakeDump, con
 def test_forbidden_secret_waits(fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig) -> None:
     applied(fake_kube)
     fake_kube.forbid_secret(NS, DB_SECRET)
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert conditions(status)["Stalled"] == ("True", "SecretForbidden")
     assert "RBAC" in status["conditions"][0]["message"]
@@ -144,7 +144,7 @@ def test_forbidden_secret_waits(fake_kube: FakeKube, dump: FakeDump, config: Ope
 def test_secret_not_text_fails(fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig) -> None:
     applied(fake_kube)
     fake_kube.put_secret(NS, DB_SECRET, {"uri": b"\xff\xfe"})
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], conditions(status)["Stalled"]) == ("Failed", ("True", "SecretNotText"))
 
@@ -171,7 +171,7 @@ def test_interrupted_attempt_is_retried(fake_kube: FakeKube, dump: FakeDump, con
     applied(fake_kube)
     running(fake_kube, 1)
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 2)
@@ -191,7 +191,7 @@ def test_interrupted_attempt_after_the_last_retry_fails(
     applied(fake_kube)
     running(fake_kube, 4)  # the default limit is 3 retries
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Failed"
@@ -207,7 +207,7 @@ def test_interrupted_last_allowed_attempt_gets_its_retry(
 ) -> None:
     applied(fake_kube)
     running(fake_kube, 3)
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 4)
 
@@ -218,7 +218,7 @@ def test_interrupted_then_failing_attempt_is_retried(
     applied(fake_kube)
     running(fake_kube, 1)
     dump.fail(RetryableError(Reason.DATABASE_UNREACHABLE, "down"))
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(60.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(60.0)
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Pending", 2)
     assert "retry 2/3 in 60s" in status["message"]
@@ -233,7 +233,7 @@ def test_unexpected_exception_is_retried_then_fails(
     applied(fake_kube, retry={"limit": 1})
     dump.fail(RuntimeError("boom\n  at line 2"), KeyError("artifact"))
 
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["phase"] == "Pending"
@@ -241,7 +241,7 @@ def test_unexpected_exception_is_retried_then_fails(
     assert status["message"] == "unexpected RuntimeError: boom at line 2; retry 1/1 in 30s"
     assert fake_kube.events[-1].reason == "UnexpectedError"
 
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
 
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Failed", 2)
@@ -254,7 +254,7 @@ def test_exception_without_text_is_still_readable(
 ) -> None:
     applied(fake_kube, retry={"limit": 0})
     dump.fail(RuntimeError())
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     assert fake_kube.status(BACKUPS, NS, "nightly")["message"] == "unexpected RuntimeError: no detail"
 
 
@@ -263,7 +263,7 @@ def test_an_apiserver_error_before_starting_is_an_attempt(
 ) -> None:
     applied(fake_kube)
     fake_kube.fail_next("read_secret", ConnectionResetError("connection reset by peer"))
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Pending", 1)
     assert "unexpected ConnectionResetError: connection reset by peer" in status["message"]
@@ -275,8 +275,8 @@ def test_failed_before_starting_records_its_attempts(
     applied(fake_kube, retry={"limit": 1})
     for _ in range(2):
         fake_kube.fail_next("read_secret", ConnectionResetError("connection reset by peer"))
-    assert reconcile_backup(fake_kube, config, "nightly") == RetryLater(30.0)
-    assert reconcile_backup(fake_kube, config, "nightly") is None
+    assert reconcile_backup(fake_kube, config, dump, "nightly") == RetryLater(30.0)
+    assert reconcile_backup(fake_kube, config, dump, "nightly") is None
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert (status["phase"], status["attempts"]) == ("Failed", 2)
 
@@ -301,12 +301,12 @@ def test_a_second_backup_of_a_database_queues_behind_the_first(
         slots = OperationSlots()  # at most one operation per database by default
         dump.gate = asyncio.Event()
         first = asyncio.create_task(
-            BackupRun(fake_kube.object(BACKUPS, NS, "first"), config, slots).reconcile()
+            BackupRun(fake_kube.object(BACKUPS, NS, "first"), config, slots, BackupEngines(dump)).reconcile()
         )
         while not dump.requests:
             await asyncio.sleep(0)
         second = asyncio.create_task(
-            BackupRun(fake_kube.object(BACKUPS, NS, "second"), config, slots).reconcile()
+            BackupRun(fake_kube.object(BACKUPS, NS, "second"), config, slots, BackupEngines(dump)).reconcile()
         )
         for _ in range(20):
             await asyncio.sleep(0)

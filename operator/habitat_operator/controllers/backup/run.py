@@ -9,21 +9,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat, Compression
 from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase, Reason
+from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit, read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
+from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import CatalogSource, run_backup_to_bucket
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
@@ -46,10 +50,34 @@ def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: 
 Dumper = Callable[[BackupRequest], Awaitable[BackupResult]]
 
 
+class DumpToBucket(Protocol):
+    async def __call__(
+        self, request: BackupRequest, bucket: Bucket, key: str, source: CatalogSource
+    ) -> BackupResult: ...
+
+
+@dataclass(frozen=True)
+class BackupEngines:
+    """What a Backup's run dumps with (a Protocol per engine); a unit test passes stand-ins."""
+
+    dump: Dumper = run_backup
+    dump_to_bucket: DumpToBucket = run_backup_to_bucket
+
+
 class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
     info = BACKUP
     spec_model = BackupSpec
     status_model = BackupStatus
+
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        config: OperatorConfig,
+        slots: OperationSlots,
+        engines: BackupEngines | None = None,
+    ) -> None:
+        super().__init__(body, config, slots)
+        self.engines = engines or BackupEngines()
 
     @property
     def series(self) -> str:
@@ -94,7 +122,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             destination = artifact_path(
                 ArtifactStore(self.config.backup_root), spec, self.namespace, self.name
             )
-            yield lambda request: run_backup(replace(request, destination=destination))
+            yield lambda request: self.engines.dump(replace(request, destination=destination))
             return
         bucket = await open_bucket(self.namespace, spec.storage.s3)
         try:
@@ -107,7 +135,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
                 str(self.body["metadata"].get("uid", "")),
                 encryption_key_id(key) if key is not None else None,
             )
-            yield lambda request: run_backup_to_bucket(request, bucket, object_key, made_by)
+            yield lambda request: self.engines.dump_to_bucket(request, bucket, object_key, made_by)
         finally:
             await in_thread(bucket.close)
 
