@@ -144,6 +144,7 @@ async def drive(
             wakeup.event.clear()
             wakeup.generation = body["metadata"].get("generation")
             run = run_for(dict(body))
+            started = time.monotonic()
             try:
                 next_step = await _step(kind, run, stopped)
             except asyncio.CancelledError:
@@ -158,7 +159,10 @@ async def drive(
                 next_step = RetryLater(ERROR_RETRY_SECONDS)
             if next_step is None or stopped:
                 return
-            await wakeup.sleep(next_step.seconds, stopped)
+            # A period counts from the step's start (a policy polls every pollingInterval seconds);
+            # a wait or a backoff from its end.
+            spent = time.monotonic() - started if isinstance(next_step, Recheck) else 0.0
+            await wakeup.sleep(max(0.0, next_step.seconds - spent), stopped)
     finally:
         if wakeups is not None:
             wakeups.unregister(uid, wakeup)
