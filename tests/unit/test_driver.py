@@ -122,3 +122,23 @@ def test_deleting_the_object_mid_step_cancels_it_says_so_and_counts_nothing() ->
     asyncio.run(scenario())
     assert steps.was_cancelled
     assert {result: counted(result) for result in before} == before
+
+
+def test_a_step_whose_own_status_ends_the_daemon_finishes_and_counts() -> None:
+    """A one-shot run writes Succeeded, so its object stops matching the daemon's filter, and Kopf
+    stops the daemon while the step still posts its Event: the step finishes, and counts."""
+    stopper: FlagSetter[Any] = FlagSetter()
+    finished = []
+
+    async def ending_step() -> RetryLater | None:
+        stopper.set(reason=kopf.DaemonStoppingReason.FILTERS_MISMATCH)  # the watch saw "Succeeded"
+        await asyncio.sleep(0.05)  # the Event it posts after the status
+        finished.append(True)
+        return None
+
+    steps = Steps(ending_step)
+    before = counted("success")
+    drive_until_done(steps, stopper)
+    assert finished == [True]
+    assert not steps.was_cancelled
+    assert counted("success") == before + 1

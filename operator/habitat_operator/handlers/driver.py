@@ -176,6 +176,8 @@ async def _step(kind: str, run: Stepped, stopped: kopf.DaemonStopped) -> RetryLa
             await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+        if not step.done() and _only_finished(stopped):
+            await step  # its own status write ended the daemon: its tail (the Event) still runs
         if not step.done():
             count.result = None
             await _cancel(step)
@@ -185,6 +187,12 @@ async def _step(kind: str, run: Stepped, stopped: kopf.DaemonStopped) -> RetryLa
         next_step = step.result()
         count.result = result_of(next_step)
         return next_step
+
+
+def _only_finished(stopped: kopf.DaemonStopped) -> bool:
+    """Stopped only because the object no longer needs a daemon (a one-shot run that ended, its
+    phase written): not deleted, not the operator stopping."""
+    return stopped.reason == kopf.DaemonStoppingReason.FILTERS_MISMATCH
 
 
 async def _cancel(step: asyncio.Future[Any]) -> None:
