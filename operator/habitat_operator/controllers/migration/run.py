@@ -40,7 +40,7 @@ from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import StatusReporter, read_status
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.controllers.migration import metrics, source
-from habitat_operator.controllers.migration.plan import UP, Plan, make_plan
+from habitat_operator.controllers.migration.plan import UP, Plan, clean_version, make_plan
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres.lint import Finding, lint
 from habitat_operator.engines.postgres.locks import database_lock
@@ -50,6 +50,7 @@ from habitat_operator.engines.postgres.migrations import (
     MigrationSession,
     Timeouts,
 )
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError, WaitingError, one_line
 
 # A converged Migration looks again hourly (drift); spec and ConfigMap changes wake it at once.
@@ -132,7 +133,7 @@ class MigrationRun:
             target, self.session_name, spec.history_table, timeouts
         ) as session:
             history = await session.history()
-        plan = self._plan(files, history, spec)
+        plan = await self._plan(files, history, spec)
         findings = await self._lint(spec, plan)
         if spec.plan:
             await self._planned(plan, findings)
@@ -168,11 +169,12 @@ class MigrationRun:
         await self._at_target(plan, applied)
         return IDLE_SECONDS
 
-    def _plan(
+    async def _plan(
         self, files: list[source.MigrationFile], history: list[HistoryRow], spec: MigrationSpec
     ) -> Plan:
         self.dirty = next((row.version for row in history if row.dirty), None)
-        plan = make_plan(files, history, spec)
+        self.fields["current_version"] = clean_version(history)  # shown even if the plan is refused
+        plan = await in_thread(make_plan, files, history, spec)  # parses the pending scripts
         self.dirty = None  # resolved by the spec, if it was dirty
         self.fields.update(
             current_version=plan.current,
@@ -192,7 +194,7 @@ class MigrationRun:
         await session.ensure_history()
         history = await session.history()
         await self._resolve(session, spec, history)
-        plan = self._plan(files, await session.history(), spec)
+        plan = await self._plan(files, await session.history(), spec)
         for script in plan.baseline:
             await session.baseline(script, self.applied_by)
         if not plan.steps:
@@ -219,6 +221,7 @@ class MigrationRun:
                         name=step.script.name,
                         direction=step.direction,
                         duration_ms=duration,
+                        checksum=step.script.checksum,
                     )
                 )
         finally:
@@ -227,6 +230,9 @@ class MigrationRun:
                 applied=applied[-LISTED:] or None,
                 current_version=max(recorded, default=0),
                 last_applied_at=timestamps.now() if applied else self.status.last_applied_at,
+                applied_source_digest=self.fields["source_digest"]
+                if applied
+                else self.status.applied_source_digest,
             )
         return plan, applied
 
