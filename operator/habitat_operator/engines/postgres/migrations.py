@@ -174,6 +174,7 @@ class MigrationSession:
         cls, target: ConnectionTarget, application_name: str, table: str, timeouts: Timeouts
     ) -> AsyncIterator[MigrationSession]:
         conn = await connect(target.with_application_name(application_name), Reason.DATABASE_UNREACHABLE)
+        conn.prepare_threshold = None  # nothing prepared: DISCARD ALL between migrations would drop it
         async with conn:
             yield cls(conn, table, timeouts)
 
@@ -284,7 +285,7 @@ class MigrationSession:
         transaction: str | None = None
         for statement in script.parsed.statements:
             try:
-                await self.conn.execute(statement.sql, prepare=False)
+                await self.conn.execute(statement.sql)
             except psycopg.errors.DatabaseError as error:
                 if isinstance(error, LockNotAvailable) and not dirty:
                     raise _lock_timeout(script, direction, error) from None
@@ -298,7 +299,7 @@ class MigrationSession:
         """The id of the transaction the migration runs in, the same after each statement; a statement
         that committed, rolled back or chained it (which the planner refuses) raises LeftTransaction."""
         if self.conn.info.transaction_status is TransactionStatus.INTRANS:
-            cursor = await self.conn.execute("SELECT pg_current_xact_id()::text", prepare=False)
+            cursor = await self.conn.execute("SELECT pg_current_xact_id()::text")
             current = str((await cursor.fetchone() or ("",))[0])
             if transaction in (None, current):
                 return current
