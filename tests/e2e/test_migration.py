@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -449,3 +452,88 @@ def test_what_the_schema_cannot_see_stalls_with_invalid_spec(
         "spec.source.configMapRefs[1] (ConfigMap b): key '1_y.up.sql': version 1 also comes from a/1_x.up.sql"
         in (obj["status"]["message"])
     )
+
+
+def test_transaction_control_in_a_transactional_migration_is_refused_before_anything_runs(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    ledger = (
+        "CREATE TABLE ledger (id int);\nINSERT INTO ledger VALUES (1);\nCOMMIT;\n"
+        "INSERT INTO ledger VALUES (2);\nSELECT 1/0;"
+    )
+    kubectl.apply(
+        migration("app", source=inline((1, "t", "CREATE TABLE t (id int);"), (2, "ledger", ledger)))
+    )
+    obj = failed(kubectl, "app", operator_alive, "InvalidMigration")
+    message = obj["status"]["message"]
+    assert message.startswith("version 2 (ledger) up (spec.source.inline[1].up) line 3: 'COMMIT'"), message
+    assert "rolled back" not in message and "nothing was applied" in message
+    assert schema(fresh_database) == []  # not even version 1 ran
+    with psycopg.connect(fresh_database) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (HISTORY,)).fetchone() == (None,)
+
+
+def test_a_dirty_migration_shows_the_last_clean_version_as_current(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    slow = "-- habitat:no-transaction\nCREATE TABLE half (id int);\nSELECT pg_sleep(4);"
+    kubectl.apply(migration("app", source=inline((1, "t", "CREATE TABLE t (id int);"), (2, "slow", slow))))
+    sleeping = (
+        "SELECT 1 FROM pg_stat_activity"
+        " WHERE application_name LIKE 'habitat-migration %' AND query LIKE '%pg_sleep%'"
+    )
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        wait_for("version 2 to sleep", lambda: conn.execute(sleeping).fetchone())
+    operator_alive.kill()  # mid version 2, outside a transaction: dirty
+    operator_alive.start()
+    obj = failed(kubectl, "app", operator_alive, "Dirty")
+    assert (obj["status"]["currentVersion"], obj["status"]["dirtyVersion"]) == (1, 2), obj["status"]
+    assert history(fresh_database) == [(1, False), (2, True)]
+
+
+def test_a_config_map_edited_mid_run_says_which_copy_ran(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    first = "CREATE TABLE t (id int);\nSELECT pg_sleep(3);"
+    kubectl.apply(config_map("sql", {"1_t.up.sql": first}))
+    kubectl.apply(migration("app"))
+    wait_phase(kubectl, "migration", "app", {"Running"}, operator_alive)
+    kubectl.apply(config_map("sql", {"1_t.up.sql": "CREATE TABLE t (id int, v text);\nSELECT pg_sleep(3);"}))
+    obj = failed(kubectl, "app", operator_alive, "ChecksumMismatch")
+    status = obj["status"]
+    ran = hashlib.sha256(first.encode()).hexdigest()
+    assert [(a["version"], a["checksum"]) for a in status["applied"]] == [(1, ran)]
+    assert f"sha256 {ran[:12]}… then" in status["message"]
+    assert status["appliedSourceDigest"] != status["sourceDigest"]
+
+
+def big_migration(table: str, size: int) -> str:
+    """About `size` characters of multi-row INSERTs: a data migration as users write them."""
+    rows = ",".join(f"({i}, 'row number {i} of the big migration')" for i in range(200))
+    statement = f"INSERT INTO {table} VALUES {rows};\n"
+    return f"CREATE TABLE {table} (id int, note text);\n" + statement * (size // len(statement))
+
+
+def test_healthz_answers_within_a_second_while_two_megabytes_of_migrations_run(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> None:
+    for version, name in ((1, "big-a"), (2, "big-b")):
+        data = {
+            f"{version}_{name.replace('-', '_')}.up.sql": big_migration(name.replace("-", "_"), 1_000_000)
+        }
+        kubectl.run("create", "-f", "-", stdin=json.dumps(config_map(name, data)))  # too big to apply
+    refs = {"configMapRefs": [{"name": "big-a"}, {"name": "big-b"}]}
+    kubectl.apply(migration("app", source=refs, lint={"skip": ["prefer-bigint-over-int"]}))
+    healthz = operator_alive.metrics_url.replace("/metrics", "/healthz")
+    slowest = 0.0
+    deadline = time.monotonic() + 120
+    while kubectl.get("migration", "app").get("status", {}).get("currentVersion") != 2:
+        assert time.monotonic() < deadline, operator_alive.log_tail()
+        started = time.monotonic()
+        with urllib.request.urlopen(healthz, timeout=5) as response:
+            assert response.status == 200
+        slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0, f"/healthz took {slowest:.1f}s"
+    with psycopg.connect(fresh_database) as conn:
+        counts = conn.execute("SELECT (SELECT count(*) FROM big_a), (SELECT count(*) FROM big_b)").fetchone()
+    assert counts is not None and min(counts) > 20_000

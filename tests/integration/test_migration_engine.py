@@ -130,3 +130,67 @@ def test_statement_timeout_fails_the_migration_and_a_baseline_is_recorded_not_ru
     in_session(fresh_database, work, Timeouts(statement_timeout_ms=200))
     with psycopg.connect(fresh_database) as conn:
         assert conn.execute("SELECT to_regclass('never_run')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    "ending, kept",
+    [("COMMIT", [1]), ("ROLLBACK", []), ("COMMIT AND CHAIN", [1]), ("END", [1]), ("ABORT", [])],
+)
+def test_a_statement_that_ends_the_migrations_transaction_leaves_it_dirty_not_rolled_back(
+    fresh_database: str, ending: str, kept: list[int]
+) -> None:
+    """The planner refuses such files; this is the second guard, for what a parser could miss."""
+    ledger = Script(
+        1,
+        "ledger",
+        "CREATE TABLE ledger (id int);\nINSERT INTO ledger VALUES (1);\n"
+        f"{ending};\nINSERT INTO ledger VALUES (2);\nSELECT 1/0;",
+    )
+
+    async def work(s: MigrationSession) -> None:
+        with pytest.raises(MigrationFailed) as raised:
+            await s.apply(ledger, "x")
+        failure = raised.value
+        assert failure.dirty and failure.reason is MigrationReason.DIRTY, failure.message
+        assert "rolled back" not in failure.message
+        assert f"version 1 (ledger) up stopped at line 3: {ending!r} ended the transaction" in failure.message
+        assert [(r.version, r.dirty) for r in await s.history()] == [(1, True)]
+
+    in_session(fresh_database, work)
+    with psycopg.connect(fresh_database) as conn:
+        rows = conn.execute("SELECT id FROM ledger ORDER BY id").fetchall() if kept else []
+        assert [r[0] for r in rows] == kept  # nothing after the statement ran
+
+
+def test_each_migration_starts_from_the_sessions_defaults_with_the_operators_timeouts(
+    fresh_database: str,
+) -> None:
+    with psycopg.connect(fresh_database, autocommit=True) as setup:
+        setup.execute("CREATE TABLE busy (id bigint)")
+    blocker = psycopg.connect(fresh_database)
+    blocker.execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+    leaky = [
+        "CREATE SCHEMA reporting;\nSET search_path TO reporting;\nSET lock_timeout = '1h';",
+        "SELECT set_config('search_path', 'reporting', false);",
+        "SET ROLE pg_read_all_data;",
+        "-- habitat:no-transaction\nSET search_path TO reporting;\nSET statement_timeout = '1h';",
+    ]
+
+    async def work(s: MigrationSession) -> None:
+        for version, text in enumerate(leaky, start=1):
+            await s.apply(Script(version * 2 - 1, "leak", text), "x")
+            table = Script(version * 2, "table", f"CREATE TABLE customers{version} (id bigint);")
+            await s.apply(table, "x")
+        with pytest.raises(RetryableError):  # the operator's lock_timeout, not the file's '1h'
+            await s.apply(Script(10, "add", "ALTER TABLE busy ADD COLUMN x int;"), "x")
+
+    try:
+        in_session(fresh_database, work, Timeouts(lock_timeout_ms=200))
+    finally:
+        blocker.close()
+    with psycopg.connect(fresh_database) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_name LIKE 'customers%' ORDER BY 2"
+        ).fetchall()
+    assert tables == [("public", f"customers{v}") for v in range(1, 5)]

@@ -15,8 +15,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import psycopg
-
 from habitat_operator.api.restore import VerificationQuery
 from habitat_operator.engines.artifacts.store import file_uri
 from habitat_operator.engines.postgres import restore as restore_engine
@@ -247,8 +245,3 @@ class FakeMigrationDatabase:
             dirty=False,
             baselined=baselined,
         )
-
-
-def sql_error(message: str) -> psycopg.Error:
-    """An error as psycopg raises it for a failed statement."""
-    return psycopg.errors.SyntaxError(message)

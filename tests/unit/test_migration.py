@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from habitat_operator.api.common import Reason
-from habitat_operator.api.migration import MigrationReason, MigrationSpec
-from habitat_operator.controllers.migration.plan import DOWN, UP, make_plan
-from habitat_operator.controllers.migration.source import MigrationFile, from_config_maps
+from habitat_operator.api.migration import MigrationReason, MigrationSource, MigrationSpec
+from habitat_operator.controllers.migration.plan import DOWN, UP, clean_version, make_plan
+from habitat_operator.controllers.migration.source import MigrationFile, from_config_maps, from_inline
 from habitat_operator.engines.postgres import migrations
 from habitat_operator.engines.postgres.lint import lint
 from habitat_operator.engines.postgres.migrations import HistoryRow, Script, checksum
@@ -168,6 +168,82 @@ def test_a_target_version_the_source_lacks_is_an_invalid_spec() -> None:
     with pytest.raises(PermanentError, match=r"spec\.targetVersion: the source has no version 9") as raised:
         make_plan(files(1), [], spec(targetVersion=9))
     assert raised.value.reason is Reason.INVALID_SPEC
+
+
+ENDINGS = [
+    "COMMIT",
+    "commit and chain",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "BEGIN",
+    "START TRANSACTION",
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "ROLLBACK PREPARED 'x'",
+    "/* even after a comment */ Commit",
+]
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_transaction_control_in_a_transactional_migration_is_refused_naming_file_and_line(
+    ending: str,
+) -> None:
+    text = (
+        f"-- café ☕\nCREATE TABLE ledger (id int);\nINSERT INTO ledger VALUES ('é');\n{ending};\nSELECT 1/0;"
+    )
+    source = {
+        "inline": [
+            {"version": 1, "name": "t", "up": "SELECT 1;"},
+            {"version": 2, "name": "ledger", "up": text},
+        ]
+    }
+    with pytest.raises(PermanentError) as raised:
+        make_plan(from_inline(MigrationSource.model_validate(source)), [], spec(source=source))
+    assert raised.value.reason is MigrationReason.INVALID_MIGRATION
+    assert raised.value.message.startswith("version 2 (ledger) up (spec.source.inline[1].up) line 4: ")
+    assert "nothing was applied" in raised.value.message
+    from_map = from_config_maps([("sql", {"1_ledger.up.sql": text})])
+    with pytest.raises(PermanentError, match=r"\(ConfigMap sql key 1_ledger.up.sql\) line 4: "):
+        make_plan(from_map, [], spec())
+
+
+def test_savepoints_strings_and_no_transaction_files_are_not_transaction_control() -> None:
+    fine = [
+        "SAVEPOINT a;\nINSERT INTO t VALUES (1);\nROLLBACK TO SAVEPOINT a;\nRELEASE SAVEPOINT a;",
+        "SELECT 'COMMIT; ROLLBACK';\n-- COMMIT;\n/* ROLLBACK; */\nPREPARE q AS SELECT 1;",
+        "DO $$ BEGIN PERFORM 1; END $$;\n"
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+        "-- habitat:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;",
+    ]
+    steps = [(MigrationFile(v, "ok", Script(v, "ok", text), None)) for v, text in enumerate(fine, 1)]
+    assert make_plan(steps, [], spec()).pending == [1, 2, 3, 4]
+    statements = [s.sql for s in steps[2].up.parsed.statements]
+    assert len(statements) == 2 and statements[1].endswith("END")  # one statement, ATOMIC body and all
+
+
+def test_a_syntax_error_refuses_a_no_transaction_file_and_a_transactional_one_runs_whole() -> None:
+    broken = "CREATE TABLE t (id int);\n\nSELEC 1;"
+    with pytest.raises(PermanentError, match=r"version 1 \(m\) up line 4: syntax error at or near \"SELEC\""):
+        make_plan(
+            [MigrationFile(1, "m", Script(1, "m", f"-- habitat:no-transaction\n{broken}"), None)], [], spec()
+        )
+    script = Script(1, "m", f"{broken}\nCOMMIT;")
+    assert make_plan([MigrationFile(1, "m", script, None)], [], spec()).pending == [1]
+    # PostgreSQL parses a query string whole before it runs any of it: nothing of it runs.
+    assert [s.sql for s in script.parsed.statements] == [script.sql]
+
+
+def test_a_rollback_is_refused_too_when_a_down_script_ends_its_transaction() -> None:
+    two = MigrationFile(2, "m2", files(2)[0].up, Script(2, "m2", "DROP TABLE t2;\nCOMMIT;"))
+    with pytest.raises(PermanentError, match=r"version 2 \(m2\) down line 2: 'COMMIT' would end"):
+        make_plan([*files(1), two], [row(1), row(2)], spec(targetVersion=1))
+
+
+def test_the_current_version_shown_is_the_last_clean_one() -> None:
+    assert clean_version([row(1), row(2, dirty=True)]) == 1
+    assert clean_version([row(3, baselined=True)]) == 3
+    assert clean_version([]) == 0
 
 
 # ---------------------------------------------------------------- the linter: one case per runbook rule

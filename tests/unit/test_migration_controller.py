@@ -22,7 +22,7 @@ from habitat_operator.engines.postgres.migrations import MigrationFailed, Script
 from habitat_operator.errors import RetryableError
 from habitat_operator.handlers.driver import drive
 from tests.unit.bodies import DB_DISPLAY, DB_SECRET, DB_URI, NS, conditions
-from tests.unit.fake_engines import FakeLock, FakeMigrationDatabase, sql_error
+from tests.unit.fake_engines import FakeLock, FakeMigrationDatabase
 from tests.unit.fake_kube import FakeKube, JsonDict
 
 MIGRATIONS = "migrations"
@@ -144,7 +144,10 @@ def test_a_lock_timeout_is_retried_then_fails_and_waits_for_a_change(harness: Ha
 def test_a_failed_migration_outside_a_transaction_is_dirty(harness: Harness) -> None:
     harness.kube.add(MIGRATIONS, migration_body())
     script = Script(2, "orders", "CREATE INDEX CONCURRENTLY ...")
-    harness.database.apply_errors = [None, MigrationFailed(script, "up", sql_error("boom"), 1, dirty=True)]
+    harness.database.apply_errors = [
+        None,
+        MigrationFailed(script, "up", "failed outside a transaction at line 1: boom", dirty=True),
+    ]
 
     assert harness.reconcile() == Recheck(STOPPED_SECONDS)
 

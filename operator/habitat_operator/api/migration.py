@@ -41,6 +41,7 @@ class MigrationReason(StrEnum):
     AT_TARGET = "AtTarget"
     PLANNED = "Planned"
     MIGRATION_FAILED = "MigrationFailed"
+    INVALID_MIGRATION = "InvalidMigration"
     DIRTY = "Dirty"
     DIRTY_RESOLVED = "DirtyResolved"
     VERSION_MISSING_FROM_SOURCE = "VersionMissingFromSource"
@@ -199,6 +200,11 @@ class AppliedMigration(ApiModel):
     name: str = Field(description="Name of the migration.")
     direction: str = Field(description="up or down.")
     duration_ms: int = Field(ge=0, description="How long it ran.", json_schema_extra={"format": "int64"})
+    checksum: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 (hex) of the script that ran; an up script's is in its history row too.",
+    )
 
 
 class LintFinding(ApiModel):
@@ -217,7 +223,7 @@ class MigrationStatus(ResourceStatus):
     current_version: int | None = Field(
         None,
         ge=0,
-        description="Highest version recorded in the history.",
+        description="Highest version recorded in the history that is not dirty.",
         json_schema_extra={"format": "int64"},
     )
     target_version: int | None = Field(
@@ -245,6 +251,13 @@ class MigrationStatus(ResourceStatus):
     attempts: int | None = Field(None, ge=0, description="Lock-timeout retries of the current run so far.")
     source_digest: str | None = Field(
         None, description="Digest of the source last acted on; a failed run is not repeated on the same one."
+    )
+    applied_source_digest: str | None = Field(
+        None,
+        description=(
+            "Digest of the source as read when the last run that applied anything started: differs from "
+            "sourceDigest when the source changed since (e.g. a ConfigMap edited during that run)."
+        ),
     )
 
 

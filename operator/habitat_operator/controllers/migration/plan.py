@@ -2,8 +2,12 @@
 
 The plan refuses before anything runs: a changed checksum, a version the source lost, a dirty
 version, a version below the current one that never ran, a target the source lacks, a rollback
-past a migration without a down script. A baseline and a dirty version resolved by hand count as
-written, so the plan of a run that will record them is the plan of the run after.
+past a migration without a down script, a statement that would end the transaction a migration
+runs in (COMMIT, ROLLBACK...), a no-transaction file PostgreSQL's parser refuses. A baseline and a
+dirty version resolved by hand count as written, so the plan of a run that will record them is the
+plan of the run after.
+
+It hashes and parses the scripts it reads (once each): call it off the event loop.
 """
 
 from __future__ import annotations
@@ -11,9 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from habitat_operator.api.common import Reason
-from habitat_operator.api.migration import DirtyAction, MigrationReason, MigrationSpec
+from habitat_operator.api.migration import (
+    NO_TRANSACTION_MARKER,
+    DirtyAction,
+    MigrationReason,
+    MigrationSpec,
+)
 from habitat_operator.controllers.migration.source import MigrationFile
 from habitat_operator.engines.postgres.migrations import HistoryRow, Script
+from habitat_operator.engines.postgres.statements import line_of
 from habitat_operator.errors import PermanentError
 
 UP, DOWN = "up", "down"
@@ -57,6 +67,11 @@ def effective_history(history: list[HistoryRow], spec: MigrationSpec) -> list[Hi
     return rows
 
 
+def clean_version(history: list[HistoryRow]) -> int:
+    """The highest version applied whole: a dirty one may be half applied."""
+    return max((row.version for row in history if not row.dirty), default=0)
+
+
 def make_plan(files: list[MigrationFile], history: list[HistoryRow], spec: MigrationSpec) -> Plan:
     by_version = {f.version: f for f in files}
     rows = effective_history(history, spec)
@@ -95,7 +110,9 @@ def make_plan(files: list[MigrationFile], history: list[HistoryRow], spec: Migra
         raise PermanentError(Reason.INVALID_SPEC, f"spec.targetVersion: the source has no version {wanted}")
     target = spec.target_version if spec.target_version is not None else max(by_version, default=current)
     if target < current:
-        return Plan(current, target, _rollback(rows, by_version, target), baseline, frozenset(recorded))
+        steps = _rollback(rows, by_version, target)
+        _refuse_unrunnable(steps)
+        return Plan(current, target, steps, baseline, frozenset(recorded))
     skipped = [v for v in by_version if v < current and v not in recorded]
     if skipped:
         raise PermanentError(
@@ -104,6 +121,7 @@ def make_plan(files: list[MigrationFile], history: list[HistoryRow], spec: Migra
             " give it a version above the current one",
         )
     steps = [Step(UP, by_version[v].up) for v in sorted(by_version) if current < v <= target]
+    _refuse_unrunnable(steps)
     return Plan(current, target, steps, baseline, frozenset(recorded))
 
 
@@ -122,3 +140,33 @@ def _rollback(rows: list[HistoryRow], by_version: dict[int, MigrationFile], targ
             )
         steps.append(Step(DOWN, file.down))
     return steps
+
+
+def _refuse_unrunnable(steps: list[Step]) -> None:
+    """What PostgreSQL's parser shows cannot run safely: a statement that would end the transaction
+    the operator runs a migration in (what ran before it would be committed, or silently undone, and
+    a later failure could not roll it back); a no-transaction file it refuses (it would stop part
+    way, dirty). A transactional file it refuses runs, and fails whole: PostgreSQL refuses it too."""
+    for step in steps:
+        script, parsed = step.script, step.script.parsed
+        where = f"version {script.version} ({script.name}) {step.direction}"
+        where += f" ({script.origin})" if script.origin else ""
+        if script.no_transaction:
+            if parsed.syntax_error is not None:
+                line = line_of(script.sql, parsed.syntax_error.offset)
+                raise PermanentError(
+                    MigrationReason.INVALID_MIGRATION,
+                    f"{where} line {line}: {parsed.syntax_error.message}; it runs outside a transaction,"
+                    " so it is refused before it could stop part way; nothing was applied",
+                )
+            continue
+        ending = next((s for s in parsed.statements if s.ends_transaction), None)
+        if ending is not None:
+            statement = ending.sql.splitlines()[0][:60]
+            raise PermanentError(
+                MigrationReason.INVALID_MIGRATION,
+                f"{where} line {line_of(script.sql, ending.offset)}: {statement!r} would end the"
+                " transaction the operator runs the migration in, so a later failure could not roll back"
+                " what ran before it; remove it (savepoints are fine) or make the file's first line"
+                f" {NO_TRANSACTION_MARKER!r}; nothing was applied",
+            )

@@ -38,10 +38,11 @@ from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.migration import metrics, source
 from habitat_operator.controllers.migration.engines import POSTGRES, History, MigrationEngines
-from habitat_operator.controllers.migration.plan import UP, Plan, make_plan
+from habitat_operator.controllers.migration.plan import UP, Plan, clean_version, make_plan
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres.lint import Finding
 from habitat_operator.engines.postgres.migrations import HistoryRow, MigrationFailed, Timeouts
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, one_line
 
 # A converged Migration looks again hourly (drift); spec and ConfigMap changes wake it at once.
@@ -148,7 +149,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
         timeouts = Timeouts(_ms(spec.lock_timeout), _ms(spec.statement_timeout))
         async with self.engines.connect(target, self.session_name, spec.history_table, timeouts) as session:
             history = await session.history()
-        plan = self._plan(files, history, spec)
+        plan = await self._plan(files, history, spec)
         findings = await self._lint(spec, plan)
         if spec.plan:
             await self._planned(plan, findings)
@@ -189,11 +190,17 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
         await self._at_target(plan, applied)
         return Recheck(IDLE_SECONDS)
 
-    def _plan(
+    async def _plan(
         self, files: list[source.MigrationFile], history: list[HistoryRow], spec: MigrationSpec
     ) -> Plan:
         self.dirty = next((row.version for row in history if row.dirty), None)
-        plan = make_plan(files, history, spec)
+        clean = clean_version(history)
+
+        def cleanly_at(status: MigrationStatus) -> None:
+            status.current_version = clean  # shown even if the plan is refused
+
+        self.reporter.carry(cleanly_at)
+        plan = await in_thread(make_plan, files, history, spec)  # parses the pending scripts
         self.dirty = None  # resolved by the spec, if it was dirty
 
         def planned(status: MigrationStatus) -> None:
@@ -213,7 +220,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
         await session.ensure_history()
         history = await session.history()
         await self._resolve(session, spec, history)
-        plan = self._plan(files, await session.history(), spec)
+        plan = await self._plan(files, await session.history(), spec)
         for script in plan.baseline:
             await session.baseline(script, self.applied_by)
         if not plan.steps:
@@ -244,6 +251,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
                         name=step.script.name,
                         direction=step.direction,
                         duration_ms=duration,
+                        checksum=step.script.checksum,
                     )
                 )
         finally:
@@ -252,10 +260,11 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
                 max(recorded, default=0),
                 timestamps.now() if applied else self.status.last_applied_at,
             )
+            digest = self.digest if applied else self.status.applied_source_digest
 
             def ran(status: MigrationStatus) -> None:
                 status.applied, status.current_version = applied[-LISTED:] or None, current
-                status.last_applied_at = last
+                status.last_applied_at, status.applied_source_digest = last, digest
 
             self.reporter.carry(ran)
         return plan, applied

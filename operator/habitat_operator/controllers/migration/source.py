@@ -14,6 +14,7 @@ from habitat_operator.api.common import Reason
 from habitat_operator.api.migration import MIGRATION_KEY_PATTERN, MigrationReason, MigrationSource
 from habitat_operator.controllers.base import kube
 from habitat_operator.engines.postgres.migrations import Script
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import PermanentError, WaitingError
 
 _KEY = re.compile(MIGRATION_KEY_PATTERN)
@@ -30,15 +31,18 @@ class MigrationFile:
 
 
 def from_inline(source: MigrationSource) -> list[MigrationFile]:
+    def script(index: int, version: int, name: str, direction: str, text: str) -> Script:
+        return Script(version, name, text, f"spec.source.inline[{index}].{direction}")
+
     return sorted(
         (
             MigrationFile(
                 m.version,
                 m.name,
-                Script(m.version, m.name, m.up),
-                Script(m.version, m.name, m.down) if m.down else None,
+                script(i, m.version, m.name, "up", m.up),
+                script(i, m.version, m.name, "down", m.down) if m.down else None,
             )
-            for m in source.inline or ()
+            for i, m in enumerate(source.inline or ())
         ),
         key=lambda f: f.version,
     )
@@ -64,7 +68,8 @@ def from_config_maps(config_maps: list[tuple[str, dict[str, str]]]) -> list[Migr
                 raise PermanentError(
                     Reason.INVALID_SPEC, f"{field}: key {key!r}: version {version} also comes from {other}"
                 )
-            scripts[version, direction] = (f"{config_map}/{key}", Script(version, match["name"], data[key]))
+            script = Script(version, match["name"], data[key], f"ConfigMap {config_map} key {key}")
+            scripts[version, direction] = (f"{config_map}/{key}", script)
     files = []
     for (version, direction), (where, up) in sorted(scripts.items()):
         if direction == "down":
@@ -77,9 +82,14 @@ def from_config_maps(config_maps: list[tuple[str, dict[str, str]]]) -> list[Migr
 
 
 async def load(namespace: str, source: MigrationSource) -> list[MigrationFile]:
-    """The source's migrations by version; ConfigMaps come from the Migration's own namespace only."""
-    if source.inline is not None:
-        return from_inline(source)
+    """The source's migrations by version, every script hashed (off the event loop: a source may
+    hold megabytes); ConfigMaps come from the Migration's own namespace only."""
+    files = from_inline(source) if source.inline is not None else await _from_config_maps(namespace, source)
+    await in_thread(digest, files)  # each Script keeps its checksum
+    return files
+
+
+async def _from_config_maps(namespace: str, source: MigrationSource) -> list[MigrationFile]:
     config_maps = []
     for ref in source.config_map_refs or ():
         try:

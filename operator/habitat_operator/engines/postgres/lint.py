@@ -27,6 +27,7 @@ from pathlib import Path
 
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.postgres.migrations import Script
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import PermanentError, one_line
 
 # The binary pip installs beside the operator's interpreter (the venv's or the image's bin dir).
@@ -46,19 +47,26 @@ async def lint(scripts: Sequence[Script], skip: Sequence[str] = ()) -> list[Find
     if not scripts:
         return []
     with tempfile.TemporaryDirectory(prefix="habitat-lint-") as folder:
-        paths: dict[str, int] = {}
-        groups: dict[bool, list[str]] = {True: [], False: []}
-        for index, script in enumerate(scripts):
-            path = Path(folder) / f"{index:05d}_{script.version}.sql"
-            path.write_text(script.sql, encoding="utf-8")
-            paths[str(path)] = script.version
-            groups[script.no_transaction].append(str(path))
+        paths, groups = await in_thread(_write, scripts, Path(folder))
         findings: list[Finding] = []
         for no_transaction, files in groups.items():
             if files:
                 flags = [] if no_transaction else ["--assume-in-transaction"]
                 findings += _parse(await _squawk([*flags, *_excludes(skip)], files), paths)
     return sorted(findings, key=lambda f: (f.version, f.line, f.rule))
+
+
+def _write(scripts: Sequence[Script], folder: Path) -> tuple[dict[str, int], dict[bool, list[str]]]:
+    """Each script in its own file (megabytes, maybe): its version by path, and the paths by whether
+    the script runs outside a transaction."""
+    paths: dict[str, int] = {}
+    groups: dict[bool, list[str]] = {True: [], False: []}
+    for index, script in enumerate(scripts):
+        path = folder / f"{index:05d}_{script.version}.sql"
+        path.write_text(script.sql, encoding="utf-8")
+        paths[str(path)] = script.version
+        groups[script.no_transaction].append(str(path))
+    return paths, groups
 
 
 def _excludes(skip: Sequence[str]) -> list[str]:
