@@ -13,6 +13,7 @@ from pydantic import Field
 
 from habitat_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
+    SECRET_KEY_PATTERN,
     ApiModel,
     CelRule,
     CronSchedule,
@@ -86,6 +87,19 @@ class QueueSource(StrEnum):
     AMQP = "amqp"
 
 
+class RabbitMQSecretRef(SecretKeyRef):
+    """A key of a Secret in the policy's namespace holding how to reach RabbitMQ."""
+
+    key: str = Field(
+        "uri",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description=(
+            "Key within the Secret whose value is the management API's URL or, for source amqp, an AMQP URI."
+        ),
+    )
+
+
 class RabbitMQTrigger(ApiModel):
     """Replicas from a queue's depth: ceil(depth / targetPerReplica)."""
 
@@ -103,7 +117,7 @@ class RabbitMQTrigger(ApiModel):
         ),
     )
     vhost: str = Field("/", max_length=255, description="Virtual host of the queue (management source).")
-    secret_ref: SecretKeyRef = Field(
+    secret_ref: RabbitMQSecretRef = Field(
         description=(
             "Secret key holding the management API's URL (http://user:password@host:15672/api) or, "
             "for source amqp, an AMQP URI."
