@@ -299,6 +299,30 @@ def test_a_prometheus_trigger_queries_the_stacks_prometheus(
     assert status_of(kubectl, "api")["lastDecision"]["trigger"] == "load"
 
 
+def test_a_value_with_no_finite_replica_count_is_a_trigger_failure_with_status_and_an_event(
+    operator_alive: OperatorProcess, kubectl: Kubectl, stack: Stack
+) -> None:
+    """1e300 / 1e-300 overflows: the policy holds the target, and says which trigger and value."""
+    gitops_apply(kubectl, deployment("api", 2))
+    query = {"serverAddress": stack.prometheus_url, "query": "vector(1e300)", "targetValue": 1e-300}
+    kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+    obj = wait_condition(kubectl, "api", "Fallback", "False", operator_alive, reason="TriggerFailing")
+    message = (
+        "load: 1e+300 / 1e-300 per replica is not a finite number of replicas;"
+        " never scaling down while it fails"
+    )
+    assert condition(obj, "Fallback")["message"] == message
+    assert condition(obj, "Ready")["status"] == "True"
+    holds(kubectl, "api", 2, 3)
+    warnings = [
+        e["message"]
+        for e in json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"]
+        if e["reason"] == "TriggerFailing"
+    ]
+    assert warnings == [message]
+    assert "OverflowError" not in operator_alive.log_text()
+
+
 def test_conflict_paused_dry_run_and_a_missing_target(
     operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
 ) -> None:
@@ -328,6 +352,51 @@ def test_conflict_paused_dry_run_and_a_missing_target(
     holds(kubectl, "paused", 1, 2)
     assert replicas(kubectl, "dry") == 1
     assert condition(kubectl.get("scalepolicy", "dry"), "Ready")["reason"] == "DryRun"
+
+
+def hpa(name: str, target: str, min_replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min_replicas,
+            "maxReplicas": 10,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
+        },
+    }
+
+
+def test_an_hpa_on_the_same_target_stalls_the_policy_until_it_is_gone(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    """A ScalePolicy (min 0, an idle queue: it would scale to zero) and an HPA on one Deployment:
+    the policy changes nothing and says which HPA, until the HPA is deleted."""
+    gitops_apply(kubectl, deployment("worker", 2))
+    kubectl.apply(hpa("worker-hpa", "worker", 2))
+    kubectl.apply(
+        policy("workers", "worker", [queue_trigger("jobs", queue)], minReplicas=0, cooldownPeriod=0)
+    )
+    obj = wait_condition(kubectl, "workers", "Stalled", "True", operator_alive, reason="ConflictWithHPA")
+    assert condition(obj, "Stalled")["message"] == (
+        "HorizontalPodAutoscaler worker-hpa already scales Deployment worker; "
+        "this policy changes nothing until it is gone"
+    )
+    assert obj["status"]["phase"] == "Stalled"
+    holds(kubectl, "worker", 2, 3)
+    assert "lastScaleTime" not in status_of(kubectl, "workers")
+    reasons = [e["reason"] for e in json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"]]
+    assert "ConflictWithHPA" in reasons and "Scaled" not in reasons
+
+    kubectl.run("delete", "horizontalpodautoscaler", "worker-hpa")
+    wait_condition(kubectl, "workers", "Ready", "True", operator_alive)
+    wait_replicas(kubectl, "worker", 0, operator_alive)
 
 
 def test_another_managers_server_side_apply_keeps_the_operators_replicas(

@@ -41,6 +41,7 @@ class ScalePolicyReason(StrEnum):
     SOURCE_UNAVAILABLE = "SourceUnavailable"
     QUERY_NOT_ONE_SAMPLE = "QueryNotOneSample"
     CONFLICT = "Conflict"
+    CONFLICT_WITH_HPA = "ConflictWithHPA"
     SCALED = "Scaled"
     TRIGGER_ACTIVE = "TriggerActive"
     WINDOW_OPEN = "WindowOpen"
@@ -134,7 +135,7 @@ class PrometheusTrigger(ApiModel):
         description="Base URL of the Prometheus server, e.g. http://prometheus.monitoring:9090.",
     )
     query: str = Field(min_length=1, max_length=4096, description="PromQL that returns exactly one sample.")
-    target_value: float = Field(gt=0, description="Value one replica is expected to handle.")
+    target_value: float = Field(gt=0, description="Value one replica is expected to handle; > 0.")
     activation_threshold: float = Field(0, ge=0, description="Value above which the trigger is active.")
 
 
@@ -215,7 +216,7 @@ class Formula(ApiModel):
         pattern=FORMULA_PATTERN,
         description="Arithmetic over trigger names (+ - * / and parentheses), e.g. queue_a + queue_b / 2.",
     )
-    target: float = Field(gt=0, description="Value one replica is expected to handle.")
+    target: float = Field(gt=0, description="Value one replica is expected to handle; > 0.")
     activation_threshold: float = Field(0, ge=0, description="Value above which the formula is active.")
 
 

@@ -92,6 +92,13 @@ async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
     return None if scale is None else dict(scale)
 
 
+async def list_autoscalers(namespace: str) -> list[JsonDict]:
+    """The namespace's HorizontalPodAutoscalers (autoscaling/v2). Raises Forbidden."""
+    path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+    found = await _read(f"HorizontalPodAutoscalers in {namespace}", _request, "GET", path)
+    return list((found or {}).get("items") or [])
+
+
 async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) -> None:
     """Sets spec.replicas alone by a server-side apply of the /scale subresource, as the field
     manager `habitat-operator`: GitOps tools that apply the target's other fields leave it alone."""

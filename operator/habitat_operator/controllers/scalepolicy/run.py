@@ -22,6 +22,7 @@ from habitat_operator.api.scalepolicy import ScalePhase, ScalePolicyReason, Scal
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.controllers.scalepolicy import metrics
+from habitat_operator.controllers.scalepolicy.conflicts import standoff
 from habitat_operator.controllers.scalepolicy.decision import Outcome, PolicyState, decide, formula_of
 from habitat_operator.controllers.scalepolicy.sources import Sources
 from habitat_operator.controllers.scalepolicy.status import (
@@ -81,6 +82,9 @@ class ScalePolicyLoop:
         if first is not None and first.name != self.status.name:
             message = f"ScalePolicy {first.name} already scales {spec.target.kind} {spec.target.name}"
             await self._stall(body, ScalePolicyReason.CONFLICT, message, ScalePhase.STALLED)
+            return RECHECK_SECONDS
+        if hpa := await standoff(self.status.namespace, spec.target, body["metadata"]["uid"]):
+            await self._stall(body, hpa.reason, hpa.message, ScalePhase.STALLED)
             return RECHECK_SECONDS
         scale = await self._read_target(body, spec)
         if scale is None:
@@ -158,7 +162,7 @@ class ScalePolicyLoop:
         summary = f"scaling {spec.target.kind} {spec.target.name}"
         if spec.dry_run:
             summary = f"dry run: deciding for {spec.target.kind} {spec.target.name} without changing it"
-        was_falling_back = (self.status.condition(FALLBACK) or {}).get("status") == "True"
+        was = self.status.condition(FALLBACK) or {}
         await self.status.write(
             "ready",
             ScalePhase.READY,
@@ -167,10 +171,10 @@ class ScalePolicyLoop:
             self._flags(spec, outcome),
             **fields,
         )
-        if outcome.falling_back and not was_falling_back:
-            await kube.event(
-                body, "Warning", ScalePolicyReason.TRIGGER_FAILING, self._flags(spec, outcome)[2].message
-            )
+        failing = self._flags(spec, outcome)[2]
+        changed = (was.get("reason"), was.get("status")) != (failing.reason, str(failing.on))
+        if failing.reason == ScalePolicyReason.TRIGGER_FAILING and changed:  # failing starts, or the fallback
+            await kube.event(body, "Warning", ScalePolicyReason.TRIGGER_FAILING, failing.message)
 
     def _flags(self, spec: ScalePolicySpec, outcome: Outcome) -> tuple[Flag, ...]:
         if outcome.active or outcome.windows:
@@ -205,7 +209,15 @@ class ScalePolicyLoop:
                 True,
                 ScalePolicyReason.TRIGGER_FAILING,
                 f"{failing} failed {spec.fallback.failure_threshold} or more polls in a row; "
-                f"holding at least {spec.fallback.replicas} replicas and never scaling down",
+                f"holding at least {spec.fallback.replicas} replicas and never scaling down "
+                f"({'; '.join(outcome.failures)})",
+            )
+        elif outcome.failures:
+            fallback = Flag(
+                FALLBACK,
+                False,
+                ScalePolicyReason.TRIGGER_FAILING,
+                f"{'; '.join(outcome.failures)}; never scaling down while it fails",
             )
         else:
             fallback = Flag(
