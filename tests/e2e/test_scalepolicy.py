@@ -12,12 +12,13 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
-from tests.e2e.conftest import OperatorProcess
+from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
 from tests.e2e.test_backup import condition, wait_for
 from tests.harness import Kubectl, Stack, dev_stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
@@ -321,6 +322,50 @@ def test_a_value_with_no_finite_replica_count_is_a_trigger_failure_with_status_a
     ]
     assert warnings == [message]
     assert "OverflowError" not in operator_alive.log_text()
+
+
+def test_allowed_metrics_endpoints_refuse_another_host_and_failures_read_coarse(
+    operator: OperatorProcess, stack: Stack, kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """An operator started with --allowed-metrics-endpoints refuses a serverAddress elsewhere as
+    InvalidSpec, and an allowed one that fails says only PrometheusUnreachable; the log has why."""
+    if operator.process is not None and operator.process.poll() is None:
+        operator.kill()  # the shared operator watches every namespace and allows any host
+    kubeconfig = service_account_kubeconfig(
+        stack, Kubectl(stack, OPERATOR_NAMESPACE), tmp_path / "kubeconfig"
+    )
+    own = OperatorProcess(
+        kubeconfig,
+        tmp_path / "backups",
+        tmp_path / "operator.log",
+        namespaces=(namespace,),
+        extra_args=("--allowed-metrics-endpoints=*.monitoring.svc,127.0.0.2",),
+    )
+    own.start()
+    try:
+        gitops_apply(kubectl, deployment("api", 2))
+        gitops_apply(kubectl, deployment("probe", 2))
+        query = {"serverAddress": stack.prometheus_url, "query": "vector(35)", "targetValue": 10}
+        kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+        obj = wait_condition(kubectl, "api", "Stalled", "True", own, reason="InvalidSpec")
+        assert condition(obj, "Stalled")["message"] == (
+            f"invalid spec: spec.triggers[load].prometheus.serverAddress: {stack.prometheus_url} is not"
+            " among the operator's --allowed-metrics-endpoints"
+        )
+
+        closed = f"http://127.0.0.2:{dev_stack.free_port()}"
+        probe = query | {"serverAddress": closed}
+        kubectl.apply(policy("probe", "probe", [{"name": "load", "type": "prometheus", "prometheus": probe}]))
+        obj = wait_condition(kubectl, "probe", "Fallback", "False", own, reason="TriggerFailing")
+        assert condition(obj, "Fallback")["message"] == (
+            f"load: Prometheus at {closed} gave no answer (PrometheusUnreachable);"
+            " never scaling down while it fails"
+        )
+        holds(kubectl, "api", 2, 2)
+        assert replicas(kubectl, "probe") == 2
+        assert "prometheus trigger failed" in own.log_text() and "refused" in own.log_text().lower()
+    finally:
+        own.stop()
 
 
 def test_conflict_paused_dry_run_and_a_missing_target(

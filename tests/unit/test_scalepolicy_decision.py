@@ -14,6 +14,7 @@ from habitat_operator.controllers.scalepolicy import metrics, windows
 from habitat_operator.controllers.scalepolicy.conflicts import competing_autoscaler
 from habitat_operator.controllers.scalepolicy.decision import PolicyState, Reading, decide
 from habitat_operator.controllers.scalepolicy.formula import Formula
+from habitat_operator.controllers.scalepolicy.sources import check_endpoints, endpoint_allowed
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 NOON = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -251,3 +252,22 @@ def test_an_hpa_on_the_same_target_competes_unless_the_policy_owns_it() -> None:
     owned = autoscaler("ours", ownerReferences=[{"uid": "uid-1", "kind": "ScalePolicy", "name": "workers"}])
     assert competing_autoscaler([*others, owned], target, "uid-1") is None
     assert competing_autoscaler([*others, owned, autoscaler("worker-hpa")], target, "uid-1") == "worker-hpa"
+
+
+# ---------------------------------------------------------------- --allowed-metrics-endpoints
+
+
+def test_allowed_metrics_endpoints_match_the_host_or_host_and_port() -> None:
+    patterns = ("*.monitoring.svc", "prometheus.example:9090")
+    assert endpoint_allowed("http://anything", ())
+    assert endpoint_allowed("http://prom.monitoring.svc:9090/x", patterns)
+    assert endpoint_allowed("https://Prometheus.Example:9090", patterns)
+    assert not endpoint_allowed("http://prometheus.example:9091", patterns)
+    assert not endpoint_allowed("http://user:pw@kube-apiserver:443", patterns)
+    assert not endpoint_allowed("http://monitoring.svc.evil", patterns)
+    policy = spec(prometheus("load", 1), queue("jobs"))
+    check_endpoints(policy, ("prometheus",))
+    with pytest.raises(
+        ValueError, match=r"spec.triggers\[load\].prometheus.serverAddress: http://prometheus:9090"
+    ):
+        check_endpoints(policy, patterns)

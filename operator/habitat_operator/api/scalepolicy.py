@@ -39,6 +39,8 @@ class ScalePolicyReason(StrEnum):
     TARGET_NOT_FOUND = "TargetNotFound"
     TARGET_FORBIDDEN = "TargetForbidden"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
+    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    PROMETHEUS_BAD_RESPONSE = "PrometheusBadResponse"
     QUERY_NOT_ONE_SAMPLE = "QueryNotOneSample"
     CONFLICT = "Conflict"
     CONFLICT_WITH_HPA = "ConflictWithHPA"

@@ -24,10 +24,11 @@ async def by_target(body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_
 
 
 @kopf.daemon(GROUP, VERSION, SCALE_POLICY.plural, id="poll", cancellation_timeout=10)
-async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **kwargs: Any) -> None:
     index: kopf.Index[Any, Claim] = kwargs[INDEX]
     namespace = body["metadata"]["namespace"]
-    loop = ScalePolicyLoop(dict(body), lambda: list(index.get(target_key(namespace, dict(body["spec"])), [])))
+    claims = lambda: list(index.get(target_key(namespace, dict(body["spec"])), []))  # noqa: E731
+    loop = ScalePolicyLoop(dict(body), claims, memo.config.allowed_metrics_endpoints)
     try:
         while not stopped:
             started = time.monotonic()

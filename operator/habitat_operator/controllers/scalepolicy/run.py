@@ -24,7 +24,7 @@ from habitat_operator.controllers.base.validation import describe_validation_err
 from habitat_operator.controllers.scalepolicy import metrics
 from habitat_operator.controllers.scalepolicy.conflicts import standoff
 from habitat_operator.controllers.scalepolicy.decision import Outcome, PolicyState, decide, formula_of
-from habitat_operator.controllers.scalepolicy.sources import Sources
+from habitat_operator.controllers.scalepolicy.sources import Sources, check_endpoints
 from habitat_operator.controllers.scalepolicy.status import (
     ACTIVE,
     FALLBACK,
@@ -60,7 +60,13 @@ def target_key(namespace: str, spec: kube.JsonDict) -> tuple[str, str, str]:
 class ScalePolicyLoop:
     """A policy's daemon state across polls: its status, sources and the HPA's memory."""
 
-    def __init__(self, body: kube.JsonDict, claims: Callable[[], Iterable[Claim]]) -> None:
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        claims: Callable[[], Iterable[Claim]],
+        allowed_endpoints: tuple[str, ...] = (),
+    ) -> None:
+        self.allowed_endpoints = allowed_endpoints
         self.status = PolicyStatus(body)
         self.sources = Sources(self.status.namespace, self.status.name)
         self.state = PolicyState()
@@ -73,6 +79,7 @@ class ScalePolicyLoop:
         try:
             spec = ScalePolicySpec.model_validate(body.get("spec") or {})
             formula_of(spec)
+            check_endpoints(spec, self.allowed_endpoints)
         except (ValidationError, ValueError) as error:
             detail = describe_validation_error(error) if isinstance(error, ValidationError) else str(error)
             await self._stall(body, Reason.INVALID_SPEC, f"invalid spec: {detail}", ScalePhase.STALLED)
