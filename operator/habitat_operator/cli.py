@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="comma-separated host patterns (globs, host or host:port) that a ScalePolicy's Prometheus "
-        "serverAddress must match, e.g. '*.monitoring.svc,prometheus.example:9090'; others are refused "
-        "as InvalidSpec (default: any; repeatable)",
+        "serverAddress and RabbitMQ URLs must match, e.g. '*.monitoring.svc,prometheus.example:9090'; "
+        "others are refused (default: any; repeatable)",
     )
     run.add_argument(
         "--max-concurrent-operations",

@@ -325,10 +325,17 @@ def test_a_value_with_no_finite_replica_count_is_a_trigger_failure_with_status_a
 
 
 def test_allowed_metrics_endpoints_refuse_another_host_and_failures_read_coarse(
-    operator: OperatorProcess, stack: Stack, kubectl: Kubectl, namespace: str, tmp_path: Path
+    operator: OperatorProcess,
+    stack: Stack,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    rabbitmq_secret: str,
+    queue: str,
 ) -> None:
     """An operator started with --allowed-metrics-endpoints refuses a serverAddress elsewhere as
-    InvalidSpec, and an allowed one that fails says only PrometheusUnreachable; the log has why."""
+    InvalidSpec and a RabbitMQ URL elsewhere as a failing trigger, and an allowed address that
+    fails says only PrometheusUnreachable; the log has why."""
     if operator.process is not None and operator.process.poll() is None:
         operator.kill()  # the shared operator watches every namespace and allows any host
     kubeconfig = service_account_kubeconfig(
@@ -361,8 +368,13 @@ def test_allowed_metrics_endpoints_refuse_another_host_and_failures_read_coarse(
             f"load: Prometheus at {closed} gave no answer (PrometheusUnreachable);"
             " never scaling down while it fails"
         )
+        gitops_apply(kubectl, deployment("worker", 2))
+        kubectl.apply(policy("workers", "worker", [queue_trigger("jobs", queue)]))
+        obj = wait_condition(kubectl, "workers", "Fallback", "False", own, reason="TriggerFailing")
+        refused = "(Secret rabbitmq) is not among the operator's --allowed-metrics-endpoints"
+        assert refused in condition(obj, "Fallback")["message"]
         holds(kubectl, "api", 2, 2)
-        assert replicas(kubectl, "probe") == 2
+        assert replicas(kubectl, "probe") == replicas(kubectl, "worker") == 2
         assert "prometheus trigger failed" in own.log_text() and "refused" in own.log_text().lower()
     finally:
         own.stop()

@@ -220,6 +220,7 @@ def test_forced_restore_waits_for_its_safety_backup(
     assert reconcile_restore(fake_kube, config, "restore") == RetryLater(5.0)
     assert fake_kube.names("backups", NS) == ["nightly", safety_name]
     assert fake_kube.reasons("restore") == ["SafetyBackup"]
+    assert "check_artifact" not in postgres.operations()  # the source is read once the target is ready
 
     fake_kube.set_status("backups", NS, safety_name, {"phase": "Succeeded"})
     postgres.restore_errors.append(PermanentError(RestoreReason.RESTORE_FAILED, "pg_restore: error"))

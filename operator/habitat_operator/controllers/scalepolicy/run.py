@@ -68,7 +68,7 @@ class ScalePolicyLoop:
     ) -> None:
         self.allowed_endpoints = allowed_endpoints
         self.status = PolicyStatus(body)
-        self.sources = Sources(self.status.namespace, self.status.name)
+        self.sources = Sources(self.status.namespace, self.status.name, allowed_endpoints)
         self.state = PolicyState()
         self.claims = claims
         self.triggers: list[str] = []

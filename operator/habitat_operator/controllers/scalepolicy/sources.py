@@ -1,9 +1,11 @@
 """Reads each metric trigger's source: its Secret (cached for a minute), then the engine, with a
 timeout shorter than the polling interval. A failure is a Reading without a value, never zero.
 
-A policy's author chooses the URLs the operator GETs: with `--allowed-metrics-endpoints`, a
-Prometheus `serverAddress` whose host matches none of its patterns is refused (InvalidSpec), and a
-Prometheus failure reads in status only as unreachable or a bad response, its detail logged.
+A policy's author chooses the URLs the operator reaches: with `--allowed-metrics-endpoints`, a
+Prometheus `serverAddress` whose host matches none of its patterns is refused (InvalidSpec), and so
+is a RabbitMQ URL read from a trigger's Secret (a failure of that trigger, as the Secret is read at
+each poll); a Prometheus failure reads in status only as unreachable or a bad response, its detail
+logged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import urllib.parse
 
 import structlog
 
-from habitat_operator.api.scalepolicy import QueueSource, ScalePolicySpec, Trigger
+from habitat_operator.api.scalepolicy import QueueSource, ScalePolicyReason, ScalePolicySpec, Trigger
 from habitat_operator.controllers.base.credentials import read_secret_text
 from habitat_operator.controllers.scalepolicy import metrics
 from habitat_operator.controllers.scalepolicy.decision import Reading, metric_triggers
@@ -23,7 +25,7 @@ from habitat_operator.engines.http import display
 from habitat_operator.engines.prometheus.query import PrometheusFailure, instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.engines.threads import in_thread
-from habitat_operator.errors import OperationError
+from habitat_operator.errors import OperationError, PermanentError
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +62,10 @@ def check_endpoints(spec: ScalePolicySpec, allowed: tuple[str, ...]) -> None:
 class Sources:
     """One policy's trigger sources; the Secrets it read, by (name, key), with when it read them."""
 
-    def __init__(self, namespace: str, name: str) -> None:
+    def __init__(self, namespace: str, name: str, allowed_endpoints: tuple[str, ...] = ()) -> None:
         self.namespace = namespace
         self.name = name
+        self.allowed_endpoints = allowed_endpoints
         self._secrets: dict[tuple[str, str], tuple[float, str]] = {}
         self._amqp: dict[str, tuple[str, AmqpDepth]] = {}  # by trigger: its URI and open connection
         self._logged: dict[str, str] = {}  # by trigger: the failure's detail last logged
@@ -103,6 +106,12 @@ class Sources:
         q = trigger.rabbitmq
         assert q is not None
         connection = await self._secret(q.secret_ref.name, q.secret_ref.key)
+        if not endpoint_allowed(connection, self.allowed_endpoints):
+            raise PermanentError(
+                ScalePolicyReason.SOURCE_UNAVAILABLE,
+                f"{display(connection)} (Secret {q.secret_ref.name}) is not among the operator's"
+                " --allowed-metrics-endpoints",
+            )
         if q.source is QueueSource.AMQP:
             return float(await in_thread(self._amqp_reader(trigger.name, connection).read, q.queue, timeout))
         return float(await in_thread(management_depth, connection, q.vhost, q.queue, timeout))
