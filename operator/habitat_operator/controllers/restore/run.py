@@ -63,9 +63,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     drill = False
     _query_results: list[QueryResult] | None = None
     _query_summary: str | None = None
-    _create_target = (
-        False  # the target is missing and mode.createDatabase: created once the source is checked
-    )
+    # The target is missing and mode.createDatabase: it is created once the source is checked.
+    _create_target = False
 
     @property
     def series(self) -> str:
