@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
         help="let a Restore name an artifact of another namespace by URI (for cluster administrators)",
     )
     run.add_argument(
+        "--allowed-metrics-endpoints",
+        metavar="PATTERNS",
+        action="append",
+        default=[],
+        help="comma-separated host patterns (globs, host or host:port) that a ScalePolicy's Prometheus "
+        "serverAddress and RabbitMQ URLs must match, e.g. '*.monitoring.svc,prometheus.example:9090'; "
+        "others are refused (default: any; repeatable)",
+    )
+    run.add_argument(
         "--max-concurrent-operations",
         type=_positive,
         default=DEFAULT_MAX_OPERATIONS,
@@ -135,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                 allow_cross_namespace_restores=args.allow_cross_namespace_restores,
                 namespaces=tuple(args.namespace),
                 scratch_dir=args.scratch_dir,
+                allowed_metrics_endpoints=tuple(
+                    p.strip()
+                    for given in args.allowed_metrics_endpoints
+                    for p in given.split(",")
+                    if p.strip()
+                ),
             ),
             slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
             peering=runtime.Peering(args.peering, args.peering_lifetime) if args.peering else None,

@@ -15,3 +15,6 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     # Where a parallel restore of an encrypted artifact decrypts it (None: the system's temp folder).
     scratch_dir: Path | None = None
+    # Host patterns (globs of host or host:port) a ScalePolicy's Prometheus serverAddress and RabbitMQ
+    # URLs must match; empty: any.
+    allowed_metrics_endpoints: tuple[str, ...] = ()

@@ -97,6 +97,7 @@ def test_full_values_render_and_are_accepted(helm: str, kubectl: Kubectl, watche
     assert container["image"] == "registry.example.com/habitat-operator:1.2.3"
     assert container["args"][:3] == ["run", "--namespace=team-a", "--namespace=team-b"]
     assert "--max-concurrent-operations=4" in container["args"]
+    assert "--allowed-metrics-endpoints=*.monitoring.svc,prometheus.example:9090" in container["args"]
     # Two replicas: peered, one KopfPeering per watched namespace, rolled one at a time.
     assert {"--peering=habitat-operator", "--peering-lifetime=20"} <= set(container["args"])
     peerings = [(d["kind"], d["metadata"]["namespace"]) for d in documents if d["kind"] == "KopfPeering"]

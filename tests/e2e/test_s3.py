@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from habitat_operator.engines.postgres.locks import LOCK_CLASS, holder_name
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
 from tests.e2e.test_backup import backup, condition, seed, wait_for, wait_phase, wait_ready
@@ -215,10 +216,11 @@ def test_disaster_recovery_from_the_bucket_alone(
         started = time.monotonic()
         create_s3_secret(dr, stack)
         dr.run("create", "secret", "generic", "target-db", f"--from-literal=uri={fresh_database}")
+        latest_of = {"database": dbname, "namespace": namespace}  # recovery into a namespace of another name
         dr.apply(
             restore(
                 "from-bucket",
-                source={"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}},
+                source={"storage": {**s3_storage(stack, prefix), "latestOf": latest_of}},
                 mode={"createDatabase": True},
             )
         )
@@ -232,7 +234,7 @@ def test_disaster_recovery_from_the_bucket_alone(
         assert not local.exists() or not any(local.iterdir())  # the bucket alone
 
         # The nightly drill that proves it before a disaster: the same source, into a scratch database.
-        drill_source = {"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}}
+        drill_source = {"storage": {**s3_storage(stack, prefix), "latestOf": latest_of}}
         dr.apply(restore("drill", source=drill_source, drill=True))
         drilled = finished(dr, "drill", fresh)
         assert drilled["status"]["phase"] == "Succeeded", drilled["status"].get("message")
@@ -240,6 +242,144 @@ def test_disaster_recovery_from_the_bucket_alone(
         fresh.stop()
         admin.run("delete", "namespace", recovery, "--wait=false", check=False)
     print(f"disaster recovery steps (seconds): {steps}")
+
+
+def sample(operator: OperatorProcess, name: str, **labels: str) -> float:
+    """The sum of the operator's samples called `name` whose labels include `labels`."""
+    return sum(
+        found.value
+        for family in operator.metrics().values()
+        for found in family.samples
+        if found.name == name and labels.items() <= found.labels.items()
+    )
+
+
+def test_latest_of_restores_only_a_trustworthy_entry_of_its_own_namespace(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    stack: Stack,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    pg_admin_uri: str,
+    namespace: str,
+    prefix: str,
+) -> None:
+    """A hand-written catalog entry (completed in 2099, no SHA-256) is passed over with an Event
+    naming its key; a Restore in another namespace does not take this namespace's artifact of a
+    database of the same name unless latestOf.namespace names it."""
+    seed(fresh_database, rows=500)
+    before = rows(fresh_database)
+    kubectl.apply(backup("nightly", storage=s3_storage(stack, prefix)))
+    wait_ready(kubectl, "nightly", operator_alive)
+    client = s3_client(stack)
+    key = f"{prefix}/{namespace}/nightly.dump"
+    entry = stored_with_catalog(client, stack.s3_bucket, prefix, key)
+    forged = f"{prefix}/{namespace}/forged.dump"
+    body = client.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=stack.s3_bucket, Key=forged, Body=body)
+    fake = {k: v for k, v in entry.items() if k != "sha256"} | {"completedAt": "2099-01-01T00:00:00Z"}
+    client.put_object(Bucket=stack.s3_bucket, Key=f"{forged}.catalog.json", Body=json.dumps(fake).encode())
+
+    dbname = fresh_database.rsplit("/", 1)[1]
+    source = {"storage": {**s3_storage(stack, prefix), "latestOf": {"database": dbname}}}
+    targets = [f"latest_{secrets.token_hex(4)}" for _ in range(2)]
+    other = Kubectl(stack, f"other-{secrets.token_hex(4)}")
+    Kubectl(stack, "default").run("create", "namespace", other.namespace)
+    try:
+        for where, target in zip((kubectl, other), targets, strict=True):
+            uri = database_uri(pg_admin_uri, target)
+            where.run("create", "secret", "generic", "target-db", f"--from-literal=uri={uri}")
+        create_s3_secret(other, stack)
+        kubectl.apply(restore("latest", source=source, mode={"createDatabase": True}))
+        done = finished(kubectl, "latest", operator_alive)
+        assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        assert done["status"]["restoredFrom"] == {
+            "uri": f"s3://{stack.s3_bucket}/{key}",
+            "sha256": entry["sha256"],
+        }
+        assert rows(database_uri(pg_admin_uri, targets[0])) == before
+        skipped = [e["message"] for e in events(kubectl) if e["reason"] == "CatalogEntrySkipped"]
+        assert skipped == [
+            f"catalog entry of s3://{stack.s3_bucket}/{forged} skipped: it records no valid SHA-256"
+        ]
+
+        other.apply(restore("theirs", source=source, mode={"createDatabase": True}))
+        refused = finished(other, "theirs", operator_alive)
+        assert condition(refused, "Stalled")["reason"] == "ArtifactNotFound"
+        assert f"by Backups of namespace {other.namespace}" in refused["status"]["message"]
+        named = {"storage": {**source["storage"], "latestOf": {"database": dbname, "namespace": namespace}}}
+        other.apply(restore("renamed", source=named, mode={"createDatabase": True}))
+        recovered = finished(other, "renamed", operator_alive)
+        assert recovered["status"]["phase"] == "Succeeded", recovered["status"].get("message")
+        assert rows(database_uri(pg_admin_uri, targets[1])) == before
+    finally:
+        Kubectl(stack, "default").run("delete", "namespace", other.namespace, "--wait=false", check=False)
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            for target in targets:
+                conn.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+
+
+@contextmanager
+def database_locked(pg_admin_uri: str, dbname: str) -> Iterator[None]:
+    """Holds the operator's lock on `dbname` (as another operator's Restore would) for the block."""
+    with psycopg.connect(pg_admin_uri, autocommit=True, application_name=holder_name("test")) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, dbname])
+        yield
+
+
+def test_a_waiting_restore_reads_its_object_once_to_check_it_and_once_to_restore_it(
+    operator: OperatorProcess,
+    stack: Stack,
+    kubectl: Kubectl,
+    db_secret: str,
+    s3_secret: str,
+    fresh_database: str,
+    pg_admin_uri: str,
+    namespace: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """Polls while the target's lock is held download nothing; once it is free, the object is read
+    twice: the check, then the restore of the same version. Counted by the operator's own GETs of
+    artifacts (habitat_storage_bytes_total), in an operator of this test alone."""
+    if operator.process is not None and operator.process.poll() is None:
+        operator.kill()  # the shared operator watches every namespace
+    own = operator_of(namespace, stack, tmp_path, backup_root=tmp_path / "backups")
+    own.start()
+    target = f"waits_{secrets.token_hex(4)}"
+    try:
+        seed(fresh_database, rows=2000)
+        kubectl.apply(backup("nightly", storage=s3_storage(stack, prefix)))
+        size = wait_ready(kubectl, "nightly", own)["status"]["artifact"]["sizeBytes"]
+        kubectl.run(
+            "create",
+            "secret",
+            "generic",
+            "target-db",
+            f"--from-literal=uri={database_uri(pg_admin_uri, target)}",
+        )
+        downloaded = sample(own, "habitat_storage_bytes_total", direction="downloaded")
+        with database_locked(pg_admin_uri, target):
+            polls = sample(own, "habitat_operator_reconcile_total", kind="Restore")
+            kubectl.apply(
+                restore("waits", source={"backupRef": {"name": "nightly"}}, mode={"createDatabase": True})
+            )
+            wait_for(
+                "three polls waiting for the lock",
+                lambda: sample(own, "habitat_operator_reconcile_total", kind="Restore") >= polls + 3,
+                timeout=60,
+                operator=own,
+            )
+            assert condition(kubectl.get("restore", "waits"), "Reconciling")["reason"] == "WaitingForLock"
+            assert sample(own, "habitat_storage_bytes_total", direction="downloaded") == downloaded
+        done = finished(kubectl, "waits", own)
+        assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        assert sample(own, "habitat_storage_bytes_total", direction="downloaded") == downloaded + 2 * size
+    finally:
+        own.stop()
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
 
 
 def test_directory_format_with_jobs_goes_up_as_one_tar_and_restores_with_jobs(

@@ -13,12 +13,13 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
-from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess
+from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
 from tests.e2e.test_backup import condition, wait_for
 from tests.harness import Kubectl, Stack, dev_stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
@@ -300,6 +301,86 @@ def test_a_prometheus_trigger_queries_the_stacks_prometheus(
     assert status_of(kubectl, "api")["lastDecision"]["trigger"] == "load"
 
 
+def test_a_value_with_no_finite_replica_count_is_a_trigger_failure_with_status_and_an_event(
+    operator_alive: OperatorProcess, kubectl: Kubectl, stack: Stack
+) -> None:
+    """1e300 / 1e-300 overflows: the policy holds the target, and says which trigger and value."""
+    gitops_apply(kubectl, deployment("api", 2))
+    query = {"serverAddress": stack.prometheus_url, "query": "vector(1e300)", "targetValue": 1e-300}
+    kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+    obj = wait_condition(kubectl, "api", "Fallback", "False", operator_alive, reason="TriggerFailing")
+    message = (
+        "load: 1e+300 / 1e-300 per replica is not a finite number of replicas;"
+        " never scaling down while it fails"
+    )
+    assert condition(obj, "Fallback")["message"] == message
+    assert condition(obj, "Ready")["status"] == "True"
+    holds(kubectl, "api", 2, 3)
+    warnings = [
+        e["message"]
+        for e in json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"]
+        if e["reason"] == "TriggerFailing"
+    ]
+    assert warnings == [message]
+    assert "OverflowError" not in operator_alive.log_text()
+
+
+def test_allowed_metrics_endpoints_refuse_another_host_and_failures_read_coarse(
+    operator: OperatorProcess,
+    stack: Stack,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    rabbitmq_secret: str,
+    queue: str,
+) -> None:
+    """An operator started with --allowed-metrics-endpoints refuses a serverAddress elsewhere as
+    InvalidSpec and a RabbitMQ URL elsewhere as a failing trigger, and an allowed address that
+    fails says only PrometheusUnreachable; the log has why."""
+    if operator.process is not None and operator.process.poll() is None:
+        operator.kill()  # the shared operator watches every namespace and allows any host
+    kubeconfig = service_account_kubeconfig(
+        stack, Kubectl(stack, OPERATOR_NAMESPACE), tmp_path / "kubeconfig"
+    )
+    own = OperatorProcess(
+        kubeconfig,
+        tmp_path / "backups",
+        tmp_path / "operator.log",
+        namespaces=(namespace,),
+        extra_args=("--allowed-metrics-endpoints=*.monitoring.svc,127.0.0.2",),
+    )
+    own.start()
+    try:
+        gitops_apply(kubectl, deployment("api", 2))
+        gitops_apply(kubectl, deployment("probe", 2))
+        query = {"serverAddress": stack.prometheus_url, "query": "vector(35)", "targetValue": 10}
+        kubectl.apply(policy("api", "api", [{"name": "load", "type": "prometheus", "prometheus": query}]))
+        obj = wait_condition(kubectl, "api", "Stalled", "True", own, reason="InvalidSpec")
+        assert condition(obj, "Stalled")["message"] == (
+            f"invalid spec: spec.triggers[load].prometheus.serverAddress: {stack.prometheus_url} is not"
+            " among the operator's --allowed-metrics-endpoints"
+        )
+
+        closed = f"http://127.0.0.2:{dev_stack.free_port()}"
+        probe = query | {"serverAddress": closed}
+        kubectl.apply(policy("probe", "probe", [{"name": "load", "type": "prometheus", "prometheus": probe}]))
+        obj = wait_condition(kubectl, "probe", "Fallback", "False", own, reason="TriggerFailing")
+        assert condition(obj, "Fallback")["message"] == (
+            f"load: Prometheus at {closed} gave no answer (PrometheusUnreachable);"
+            " never scaling down while it fails"
+        )
+        gitops_apply(kubectl, deployment("worker", 2))
+        kubectl.apply(policy("workers", "worker", [queue_trigger("jobs", queue)]))
+        obj = wait_condition(kubectl, "workers", "Fallback", "False", own, reason="TriggerFailing")
+        refused = "(Secret rabbitmq) is not among the operator's --allowed-metrics-endpoints"
+        assert refused in condition(obj, "Fallback")["message"]
+        holds(kubectl, "api", 2, 2)
+        assert replicas(kubectl, "probe") == replicas(kubectl, "worker") == 2
+        assert "prometheus trigger failed" in own.log_text() and "refused" in own.log_text().lower()
+    finally:
+        own.stop()
+
+
 def test_conflict_paused_dry_run_and_a_missing_target(
     operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
 ) -> None:
@@ -377,6 +458,51 @@ def test_rbac_without_deployments_scale_patch_stalls_the_policy_naming_the_permi
     scale_patch_revoked()  # the Role is fixed: the policy recovers on a later poll
     wait_replicas(kubectl, "worker", 3, operator_alive)
     wait_condition(kubectl, "workers", "Ready", "True", operator_alive)
+
+
+def hpa(name: str, target: str, min_replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min_replicas,
+            "maxReplicas": 10,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
+        },
+    }
+
+
+def test_an_hpa_on_the_same_target_stalls_the_policy_until_it_is_gone(
+    operator_alive: OperatorProcess, kubectl: Kubectl, rabbitmq_secret: str, queue: str, amqp_uri: str
+) -> None:
+    """A ScalePolicy (min 0, an idle queue: it would scale to zero) and an HPA on one Deployment:
+    the policy changes nothing and says which HPA, until the HPA is deleted."""
+    gitops_apply(kubectl, deployment("worker", 2))
+    kubectl.apply(hpa("worker-hpa", "worker", 2))
+    kubectl.apply(
+        policy("workers", "worker", [queue_trigger("jobs", queue)], minReplicas=0, cooldownPeriod=0)
+    )
+    obj = wait_condition(kubectl, "workers", "Stalled", "True", operator_alive, reason="ConflictWithHPA")
+    assert condition(obj, "Stalled")["message"] == (
+        "HorizontalPodAutoscaler worker-hpa already scales Deployment worker; "
+        "this policy changes nothing until it is gone"
+    )
+    assert obj["status"]["phase"] == "Stalled"
+    holds(kubectl, "worker", 2, 3)
+    assert "lastScaleTime" not in status_of(kubectl, "workers")
+    reasons = [e["reason"] for e in json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"]]
+    assert "ConflictWithHPA" in reasons and "Scaled" not in reasons
+
+    kubectl.run("delete", "horizontalpodautoscaler", "worker-hpa")
+    wait_condition(kubectl, "workers", "Ready", "True", operator_alive)
+    wait_replicas(kubectl, "worker", 0, operator_alive)
 
 
 def test_another_managers_server_side_apply_keeps_the_operators_replicas(

@@ -17,6 +17,7 @@ import pytest
 
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts import s3
+from habitat_operator.engines.artifacts.codec import ZSTD_MAGIC
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
 from habitat_operator.engines.postgres.bucket import (
     CatalogSource,
@@ -139,6 +140,27 @@ def test_a_flipped_byte_is_a_checksum_mismatch(seeded_database: str, bucket: Buc
 
     error = failure(lambda: asyncio.run(check_object(bucket, key, result.sha256, None)))
     assert error.reason is Reason.CHECKSUM_MISMATCH
+
+
+def test_an_object_replaced_after_its_check_is_refused_not_read(seeded_database: str, bucket: Bucket) -> None:
+    """The check and the restore read the version that was looked at: a replaced object (even by a
+    valid artifact of the same size) is refused at the next read, before any byte of it is used."""
+    key = bucket.location.key("pinned.dump")
+    result = backup(seeded_database, bucket, key)
+    pinned = bucket.head(key)
+    assert pinned.size == result.size_bytes
+    assert asyncio.run(check_object(bucket, key, result.sha256, None, pinned=pinned)) == result.sha256
+    backup(seeded_database, bucket, key, compression="zstd")  # another artifact under the same key
+
+    for read in (
+        lambda: asyncio.run(check_object(bucket, key, None, None, pinned=pinned)),
+        lambda: opener(bucket, key, pinned)(),
+    ):
+        error = failure(read)
+        assert error.reason is Reason.CHECKSUM_MISMATCH
+        assert error.message == f"reading {bucket.uri(key)}: the object was replaced after it was checked"
+    new = opener(bucket, key, bucket.head(key))().read(len(ZSTD_MAGIC))  # the new version, looked at anew
+    assert new == ZSTD_MAGIC
 
 
 def test_an_unfinished_upload_lists_nothing_and_the_next_attempt_aborts_it(

@@ -8,7 +8,9 @@ import urllib.request
 import pika
 import pytest
 
-from habitat_operator.engines.prometheus.query import instant_value
+from habitat_operator.api.scalepolicy import ScalePolicyReason
+from habitat_operator.engines.http import display
+from habitat_operator.engines.prometheus.query import PrometheusFailure, instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.errors import RetryableError
 from tests.harness import Stack, dev_stack
@@ -73,3 +75,34 @@ def test_a_prometheus_query_must_return_one_sample(stack: Stack) -> None:
         )
     with pytest.raises(RetryableError, match="did not return one sample"):
         instant_value(stack.prometheus_url, "absent(vector(1))", timeout=2)
+
+
+def test_a_failed_prometheus_query_says_only_unreachable_or_bad_response(stack: Stack) -> None:
+    """A ScalePolicy's serverAddress is anyone's choice: refused, TLS to a plain port, an HTTP 404 and
+    another service's JSON read alike in status (two reasons); the exact failure is the log's."""
+    cases = [
+        (
+            f"http://127.0.0.1:{dev_stack.free_port()}",
+            ScalePolicyReason.PROMETHEUS_UNREACHABLE,
+            "gave no answer",
+        ),
+        (
+            stack.prometheus_url.replace("http://", "https://"),
+            ScalePolicyReason.PROMETHEUS_UNREACHABLE,
+            "gave no answer",
+        ),
+        (
+            stack.prometheus_url + "/nothing-here",
+            ScalePolicyReason.PROMETHEUS_BAD_RESPONSE,
+            "gave no Prometheus query result",
+        ),
+        (stack.s3_endpoint, ScalePolicyReason.PROMETHEUS_BAD_RESPONSE, "gave no Prometheus query result"),
+    ]
+    details = set()
+    for server, reason, coarse in cases:
+        with pytest.raises(PrometheusFailure) as caught:
+            instant_value(server, "vector(1)", timeout=2)
+        assert caught.value.reason is reason
+        assert caught.value.message == f"Prometheus at {display(server)} {coarse} ({reason})"
+        details.add(caught.value.detail)
+    assert len(details) == len(cases)  # the log tells them apart

@@ -238,3 +238,11 @@ def test_write_crds(tmp_path: Path) -> None:
     written = write_crds(tmp_path / "crds")
     assert [p.name for p in written] == [*(crd_filename(kind) for kind in ALL_KINDS), "kustomization.yaml"]
     assert (tmp_path / "crds" / "ops.habitat.dev_backups.yaml").read_text() == render(BACKUP)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=lambda k: k.kind)
+def test_a_libpq_description_is_only_on_a_database_reference(kind: KindInfo) -> None:
+    """SecretKeyRef's description of its key speaks of PostgreSQL: a Secret of another service's
+    URL (RabbitMQ's) says what it holds instead."""
+    libpq = [path for path, node in walk(openapi_schema(kind)) if "libpq" in node.get("description", "")]
+    assert [path for path in libpq if ".database" not in path and ".target" not in path] == []

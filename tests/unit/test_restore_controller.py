@@ -72,9 +72,9 @@ def test_restore_into_an_empty_target(
     assert [q["name"] for q in status["verification"]] == ["rows", "users"]
     assert "scratchDatabase" not in status
     assert postgres.operations() == [
-        "check_artifact",
         "database_exists",
         "is_empty",
+        "check_artifact",
         "run_restore",
         "run_verification_queries",
     ]
@@ -141,7 +141,7 @@ def test_lock_held_by_someone_else_waits(
         f"restore team-b/migrate-app is writing to {DB_DISPLAY}; waiting for it to finish"
     }
     assert "attempts" not in status
-    assert postgres.operations() == ["check_artifact"]  # the target was not touched
+    assert postgres.operations() == []  # the target was not touched, the source not read while waiting
 
     lock.holder = None
     assert reconcile_restore(fake_kube, config, "restore") is None
@@ -154,13 +154,13 @@ def test_corrupt_source_fails_before_the_target_is_touched(
     fake_kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, lock: FakeLock, source: str
 ) -> None:
     postgres.check_errors.append(RetryableError(Reason.CHECKSUM_MISMATCH, "sha256 differs"))
-    fake_kube.add(RESTORES, restore_body())
+    fake_kube.add(RESTORES, restore_body(mode={"createDatabase": True}))
     assert reconcile_restore(fake_kube, config, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "ChecksumMismatch")
     assert status["message"] == "sha256 differs; the target was not touched"
-    assert postgres.operations() == ["check_artifact"]
-    assert lock.taken == []
+    assert postgres.operations() == ["database_exists", "check_artifact"]  # not created
+    assert lock.held == set()
 
 
 def test_waits_for_its_backup(
@@ -220,6 +220,7 @@ def test_forced_restore_waits_for_its_safety_backup(
     assert reconcile_restore(fake_kube, config, "restore") == RetryLater(5.0)
     assert fake_kube.names("backups", NS) == ["nightly", safety_name]
     assert fake_kube.reasons("restore") == ["SafetyBackup"]
+    assert "check_artifact" not in postgres.operations()  # the source is read once the target is ready
 
     fake_kube.set_status("backups", NS, safety_name, {"phase": "Succeeded"})
     postgres.restore_errors.append(PermanentError(RestoreReason.RESTORE_FAILED, "pg_restore: error"))

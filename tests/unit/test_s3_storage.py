@@ -3,6 +3,7 @@ artifact codec (zstd, encryption, SHA-256) both ways."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ from habitat_operator.api.restore import RestoreSpec, StorageSource
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key
 from habitat_operator.controllers.restore.source import _catalog_entry, _check_key
 from habitat_operator.engines.artifacts.codec import READ_SIZE, ZSTD_MAGIC, ArtifactSink, PlaintextReader
-from habitat_operator.engines.artifacts.s3 import S3Location, storage_error
+from habitat_operator.engines.artifacts.s3 import ObjectVersion, S3Location, storage_error
 from habitat_operator.errors import OperationError
 from tests.unit.test_api_backup import spec as backup_spec
 from tests.unit.test_api_restore import spec as restore_spec
@@ -207,11 +208,12 @@ def test_an_encrypted_artifact_needs_its_key() -> None:
 
 
 class Catalog:
-    """A bucket as `_catalog_entry` reads it: its catalog entries and nothing else."""
+    """A bucket as `_catalog_entry` reads it: its catalog entries, and the size of each object."""
 
-    def __init__(self, *entries: dict[str, Any]) -> None:
+    def __init__(self, *entries: dict[str, Any], sizes: dict[str, int] | None = None) -> None:
         self.entries = list(entries)
         self.location = LOCATION
+        self.sizes = sizes or {}
 
     def catalog(self) -> list[dict[str, Any]]:
         return self.entries
@@ -219,12 +221,42 @@ class Catalog:
     def catalog_entry(self, key: str) -> dict[str, Any] | None:
         return next((e for e in self.entries if e["key"] == key), None)
 
+    def head(self, key: str) -> ObjectVersion:
+        return ObjectVersion(key, self.sizes.get(key, 100), '"etag"')
+
     def uri(self, key: str) -> str:
         return LOCATION.uri(key)
 
 
-def entry(key: str, completed: str, database: str = "habitat", verified: bool = True) -> dict[str, Any]:
-    return {"key": key, "database": database, "verified": verified, "completedAt": completed}
+NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+def entry(
+    name: str,
+    completed: str,
+    database: str = "habitat",
+    verified: bool = True,
+    namespace: str = "shop",
+    **fields: Any,
+) -> dict[str, Any]:
+    return {
+        "key": f"prod/eu/{namespace}/{name}.dump",
+        "namespace": namespace,
+        "database": database,
+        "verified": verified,
+        "completedAt": completed,
+        "sha256": "ab" * 32,
+        "sizeBytes": 100,
+        "server": "db:5432",
+    } | fields
+
+
+def chosen(
+    bucket: Catalog, latest_of: dict[str, Any], namespace: str = "shop"
+) -> tuple[str, tuple[str, ...]]:
+    source = StorageSource.model_validate({"s3": S3, "latestOf": latest_of})
+    found, skipped = _catalog_entry(bucket, source, namespace, NOW)  # type: ignore[arg-type]
+    return found["key"].rsplit("/", 1)[1], skipped
 
 
 def test_latest_of_takes_the_newest_verified_artifact_of_the_database() -> None:
@@ -234,17 +266,64 @@ def test_latest_of_takes_the_newest_verified_artifact_of_the_database() -> None:
         entry("c", "2026-11-29T03:00:00Z", verified=False),
         entry("d", "2026-11-30T03:00:00Z", database="other"),
     )
-    source = StorageSource.model_validate({"s3": S3, "latestOf": {"database": "habitat"}})
-    assert _catalog_entry(bucket, source)["key"] == "b"  # type: ignore[arg-type]
-    by_key = StorageSource.model_validate({"s3": S3, "key": "a"})
-    assert _catalog_entry(bucket, by_key)["completedAt"] == "2026-11-27T03:00:00Z"  # type: ignore[arg-type]
+    assert chosen(bucket, {"database": "habitat"}) == ("b.dump", ())
+    by_key = StorageSource.model_validate({"s3": S3, "key": "prod/eu/shop/a.dump"})
+    found, _ = _catalog_entry(bucket, by_key, "shop", NOW)  # type: ignore[arg-type]
+    assert found["completedAt"] == "2026-11-27T03:00:00Z"
     unknown = StorageSource.model_validate({"s3": S3, "key": "z"})
-    assert _catalog_entry(bucket, unknown) == {"key": "z"}  # type: ignore[arg-type]
+    assert _catalog_entry(bucket, unknown, "shop", NOW) == ({"key": "z"}, ())  # type: ignore[arg-type]
 
     nothing = StorageSource.model_validate({"s3": S3, "latestOf": {"database": "missing"}})
     with pytest.raises(OperationError) as caught:
-        _catalog_entry(bucket, nothing)  # type: ignore[arg-type]
+        _catalog_entry(bucket, nothing, "shop", NOW)  # type: ignore[arg-type]
     assert caught.value.reason is Reason.ARTIFACT_NOT_FOUND
+
+
+def test_latest_of_chooses_among_the_backups_of_the_restores_namespace_unless_told_another() -> None:
+    bucket = Catalog(
+        entry("ours", "2026-11-28T03:00:00Z"),
+        entry("theirs", "2026-11-29T03:00:00Z", namespace="rival"),
+        # Claims to be ours, but lies in the rival's folder.
+        entry("forged", "2026-11-30T03:00:00Z", namespace="rival") | {"namespace": "shop"},
+        entry("elsewhere", "2026-11-27T03:00:00Z", server="other:5432"),
+    )
+    assert chosen(bucket, {"database": "habitat"}) == ("ours.dump", ())
+    assert chosen(bucket, {"database": "habitat"}, namespace="rival")[0] == "theirs.dump"
+    assert chosen(bucket, {"database": "habitat", "namespace": "rival"})[0] == "theirs.dump"
+    assert chosen(bucket, {"database": "habitat", "server": "other:5432"})[0] == "elsewhere.dump"
+    with pytest.raises(OperationError, match="by Backups of namespace renamed"):
+        chosen(bucket, {"database": "habitat", "namespace": "renamed"})
+
+
+def test_latest_of_passes_over_an_entry_it_cannot_trust_and_says_which() -> None:
+    bucket = Catalog(
+        entry("good", "2026-11-28T03:00:00Z"),
+        entry("no-sha", "2099-01-01T00:00:00Z", sha256=None),
+        entry("bad-sha", "2026-11-30T00:00:00Z", sha256="not-hex"),
+        entry("future", "2026-12-01T00:10:00Z"),
+        entry("resized", "2026-11-30T12:00:00Z"),
+        entry("skewed", "2026-12-01T00:04:00Z", sizeBytes=100),
+        sizes={"prod/eu/shop/resized.dump": 99},
+    )
+    key, skipped = chosen(bucket, {"database": "habitat"})
+    assert key == "skewed.dump"  # within the clock skew allowed
+    key, skipped = chosen(
+        Catalog(*(e for e in bucket.entries if "skewed" not in e["key"]), sizes=bucket.sizes),
+        {"database": "habitat"},
+    )
+    assert key == "good.dump"
+    assert skipped == (
+        "catalog entry of s3://habitat-offsite/prod/eu/shop/no-sha.dump skipped: it records no valid SHA-256",
+        "catalog entry of s3://habitat-offsite/prod/eu/shop/future.dump skipped: its completedAt"
+        " 2026-12-01T00:10:00Z lies in the future",
+        "catalog entry of s3://habitat-offsite/prod/eu/shop/resized.dump skipped: the object holds 99 bytes,"
+        " the entry records 100",
+        "catalog entry of s3://habitat-offsite/prod/eu/shop/bad-sha.dump skipped:"
+        " it records no valid SHA-256",
+    )
+    only_bad = Catalog(entry("no-sha", "2026-11-28T03:00:00Z", sha256=None))
+    with pytest.raises(OperationError, match=r"1 passed over, the newest: catalog entry of .*no-sha\.dump"):
+        chosen(only_bad, {"database": "habitat"})
 
 
 def test_a_wrong_key_is_refused_by_its_id_before_any_byte_is_read() -> None:

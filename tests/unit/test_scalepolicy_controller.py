@@ -16,6 +16,7 @@ from habitat_operator.api.scalepolicy import ScalePolicySpec
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.scalepolicy.conflicts import Autoscaler
 from habitat_operator.controllers.scalepolicy.decision import Reading
 from habitat_operator.controllers.scalepolicy.run import Claim, ScalePolicyRun
 from habitat_operator.handlers.driver import drive
@@ -84,11 +85,13 @@ class Policy:
         self.kube, self.name = kube, name
         self.sources = FakeSources()
         self.claims: list[Claim] = []
+        self.autoscalers: list[Autoscaler] = []
         self.run = ScalePolicyRun(
             kube.object(POLICIES, NS, name),
             config,
             OperationSlots(),
             lambda: self.claims,
+            lambda: self.autoscalers,
             sources=self.sources,
         )
 
@@ -195,6 +198,21 @@ def test_an_older_claim_on_the_target_is_a_conflict(policy: Policy) -> None:
 
     assert conditions(policy.status())["Stalled"] == ("True", "Conflict")
     assert policy.message("Stalled") == "ScalePolicy first already scales Deployment worker"
+
+
+def test_an_hpa_on_the_target_stalls_the_policy_until_it_is_gone(policy: Policy, fake_kube: FakeKube) -> None:
+    policy.autoscalers = [Autoscaler("worker-hpa", owners=())]
+    replicas = fake_kube.scales[WORKER]
+
+    assert policy.poll() == RetryLater(10.0)
+
+    assert conditions(policy.status())["Stalled"] == ("True", "ConflictWithHPA")
+    assert policy.message("Stalled").startswith("HorizontalPodAutoscaler worker-hpa already scales")
+    assert fake_kube.scales[WORKER] == replicas
+
+    policy.autoscalers = []
+    policy.poll()
+    assert conditions(policy.status())["Ready"][0] == "True"
 
 
 def test_an_invalid_spec_stalls_naming_the_field(fake_kube: FakeKube, config: OperatorConfig) -> None:

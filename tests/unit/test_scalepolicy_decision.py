@@ -9,10 +9,13 @@ import pytest
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
-from habitat_operator.api.scalepolicy import ScalePolicySpec, ScheduleTrigger
+from habitat_operator.api.scalepolicy import Fallback, ScalePolicySpec, ScheduleTrigger
 from habitat_operator.controllers.scalepolicy import metrics, windows
+from habitat_operator.controllers.scalepolicy.conflicts import Autoscaler, autoscaled_target, standoff
 from habitat_operator.controllers.scalepolicy.decision import PolicyState, Reading, decide
 from habitat_operator.controllers.scalepolicy.formula import Formula
+from habitat_operator.controllers.scalepolicy.run import target_key
+from habitat_operator.controllers.scalepolicy.sources import check_endpoints, endpoint_allowed
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 NOON = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -67,6 +70,8 @@ def test_a_formula_evaluates_arithmetic_over_trigger_names() -> None:
         ("a ** 2", "may only use"),
         ("c + 1", "not a rabbitmq or prometheus trigger"),
         ("a +", "not an arithmetic expression"),
+        ("a * 1e999", "formula constant 1e999 is not a finite number"),
+        ("a * " + "9" * 400, "is not a finite number"),
     ],
 )
 def test_a_formula_refuses_anything_but_arithmetic(expression: str, refusal: str) -> None:
@@ -142,6 +147,48 @@ def test_a_missing_metric_never_scales_down_and_the_fallback_holds_after_the_thr
     assert poll(policy, {"a": 10}, current=5, state=state, now=1002.0) == 1  # back: the metric decides
 
 
+def prometheus(name: str, target: float) -> dict[str, Any]:
+    query = {"serverAddress": "http://prometheus:9090", "query": "q", "targetValue": target}
+    return {"name": name, "type": "prometheus", "prometheus": query}
+
+
+@pytest.mark.parametrize(
+    ("policy", "values", "failure"),
+    [
+        (
+            spec(queue("a"), queue("b"), formula={"expression": "a * b * b", "target": 1}),
+            {"a": 1e300, "b": 1e300},
+            "formula: inf / 1 per replica is not a finite number of replicas",
+        ),
+        (
+            spec(queue("a"), queue("b"), formula={"expression": "a * b * 0 + a / b", "target": 1}),
+            {"a": 1e300, "b": 1e300},  # inf * 0 is NaN
+            "formula: nan / 1 per replica is not a finite number of replicas",
+        ),
+        (
+            spec(prometheus("load", 1e-300)),
+            {"load": 1e300},
+            "load: 1e+300 / 1e-300 per replica is not a finite number of replicas",
+        ),
+    ],
+)
+def test_a_value_with_no_finite_replica_count_is_a_failure_within_the_bounds(
+    policy: ScalePolicySpec, values: dict[str, float], failure: str
+) -> None:
+    policy = policy.model_copy(update={"fallback": Fallback(replicas=4, failure_threshold=2)})
+    state = PolicyState()
+    readings = {name: Reading(value) for name, value in values.items()}
+    first = decide(policy, readings, 3, state, 1000.0, NOON)
+    assert (first.replicas, first.failures, first.falling_back) == (
+        3,
+        (failure,),
+        (),
+    )  # holds, never scales down
+    assert first.reason.startswith(f"holding 3: {failure.split(':')[0]} failed: ")
+    second = decide(policy, readings, 3, state, 1001.0, NOON)
+    assert (second.replicas, second.falling_back) == (4, (failure.split(":")[0],))  # the fallback, within max
+
+
 def test_scale_to_zero_waits_for_the_cooldown_and_activation_needs_the_threshold() -> None:
     policy = spec(queue("q", activation=5), minReplicas=0, cooldownPeriod=60)
     state = PolicyState()
@@ -189,3 +236,48 @@ def test_a_deleted_policy_leaves_no_series() -> None:
     metrics.DESIRED.labels("ns", "gone").set(2)
     metrics.forget_policy("ns", "gone", ["jobs"])
     assert 'scalepolicy="gone"' not in generate_latest().decode()
+
+
+# ---------------------------------------------------------------- an HPA on the same target
+
+
+def autoscaler(name: str, kind: str = "Deployment", target: str = "worker", **meta: Any) -> dict[str, Any]:
+    ref = {"apiVersion": "apps/v1", "kind": kind, "name": target}
+    return {"metadata": {"name": name, **meta}, "spec": {"scaleTargetRef": ref, "minReplicas": 4}}
+
+
+def test_an_hpa_is_indexed_under_the_key_of_the_target_a_policy_names() -> None:
+    assert autoscaled_target("ns", autoscaler("hpa")) == target_key("ns", spec(queue("jobs")).model_dump())
+    assert autoscaled_target("ns", autoscaler("sts", kind="StatefulSet")) == ("ns", "StatefulSet", "worker")
+    other_group = autoscaler("crd")
+    other_group["spec"]["scaleTargetRef"]["apiVersion"] = "example.com/v1"
+    assert autoscaled_target("ns", other_group) is None
+
+
+def test_an_hpa_on_the_same_target_competes_unless_the_policy_owns_it() -> None:
+    target = spec(queue("jobs")).target
+    assert standoff([], target, "uid-1") is None
+    owned = Autoscaler.of(autoscaler("ours", ownerReferences=[{"uid": "uid-1", "kind": "ScalePolicy"}]))
+    assert standoff([owned], target, "uid-1") is None
+    found = standoff([owned, Autoscaler.of(autoscaler("worker-hpa"))], target, "uid-1")
+    assert found is not None and found.reason == "ConflictWithHPA"
+    assert found.message.startswith("HorizontalPodAutoscaler worker-hpa already scales Deployment worker")
+
+
+# ---------------------------------------------------------------- --allowed-metrics-endpoints
+
+
+def test_allowed_metrics_endpoints_match_the_host_or_host_and_port() -> None:
+    patterns = ("*.monitoring.svc", "prometheus.example:9090")
+    assert endpoint_allowed("http://anything", ())
+    assert endpoint_allowed("http://prom.monitoring.svc:9090/x", patterns)
+    assert endpoint_allowed("https://Prometheus.Example:9090", patterns)
+    assert not endpoint_allowed("http://prometheus.example:9091", patterns)
+    assert not endpoint_allowed("http://user:pw@kube-apiserver:443", patterns)
+    assert not endpoint_allowed("http://monitoring.svc.evil", patterns)
+    policy = spec(prometheus("load", 1), queue("jobs"))
+    check_endpoints(policy, ("prometheus",))
+    with pytest.raises(
+        ValueError, match=r"spec.triggers\[load\].prometheus.serverAddress: http://prometheus:9090"
+    ):
+        check_endpoints(policy, patterns)

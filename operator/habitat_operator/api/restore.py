@@ -26,6 +26,7 @@ LATEST_RUN = "latest"
 MAX_VERIFICATION_QUERIES = 20
 QUERY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
 
@@ -46,6 +47,7 @@ class RestoreReason(StrEnum):
     SAFETY_BACKUP_FAILED = "SafetyBackupFailed"
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
+    CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
 
 
 class BackupRef(ApiModel):
@@ -91,10 +93,26 @@ class ArtifactSource(ApiModel):
 
 
 class LatestOf(ApiModel):
-    """Pick the newest verified artifact of a database from the bucket's catalog."""
+    """Pick the newest verified artifact of a database from the bucket's catalog, among the entries
+    that Backups of one namespace wrote (the Restore's own unless `namespace` names another)."""
 
     database: str = Field(
         min_length=1, max_length=63, description="Name of the database that was backed up (not host:port)."
+    )
+    namespace: str | None = Field(
+        None,
+        pattern=NAMESPACE_PATTERN,
+        max_length=63,
+        description=(
+            "Namespace whose Backups wrote the artifact; by default the Restore's own. Set it to recover "
+            "into a namespace of another name."
+        ),
+    )
+    server: str | None = Field(
+        None,
+        pattern=r"^[^\s/]+$",
+        max_length=261,
+        description="Only artifacts of the database on this server (host:port, as the catalog records it).",
     )
 
 

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from habitat_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
+    SECRET_KEY_PATTERN,
     ApiModel,
     CelRule,
     CronSchedule,
@@ -38,8 +39,11 @@ class ScalePolicyReason(StrEnum):
     TARGET_NOT_FOUND = "TargetNotFound"
     TARGET_FORBIDDEN = "TargetForbidden"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
+    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    PROMETHEUS_BAD_RESPONSE = "PrometheusBadResponse"
     QUERY_NOT_ONE_SAMPLE = "QueryNotOneSample"
     CONFLICT = "Conflict"
+    CONFLICT_WITH_HPA = "ConflictWithHPA"
     SCALED = "Scaled"
     TRIGGER_ACTIVE = "TriggerActive"
     WINDOW_OPEN = "WindowOpen"
@@ -86,6 +90,19 @@ class QueueSource(StrEnum):
     AMQP = "amqp"
 
 
+class RabbitMQSecretRef(SecretKeyRef):
+    """A key of a Secret in the policy's namespace holding how to reach RabbitMQ."""
+
+    key: str = Field(
+        "uri",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description=(
+            "Key within the Secret whose value is the management API's URL or, for source amqp, an AMQP URI."
+        ),
+    )
+
+
 class RabbitMQTrigger(ApiModel):
     """Replicas from a queue's depth: ceil(depth / targetPerReplica)."""
 
@@ -103,7 +120,7 @@ class RabbitMQTrigger(ApiModel):
         ),
     )
     vhost: str = Field("/", max_length=255, description="Virtual host of the queue (management source).")
-    secret_ref: SecretKeyRef = Field(
+    secret_ref: RabbitMQSecretRef = Field(
         description=(
             "Secret key holding the management API's URL (http://user:password@host:15672/api) or, "
             "for source amqp, an AMQP URI."
@@ -120,7 +137,7 @@ class PrometheusTrigger(ApiModel):
         description="Base URL of the Prometheus server, e.g. http://prometheus.monitoring:9090.",
     )
     query: str = Field(min_length=1, max_length=4096, description="PromQL that returns exactly one sample.")
-    target_value: float = Field(gt=0, description="Value one replica is expected to handle.")
+    target_value: float = Field(gt=0, description="Value one replica is expected to handle; > 0.")
     activation_threshold: float = Field(0, ge=0, description="Value above which the trigger is active.")
 
 
@@ -201,7 +218,7 @@ class Formula(ApiModel):
         pattern=FORMULA_PATTERN,
         description="Arithmetic over trigger names (+ - * / and parentheses), e.g. queue_a + queue_b / 2.",
     )
-    target: float = Field(gt=0, description="Value one replica is expected to handle.")
+    target: float = Field(gt=0, description="Value one replica is expected to handle; > 0.")
     activation_threshold: float = Field(0, ge=0, description="Value above which the formula is active.")
 
 

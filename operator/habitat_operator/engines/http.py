@@ -23,8 +23,9 @@ def display(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
-def get_json(url: str, timeout: float, reason: StrEnum) -> Any:
-    """GET `url` and decode its JSON body; failures raise with `reason` and the host only."""
+def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | None = None) -> Any:
+    """GET `url` and decode its JSON body; failures raise with `reason` (`bad_response`, if given,
+    for an HTTP error status or a body that is not JSON) and the host only."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PermanentError(reason, f"{display(url)} is not an http(s) URL")
@@ -39,11 +40,10 @@ def get_json(url: str, timeout: float, reason: StrEnum) -> Any:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        raise RetryableError(reason, f"{display(url)} answered HTTP {error.code}") from None
-    except (OSError, ValueError) as error:  # refused, timed out, or not JSON
-        detail = (
-            type(error).__name__
-            if isinstance(error, ValueError)
-            else str(error.args[-1] if error.args else error)
-        )
+        raise RetryableError(bad_response or reason, f"{display(url)} answered HTTP {error.code}") from None
+    except ValueError as error:  # not JSON
+        detail = type(error).__name__
+        raise RetryableError(bad_response or reason, f"{display(url)} unreadable: {detail}") from None
+    except OSError as error:  # refused, timed out, TLS
+        detail = str(error.args[-1] if error.args else error)
         raise RetryableError(reason, f"{display(url)} unreachable or unreadable: {detail}") from None

@@ -1,9 +1,11 @@
 """One Restore object, from Pending to Succeeded or Failed; a drill restores into a scratch database.
 
-The order protects the target: the source is resolved and its checksum checked before anything
-touches the target; the target's database lock is taken (no other restore or migration, in any
-operator process, writes it meanwhile); a non-empty target is refused without `force`, and backed up
-first by a safety Backup that belongs to this run alone. A restore runs once, like a Job.
+The order protects the target: the source is resolved; the target's database lock is taken (no
+other restore or migration, in any operator process, writes it meanwhile); a non-empty target is
+refused without `force`, and backed up first by a safety Backup that belongs to this run alone; then
+the source is read and checked, once, and nothing touches the target before it is known intact (a
+missing target is created only then). Every later read of a bucket's object is pinned to the version
+checked. A restore runs once, like a Job.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from habitat_operator.api.restore import (
     RestoreSpec,
     RestoreStatus,
 )
-from habitat_operator.controllers.base import names, owned_backup
+from habitat_operator.controllers.base import kube, names, owned_backup
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.status import Edit
@@ -35,9 +37,10 @@ from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres import restore, scratch
-from habitat_operator.engines.postgres.bucket import check_object, fetched_directory
+from habitat_operator.engines.postgres.bucket import check_object, fetched_directory, opener
 from habitat_operator.engines.postgres.locks import database_lock
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError
 from habitat_operator.metrics import advance
 
@@ -58,6 +61,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     drill = False
     _query_results: list[QueryResult] | None = None
     _query_summary: str | None = None
+    # The target is missing and mode.createDatabase: it is created once the source is checked.
+    _create_target = False
 
     @property
     def series(self) -> str:
@@ -85,12 +90,6 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if self.resumed and spec.jobs > 1 and not spec.drill:
             # A parallel restore is not one transaction: the target may hold part of the artifact.
             raise PermanentError(Reason.INTERRUPTED, "the restore was interrupted midway")
-        async with self._checked(spec, source) as checked:
-            return await self._execute_checked(spec, checked, target)
-
-    async def _execute_checked(
-        self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget
-    ) -> RetryLater | None:
         into = self._scratch(target) if spec.drill else target
         holder = f"restore {self.namespace}/{self.name}"
         async with self.slot(into.display), database_lock(into, holder) as lock:
@@ -108,20 +107,24 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                     locked_out,
                 )
                 return RetryLater(WAIT_SECONDS)
-            if spec.drill:
-                await sweep_orphans(target, self.config, self.body)
-                await restore.drop_database(into)  # a leftover of an interrupted drill
-                await restore.create_database(into)
-                await scratch.mark_owner(into, self.namespace, self.uid)
-            elif not self.resumed:  # an interrupted attempt checked (and backed up) the target already
+            if not spec.drill and not self.resumed:  # an interrupted attempt backed up the target already
                 waiting = await self._prepare_target(spec, target, source)
                 if waiting:
                     return waiting
-            try:
-                summary = await self._restore(spec, source, target, into)
-            finally:
+            # Read once the target is ready, not on every poll while the lock or a safety backup is awaited.
+            async with self._checked(spec, source) as checked:
                 if spec.drill:
-                    await restore.drop_database(into)
+                    await sweep_orphans(target, self.config, self.body)
+                    await restore.drop_database(into)  # a leftover of an interrupted drill
+                    await restore.create_database(into)
+                    await scratch.mark_owner(into, self.namespace, self.uid)
+                elif self._create_target:
+                    await restore.create_database(target)
+                try:
+                    summary = await self._restore(spec, checked, target, into)
+                finally:
+                    if spec.drill:
+                        await restore.drop_database(into)
         await self._succeed(spec, source, into, summary)  # once the scratch database is gone
         return None
 
@@ -139,42 +142,46 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     @asynccontextmanager
     async def _checked(self, spec: RestoreSpec, source: SourceArtifact) -> AsyncIterator[SourceArtifact]:
         """The source once it is known to be intact: nothing touches the target before. A bucket's
-        directory-format artifact is unpacked (and checked) into a scratch folder on the way, which
-        pg_restore --jobs reads and which is removed on leaving."""
-        expected = source.sha256 if spec.verify.checksum else None
-        if source.bucket is None or source.key is None or source.format is not BackupFormat.DIRECTORY:
-            await self._check_source(spec, source)
+        object is read once for the check (checksum, decryption, pg_restore --list) and the restore
+        reads the same version again, pinned, rather than keep a copy on local disk; a
+        directory-format one is unpacked (and checked) into a scratch folder, which pg_restore
+        --jobs reads and which is removed on leaving."""
+        for why in source.skipped:
+            await kube.event(self.body, "Warning", RestoreReason.CATALOG_ENTRY_SKIPPED, why)
+        if source.bucket is None or source.key is None:
+            await self._check_file(spec, source)
             yield source
             return
-        checked = False
+        expected = source.sha256 if spec.verify.checksum or source.checksum_required else None
+        bucket, key, checked = source.bucket, source.key, False
         try:
-            async with fetched_directory(
-                source.bucket, source.key, expected, source.encryption_key, self.config.scratch_dir
-            ) as folder:
-                checked = True
-                yield replace(source, stored=folder, encryption_key=None)  # the folder is plaintext
+            pinned = await in_thread(bucket.head, key)
+            if source.format is BackupFormat.DIRECTORY:
+                async with fetched_directory(
+                    bucket, key, expected, source.encryption_key, self.config.scratch_dir, pinned
+                ) as folder:
+                    checked = True
+                    yield replace(source, stored=folder, encryption_key=None)  # the folder is plaintext
+                return
+            await check_object(bucket, key, expected, source.encryption_key, pinned=pinned)
+            checked = True
+            yield replace(source, stored=opener(bucket, key, pinned))
         except OperationError as error:
             if checked:
                 raise
             raise _untouched(error) from None
 
-    async def _check_source(self, spec: RestoreSpec, source: SourceArtifact) -> None:
-        """Nothing touches the target before the artifact is known to be intact."""
+    async def _check_file(self, spec: RestoreSpec, source: SourceArtifact) -> None:
+        """An artifact under the backup root, checked before anything touches the target."""
+        assert isinstance(source.stored, Path)
         try:
-            if source.bucket is not None and source.key is not None:
-                # One read of the object: checksum, decryption and pg_restore --list. The restore
-                # reads it again rather than keep a copy on local disk.
-                expected = source.sha256 if spec.verify.checksum else None
-                await check_object(source.bucket, source.key, expected, source.encryption_key)
-            else:
-                assert isinstance(source.stored, Path)
-                await restore.check_artifact(
-                    source.stored,
-                    source.format.value,
-                    source.sha256,
-                    source.encryption_key,
-                    checksum=spec.verify.checksum,
-                )
+            await restore.check_artifact(
+                source.stored,
+                source.format.value,
+                source.sha256,
+                source.encryption_key,
+                checksum=spec.verify.checksum,
+            )
         except OperationError as error:
             raise _untouched(error) from None
 
@@ -237,15 +244,15 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     async def _prepare_target(
         self, spec: RestoreSpec, target: ConnectionTarget, source: SourceArtifact
     ) -> RetryLater | None:
-        """Creates, refuses or backs up the target as the spec says; RetryLater while the safety
-        backup runs, None to go ahead."""
+        """Refuses or backs up the target as the spec says (a missing one is created once the source
+        is checked); RetryLater while the safety backup runs, None to go ahead."""
         if not await restore.database_exists(target):
             if not spec.mode.create_database:
                 raise PermanentError(
                     Reason.DATABASE_NOT_FOUND,
                     f"target database {target.display} does not exist; set mode.createDatabase",
                 )
-            await restore.create_database(target)
+            self._create_target = True
             return None
         if await restore.is_empty(target):
             return None

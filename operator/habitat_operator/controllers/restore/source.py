@@ -1,15 +1,32 @@
 """Finding what a Restore restores: a Backup's (or a schedule run's) artifact, an artifact by URI, or
-the newest verified artifact of a database in a bucket, through the bucket's catalog alone."""
+the newest verified artifact of a database in a bucket, through the bucket's catalog alone.
+
+`latestOf` trusts no more of the catalog than it must: it chooses among the entries that Backups of
+one namespace wrote (the Restore's own unless `latestOf.namespace` names another), under that
+namespace's folder, and passes over an entry without a SHA-256, one completed in the future (beyond
+MAX_CLOCK_SKEW) or one whose object's size is not the size it records; the artifact chosen is then
+always checked against its SHA-256.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat, S3Storage
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import Phase, Reason
-from habitat_operator.api.restore import LATEST_RUN, RestoreReason, RestoreSource, StorageSource
+from habitat_operator.api.restore import (
+    LATEST_RUN,
+    SHA256_PATTERN,
+    LatestOf,
+    RestoreReason,
+    RestoreSource,
+    StorageSource,
+)
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
@@ -19,9 +36,10 @@ from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
 from habitat_operator.engines.threads import in_thread
-from habitat_operator.errors import PermanentError, WaitingError, WaitingOnProgress
+from habitat_operator.errors import OperationError, PermanentError, WaitingError, WaitingOnProgress
 
 BACKUPS = BACKUP.plural
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,8 @@ class SourceArtifact:
     storage: dict[str, Any] | None  # where that Backup stored it, for the safety backup
     bucket: Bucket | None = None  # close() closes it
     key: str | None = None
+    checksum_required: bool = False  # chosen by the catalog: checked against its SHA-256 whatever verify says
+    skipped: tuple[str, ...] = ()  # catalog entries passed over, each naming its key and why
 
     async def close(self) -> None:
         if self.bucket is not None:
@@ -63,7 +83,7 @@ async def resolve(
             storage=None,
         )
     if source.storage is not None:
-        return await _from_bucket(source.storage, namespace)
+        return await _from_bucket(source.storage, namespace, timestamps.now())
     assert source.backup_ref is not None  # the CRD requires exactly one source
     return await _from_backup(
         await _find_backup(namespace, source.backup_ref.name, source.backup_ref.run), store, scope
@@ -114,16 +134,17 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
     return SourceArtifact(stored=opener(bucket, key_in_bucket), bucket=bucket, key=key_in_bucket, **fields)
 
 
-async def _from_bucket(source: StorageSource, namespace: str) -> SourceArtifact:
-    """The artifact `key`, or the newest verified one of a database by the bucket's catalog: no
-    Backup object needed (a new cluster after a disaster). The credentials are this namespace's."""
+async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) -> SourceArtifact:
+    """The artifact `key`, or the newest trustworthy verified one of a database by the bucket's
+    catalog: no Backup object needed (a new cluster after a disaster). The credentials are this
+    namespace's."""
     encryption_key = None
     if source.encryption_key_secret_ref:
         ref = source.encryption_key_secret_ref
         encryption_key = await read_secret_value(namespace, ref.name, ref.key)
     bucket = await open_bucket(namespace, source.s3)
     try:
-        entry = await in_thread(_catalog_entry, bucket, source)
+        entry, skipped = await in_thread(_catalog_entry, bucket, source, namespace, now)
         _check_key(entry, encryption_key, bucket.uri(entry["key"]))
     except BaseException:
         await in_thread(bucket.close)
@@ -139,28 +160,76 @@ async def _from_bucket(source: StorageSource, namespace: str) -> SourceArtifact:
         storage={"s3": source.s3.model_dump(by_alias=True, exclude_none=True)},
         bucket=bucket,
         key=key,
+        checksum_required=source.latest_of is not None,
+        skipped=skipped,
     )
 
 
-def _catalog_entry(bucket: Bucket, source: StorageSource) -> dict[str, Any]:
-    """The catalog entry of `source.key` ({"key": key} alone when it has none), or the newest
-    verified entry of `source.latestOf.database`."""
+def _catalog_entry(
+    bucket: Bucket, source: StorageSource, namespace: str, now: dt.datetime
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The catalog entry of `source.key` ({"key": key} alone when it has none), or latest_entry's."""
     if source.key is not None:
-        return bucket.catalog_entry(source.key) or {"key": source.key}
+        return bucket.catalog_entry(source.key) or {"key": source.key}, ()
     assert source.latest_of is not None  # the CRD requires exactly one of them
-    database = source.latest_of.database
+    return latest_entry(bucket, source.latest_of, namespace, now)
+
+
+def latest_entry(
+    bucket: Bucket, latest: LatestOf, namespace: str, now: dt.datetime
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The newest trustworthy verified entry of `latest.database` written by Backups of
+    `latest.namespace` (else `namespace`), and why each newer one was passed over. Blocking."""
+    owner = latest.namespace or namespace
+    folder = bucket.location.key(owner) + "/"
     candidates = [
         entry
         for entry in bucket.catalog()
-        if entry.get("database") == database and entry.get("verified") and entry.get("completedAt")
+        if entry.get("database") == latest.database
+        and entry.get("namespace") == owner
+        and str(entry["key"]).startswith(folder)
+        and (latest.server is None or entry.get("server") == latest.server)
+        and entry.get("verified")
+        and entry.get("completedAt")
     ]
-    if not candidates:
-        raise PermanentError(
-            Reason.ARTIFACT_NOT_FOUND,
-            f"no verified artifact of database {database} in the catalog under"
-            f" {bucket.uri(bucket.location.key())}",
-        )
-    return max(candidates, key=recency)
+    skipped: list[str] = []
+    for entry in sorted(candidates, key=recency, reverse=True):
+        why = distrust(entry, now) or _size_differs(bucket, entry)
+        if why is None:
+            return entry, tuple(skipped)
+        skipped.append(f"catalog entry of {bucket.uri(entry['key'])} skipped: {why}")
+    server = f" on {latest.server}" if latest.server else ""
+    passed_over = f"; {len(skipped)} passed over, the newest: {skipped[0]}" if skipped else ""
+    raise PermanentError(
+        Reason.ARTIFACT_NOT_FOUND,
+        f"no trustworthy verified artifact of database {latest.database}{server} by Backups of"
+        f" namespace {owner} in the catalog under {bucket.uri(folder)}{passed_over}",
+    )
+
+
+def distrust(entry: dict[str, Any], now: dt.datetime) -> str | None:
+    """Why a catalog entry may not be chosen by its own fields, or None."""
+    if not re.fullmatch(SHA256_PATTERN, str(entry.get("sha256", ""))):
+        return "it records no valid SHA-256"
+    try:
+        completed = timestamps.parse(str(entry["completedAt"]))
+    except ValueError:
+        return "its completedAt is not a time"
+    if completed.tzinfo is None or completed > now + MAX_CLOCK_SKEW:
+        return f"its completedAt {entry['completedAt']} lies in the future"
+    return None
+
+
+def _size_differs(bucket: Bucket, entry: dict[str, Any]) -> str | None:
+    try:
+        actual = bucket.head(str(entry["key"])).size
+    except OperationError as error:
+        if error.reason is Reason.ARTIFACT_NOT_FOUND:
+            return "its object is missing"
+        raise
+    if actual != entry.get("sizeBytes"):
+        return f"the object holds {actual} bytes, the entry records {entry.get('sizeBytes')}"
+    return None
 
 
 def _check_key(entry: dict[str, Any], encryption_key: bytes | None, uri: str) -> None:

@@ -1,7 +1,8 @@
 """One poll's decision, pure: from the triggers' readings to the replicas to write, and why.
 
 The order protects the workload: the metric count (the largest over the triggers, or the formula's)
-is never allowed below the current replicas while a metric is missing, then the fallback floor,
+is never allowed below the current replicas while a metric is missing (a source that failed, or a
+value that gives no finite replica count: +Inf, NaN, an overflow), then the fallback floor,
 then scale-to-zero (only after `cooldownPeriod` without an active trigger), then the HPA's
 stabilization and rate limits, and last the bounds, which a schedule window may move.
 """
@@ -49,6 +50,7 @@ class Outcome:
     rate_limited: bool
     floor: int  # the bounds of this poll, as open windows moved them
     ceiling: int
+    failures: tuple[str, ...] = ()  # "<trigger or formula>: why", for each one that failed this poll
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,27 @@ def formula_of(spec: ScalePolicySpec) -> Formula | None:
     return Formula(spec.formula.expression, {t.name for t in metric_triggers(spec)})
 
 
-def _candidates(spec: ScalePolicySpec, readings: dict[str, Reading]) -> list[_Candidate]:
+def _candidates(
+    spec: ScalePolicySpec, readings: dict[str, Reading]
+) -> tuple[list[_Candidate], dict[str, str]]:
+    """The candidates with a finite replica count, and why each other one has none."""
+    found = _all_candidates(spec, readings)
+    finite = [c for c in found if math.isfinite(c.value / c.per_replica)]
+    invalid = {
+        c.name: f"{c.value:g} / {c.per_replica:g} per replica is not a finite number of replicas"
+        for c in found
+        if c not in finite
+    }
+    return finite, invalid
+
+
+def _all_candidates(spec: ScalePolicySpec, readings: dict[str, Reading]) -> list[_Candidate]:
     known = {name: r.value for name, r in readings.items() if r.value is not None}
     formula = formula_of(spec)
     if formula is not None and spec.formula is not None:
         if not formula.names <= known.keys():
             return []
-        value = max(formula.evaluate(known), 0.0)
+        value = max(formula.evaluate(known), 0.0)  # NaN stays NaN
         return [_Candidate(FORMULA, value, spec.formula.target, spec.formula.activation_threshold)]
     found = []
     for trigger in metric_triggers(spec):
@@ -111,25 +127,27 @@ def decide(
     wall: dt.datetime,
 ) -> Outcome:
     """The replicas for this poll; updates `state` (failures, activity, the HPA's memory)."""
-    for name, reading in readings.items():
-        state.failures[name] = 0 if reading.value is not None else state.failures.get(name, 0) + 1
+    candidates, invalid = _candidates(spec, readings)
+    errors = {n: r.error or "no value" for n, r in readings.items() if r.value is None} | invalid
+    for name in [*readings, *([FORMULA] if spec.formula else [])]:
+        state.failures[name] = state.failures.get(name, 0) + 1 if name in errors else 0
     threshold = spec.fallback.failure_threshold if spec.fallback else None
     falling_back = tuple(n for n, count in state.failures.items() if threshold and count >= threshold)
-    failing = [n for n, r in readings.items() if r.value is None]
+    failing = list(errors)
+    failures = tuple(f"{name}: {error}" for name, error in errors.items())
 
     open_windows = [t for t in spec.triggers if t.schedule and windows.is_open(t.schedule, wall)]
     floor = max([spec.min_replicas, *(t.schedule.min_replicas for t in open_windows if t.schedule)])
     window_max = [t.schedule.max_replicas for t in open_windows if t.schedule and t.schedule.max_replicas]
     ceiling = max(max(window_max, default=spec.max_replicas), floor)
 
-    candidates = _candidates(spec, readings)
     best = max(candidates, key=lambda c: c.replicas, default=None)
     wanted = best.replicas if best else 0
     trigger, value = (best.name, best.value) if best else (None, None)
     reason = f"{best.name}: {best.value:g} / {best.per_replica:g} per replica" if best else "no metric"
     if failing and wanted < current:  # never scale down because a metric is missing
         first = failing[0]
-        wanted, reason = current, f"holding {current}: {first} failed: {readings[first].error}"
+        wanted, reason = current, f"holding {current}: {first} failed: {errors[first]}"
     if spec.fallback and falling_back and wanted < spec.fallback.replicas:
         wanted, trigger, value = spec.fallback.replicas, falling_back[0], None
         reason = f"fallback: {falling_back[0]} failed {state.failures[falling_back[0]]} polls in a row"
@@ -153,6 +171,7 @@ def decide(
                 False,
                 False,
                 **bounds,
+                failures=failures,
             )
     if floor == 0:
         floor = 1
@@ -178,4 +197,5 @@ def decide(
         wanted > ceiling,
         limited.rate_limited,
         **bounds,
+        failures=failures,
     )

@@ -1,12 +1,14 @@
 """A scaling formula (`queue_a + queue_b / 2`): parsed into Python's AST, never evaluated by `eval`.
 
-Only numbers, trigger names, + - * /, unary minus and parentheses are allowed; anything else is
-refused when the policy is read, so a formula can neither call nor reach anything.
+Only finite numbers, trigger names, + - * /, unary minus and parentheses are allowed; anything else
+is refused when the policy is read, so a formula can neither call nor reach anything. Its value may
+still overflow (to +Inf or NaN) with large trigger values: the decision treats that as a failure.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Callable, Mapping
 
@@ -22,6 +24,7 @@ _UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {ast.USub: operator.
 class Formula:
     def __init__(self, expression: str, names: set[str]) -> None:
         """Raises ValueError naming what is wrong: syntax, an operator, or an unknown trigger."""
+        self.expression = expression
         try:
             self._tree = ast.parse(expression, mode="eval").body
         except SyntaxError:
@@ -29,7 +32,15 @@ class Formula:
         self.names = self._check(self._tree, names)
 
     def _check(self, node: ast.expr, names: set[str]) -> set[str]:
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int | float)
+            and type(node.value) is not bool
+        ):
+            if not _finite(node.value):
+                raise ValueError(
+                    f"formula constant {ast.get_source_segment(self.expression, node)} is not a finite number"
+                )
             return set()
         if isinstance(node, ast.Name):
             if node.id not in names:
@@ -59,3 +70,10 @@ class Formula:
         if isinstance(node.op, ast.Div) and right == 0:
             return 0.0
         return _BINARY[type(node.op)](left, right)
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an integer too large for a float
+        return False

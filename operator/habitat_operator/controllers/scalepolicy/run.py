@@ -39,6 +39,7 @@ from habitat_operator.controllers.base.convergent import ConvergentRun
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.scalepolicy import metrics
+from habitat_operator.controllers.scalepolicy.conflicts import Autoscaler, standoff
 from habitat_operator.controllers.scalepolicy.decision import (
     Outcome,
     PolicyState,
@@ -46,7 +47,7 @@ from habitat_operator.controllers.scalepolicy.decision import (
     decide,
     formula_of,
 )
-from habitat_operator.controllers.scalepolicy.sources import Sources
+from habitat_operator.controllers.scalepolicy.sources import Sources, check_endpoints
 from habitat_operator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -118,18 +119,20 @@ class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
         config: OperatorConfig,
         slots: OperationSlots,
         claims: Callable[[], Iterable[Claim]],
+        autoscalers: Callable[[], Iterable[Autoscaler]],
         target: ScaleTarget | None = None,
         sources: TriggerSources | None = None,
     ) -> None:
         super().__init__(body, config, slots)
-        self.claims = claims
+        self.claims, self.autoscalers = claims, autoscalers
         self.target = target or _KubeScale()
-        self.sources = sources or Sources(self.namespace, self.name)
+        self.sources = sources or Sources(self.namespace, self.name, config.allowed_metrics_endpoints)
         self.state = PolicyState()
         self.triggers: list[str] = []
 
     def check_spec(self, spec: ScalePolicySpec) -> None:
         formula_of(spec)
+        check_endpoints(spec, self.config.allowed_metrics_endpoints)
 
     async def execute(self, spec: ScalePolicySpec) -> RetryLater:
         self.triggers = [t.name for t in spec.triggers]
@@ -139,6 +142,8 @@ class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
             raise PermanentError(
                 ScalePolicyReason.CONFLICT, f"ScalePolicy {first.name} already scales {target}"
             )
+        if hpa := standoff(self.autoscalers(), spec.target, self.body["metadata"]["uid"]):
+            raise PermanentError(hpa.reason, hpa.message)
         try:
             scale = await self.target.read_scale(spec.target.kind, self.namespace, spec.target.name)
         except kube.Forbidden:
@@ -216,7 +221,7 @@ class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
         summary = f"scaling {spec.target.kind} {spec.target.name}"
         if spec.dry_run:
             summary = f"dry run: deciding for {spec.target.kind} {spec.target.name} without changing it"
-        was_falling_back = self.reporter.condition(FALLBACK) is True
+        was = (self.reporter.condition(FALLBACK), self.reporter.condition_reason(FALLBACK))
         flags = self._flags(spec, outcome)
         await self.reporter.write(
             "ready",
@@ -226,8 +231,10 @@ class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
             scaled,
             flags=flags,
         )
-        if outcome.falling_back and not was_falling_back:
-            await kube.event(self.body, "Warning", ScalePolicyReason.TRIGGER_FAILING, flags[2].message)
+        failing = flags[2]
+        if failing.reason == ScalePolicyReason.TRIGGER_FAILING and was != (failing.on, failing.reason):
+            # a trigger starts failing, or the fallback starts
+            await kube.event(self.body, "Warning", ScalePolicyReason.TRIGGER_FAILING, failing.message)
 
     async def _scale(self, spec: ScalePolicySpec, replicas: int) -> None:
         """Writes the target's replicas; RBAC that refuses it stalls the policy, naming the permission."""
@@ -275,7 +282,15 @@ class ScalePolicyRun(ConvergentRun[ScalePolicySpec, ScalePolicyStatus]):
                 True,
                 ScalePolicyReason.TRIGGER_FAILING,
                 f"{failing} failed {spec.fallback.failure_threshold} or more polls in a row; "
-                f"holding at least {spec.fallback.replicas} replicas and never scaling down",
+                f"holding at least {spec.fallback.replicas} replicas and never scaling down "
+                f"({'; '.join(outcome.failures)})",
+            )
+        elif outcome.failures:
+            fallback = Flag(
+                FALLBACK,
+                False,
+                ScalePolicyReason.TRIGGER_FAILING,
+                f"{'; '.join(outcome.failures)}; never scaling down while it fails",
             )
         else:
             fallback = Flag(

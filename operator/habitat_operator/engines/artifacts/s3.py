@@ -82,6 +82,17 @@ class S3Location:
         return f"s3://{self.bucket}/{key}"
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One object as it was when looked at: every later read of it is pinned to this (its ETag, and
+    its version id where the bucket keeps versions), so a replaced object is refused, never read."""
+
+    key: str
+    size: int
+    etag: str
+    version_id: str | None = None
+
+
 def catalog_key(artifact_key: str) -> str:
     return f"{artifact_key}{CATALOG_SUFFIX}"
 
@@ -105,6 +116,10 @@ def storage_error(error: Exception, doing: str) -> OperationError:
             return PermanentError(Reason.BUCKET_NOT_FOUND, f"{doing}: the bucket does not exist")
         if code in _NOT_FOUND_CODES:
             return PermanentError(Reason.ARTIFACT_NOT_FOUND, f"{doing}: no such object")
+        if code == "PreconditionFailed" or status == 412:
+            return PermanentError(
+                Reason.CHECKSUM_MISMATCH, f"{doing}: the object was replaced after it was checked"
+            )
         if status >= 500 or code in ("SlowDown", "RequestTimeout"):
             return RetryableError(
                 Reason.STORAGE_UNREACHABLE, f"{doing}: the server answered {code or status}"
@@ -204,10 +219,28 @@ class Bucket:
             aborted += 1
         return aborted
 
-    def open(self, key: str) -> Readable:
-        """The object's content as a stream with `read(size)`; close it when done."""
+    def head(self, key: str) -> ObjectVersion:
+        """What the object is now: its size, ETag and version id (HEAD, no byte of it read)."""
+        with storage_errors(f"looking up {self.uri(key)}", "head"):
+            answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+        version = answer.get("VersionId")
+        return ObjectVersion(
+            key,
+            int(answer["ContentLength"]),
+            str(answer["ETag"]),
+            None if version in (None, "null") else str(version),
+        )
+
+    def open(self, key: str, pinned: ObjectVersion | None = None) -> Readable:
+        """The object's content as a stream with `read(size)`; close it when done. With `pinned`, the
+        content of exactly that version, or PermanentError ChecksumMismatch if it was replaced."""
+        pin: dict[str, str] = {}
+        if pinned is not None:
+            pin["IfMatch"] = pinned.etag
+            if pinned.version_id:
+                pin["VersionId"] = pinned.version_id
         with storage_errors(f"reading {self.uri(key)}", "get"):
-            body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
+            body = self.client.get_object(Bucket=self.location.bucket, Key=key, **pin)["Body"]  # type: ignore[arg-type]
         return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")
 
     def put_catalog(self, artifact_key: str, entry: dict[str, Any]) -> None:

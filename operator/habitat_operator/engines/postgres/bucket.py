@@ -21,7 +21,7 @@ from typing import Any
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts.codec import Readable
-from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.artifacts.s3 import Bucket, ObjectVersion
 from habitat_operator.engines.artifacts.store import (
     SCRATCH_FOLDER_PREFIX,
     STAGING_FOLDER_PREFIX,
@@ -55,9 +55,10 @@ class CatalogSource:
     encryption_key_id: str | None = None
 
 
-def opener(bucket: Bucket, key: str) -> Callable[[], Readable]:
-    """What RestoreRequest.stored takes: opens the object's bytes, each time anew."""
-    return partial(bucket.open, key)
+def opener(bucket: Bucket, key: str, pinned: ObjectVersion | None = None) -> Callable[[], Readable]:
+    """What RestoreRequest.stored takes: opens the object's bytes, each time anew; with `pinned`,
+    the bytes of that version only (a replaced object is refused)."""
+    return partial(bucket.open, key, pinned)
 
 
 async def run_backup_to_bucket(
@@ -103,16 +104,18 @@ async def check_object(
     encryption_key: bytes | None,
     *,
     unpack_into: Path | None = None,
+    pinned: ObjectVersion | None = None,
 ) -> str:
-    """Read the object once: its SHA-256 (returned, and compared with `expected_sha256` if given),
-    its decryption (every chunk authenticated) and `pg_restore --list` of its plaintext. With
+    """Read the object once (the version `pinned`, if given; a replaced one is refused): its SHA-256
+    (returned, and compared with `expected_sha256` if given), its decryption (every chunk
+    authenticated) and `pg_restore --list` of its plaintext. With
     `unpack_into`, the object is a directory-format tar: it is unpacked there, and its files are
     checked against its MANIFEST.sha256 before `pg_restore --list` of the folder.
 
     Raises OperationError "ArtifactNotFound", "ChecksumMismatch", "VerificationFailed",
     "DecryptionFailed", "DiskFull", or a storage reason.
     """
-    reader = await in_thread(open_plaintext, opener(bucket, key), encryption_key)
+    reader = await in_thread(open_plaintext, opener(bucket, key, pinned), encryption_key)
     listing: OperationError | None = None
     try:
         if unpack_into is None:
@@ -124,7 +127,7 @@ async def check_object(
             raise
         listing = error  # the checksum speaks first: a flipped byte is a mismatch, not a bad archive
         if not reader.finished:  # decryption failed midway: hash the rest from where it stopped
-            await in_thread(_drain, bucket, key, reader.size, reader.sha256)
+            await in_thread(_drain, opener(bucket, key, pinned), reader.size, reader.sha256)
     actual = reader.sha256.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise PermanentError(
@@ -144,18 +147,19 @@ async def fetched_directory(
     expected_sha256: str | None,
     encryption_key: bytes | None,
     scratch_dir: Path | None,
+    pinned: ObjectVersion | None = None,
 ) -> AsyncIterator[Path]:
     """A directory-format artifact of the bucket, checked by check_object while it is unpacked into
     a private scratch folder: pg_restore --jobs reads the folder, which is removed on leaving."""
     async with scratch_folder(scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
         artifact = folder / "artifact"
-        await check_object(bucket, key, expected_sha256, encryption_key, unpack_into=artifact)
+        await check_object(bucket, key, expected_sha256, encryption_key, unpack_into=artifact, pinned=pinned)
         yield artifact
 
 
-def _drain(bucket: Bucket, key: str, offset: int, sha256: Any) -> None:
+def _drain(open_object: Callable[[], Readable], offset: int, sha256: Any) -> None:
     """Hash the rest of an object from `offset`, after a reader stopped early."""
-    stream = bucket.open(key)
+    stream = open_object()
     try:
         skipped = 0
         while skipped < offset and (chunk := stream.read(min(offset - skipped, 1 << 20))):
