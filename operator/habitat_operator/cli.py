@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from habitat_operator import events_command
+from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
 
 
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_PER_DATABASE,
         help="backups and restores of one database at once; others wait, Queued",
+    )
+    run.add_argument(
+        "--replay-batch-bytes",
+        type=_positive,
+        default=OperatorConfig.replay_batch_bytes,
+        help="bytes of events a ReplayJob reads per query and keeps awaiting confirms (default 8 MiB);"
+        " a single larger event is still replayed, alone",
     )
     run.add_argument(
         "--peering",
@@ -123,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         return _catalog(args)
 
     from habitat_operator import runtime
-    from habitat_operator.config import OperatorConfig
     from habitat_operator.controllers.base.slots import OperationSlots
 
     runtime.run(
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 allow_cross_namespace_restores=args.allow_cross_namespace_restores,
                 namespaces=tuple(args.namespace),
                 scratch_dir=args.scratch_dir,
+                replay_batch_bytes=args.replay_batch_bytes,
             ),
             slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
             peering=runtime.Peering(args.peering, args.peering_lifetime) if args.peering else None,

@@ -15,3 +15,6 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     # Where a parallel restore of an encrypted artifact decrypts it (None: the system's temp folder).
     scratch_dir: Path | None = None
+    # A replay's page of events is cut at this many bytes (as well as at spec.batchSize), and its
+    # messages awaiting confirms are bounded by as many: a replay's memory is bounded in bytes.
+    replay_batch_bytes: int = 8 * 2**20

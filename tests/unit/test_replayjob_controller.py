@@ -21,7 +21,7 @@ from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob import run as replay_run
 from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
 from habitat_operator.engines.postgres import events as event_store
-from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
+from habitat_operator.engines.postgres.events import Bound, Event, EventStore
 from habitat_operator.engines.rabbitmq.publisher import Failure, Message, Tally
 from habitat_operator.errors import RetryableError
 from tests.unit.bodies import NS, conditions
@@ -42,11 +42,14 @@ class FakeStore:
         moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         self.events = [Event(i, "t", moment, b"{}", "rk", None, None) for i in range(1, TOTAL + 1)]
 
-    async def check_columns(self, store: EventStore) -> None:
-        pass
+    async def check_columns(self, store: EventStore) -> EventStore:
+        return store
 
-    async def snapshot(self, store: EventStore, selector: EventSelector) -> Snapshot:
-        return Snapshot(len(self.events), self.events[-1].id)
+    async def bound(self, store: EventStore, selector: EventSelector) -> Bound:
+        return Bound(self.events[-1].id, ())
+
+    async def still_open(self, transactions: tuple[int, ...]) -> tuple[int, ...]:
+        return ()
 
     async def count_between(
         self, store: EventStore, selector: EventSelector, after: int, through: int
@@ -54,12 +57,24 @@ class FakeStore:
         return sum(after < e.id <= through for e in self.events)
 
     async def page(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         return [e for e in self.events if after < e.id <= through][:limit]
 
     async def pages(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> AsyncIterator[list[Event]]:
         while events := await self.page(store, selector, after, through, limit):
             yield events
@@ -77,8 +92,9 @@ class FakeBroker:
         self.fail_at: int | None = None  # the broker goes away when this many were delivered
         self.suspend_at: int | None = None  # a user sets spec.suspend when this many were delivered
 
-    def __call__(self, target: Any, window: int) -> FakeBroker:
+    def __call__(self, target: Any, window: int, window_bytes: int) -> FakeBroker:
         self.tally = Tally()
+        self.resent = 0
         self.confirmed_through: int | None = None
         self._open: list[int] = []
         return self
