@@ -351,7 +351,11 @@ def wait_reason(kubectl: Kubectl, name: str, reason: str, operator: OperatorProc
     return dict(
         wait_for(
             reason,
-            lambda: condition(o := kubectl.get("replayjob", name), "Ready")["reason"] == reason and o,
+            lambda: (
+                (o := kubectl.get("replayjob", name)).get("status", {}).get("conditions")
+                and condition(o, "Ready")["reason"] == reason
+                and o
+            ),
             operator=operator,
             timeout=60,
         )

@@ -121,7 +121,9 @@ class EventSource(ApiModel):
     table: str = Field(
         "events", pattern=TABLE_PATTERN, max_length=127, description="Table name, optionally schema.table."
     )
-    columns: ColumnMap = Field(ColumnMap(), description="Column names, when they differ from the defaults.")
+    columns: ColumnMap = Field(
+        default_factory=ColumnMap, description="Column names, when they differ from the defaults."
+    )
 
 
 class WhereClause(ApiModel):
