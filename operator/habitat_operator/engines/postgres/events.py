@@ -36,6 +36,7 @@ from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
+FIRST_PAGE = 100  # events the first page of a byte-bounded read asks for
 
 _COMPARISONS = {
     WhereOperator.EQ: "=",
@@ -354,15 +355,17 @@ class EventReader:
         max_bytes: int | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Every selected event after `after` up to `through`, page by page (keyset, never OFFSET).
-        The next page is read while the caller works on this one."""
+        The next page is read while the caller works on this one. With `max_bytes`, a page asks for
+        at most twice as many events as the last one held (from FIRST_PAGE up to `limit`): the server
+        sizes only those, not `limit` large payloads of which a few fit."""
 
-        def read(after: int) -> asyncio.Future[list[Event]]:
-            return asyncio.ensure_future(self.page(store, selector, after, through, limit, max_bytes))
+        def read(after: int, count: int) -> asyncio.Future[list[Event]]:
+            return asyncio.ensure_future(self.page(store, selector, after, through, count, max_bytes))
 
-        pending = read(after)
+        pending = read(after, limit if max_bytes is None else min(limit, FIRST_PAGE))
         try:
             while events := await pending:
-                pending = read(events[-1].id)
+                pending = read(events[-1].id, min(limit, 2 * len(events)))
                 yield events
         finally:
             if not pending.done():
