@@ -103,6 +103,7 @@ class FakeBroker:
     def __call__(self, target: Any, window: int, window_bytes: int) -> FakeBroker:
         self.tally = Tally()
         self.resent = 0
+        self.failing = False
         self.confirmed_through: int | None = None
         self._open: list[int] = []
         return self

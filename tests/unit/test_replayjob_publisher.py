@@ -84,13 +84,19 @@ def message(key: int, size: int) -> Message:
     return Message(key, "", "q", b"x" * size, pika.BasicProperties(message_id=str(key)))
 
 
-def replay(broker: FakeRabbitMQ, sizes: dict[int, int], window_bytes: int = 10_000) -> ConfirmingPublisher:
+def replay(
+    broker: FakeRabbitMQ, sizes: dict[int, int], window_bytes: int = 10_000, pause: bool = False
+) -> ConfirmingPublisher:
+    """Publishes messages of `sizes` in order; `pause`: the loop yields between them (reading a page)."""
+
     async def run() -> ConfirmingPublisher:
         publisher = ConfirmingPublisher(AmqpTarget("amqp://broker"), window=100, window_bytes=window_bytes)
         publisher._connection = broker  # type: ignore[assignment]
         await publisher._open_channel()
         for key, size in sizes.items():
             await publisher.publish(message(key, size))
+            if pause:
+                await asyncio.sleep(0)
         await publisher.drain()
         return publisher
 
@@ -113,6 +119,14 @@ def test_a_message_over_the_brokers_limit_fails_in_its_place_and_the_rest_go_out
     assert set(delivered) == set(sizes) - {5, 8, 15}
     assert max(delivered.values()) <= 2 and sum(delivered.values()) - 17 <= publisher.resent
     assert broker.channels == 2  # one new channel; 15, over the limit now known, is never sent
+
+
+def test_a_message_over_the_limit_right_after_the_refusal_is_not_sent() -> None:
+    broker = FakeRabbitMQ(max_size=100)
+    sizes = {key: 200 if key in (5, 6) else 10 for key in range(1, 11)}
+    publisher = replay(broker, sizes, pause=True)
+    assert (publisher.tally.confirmed, publisher.tally.failed) == (8, 2)
+    assert broker.channels == 2 and max(Counter(broker.delivered).values()) <= 2
 
 
 def test_any_other_refusal_is_found_by_sending_the_unconfirmed_one_at_a_time() -> None:

@@ -331,7 +331,7 @@ class _Replay:
                         refuse(Failure(event.id, ReplayReason.MESSAGE_NOT_ENCODABLE, str(error)))
                     else:
                         await publish(message)
-                    if fail_fast and tally.failed:
+                    if fail_fast and self.publisher.failing:  # known, if not yet settled in order
                         break
                     if time.monotonic() >= self._due:
                         await self._write(reserve_past=event.id)

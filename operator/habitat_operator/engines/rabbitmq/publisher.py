@@ -125,6 +125,7 @@ class ConfirmingPublisher:
         self.confirmed_through: int | None = None
         self.max_message_size: int | None = None  # the broker's, once it refused a message for its size
         self.resent = 0  # messages sent again after a refusal that the broker may already have taken
+        self.failing = False  # some message failed, settled in order or not yet
         self._in_flight: deque[_InFlight] = deque()
         self._by_tag: dict[int, _InFlight] = {}  # the current channel's unsettled entries, in tag order
         self._bytes_in_flight = 0
@@ -249,10 +250,10 @@ class ConfirmingPublisher:
         """Sends `message` once the window has room for it; raises when the connection is gone
         (what was unconfirmed then is not known to have arrived)."""
         size = len(message.body)
-        if self.max_message_size is not None and size > self.max_message_size:
+        await self._until(lambda: not self._in_flight or self._has_room(size))
+        if self.max_message_size is not None and size > self.max_message_size:  # known after waiting
             self.refuse(too_large(message.key, size, self.max_message_size))
             return
-        await self._until(lambda: not self._in_flight or self._has_room(size))
         entry = _InFlight(0, message.key, message=message, size=size)
         self._in_flight.append(entry)
         self._bytes_in_flight += size
@@ -275,6 +276,7 @@ class ConfirmingPublisher:
         """Counts `failure.key` as failed without sending it (a message that cannot be encoded), in
         its place among the keys in flight, so the checkpoint passes it as it passes a returned one."""
         self._in_flight.append(_InFlight(0, failure.key, settled=True, failure=failure))
+        self.failing = True
         self._settle_from_the_left()
 
     async def drain(self) -> None:
@@ -381,6 +383,7 @@ class ConfirmingPublisher:
         entry.settled = True
         entry.failure = failure
         entry.message = None
+        self.failing = self.failing or failure is not None
         self._by_tag.pop(entry.tag, None)
         self._bytes_in_flight -= entry.size
 
