@@ -74,8 +74,9 @@ def settings(peering: Peering | None) -> kopf.OperatorSettings:
         s.peering.lifetime = peering.lifetime_seconds
         s.peering.stealth = True  # keep-alives every few seconds would drown the log
     # A deleted object's daemon stops its run and cleans up (a connection closed, a client tool
-    # killed) in about a second: Kopf waits that long for it instead of looking again only when the
-    # daemon's cancellation_backoff (30 s) has passed, so the finalizer goes as soon as it is done.
+    # killed) in about a second: Kopf waits up to DAEMON_EXIT_WAIT_SECONDS for it instead of looking
+    # again only when the daemon's cancellation_backoff (30 s) has passed, so the finalizer goes as
+    # soon as the clean-up is done.
     s.background.instant_exit_timeout = DAEMON_EXIT_WAIT_SECONDS
     # A watch that silently stops delivering events is a known failure mode; reconnect regularly.
     s.watching.server_timeout = 270

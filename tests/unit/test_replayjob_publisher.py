@@ -17,7 +17,9 @@ from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 
 
 class FakeRabbitMQ:
-    """Takes every message it does not refuse; `refuse(body)` gives the reason for one it does."""
+    """Takes every message it does not refuse; `refusal()` gives the reason for one it does."""
+
+    is_open = True
 
     def __init__(self, max_size: int | None = None, refused_key: int | None = None) -> None:
         self.max_size = max_size

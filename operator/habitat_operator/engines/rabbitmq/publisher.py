@@ -193,7 +193,10 @@ class ConfirmingPublisher:
         self._by_tag.clear()
         self._returned.clear()
         self._next_tag = 1
-        self._connection.channel(on_open_callback=on_channel)
+        if not self._connection.is_open:  # closing, and not yet said so
+            self._fail(self._unavailable(pika.exceptions.ConnectionWrongStateError()))
+        else:
+            self._connection.channel(on_open_callback=on_channel)
         await self._until(lambda: confirming)
 
     async def close(self) -> None:
