@@ -5,6 +5,11 @@ The raw loop reads the rows by keyset pages with psycopg and publishes them with
 adapter, `WINDOW` messages in flight, persistent and mandatory, into one durable queue. The ReplayJob
 runs in the `habitat-operator run` process; its end-to-end rate is from `kubectl apply` to
 Succeeded, and its steady rate is measured from its status between 10% and 90%.
+
+Then a pathological page: 1,500 events of about 190 KB each, replayed with `batchSize: 10000`
+(everything in one page, were pages cut only by count). It reports both rates and the growth of
+peak RSS during each: the raw loop's (1,000 rows a page, so about 190 MB a page) and the
+operator's, which its byte budget (`--replay-batch-bytes`) bounds.
 """
 
 from __future__ import annotations
@@ -33,25 +38,42 @@ sys.path.insert(0, str(REPO / "scripts"))
 from sample_database import create_events
 
 DATABASE = "habitat_bench_replay"
+LARGE_DATABASE = "habitat_bench_replay_large"
+LARGE_EVENTS = 1500
 NAMESPACE = "habitat-bench"
 PAGE = 1000
 
 
-def ensure_database(admin_uri: str, events: int) -> str:
-    """The event store, created once and reused while it holds `events` events."""
-    uri = admin_uri.rsplit("/", 1)[0] + f"/{DATABASE}"
+def ensure_database(admin_uri: str, events: int, name: str = DATABASE, large: bool = False) -> str:
+    """The event store, created once and reused while it holds `events` events; `large`: each
+    payload about 190 KB."""
+    uri = admin_uri.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             with psycopg.connect(uri) as db:
                 row = db.execute("SELECT count(*) FROM events").fetchone()
             if row and row[0] == events:
                 return uri
-            conn.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
     print(f"creating {events} events ...", flush=True)
     with psycopg.connect(uri) as db:
         create_events(db, events)
+        if large:
+            db.execute("UPDATE events SET payload = jsonb_build_object('blob', repeat(md5(id::text), 6000))")
     return uri
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since the last reset_peak_rss()."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss(pid: int | str = "self") -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 async def raw_pika(db_uri: str, amqp_uri: str, queue: str) -> int:
@@ -129,7 +151,9 @@ class Stack:
         return result.stdout
 
 
-def replay_job(stack: Stack, queue: str, total: int) -> tuple[float, float]:
+def replay_job(
+    stack: Stack, queue: str, total: int, secret: str = "events-db", batch_size: int = 1000
+) -> tuple[float, float]:
     """(end-to-end events/s from apply to Succeeded, steady events/s between 10% and 90%).
 
     Progress comes from a watch (one request, pushed status changes), not from polling kubectl,
@@ -140,10 +164,11 @@ def replay_job(stack: Stack, queue: str, total: int) -> tuple[float, float]:
         "kind": "ReplayJob",
         "metadata": {"name": name},
         "spec": {
-            "source": {"database": {"secretRef": {"name": "events-db"}}},
+            "source": {"database": {"secretRef": {"name": secret}}},
             "selector": {"from": "2000-01-01T00:00:00Z"},
             "target": {"rabbitmq": {"secretRef": {"name": "broker"}}, "queue": {"name": queue}},
             "maxEvents": total,
+            "batchSize": batch_size,
         },
     }
     api = kubernetes.client.CustomObjectsApi()
@@ -185,6 +210,27 @@ def purge(amqp_uri: str, queue: str) -> None:
     connection.close()
 
 
+def large_payloads(stack: Stack, operator: Operator, db_uri: str, amqp_uri: str, queue: str) -> None:
+    """The pathological page: the rates and the growth of peak RSS of the raw loop and the ReplayJob."""
+    reset_peak_rss()
+    before = peak_rss_mib()
+    started = time.perf_counter()
+    confirmed = asyncio.run(raw_pika(db_uri, amqp_uri, queue))
+    raw_rate, raw_growth = confirmed / (time.perf_counter() - started), peak_rss_mib() - before
+    purge(amqp_uri, queue)
+    reset_peak_rss(operator.process.pid)
+    before = operator.rss_mb()
+    rate, _ = replay_job(stack, queue, LARGE_EVENTS, secret="events-db-large", batch_size=10_000)
+    growth = operator.peak_rss_mib() - before
+    purge(amqp_uri, queue)
+    print(f"\n{LARGE_EVENTS} events of about 190 KB, ReplayJob batchSize 10000:")
+    print(f"  raw pika loop:        {raw_rate:8.0f} events/s   1.00x   peak RSS +{raw_growth:.0f} MiB")
+    print(
+        f"  ReplayJob end to end  {rate:8.0f} events/s   {rate / raw_rate:.2f}x"
+        f"   peak RSS +{growth:.0f} MiB (the operator)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -192,13 +238,14 @@ def main() -> None:
     args = parser.parse_args()
     amqp_uri = os.environ["HABITAT_AMQP_URI"]
     db_uri = ensure_database(os.environ["HABITAT_PG_URI"], args.events)
+    large_uri = ensure_database(os.environ["HABITAT_PG_URI"], LARGE_EVENTS, LARGE_DATABASE, large=True)
     stack = Stack()
     kubernetes.config.load_kube_config()
     subprocess.run(
         [stack.kubectl, "apply", "--server-side", "-k", str(REPO / "crds")], check=True, capture_output=True
     )
     subprocess.run([stack.kubectl, "create", "namespace", NAMESPACE], capture_output=True, check=False)
-    for name, uri in (("events-db", db_uri), ("broker", amqp_uri)):
+    for name, uri in (("events-db", db_uri), ("events-db-large", large_uri), ("broker", amqp_uri)):
         stack.run("delete", "secret", name, "--ignore-not-found")
         stack.run("create", "secret", "generic", name, f"--from-literal=uri={uri}")
     queue = f"bench-{secrets.token_hex(3)}"
@@ -225,6 +272,7 @@ def main() -> None:
                     f" {steady_rate:.0f}/s steady",
                     flush=True,
                 )
+            large_payloads(stack, operator, large_uri, amqp_uri, queue)
         finally:
             operator.stop()
     connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))

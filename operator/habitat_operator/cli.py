@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from habitat_operator import events_command
+from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.slots import DEFAULT_MAX_OPERATIONS, DEFAULT_MAX_PER_DATABASE
 
 
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_PER_DATABASE,
         help="backups and restores of one database at once; others wait, Queued",
+    )
+    run.add_argument(
+        "--replay-batch-bytes",
+        type=_positive,
+        default=OperatorConfig.replay_batch_bytes,
+        help="bytes of events a ReplayJob reads per query and keeps awaiting confirms (default 8 MiB);"
+        " a single larger event is still replayed, alone",
     )
     run.add_argument(
         "--peering",
@@ -132,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         return _catalog(args)
 
     from habitat_operator import runtime
-    from habitat_operator.config import OperatorConfig
     from habitat_operator.controllers.base.slots import OperationSlots
 
     runtime.run(
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     for p in given.split(",")
                     if p.strip()
                 ),
+                replay_batch_bytes=args.replay_batch_bytes,
             ),
             slots=OperationSlots(args.max_concurrent_operations, args.max_operations_per_database),
             peering=runtime.Peering(args.peering, args.peering_lifetime) if args.peering else None,

@@ -18,3 +18,6 @@ class OperatorConfig:
     # Host patterns (globs of host or host:port) a ScalePolicy's Prometheus serverAddress and RabbitMQ
     # URLs must match; empty: any.
     allowed_metrics_endpoints: tuple[str, ...] = ()
+    # A replay's page of events is cut at this many bytes (as well as at spec.batchSize), and its
+    # messages awaiting confirms are bounded by as many: a replay's memory is bounded in bytes.
+    replay_batch_bytes: int = 8 * 2**20

@@ -109,14 +109,15 @@ def _row(event: Event) -> dict[str, Any]:
         "occurredAt": timestamps.rfc3339(event.occurred_at),
         "correlationId": event.correlation_id,
         "routingKey": event.routing_key,
-        "payload": json.loads(event.payload),
+        "payload": json.loads(event.payload) if event.payload else None,  # empty: SQL NULL
         "headers": event.headers,
     }
 
 
 async def _query(args: argparse.Namespace, selector: EventSelector, store: EventStore) -> int:
     async with events.connect(ConnectionTarget(args.database_uri)) as reader:
-        await reader.check_columns(store)
+        store = await reader.check_columns(store)
+        store.check_selector(selector)
         snapshot = await reader.snapshot(store, selector)
         if args.count:
             print(snapshot.count)

@@ -25,6 +25,9 @@ from habitat_operator.health import Heartbeat, map_large_buffers, release_memory
 
 log = logging.getLogger(__name__)
 
+# How long Kopf waits for a stopped daemon (a deleted object's run cleaning up) before it polls.
+DAEMON_EXIT_WAIT_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class Peering:
@@ -70,6 +73,11 @@ def settings(peering: Peering | None) -> kopf.OperatorSettings:
         s.peering.priority = Peering.startup_priority()
         s.peering.lifetime = peering.lifetime_seconds
         s.peering.stealth = True  # keep-alives every few seconds would drown the log
+    # A deleted object's daemon stops its run and cleans up (a connection closed, a client tool
+    # killed) in about a second: Kopf waits up to DAEMON_EXIT_WAIT_SECONDS for it instead of looking
+    # again only when the daemon's cancellation_backoff (30 s) has passed, so the finalizer goes as
+    # soon as the clean-up is done.
+    s.background.instant_exit_timeout = DAEMON_EXIT_WAIT_SECONDS
     # A watch that silently stops delivering events is a known failure mode; reconnect regularly.
     s.watching.server_timeout = 270
     s.watching.client_timeout = 300

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -347,7 +351,11 @@ def wait_reason(kubectl: Kubectl, name: str, reason: str, operator: OperatorProc
     return dict(
         wait_for(
             reason,
-            lambda: condition(o := kubectl.get("replayjob", name), "Ready")["reason"] == reason and o,
+            lambda: (
+                (o := kubectl.get("replayjob", name)).get("status", {}).get("conditions")
+                and condition(o, "Ready")["reason"] == reason
+                and o
+            ),
             operator=operator,
             timeout=60,
         )
@@ -431,8 +439,9 @@ def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
         replayjob("doomed", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, rateLimit=100)
     )
     wait_progress(kubectl, "doomed", operator_alive, beyond=0)
-    kubectl.run("delete", "replayjob", "doomed", "--wait=false")
-    # The replay stops at once; Kopf lets the finalizer go on its next look, up to 30 s later.
+    # Waits until the object is gone: the replay stops at once, and the finalizer goes with it.
+    deleted = kubectl.run("delete", "replayjob", "doomed", "--timeout=5s", check=False)
+    assert deleted.returncode == 0, deleted.stderr
     cancelled = wait_for(
         "the Cancelled Event",
         lambda: [e["message"] for e in events(kubectl) if e["reason"] == "Cancelled"],
@@ -442,3 +451,179 @@ def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
     published = ids(broker.drain(queue))
     assert 0 < len(published) < EVENTS and published == list(range(1, len(published) + 1))
     assert broker.drain(queue, idle=1.0) == []  # nothing more arrives after the deletion
+
+
+def rabbitmq_eval(expression: str) -> str:
+    """An Erlang expression evaluated on the stack's RabbitMQ node; what it printed."""
+    env = dev_stack.rabbitmq_env(dev_stack.State.load())
+    argv = dev_stack.as_user(
+        "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], "eval", expression]
+    )
+    result = subprocess.run(
+        argv, env={**os.environ, **env}, check=True, capture_output=True, text=True, timeout=60
+    )
+    return result.stdout.strip()
+
+
+@contextmanager
+def broker_max_message_size(limit: int) -> Iterator[None]:
+    """The broker's max_message_size for channels opened meanwhile (RabbitMQ reads it per channel)."""
+    before = rabbitmq_eval("application:get_env(rabbit, max_message_size).")  # {ok,134217728}
+    rabbitmq_eval(f"application:set_env(rabbit, max_message_size, {limit}).")
+    try:
+        yield
+    finally:
+        if before.startswith("{ok,"):
+            rabbitmq_eval(f"application:set_env(rabbit, max_message_size, {before[4:-1]}).")
+        else:
+            rabbitmq_eval("application:unset_env(rabbit, max_message_size).")
+
+
+def test_a_message_over_the_brokers_max_message_size_fails_alone_or_is_skipped(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    large = [100, 101, 400]
+    with psycopg.connect(store) as conn:
+        conn.execute(
+            "UPDATE events SET payload = jsonb_build_object('blob', repeat('x', 150000)) WHERE id = ANY(%s)",
+            (large,),
+        )
+        row = conn.execute("SELECT octet_length(payload::text) FROM events WHERE id = 100").fetchone()
+    assert row is not None
+    size = row[0]
+    selector = {"from": "2026-01-01T00:00:00Z"}
+    strict, lenient = broker.queue(), broker.queue()
+    retry = {"limit": 2, "backoff": "1s"}
+    with broker_max_message_size(100_000):
+        kubectl.apply(replayjob("strict-size", selector, {"queue": {"name": strict}}, retry=retry))
+        failed = wait_phase(kubectl, "replayjob", "strict-size", {"Failed", "Succeeded"}, operator_alive)
+        kubectl.apply(
+            replayjob("lenient-size", selector, {"queue": {"name": lenient}}, onError="continue", retry=retry)
+        )
+        status = succeeded(kubectl, "lenient-size", operator_alive)["status"]
+    stalled = condition(failed, "Stalled")
+    assert (failed["status"]["phase"], stalled["reason"]) == ("Failed", "MessageTooLarge"), stalled
+    assert (
+        f"event 100 is {size} bytes, larger than the broker's max_message_size (100000 bytes)"
+        in (stalled["message"])
+    )
+    assert failed["status"]["attempts"] == 1 and failed["status"]["firstFailure"]["eventId"] == 100
+    sent = Counter(ids(broker.drain(strict)))
+    assert 100 not in sent and max(sent.values()) <= 2  # no resend loop: at most once more, once
+    assert sent.keys() >= set(range(1, 100))
+
+    assert (status["publishedEvents"], status["failedEvents"], status["checkpoint"]) == (597, 3, EVENTS)
+    assert status["firstFailure"]["eventId"] == 100
+    assert status["firstFailure"]["reason"] == "MessageTooLarge"
+    received = ids(broker.drain(lenient))
+    assert set(received) == set(range(1, EVENTS + 1)) - set(large)
+    assert len(received) - 597 <= status.get("duplicatesAtMost", 0)
+
+
+def bodies(broker: Broker, queue: str) -> dict[str, bytes]:
+    """Each message's body as it arrived, by message id (an empty body is no JSON)."""
+    received = {}
+    for method, properties, body in broker.channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
+        if method is None:
+            break
+        received[properties.message_id] = body
+    broker.channel.cancel()
+    return received
+
+
+def test_a_null_payload_is_an_empty_body_and_optional_columns_may_be_absent(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    with psycopg.connect(store) as conn:  # an event store with no routing key, correlation or headers
+        conn.execute(
+            "CREATE TABLE ledger (id bigint PRIMARY KEY, event_type text NOT NULL,"
+            " occurred_at timestamptz NOT NULL, payload jsonb)"
+        )
+        conn.execute(
+            "INSERT INTO ledger SELECT g, 'ledger.posted',"
+            " '2026-01-01'::timestamptz + g * interval '1 minute',"
+            " CASE WHEN g = 3 THEN NULL ELSE jsonb_build_object('n', g) END FROM generate_series(1, 5) g"
+        )
+    queue = broker.queue()
+    job = replayjob("fixed-queue", {"types": ["ledger.posted"]}, {"queue": {"name": queue}})
+    job["spec"]["source"]["table"] = "ledger"
+    kubectl.apply(job)
+    status = succeeded(kubectl, "fixed-queue", operator_alive)["status"]
+    assert (status["publishedEvents"], status["failedEvents"]) == (5, 0)
+    expected = {str(n): json.dumps({"n": n}).encode() for n in (1, 2, 4, 5)}
+    assert bodies(broker, queue) == {**expected, "3": b""}
+
+    by_workflow = replayjob("by-workflow", {"correlationIds": ["period-close-1"]}, {"queue": {"name": queue}})
+    by_workflow["spec"]["source"]["table"] = "ledger"
+    kubectl.apply(by_workflow)
+    stalled = condition(
+        wait_phase(kubectl, "replayjob", "by-workflow", {"Failed"}, operator_alive), "Stalled"
+    )
+    assert (stalled["reason"], stalled["message"]) == (
+        "InvalidSpec",
+        "spec.selector.correlationIds: table 'ledger' has no 'correlation_id' column"
+        " (name it in spec.source.columns.correlationId)",
+    )
+
+
+def test_the_selection_waits_for_transactions_open_when_its_bound_was_read(
+    operator_alive: OperatorProcess, kubectl: Kubectl, credentials: None, store: str, broker: Broker
+) -> None:
+    insert = (
+        "INSERT INTO events (event_type, occurred_at, payload, routing_key, headers)"
+        " VALUES ('ledger.late', '2026-01-02', '{}', 'ledger.late', '{}') RETURNING id"
+    )
+    held = [psycopg.connect(store), psycopg.connect(store)]  # each in a transaction until it commits
+    committed = psycopg.connect(store, autocommit=True)
+    try:
+        late = []
+        for transaction in held:  # an id taken, then many committed after it
+            late.append(transaction.execute(insert).fetchone())
+            for _ in range(300):
+                committed.execute(insert)
+        queue = broker.queue()
+        kubectl.apply(replayjob("gap-safe", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}))
+        waiting = wait_reason(kubectl, "gap-safe", "WaitingForTransactions", operator_alive)
+        assert "transactions open when the selection's upper bound" in condition(waiting, "Ready")["message"]
+        assert waiting["status"]["phase"] == "Pending" and "totalEvents" not in waiting["status"]
+        for transaction in held:
+            transaction.commit()
+    finally:
+        for connection in (*held, committed):
+            connection.close()
+    status = succeeded(kubectl, "gap-safe", operator_alive)["status"]
+    expected = selected(store, "TRUE")
+    assert [row[0] for row in late if row] == [EVENTS + 1, EVENTS + 302]
+    assert ids(broker.drain(queue)) == expected  # the late ones too, in their place
+    assert status["totalEvents"] == status["publishedEvents"] == len(expected) == EVENTS + 602
+
+
+def rss_kib(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (the peak since the last reset) of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def test_replay_memory_is_bounded_in_bytes_whatever_the_payload_sizes(
+    operator_alive: OperatorProcess, kubectl: Kubectl, fresh_database: str, amqp_uri: str, broker: Broker
+) -> None:
+    total = 1500
+    with psycopg.connect(fresh_database) as conn:  # about 190 KB each: 285 MB in all
+        create_events(conn, total)
+        conn.execute("UPDATE events SET payload = jsonb_build_object('blob', repeat(md5(id::text), 6000))")
+    kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={fresh_database}")
+    kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
+    queue = broker.queue()
+    assert operator_alive.process is not None
+    pid = operator_alive.process.pid
+    before = rss_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts again from now
+    job = replayjob("heavy", {"from": "2026-01-01T00:00:00Z"}, {"queue": {"name": queue}}, batchSize=10000)
+    kubectl.apply(job)
+    status = succeeded(kubectl, "heavy", operator_alive, timeout=300)["status"]
+    growth_mib = (rss_kib(pid, "VmHWM") - before) / 1024
+    assert status["publishedEvents"] == total
+    assert broker.channel.queue_declare(queue, passive=True).method.message_count == total
+    assert growth_mib < 100, f"peak RSS grew by {growth_mib:.0f} MiB during the replay"

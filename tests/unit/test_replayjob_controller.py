@@ -21,7 +21,7 @@ from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob import run as replay_run
 from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
 from habitat_operator.engines.postgres import events as event_store
-from habitat_operator.engines.postgres.events import Event, EventStore, Snapshot
+from habitat_operator.engines.postgres.events import Bound, Event, EventStore
 from habitat_operator.engines.rabbitmq.publisher import Failure, Message, Tally
 from habitat_operator.errors import RetryableError
 from tests.unit.bodies import NS, conditions
@@ -41,12 +41,23 @@ class FakeStore:
     def __init__(self) -> None:
         moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         self.events = [Event(i, "t", moment, b"{}", "rk", None, None) for i in range(1, TOTAL + 1)]
+        self.open_transactions: tuple[int, ...] = ()  # open when the bound is read
+        self.open_for = 0  # looks at them before they have ended
+        self.on_look: Any = None
 
-    async def check_columns(self, store: EventStore) -> None:
-        pass
+    async def check_columns(self, store: EventStore) -> EventStore:
+        return store
 
-    async def snapshot(self, store: EventStore, selector: EventSelector) -> Snapshot:
-        return Snapshot(len(self.events), self.events[-1].id)
+    async def bound(self, store: EventStore, selector: EventSelector) -> Bound:
+        return Bound(self.events[-1].id, self.open_transactions)
+
+    async def still_open(self, transactions: tuple[int, ...]) -> tuple[int, ...]:
+        if self.on_look is not None:
+            self.on_look()
+        if self.open_for == 0:
+            return ()
+        self.open_for -= 1
+        return transactions
 
     async def count_between(
         self, store: EventStore, selector: EventSelector, after: int, through: int
@@ -54,12 +65,24 @@ class FakeStore:
         return sum(after < e.id <= through for e in self.events)
 
     async def page(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         return [e for e in self.events if after < e.id <= through][:limit]
 
     async def pages(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> AsyncIterator[list[Event]]:
         while events := await self.page(store, selector, after, through, limit):
             yield events
@@ -77,8 +100,10 @@ class FakeBroker:
         self.fail_at: int | None = None  # the broker goes away when this many were delivered
         self.suspend_at: int | None = None  # a user sets spec.suspend when this many were delivered
 
-    def __call__(self, target: Any, window: int) -> FakeBroker:
+    def __call__(self, target: Any, window: int, window_bytes: int) -> FakeBroker:
         self.tally = Tally()
+        self.resent = 0
+        self.failing = False
         self.confirmed_through: int | None = None
         self._open: list[int] = []
         return self
@@ -254,3 +279,45 @@ def test_a_restarted_operator_continues_the_metrics_from_status(
         0,
     )
     assert sample("habitat_replay_events_total", result="published") == TOTAL
+
+
+def test_the_selection_is_counted_once_the_transactions_open_at_its_bound_have_ended(
+    fake_kube: FakeKube,
+    config: OperatorConfig,
+    store: FakeStore,
+    broker: FakeBroker,
+    job: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_POLL_SECONDS", 0)
+    store.open_transactions, store.open_for = (41, 42), 3
+    seen: list[tuple[Any, ...]] = []
+
+    def look() -> None:
+        status = fake_kube.status(PLURAL, NS, "replay")
+        seen.append((status.get("phase"), conditions(status).get("Ready"), status.get("totalEvents")))
+
+    store.on_look = look
+    assert reconcile(fake_kube, config) is None
+    waiting = ("Pending", ("False", "WaitingForTransactions"), None)
+    assert seen[1:] == [waiting] * 3  # counted only after the last look
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert (status["phase"], status["totalEvents"], status["publishedEvents"]) == ("Succeeded", TOTAL, TOTAL)
+
+
+def test_transactions_that_stay_open_fail_the_attempt_and_the_next_reads_a_new_bound(
+    fake_kube: FakeKube,
+    config: OperatorConfig,
+    store: FakeStore,
+    broker: FakeBroker,
+    job: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_POLL_SECONDS", 0)
+    monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_WAIT_SECONDS", 0)
+    store.open_transactions, store.open_for = (41,), 1000
+    assert isinstance(reconcile(fake_kube, config), RetryLater)
+    status = fake_kube.status(PLURAL, NS, "replay")
+    assert (status["phase"], conditions(status)["Ready"][1]) == ("Pending", "WaitingForTransactions")
+    assert "still open after 0s (xids 41)" in status["message"] and "totalEvents" not in status
+    assert broker.delivered == []

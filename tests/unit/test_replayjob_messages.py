@@ -101,7 +101,7 @@ def test_headers_amqp_cannot_carry_are_refused_with_the_reason_not_the_value() -
 
 
 def test_a_refused_event_settles_in_its_place_among_those_in_flight() -> None:
-    publisher = ConfirmingPublisher(AmqpTarget("amqp://broker"), window=10)
+    publisher = ConfirmingPublisher(AmqpTarget("amqp://broker"), window=10, window_bytes=2**20)
     publisher._channel = SimpleNamespace(basic_publish=lambda *args, **kwargs: None)
 
     def ack(tag: int) -> None:

@@ -31,7 +31,9 @@ def ack(tag: int, multiple: bool = False, nack: bool = False) -> Any:
 
 
 def publisher_with(keys: list[int]) -> ConfirmingPublisher:
-    publisher = ConfirmingPublisher(AmqpTarget("amqp://guest:secret@broker:5672/%2F"), window=10)
+    publisher = ConfirmingPublisher(
+        AmqpTarget("amqp://guest:secret@broker:5672/%2F"), window=10, window_bytes=2**20
+    )
     for tag, key in enumerate(keys, start=1):
         entry = _InFlight(tag, key)
         publisher._in_flight.append(entry)

@@ -52,6 +52,9 @@ class ReplayReason(StrEnum):
     MESSAGE_RETURNED = "MessageReturned"
     MESSAGE_NACKED = "MessageNacked"
     MESSAGE_NOT_ENCODABLE = "MessageNotEncodable"
+    MESSAGE_TOO_LARGE = "MessageTooLarge"
+    MESSAGE_REFUSED = "MessageRefused"
+    WAITING_FOR_TRANSACTIONS = "WaitingForTransactions"
 
 
 class WhereOperator(StrEnum):
@@ -75,7 +78,7 @@ NULL_OPERATORS = frozenset({WhereOperator.IS_NULL, WhereOperator.IS_NOT_NULL})
 
 
 class OnError(StrEnum):
-    """What a nacked, returned (unroutable) or unencodable message does to the replay."""
+    """What a nacked, returned (unroutable), refused (too large) or unencodable message does to the replay."""
 
     FAIL = "fail"
     CONTINUE = "continue"
@@ -87,12 +90,28 @@ class ColumnMap(ApiModel):
     id: Identifier = Field("id", description="bigint, increasing: the order of replay and the message id.")
     event_type: Identifier = Field("event_type", description="text: the event's type.")
     occurred_at: Identifier = Field("occurred_at", description="timestamptz: when the event occurred.")
-    payload: Identifier = Field("payload", description="jsonb: the message body, published unchanged.")
-    routing_key: Identifier = Field("routing_key", description="text, nullable: the original routing key.")
-    correlation_id: Identifier = Field(
-        "correlation_id", description="text, nullable: the workflow or aggregate the event belongs to."
+    payload: Identifier = Field(
+        "payload", description="jsonb: the message body, published unchanged (SQL NULL: an empty body)."
     )
-    headers: Identifier = Field("headers", description="jsonb, nullable: the original message headers.")
+    routing_key: Identifier | None = Field(
+        None,
+        description="text, nullable: the original routing key. Optional: by default routing_key,"
+        " or none if the table has no such column.",
+    )
+    correlation_id: Identifier | None = Field(
+        None,
+        description="text, nullable: the workflow or aggregate the event belongs to. Optional: by"
+        " default correlation_id, or none if the table has no such column.",
+    )
+    headers: Identifier | None = Field(
+        None,
+        description="jsonb, nullable: the original message headers. Optional: by default headers,"
+        " or none if the table has no such column.",
+    )
+
+
+# The optional columns' names when spec.source.columns leaves them out; a table without one has none.
+OPTIONAL_COLUMNS = {"routing_key": "routing_key", "correlation_id": "correlation_id", "headers": "headers"}
 
 
 class EventSource(ApiModel):
@@ -102,7 +121,9 @@ class EventSource(ApiModel):
     table: str = Field(
         "events", pattern=TABLE_PATTERN, max_length=127, description="Table name, optionally schema.table."
     )
-    columns: ColumnMap = Field(ColumnMap(), description="Column names, when they differ from the defaults.")
+    columns: ColumnMap = Field(
+        default_factory=ColumnMap, description="Column names, when they differ from the defaults."
+    )
 
 
 class WhereClause(ApiModel):
@@ -265,7 +286,9 @@ class ReplayJobSpec(ApiModel):
         description="Refuse a selection larger than this (a guard against runaway replays).",
     )
     on_error: OnError = Field(
-        OnError.FAIL, description="fail or continue when the broker nacks or returns a message."
+        OnError.FAIL,
+        description="fail or continue when the broker nacks, returns (unroutable) or refuses (too"
+        " large) a message, or AMQP cannot carry its headers.",
     )
     checkpoint_interval: Duration = Field("2s", description="How often progress is written to status.")
     retry: RetryPolicy = Field(
@@ -284,10 +307,12 @@ class SampleEvent(ApiModel):
 
 
 class ReplayFailure(ApiModel):
-    """The first message the broker nacked or returned, or that AMQP could not carry."""
+    """The first message the broker nacked, returned or refused, or that AMQP could not carry."""
 
     event_id: EventId = Field(description="The event's id.")
-    reason: str = Field(description="MessageReturned or MessageNacked.")
+    reason: str = Field(
+        description="MessageReturned, MessageNacked, MessageTooLarge, MessageRefused or MessageNotEncodable."
+    )
     message: str = Field(description="What the broker said.")
 
 
@@ -297,10 +322,17 @@ class ReplayJobStatus(RunStatus):
     upper_bound: int | None = Field(
         None, ge=0, json_schema_extra={"format": "int64"}, description="Highest selected id at the start."
     )
-    total_events: int | None = Field(None, ge=0, description="Events in the selection at the start.")
+    total_events: int | None = Field(
+        None,
+        ge=0,
+        description="Committed events in the selection up to upperBound, counted once every transaction"
+        " open when upperBound was read had ended.",
+    )
     published_events: int | None = Field(None, ge=0, description="Events the broker confirmed.")
     failed_events: int | None = Field(
-        None, ge=0, description="Events the broker nacked or returned, or that AMQP could not carry."
+        None,
+        ge=0,
+        description="Events the broker nacked, returned or refused, or that AMQP could not carry.",
     )
     checkpoint: int | None = Field(
         None,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from habitat_operator.api.replayjob import ReplayTarget
 from habitat_operator.engines.postgres.events import Event
-from habitat_operator.engines.rabbitmq.properties import JsonPropertiesEncoder
+from habitat_operator.engines.rabbitmq.properties import JsonPropertiesEncoder, NotEncodable
 from habitat_operator.engines.rabbitmq.publisher import Message
 
 JOB_HEADER = "x-habitat-replay-job"
@@ -46,6 +46,9 @@ def encoder(job: str, job_uid: str, replayed_at: str) -> JsonPropertiesEncoder:
 
 
 def to_message(event: Event, addressing: Addressing, marks: JsonPropertiesEncoder) -> Message:
+    """Raises NotEncodable for what a message cannot carry (a NULL where the contract has none)."""
+    if event.event_type is None or event.occurred_at is None:
+        raise NotEncodable("cannot be sent: its event_type or occurred_at is NULL")
     return Message(
         key=event.id,
         exchange=addressing.exchange,

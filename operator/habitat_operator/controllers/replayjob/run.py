@@ -1,8 +1,11 @@
 """One ReplayJob, from Pending to Succeeded or Failed: selected events, in id order, to RabbitMQ.
 
 The order protects against loss and bounds duplicates:
-- the selection's size and highest id are written to status before anything is published, so an
-  event committed later is never part of this replay, and a restart replays the same selection;
+- the selection's highest id is read with the transactions then open, and the job waits until they
+  have ended (ids come from a sequence before a commit, so one of them may still commit an id below
+  the bound); only then is the selection counted, and its size and highest id are written to status
+  before anything is published, so the replay is exactly the committed events up to that id, and a
+  restart replays the same selection;
 - `status.checkpoint` only ever names an id up to which every selected event is confirmed, so a
   restart that resumes after it never skips one;
 - `status.reservedThrough` is written before any id above it is published, so after a crash at any
@@ -37,15 +40,18 @@ from habitat_operator.controllers.replayjob.messages import Addressing, encoder,
 from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.postgres import events
-from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventReader, EventStore
+from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventReader, EventStore, Snapshot
 from habitat_operator.engines.rabbitmq.properties import NotEncodable
 from habitat_operator.engines.rabbitmq.publisher import ConfirmingPublisher, Failure
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
-from habitat_operator.errors import OperationError, PermanentError
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 WINDOW = 1000  # messages in flight: ~15-20k msg/s here, where one confirm per message gives ~1.6k
 SUSPENDED_RECHECK_SECONDS = 5.0
 DRAIN_SECONDS = 10.0
+# How long a new selection waits for the transactions open when its bound was read, and how often it looks.
+OPEN_TRANSACTIONS_WAIT_SECONDS = 300.0
+OPEN_TRANSACTIONS_POLL_SECONDS = 0.5
 
 
 class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
@@ -61,11 +67,11 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if spec.suspend:
             return await self._suspended("suspended before it started")
         database = await read_connection(self.namespace, spec.source.database.secret_ref)
-        store = EventStore(spec.source.table, spec.source.columns)
         async with events.connect(database) as reader:
-            await reader.check_columns(store)
+            store = await reader.check_columns(EventStore(spec.source.table, spec.source.columns))
+            store.check_selector(spec.selector)
             if self.status.total_events is None:
-                snapshot = await reader.snapshot(store, spec.selector)
+                snapshot = await self._snapshot(spec, reader, store)
                 if snapshot.count > spec.max_events:
                     raise _too_large(snapshot.count, spec.max_events)
                 if spec.dry_run:
@@ -83,26 +89,59 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
                 )
             return await self._replay(spec, reader, store)
 
+    # ---------------------------------------------------------------- the selection
+
+    async def _snapshot(self, spec: ReplayJobSpec, reader: EventReader, store: EventStore) -> Snapshot:
+        """The selection's highest id, then its size once every transaction open when that id was
+        read has ended: from then on, no event with an id up to the bound can still appear."""
+        bound = await reader.bound(store, spec.selector)
+        if bound.upper is None:
+            return Snapshot(0, None)
+        waiting = await reader.still_open(bound.open_transactions)
+        if waiting:
+            await self.reporter.write(
+                "reconciling",
+                Phase.PENDING,
+                ReplayReason.WAITING_FOR_TRANSACTIONS,
+                f"waiting for {len(waiting)} transactions open when the selection's upper bound"
+                f" ({bound.upper}) was read to end; they may still commit events below it",
+            )
+        deadline = time.monotonic() + OPEN_TRANSACTIONS_WAIT_SECONDS
+        while waiting:
+            if time.monotonic() > deadline:
+                raise RetryableError(
+                    ReplayReason.WAITING_FOR_TRANSACTIONS,
+                    f"{len(waiting)} transactions open when the selection's upper bound was read"
+                    f" were still open after {OPEN_TRANSACTIONS_WAIT_SECONDS:.0f}s"
+                    f" (xids {', '.join(map(str, waiting[:5]))}); the next attempt reads a new bound",
+                )
+            await asyncio.sleep(OPEN_TRANSACTIONS_POLL_SECONDS)
+            waiting = await reader.still_open(waiting)
+        count = await reader.count_between(store, spec.selector, BEFORE_FIRST_ID, bound.upper)
+        return Snapshot(count, bound.upper)
+
     # ---------------------------------------------------------------- dry run and suspension
 
     async def _dry_run(
         self, spec: ReplayJobSpec, reader: EventReader, store: EventStore, count: int, upper: int | None
     ) -> None:
-        first = (
-            []
-            if upper is None
-            else await reader.page(store, spec.selector, BEFORE_FIRST_ID, upper, spec.sample_size)
-        )
-        sample = [
-            SampleEvent(
-                id=e.id,
-                event_type=e.event_type,
-                occurred_at=timestamps.rfc3339(e.occurred_at),
-                routing_key=e.routing_key,
-                correlation_id=e.correlation_id,
-            )
-            for e in first
-        ]
+        sample: list[SampleEvent] = []
+        if upper is not None and spec.sample_size:
+            budget = self.config.replay_batch_bytes
+            pages = reader.pages(store, spec.selector, BEFORE_FIRST_ID, upper, spec.sample_size, budget)
+            async for page in pages:  # pages within the byte budget, however large the payloads
+                sample += [
+                    SampleEvent(
+                        id=e.id,
+                        event_type=e.event_type,
+                        occurred_at=timestamps.rfc3339(e.occurred_at),
+                        routing_key=e.routing_key,
+                        correlation_id=e.correlation_id,
+                    )
+                    for e in page[: spec.sample_size - len(sample)]
+                ]
+                if len(sample) == spec.sample_size:
+                    break
 
         def sampled(status: ReplayJobStatus) -> None:
             status.total_events, status.upper_bound, status.published_events = count, upper, 0
@@ -274,6 +313,8 @@ class _Replay:
         self.base_published = status.published_events or 0
         self.base_failed = status.failed_events or 0
         self.checkpoint = status.checkpoint
+        self.base_duplicates = status.duplicates_at_most or 0
+        self.batch_bytes = run.config.replay_batch_bytes
         self.reserved = after
         self.progress = Progress(status.total_events or 0)
         self.progress.observe(time.monotonic(), self.base_published + self.base_failed)
@@ -289,13 +330,13 @@ class _Replay:
 
     async def run(self, reader: EventReader, store: EventStore, upper: int) -> bool:
         """Publishes every selected event after the checkpoint; True when suspended midway."""
-        self.publisher = await ConfirmingPublisher(self.broker, WINDOW).open()
+        self.publisher = await ConfirmingPublisher(self.broker, WINDOW, self.batch_bytes).open()
         publish, refuse, tally = self.publisher.publish, self.publisher.refuse, self.publisher.tally
         uid = self.owner.uid
         fail_fast = self.spec.on_error is OnError.FAIL
         try:
             async for page in reader.pages(
-                store, self.spec.selector, self.after, upper, self.spec.batch_size
+                store, self.spec.selector, self.after, upper, self.spec.batch_size, self.batch_bytes
             ):
                 marks = encoder(self.job_name, uid, timestamps.rfc3339(timestamps.now()))
                 for event in page:  # the hot loop: a few attribute reads a message, no more
@@ -309,7 +350,7 @@ class _Replay:
                         refuse(Failure(event.id, ReplayReason.MESSAGE_NOT_ENCODABLE, str(error)))
                     else:
                         await publish(message)
-                    if fail_fast and tally.failed:
+                    if fail_fast and self.publisher.failing:  # known, if not yet settled in order
                         break
                     if time.monotonic() >= self._due:
                         await self._write(reserve_past=event.id)
@@ -382,6 +423,7 @@ class _Replay:
             )
         tally = self.publisher.tally
         published, failed = self.base_published + tally.confirmed, self.base_failed + tally.failed
+        duplicates = self.base_duplicates + self.publisher.resent
         checkpoint = self.publisher.confirmed_through
         self.progress.observe(now, published + failed)
         failure = tally.first_failure
@@ -390,6 +432,7 @@ class _Replay:
         def progressed(status: ReplayJobStatus) -> None:
             status.checkpoint = self.checkpoint if checkpoint is None else checkpoint
             status.reserved_through = None if reserved is None or reserved == BEFORE_FIRST_ID else reserved
+            status.duplicates_at_most = duplicates or None
             status.published_events, status.failed_events = published, failed
             status.progress, status.percent = progress.display(published), progress.percent
             status.rate_per_second, status.eta = round(progress.rate, 1), progress.eta

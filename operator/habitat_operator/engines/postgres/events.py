@@ -3,7 +3,9 @@
 Identifiers (the table, the mapped columns) are quoted with `sql.Identifier` and every value is
 bound as a parameter, so nothing of the spec is ever formatted into SQL. Events are read in pages
 by keyset (`id > last AND id <= upper ORDER BY id LIMIT n`), never OFFSET: each page costs the same
-however far the replay has gone, and memory holds one page.
+however far the replay has gone. A page is also cut where its payloads and headers pass a byte
+budget (the server sums their sizes before sending any), so memory holds at most that many bytes of
+events a page, whatever their sizes; a single event larger than the budget is a page of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from psycopg import sql
 from habitat_operator.api.common import Reason
 from habitat_operator.api.replayjob import (
     LIST_OPERATORS,
+    OPTIONAL_COLUMNS,
     ColumnMap,
     EventSelector,
     WhereClause,
@@ -33,6 +36,7 @@ from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 BEFORE_FIRST_ID = -(2**63)  # below every bigint: "after nothing"
+FIRST_PAGE = 100  # events the first page of a byte-bounded read asks for
 
 _COMPARISONS = {
     WhereOperator.EQ: "=",
@@ -63,7 +67,7 @@ class Event(NamedTuple):  # a tuple: a page of a thousand is built at a fraction
     id: int
     event_type: str
     occurred_at: datetime
-    payload: bytes  # the stored JSON, as text
+    payload: bytes  # the stored JSON as text, UTF-8; empty for SQL NULL
     routing_key: str | None
     correlation_id: str | None
     headers: dict[str, Any] | None
@@ -77,16 +81,49 @@ class Snapshot:
     upper: int | None
 
 
-class EventStore:
-    """One table of the event store and the names of its columns."""
+@dataclass(frozen=True)
+class Bound:
+    """The selection's highest id, and the transactions open when it was read (their ids)."""
 
-    def __init__(self, table: str, columns: ColumnMap) -> None:
+    upper: int | None
+    open_transactions: tuple[int, ...]
+
+
+class EventStore:
+    """One table of the event store and the names of its columns (an optional one left out has the
+    contract's name); `absent` are optional columns the table does not have, read as NULL."""
+
+    def __init__(self, table: str, columns: ColumnMap, absent: frozenset[str] = frozenset()) -> None:
         self.table_name = table
         self.table = sql.Identifier(*table.split("."))
         self.columns = columns
+        self.absent = absent
 
-    def column(self, field: str) -> sql.Identifier:
-        return sql.Identifier(getattr(self.columns, field))
+    def has(self, field: str) -> bool:
+        return field not in self.absent
+
+    def name(self, field: str) -> str:
+        return str(getattr(self.columns, field) or OPTIONAL_COLUMNS[field])
+
+    def column(self, field: str) -> sql.Composable:
+        return sql.SQL("NULL") if field in self.absent else sql.Identifier(self.name(field))
+
+    def check_selector(self, selector: EventSelector) -> None:
+        """Names the selector field that needs an optional column the table does not have."""
+        if selector.correlation_ids is not None and not self.has("correlation_id"):
+            raise self._missing("spec.selector.correlationIds", "correlation_id")
+        for index, clause in enumerate(selector.where or []):
+            field = _CONTRACT[clause.column.partition(".")[0]]
+            if not self.has(field):
+                raise self._missing(f"spec.selector.where[{index}].column", field)
+
+    def _missing(self, where: str, field: str) -> PermanentError:
+        alias = ColumnMap.model_fields[field].alias
+        return PermanentError(
+            Reason.INVALID_SPEC,
+            f"{where}: table {self.table_name!r} has no {OPTIONAL_COLUMNS[field]!r} column"
+            f" (name it in spec.source.columns.{alias})",
+        )
 
     def _where_column(self, name: str) -> tuple[sql.Composable, list[Any]]:
         head, _, key = name.partition(".")
@@ -129,8 +166,12 @@ class EventStore:
 
     def select_events(self) -> sql.Composed:
         c = self.column
-        # headers as text: json.loads of a str costs less than psycopg's jsonb loader
-        return sql.SQL("SELECT {}, {}, {}, {}::text, {}, {}, {}::text FROM {}").format(
+        # the payload as UTF-8 bytes (the message body as it goes out: no str in between); headers as
+        # text: json.loads of a str costs less than psycopg's jsonb loader; text columns cast, so
+        # that a varchar or an enum column reads as str in binary results too
+        return sql.SQL(
+            "SELECT {}, {}::text, {}, convert_to({}::text, 'UTF8'), {}::text, {}::text, {}::text FROM {}"
+        ).format(
             c("id"),
             c("event_type"),
             c("occurred_at"),
@@ -139,6 +180,12 @@ class EventStore:
             c("correlation_id"),
             c("headers"),
             self.table,
+        )
+
+    def size(self) -> sql.Composed:
+        """The bytes an event brings into memory: its payload and headers, as text."""
+        return sql.SQL("coalesce(octet_length({}::text), 0) + coalesce(octet_length({}::text), 0)").format(
+            self.column("payload"), self.column("headers")
         )
 
 
@@ -193,8 +240,10 @@ class EventReader:
             rows: list[tuple[Any, ...]] = await (await self.conn.execute(query, params)).fetchall()
             return rows
 
-    async def check_columns(self, store: EventStore) -> None:
-        """Names the spec field of a mapped column the table lacks, before any query trips on it."""
+    async def check_columns(self, store: EventStore) -> EventStore:
+        """The store with its optional columns resolved: one left out of spec.source.columns is the
+        contract's name if the table has it, else none. Names the spec field of a mapped column the
+        table lacks, before any query trips on it."""
         schema, _, table = store.table_name.rpartition(".")
         rows = await self._rows(
             sql.SQL(
@@ -208,12 +257,17 @@ class EventReader:
                 Reason.INVALID_SPEC, f"spec.source.table: table {store.table_name!r} not found"
             )
         present = {row[0] for row in rows}
-        for field, name in store.columns.model_dump(by_alias=True).items():
-            if name not in present:
+        absent = set()
+        for field, name in store.columns.model_dump().items():
+            if name is None and OPTIONAL_COLUMNS[field] not in present:
+                absent.add(field)
+            elif name is not None and name not in present:
+                alias = ColumnMap.model_fields[field].alias
                 raise PermanentError(
                     Reason.INVALID_SPEC,
-                    f"spec.source.columns.{field}: column {name!r} not found in table {store.table_name!r}",
+                    f"spec.source.columns.{alias}: column {name!r} not found in table {store.table_name!r}",
                 )
+        return EventStore(store.table_name, store.columns, frozenset(absent))
 
     async def snapshot(self, store: EventStore, selector: EventSelector) -> Snapshot:
         condition, params = store.condition(selector)
@@ -222,6 +276,29 @@ class EventReader:
         )
         count, upper = (await self._rows(query, params))[0]
         return Snapshot(int(count), None if upper is None else int(upper))
+
+    async def bound(self, store: EventStore, selector: EventSelector) -> Bound:
+        """The selection's highest id and, read in the same snapshot, the transactions then open:
+        ids are taken from a sequence before a transaction commits, so one of those may still
+        commit ids below the bound."""
+        condition, params = store.condition(selector)
+        query = sql.SQL(
+            "SELECT max({}), ARRAY(SELECT xid::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) xid)"
+            " FROM {} WHERE {}"
+        ).format(store.column("id"), store.table, condition)
+        upper, xids = (await self._rows(query, params))[0]
+        return Bound(None if upper is None else int(upper), tuple(xids))
+
+    async def still_open(self, transactions: tuple[int, ...]) -> tuple[int, ...]:
+        """Those of `transactions` still in progress (neither committed nor rolled back)."""
+        rows = await self._rows(
+            sql.SQL(
+                "SELECT xid FROM unnest(%s::bigint[]) xid"
+                " WHERE pg_xact_status(xid::text::xid8) = 'in progress' ORDER BY xid"
+            ),
+            [list(transactions)],
+        )
+        return tuple(row[0] for row in rows)
 
     async def count_between(
         self, store: EventStore, selector: EventSelector, after: int, through: int
@@ -234,29 +311,61 @@ class EventReader:
         return int((await self._rows(query, [*params, after, through]))[0][0])
 
     async def page(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[Event]:
-        """The next `limit` selected events with after < id <= through, in id order."""
+        """The next `limit` selected events with after < id <= through, in id order; with
+        `max_bytes`, only as many as fit in it (at least one): the server sums the sizes first."""
         condition, params = store.condition(selector)
-        query = sql.SQL("{} WHERE ({}) AND {} > %s AND {} <= %s ORDER BY {} LIMIT %s").format(
-            store.select_events(), condition, store.column("id"), store.column("id"), store.column("id")
+        id_ = store.column("id")
+        last: sql.Composable = sql.SQL("%s")
+        last_params: list[Any] = [through]
+        if max_bytes is not None:
+            last = sql.SQL(
+                "(SELECT max(id) FROM (SELECT id, sum(size) OVER (ORDER BY id) - size AS before"
+                " FROM (SELECT {} AS id, {} AS size FROM {} WHERE ({}) AND {} > %s AND {} <= %s"
+                " ORDER BY {} LIMIT %s) candidates) running WHERE before < %s)"
+            ).format(id_, store.size(), store.table, condition, id_, id_, id_)
+            last_params = [*params, after, through, limit, max_bytes]
+        query = sql.SQL("{} WHERE ({}) AND {} > %s AND {} <= {} ORDER BY {} LIMIT %s").format(
+            store.select_events(), condition, id_, id_, last, id_
         )
-        rows = await self._rows(query, [*params, after, through, limit])
+        # binary: the payload's bytes arrive as they are, not hex-encoded
+        with _classified(self.target):
+            cursor = await self.conn.execute(query, [*params, after, *last_params, limit], binary=True)
+            rows = await cursor.fetchall()
         loads = json.loads
         return [
-            Event(r[0], r[1], r[2], r[3].encode(), r[4], r[5], (loads(r[6]) or None) if r[6] else None)
+            Event(r[0], r[1], r[2], r[3] or b"", r[4], r[5], (loads(r[6]) or None) if r[6] else None)
             for r in rows
         ]
 
     async def pages(
-        self, store: EventStore, selector: EventSelector, after: int, through: int, limit: int
+        self,
+        store: EventStore,
+        selector: EventSelector,
+        after: int,
+        through: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Every selected event after `after` up to `through`, page by page (keyset, never OFFSET).
-        The next page is read while the caller works on this one."""
-        pending = asyncio.ensure_future(self.page(store, selector, after, through, limit))
+        The next page is read while the caller works on this one. With `max_bytes`, a page asks for
+        at most twice as many events as the last one held (from FIRST_PAGE up to `limit`): the server
+        sizes only those, not `limit` large payloads of which a few fit."""
+
+        def read(after: int, count: int) -> asyncio.Future[list[Event]]:
+            return asyncio.ensure_future(self.page(store, selector, after, through, count, max_bytes))
+
+        pending = read(after, limit if max_bytes is None else min(limit, FIRST_PAGE))
         try:
             while events := await pending:
-                pending = asyncio.ensure_future(self.page(store, selector, events[-1].id, through, limit))
+                pending = read(events[-1].id, min(limit, 2 * len(events)))
                 yield events
         finally:
             if not pending.done():

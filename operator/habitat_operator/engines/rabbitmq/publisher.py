@@ -4,14 +4,24 @@ trip per message.
 pika's asyncio adapter runs on the caller's event loop. Every message is `mandatory`, so one that no
 queue takes comes back (basic.return, then its ack). Messages go out in the caller's order, and the
 broker confirms them by delivery tag; `confirmed_through` is the last key of the unbroken run of
-settled messages from the first one on, which is what a checkpoint may safely say.
+settled messages from the first one on, which is what a checkpoint may safely say. The window is
+bounded in messages and in bytes (a single larger message goes out alone).
+
+A message the broker will not take (a body over its `max_message_size`, or any other 406
+PRECONDITION_FAILED) closes the channel, and the broker drops every message sent after it on that
+channel. That message fails in its place, as a returned one does; the others still unconfirmed go
+out again on a new channel, once, and those the broker had taken before it may arrive twice
+(`resent`). The size limit the broker names is kept: a later message over it is refused here,
+without sending it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,6 +34,8 @@ from habitat_operator.api.replayjob import ReplayReason
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
+PRECONDITION_FAILED = 406
+_SIZE_REFUSAL = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
 _AUTH_ERRORS = (
     pika.exceptions.ProbableAuthenticationError,
     pika.exceptions.ProbableAccessDeniedError,
@@ -76,6 +88,8 @@ class _InFlight:
     key: int
     settled: bool = False
     failure: Failure | None = None
+    message: Message | None = None  # kept until settled: sent again after the broker refused another
+    size: int = 0
 
 
 @dataclass
@@ -92,20 +106,34 @@ class Tally:
         self.first_failure = self.first_failure or failure
 
 
+def too_large(key: int, size: int, limit: int) -> Failure:
+    return Failure(
+        key,
+        ReplayReason.MESSAGE_TOO_LARGE,
+        f"is {size} bytes, larger than the broker's max_message_size ({limit} bytes)",
+    )
+
+
 class ConfirmingPublisher:
     """One connection and one channel in confirm mode; use `open()`."""
 
-    def __init__(self, target: AmqpTarget, window: int) -> None:
+    def __init__(self, target: AmqpTarget, window: int, window_bytes: int) -> None:
         self.target = target
         self.window = window
+        self.window_bytes = window_bytes
         self.tally = Tally()
         self.confirmed_through: int | None = None
+        self.max_message_size: int | None = None  # the broker's, once it refused a message for its size
+        self.resent = 0  # messages sent again after a refusal that the broker may already have taken
+        self.failing = False  # some message failed, settled in order or not yet
         self._in_flight: deque[_InFlight] = deque()
-        self._by_tag: dict[int, _InFlight] = {}
+        self._by_tag: dict[int, _InFlight] = {}  # the current channel's unsettled entries, in tag order
+        self._bytes_in_flight = 0
         self._returned: dict[int, str] = {}
         self._next_tag = 1
         self._changed = asyncio.Event()
         self._error: OperationError | None = None
+        self._refusal: str | None = None  # the broker's words, until the refused message is found
         self._connection: _CoalescingConnection | None = None
         self._channel: Any = None
 
@@ -113,25 +141,16 @@ class ConfirmingPublisher:
 
     async def open(self) -> ConfirmingPublisher:
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
+        connected: asyncio.Future[None] = loop.create_future()
 
         def failed(error: OperationError) -> None:
             self._fail(error)
-            if not ready.done():
-                ready.set_exception(error)
+            if not connected.done():
+                connected.set_exception(error)
 
-        def on_open(connection: AsyncioConnection) -> None:
-            connection.channel(on_open_callback=on_channel)
-
-        def on_channel(channel: Any) -> None:
-            self._channel = channel
-            channel.add_on_close_callback(self._on_channel_closed)
-            channel.add_on_return_callback(self._on_return)
-            channel.confirm_delivery(self._on_confirm, callback=on_confirming)
-
-        def on_confirming(_: Any) -> None:
-            if not ready.done():
-                ready.set_result(None)
+        def on_open(_: AsyncioConnection) -> None:
+            if not connected.done():
+                connected.set_result(None)
 
         def on_open_error(_: Any, error: BaseException) -> None:
             failed(self._unavailable(error))
@@ -147,11 +166,38 @@ class ConfirmingPublisher:
             custom_ioloop=loop,
         )
         try:
-            await ready
+            await connected
+            await self._open_channel()
         except BaseException:
             await self.close()
             raise
         return self
+
+    async def _open_channel(self) -> None:
+        """A new channel in confirm mode; delivery tags start again from 1."""
+        assert self._connection is not None
+        confirming = False
+
+        def on_channel(channel: Any) -> None:
+            self._channel = channel
+            channel.add_on_close_callback(self._on_channel_closed)
+            channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(self._on_confirm, callback=on_confirming)
+
+        def on_confirming(_: Any) -> None:
+            nonlocal confirming
+            confirming = True
+            self._changed.set()
+
+        self._channel = None
+        self._by_tag.clear()
+        self._returned.clear()
+        self._next_tag = 1
+        if not self._connection.is_open:  # closing, and not yet said so
+            self._fail(self._unavailable(pika.exceptions.ConnectionWrongStateError()))
+        else:
+            self._connection.channel(on_open_callback=on_channel)
+        await self._until(lambda: confirming)
 
     async def close(self) -> None:
         """Closes the connection (what was sent stays sent); waits briefly for the broker to agree."""
@@ -177,18 +223,24 @@ class ConfirmingPublisher:
             ReplayReason.BROKER_UNAVAILABLE, f"RabbitMQ at {self.target.display} is unavailable: {detail}"
         )
 
-    def _on_channel_closed(self, _: Any, error: BaseException) -> None:
-        if isinstance(error, pika.exceptions.ChannelClosedByBroker) and error.reply_code == 404:
+    def _on_channel_closed(self, channel: Any, error: BaseException) -> None:
+        if channel is not self._channel:
+            return  # a channel left behind after a refusal
+        self._channel = None
+        if not isinstance(error, pika.exceptions.ChannelClosedByBroker):
+            self._fail(self._unavailable(error))
+        elif error.reply_code == PRECONDITION_FAILED and self._error is None:
+            self._refusal = error.reply_text  # one message refused: found and failed by `_recover`
+            self._changed.set()
+        elif error.reply_code == 404:
             self._fail(PermanentError(ReplayReason.TARGET_NOT_FOUND, f"RabbitMQ: {error.reply_text}"))
-        elif isinstance(error, pika.exceptions.ChannelClosedByBroker):
+        else:
             self._fail(
                 RetryableError(
                     ReplayReason.BROKER_UNAVAILABLE,
                     f"RabbitMQ at {self.target.display} closed the channel: {error.reply_text}",
                 )
             )
-        else:
-            self._fail(self._unavailable(error))
 
     def _fail(self, error: OperationError) -> None:
         if self._error is None:
@@ -198,32 +250,53 @@ class ConfirmingPublisher:
     # ---------------------------------------------------------------- publishing
 
     async def publish(self, message: Message) -> None:
-        """Sends `message` once fewer than `window` messages are unconfirmed; raises when the
-        connection or channel is gone (what was unconfirmed then is not known to have arrived)."""
-        while len(self._in_flight) >= self.window and self._error is None:
-            self._changed.clear()
-            await self._changed.wait()
-        self.raise_if_broken()
+        """Sends `message` once the window has room for it; raises when the connection is gone
+        (what was unconfirmed then is not known to have arrived)."""
+        size = len(message.body)
+        await self._until(lambda: not self._in_flight or self._has_room(size))
+        if self.max_message_size is not None and size > self.max_message_size:  # known after waiting
+            self.refuse(too_large(message.key, size, self.max_message_size))
+            return
+        entry = _InFlight(0, message.key, message=message, size=size)
+        self._in_flight.append(entry)
+        self._bytes_in_flight += size
+        self._send(entry)
+
+    def _has_room(self, size: int) -> bool:
+        return len(self._in_flight) < self.window and self._bytes_in_flight + size <= self.window_bytes
+
+    def _send(self, entry: _InFlight) -> None:
+        message = entry.message
+        assert message is not None
         self._channel.basic_publish(
             message.exchange, message.routing_key, message.body, message.properties, mandatory=True
         )
-        entry = _InFlight(self._next_tag, message.key)
+        entry.tag = self._next_tag
         self._next_tag += 1
-        self._in_flight.append(entry)
         self._by_tag[entry.tag] = entry
 
     def refuse(self, failure: Failure) -> None:
         """Counts `failure.key` as failed without sending it (a message that cannot be encoded), in
         its place among the keys in flight, so the checkpoint passes it as it passes a returned one."""
-        entry = _InFlight(self._next_tag - 1, failure.key, settled=True, failure=failure)
-        self._in_flight.append(entry)
+        self._in_flight.append(_InFlight(0, failure.key, settled=True, failure=failure))
+        self.failing = True
         self._settle_from_the_left()
 
     async def drain(self) -> None:
         """Waits until every message sent is settled."""
-        while self._in_flight and self._error is None:
-            self._changed.clear()
-            await self._changed.wait()
+        await self._until(lambda: not self._in_flight)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Waits until `done()`, finding a refused message whenever the broker refuses one; raises
+        when the connection or channel is gone."""
+        while self._error is None:
+            if self._refusal is not None:
+                await self._recover()
+            elif done():
+                break
+            else:
+                self._changed.clear()
+                await self._changed.wait()
         self.raise_if_broken()
 
     def raise_if_broken(self) -> None:
@@ -235,6 +308,60 @@ class ConfirmingPublisher:
         """The last key handed to the broker, settled or not."""
         return self._in_flight[-1].key if self._in_flight else self.confirmed_through
 
+    # ---------------------------------------------------------------- a refused message
+
+    async def _recover(self) -> None:
+        """The broker refused one of the unsettled messages and closed the channel: fails that one
+        in its place and sends the others again on a new channel, each once."""
+        assert self._refusal is not None
+        refusal, self._refusal = self._refusal, None
+        pending = [entry for entry in self._in_flight if not entry.settled]
+        limit = self._learn_limit(refusal)
+        await self._open_channel()
+        oversized = [i for i, entry in enumerate(pending) if limit is not None and entry.size > limit]
+        if not oversized:  # the broker's words do not say which: find it by sending them one by one
+            await self._isolate(pending, refusal)
+            return
+        self.resent += oversized[0]  # the broker took those before the refused one: they may arrive twice
+        for entry in pending:
+            if limit is not None and entry.size > limit:
+                self._settle(entry, too_large(entry.key, entry.size, limit))
+            else:
+                self._send(entry)
+        self._settle_from_the_left()
+
+    async def _isolate(self, pending: list[_InFlight], refusal: str) -> None:
+        """Sends `pending` one at a time, each confirmed before the next, until the broker refuses
+        one again: that is the refused message. The rest then go out as usual."""
+        for position, entry in enumerate(pending):
+            self._send(entry)
+            while not entry.settled and self._refusal is None and self._error is None:
+                self._changed.clear()
+                await self._changed.wait()
+            self.raise_if_broken()
+            if self._refusal is not None:
+                refusal, self._refusal = self._refusal, None
+                self.resent += position
+                self._settle(entry, self._refused(entry, refusal))
+                await self._open_channel()
+                for rest in pending[position + 1 :]:
+                    self._send(rest)
+                self._settle_from_the_left()
+                return
+        self.resent += len(pending)  # none was refused this time: any of them may arrive twice
+
+    def _learn_limit(self, refusal: str) -> int | None:
+        found = _SIZE_REFUSAL.search(refusal)
+        if found is not None:
+            self.max_message_size = int(found.group(2))
+        return self.max_message_size
+
+    def _refused(self, entry: _InFlight, refusal: str) -> Failure:
+        limit = self._learn_limit(refusal)
+        if limit is not None and entry.size > limit:
+            return too_large(entry.key, entry.size, limit)
+        return Failure(entry.key, ReplayReason.MESSAGE_REFUSED, f"was refused by the broker: {refusal}")
+
     # ---------------------------------------------------------------- the broker's answers
 
     def _on_return(self, _: Any, method: Any, properties: Any, __: bytes) -> None:
@@ -245,17 +372,23 @@ class ConfirmingPublisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         nacked = isinstance(method, pika.spec.Basic.Nack)
-        if method.multiple:  # the deque is in tag order, and settled entries leave it from the left
-            settled = list(itertools.takewhile(lambda e: e.tag <= method.delivery_tag, self._in_flight))
-            settled = [e for e in settled if not e.settled]
+        if method.multiple:
+            tag = method.delivery_tag
+            settled = list(itertools.takewhile(lambda e: e.tag <= tag, self._by_tag.values()))
         else:
             found = self._by_tag.get(method.delivery_tag)
-            settled = [found] if found is not None and not found.settled else []
+            settled = [] if found is None else [found]
         for entry in settled:
-            entry.settled = True
-            del self._by_tag[entry.tag]
-            entry.failure = self._failure(entry.key, nacked)
+            self._settle(entry, self._failure(entry.key, nacked))
         self._settle_from_the_left()
+
+    def _settle(self, entry: _InFlight, failure: Failure | None) -> None:
+        entry.settled = True
+        entry.failure = failure
+        entry.message = None
+        self.failing = self.failing or failure is not None
+        self._by_tag.pop(entry.tag, None)
+        self._bytes_in_flight -= entry.size
 
     def _settle_from_the_left(self) -> None:
         while self._in_flight and self._in_flight[0].settled:
