@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import wait_for
+from tests.e2e.helpers import wait_for
 from tests.harness import REPO, Stack, dev_stack
 
 FILE = "habitat-e2e"

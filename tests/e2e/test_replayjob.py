@@ -14,8 +14,7 @@ import pytest
 from sample_database import create_events
 from tests.e2e.amqp import Broker, Received
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import condition, wait_for, wait_phase
-from tests.e2e.test_hardening import events
+from tests.e2e.helpers import condition, events, replayjob, wait_for, wait_phase
 from tests.harness import REPO, Kubectl, dev_stack
 
 pytestmark = pytest.mark.e2e
@@ -41,20 +40,6 @@ def store(fresh_database: str) -> str:
 def credentials(kubectl: Kubectl, store: str, amqp_uri: str) -> None:
     kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={store}")
     kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
-
-
-def replayjob(name: str, selector: dict[str, Any], target: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "ReplayJob",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"database": {"secretRef": {"name": "events-db"}}},
-            "selector": selector,
-            "target": {"rabbitmq": {"secretRef": {"name": "broker"}}, **target},
-            **spec,
-        },
-    }
 
 
 def selected(uri: str, where: str, params: tuple[Any, ...] = ()) -> list[int]:

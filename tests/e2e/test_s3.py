@@ -17,10 +17,20 @@ import pytest
 
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
-from tests.e2e.test_backup import backup, condition, seed, wait_for, wait_phase, wait_ready
-from tests.e2e.test_backup_schedule import NEVER_IN_THIS_TEST, run_by_hand, runs_of
-from tests.e2e.test_hardening import events
-from tests.e2e.test_restore import finished, restore
+from tests.e2e.helpers import (
+    NEVER_IN_THIS_TEST,
+    backup,
+    condition,
+    events,
+    finished,
+    restore,
+    run_by_hand,
+    runs_of,
+    seed,
+    wait_for,
+    wait_phase,
+    wait_ready,
+)
 from tests.harness import Kubectl, Stack, dev_stack
 
 pytestmark = pytest.mark.e2e

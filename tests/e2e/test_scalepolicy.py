@@ -18,7 +18,7 @@ import pika
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import condition, wait_for
+from tests.e2e.helpers import condition, deployment, policy, queue_trigger, wait_for
 from tests.harness import Kubectl, Stack, dev_stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
@@ -27,50 +27,11 @@ pytestmark = pytest.mark.e2e
 GITOPS_MANAGER = "argocd-controller"
 
 
-def deployment(name: str, replicas: int | None = 1, label: str = "v1") -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": {"app": name}},
-        "template": {
-            "metadata": {"labels": {"app": name, "release": label}},
-            "spec": {"containers": [{"name": "app", "image": "registry.invalid/habitat:1"}]},
-        },
-    }
-    if replicas is not None:
-        spec["replicas"] = replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
-
-
 def gitops_apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
     """A server-side apply as a GitOps tool does it, under its own field manager."""
     kubectl.run(
         "apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-", stdin=json.dumps(manifest)
     )
-
-
-def policy(name: str, target: str, triggers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    base = {
-        "target": {"kind": "Deployment", "name": target},
-        "minReplicas": 1,
-        "maxReplicas": 5,
-        "pollingInterval": 1,
-        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 2}},
-        "triggers": triggers,
-    }
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "ScalePolicy",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
-
-
-def queue_trigger(name: str, queue: str, per_replica: int = 10, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "rabbitmq",
-        "rabbitmq": {"queue": queue, "targetPerReplica": per_replica, "secretRef": {"name": "rabbitmq"}}
-        | extra,
-    }
 
 
 def publish(amqp_uri: str, queue: str, count: int) -> None:
