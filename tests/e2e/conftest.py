@@ -23,9 +23,10 @@ import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from dev_stack.common import free_port
 from tests.conftest import database_uri
 from tests.e2e.helpers import backup, seed, wait_ready
-from tests.harness import REPO, Kubectl, Stack, dev_stack
+from tests.harness import REPO, Kubectl, Stack
 
 OPERATOR_NAMESPACE = "habitat-system"
 
@@ -49,7 +50,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.scratch_dir = log_path.parent / "scratch"
         self.scratch_dir.mkdir(exist_ok=True)
-        self.metrics_port = dev_stack.free_port()
+        self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

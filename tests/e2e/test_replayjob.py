@@ -11,11 +11,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from dev_stack import postgres, rabbitmq
 from sample_database import create_events
 from tests.e2e.amqp import Broker, Received
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import condition, events, replayjob, wait_for, wait_phase
-from tests.harness import REPO, Kubectl, dev_stack
+from tests.harness import REPO, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -362,12 +363,12 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
         )
     )
     wait_progress(kubectl, "outage", operator_alive, beyond=50)
-    dev_stack.rabbitmqctl("stop_app")
+    rabbitmq.rabbitmqctl("stop_app")
     try:
         down = wait_reason(kubectl, "outage", "BrokerUnavailable", operator_alive)
         assert condition(down, "Ready")["status"] == "False"
     finally:
-        dev_stack.rabbitmqctl("start_app")
+        rabbitmq.rabbitmqctl("start_app")
     broker.reconnect()
     completes_with_every_id(kubectl, "outage", operator_alive, broker, queue)
 
@@ -388,7 +389,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         )
     )
     wait_progress(kubectl, "dbdown", operator_alive, beyond=50)
-    dev_stack.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
+    postgres.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
     try:
         down = wait_reason(kubectl, "dbdown", "DatabaseUnreachable", operator_alive)
         assert condition(down, "Ready")["status"] == "False" and down["status"]["phase"] == "Pending"
@@ -404,7 +405,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         assert any("retry 2/10 in 2s" in message for message in retries)
         assert not any(str(urlsplit(store).password) in message for message in retries)
     finally:
-        dev_stack.restart_postgres()
+        postgres.restart_postgres()
     completes_with_every_id(kubectl, "dbdown", operator_alive, broker, queue)
 
 

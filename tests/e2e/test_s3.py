@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from dev_stack.common import State, free_port
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
 from tests.e2e.helpers import (
@@ -31,7 +32,7 @@ from tests.e2e.helpers import (
     wait_phase,
     wait_ready,
 )
-from tests.harness import Kubectl, Stack, dev_stack
+from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -414,14 +415,14 @@ class PrivateS3:
         self.stack = stack
         self.data = data
         self.data.mkdir(parents=True)
-        self.port = dev_stack.free_port()
+        self.port = free_port()
         self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.tls = tls
         self.ca = ca
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = dev_stack.State.load().s3_bin
+        binary = State.load().s3_bin
         env = {"ROOT_ACCESS_KEY": self.stack.s3_access_key, "ROOT_SECRET_KEY": self.stack.s3_secret_key}
         tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
         self.process = subprocess.Popen(

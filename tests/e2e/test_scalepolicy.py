@@ -17,9 +17,10 @@ from typing import Any
 import pika
 import pytest
 
+from dev_stack import common, rabbitmq
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import condition, deployment, policy, queue_trigger, wait_for
-from tests.harness import Kubectl, Stack, dev_stack
+from tests.harness import Kubectl, Stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 pytestmark = pytest.mark.e2e
@@ -233,11 +234,9 @@ class rabbitmq_stopped:  # lower case: it reads as a context, like contextlib's
     """Stops the stack's RabbitMQ application (the node stays, so it comes back in seconds)."""
 
     def _ctl(self, command: str) -> None:
-        state = dev_stack.State.load()
-        env = dev_stack.rabbitmq_env(state)
-        argv = dev_stack.as_user(
-            "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], command]
-        )
+        state = common.State.load()
+        env = rabbitmq.rabbitmq_env(state)
+        argv = common.as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], command])
         subprocess.run(argv, env={**os.environ, **env}, check=True, capture_output=True, timeout=60)
 
     def __enter__(self) -> None:
@@ -245,9 +244,9 @@ class rabbitmq_stopped:  # lower case: it reads as a context, like contextlib's
 
     def __exit__(self, *_: object) -> None:
         self._ctl("start_app")
-        state = dev_stack.State.load()
-        dev_stack.wait_until("rabbitmq", lambda: dev_stack._amqp_ready(state), 60)
-        dev_stack.wait_until("rabbitmq management", lambda: dev_stack._management_ready(state), 60)
+        state = common.State.load()
+        common.wait_until("rabbitmq", lambda: rabbitmq.amqp_ready(state), 60)
+        common.wait_until("rabbitmq management", lambda: rabbitmq.management_ready(state), 60)
 
 
 def test_a_prometheus_trigger_queries_the_stacks_prometheus(

@@ -8,10 +8,11 @@ import urllib.request
 import pika
 import pytest
 
+from dev_stack.common import free_port
 from habitat_operator.engines.prometheus.query import instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.errors import RetryableError
-from tests.harness import Stack, dev_stack
+from tests.harness import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_a_missing_queue_or_broker_is_an_error_without_credentials(stack: Stack)
     with pytest.raises(RetryableError, match="HTTP 404") as absent:
         management_depth(stack.rabbitmq_api, "/", "no-such-queue", timeout=2)
     assert "guest" not in str(absent.value)
-    closed_port = dev_stack.free_port()
+    closed_port = free_port()
     with pytest.raises(RetryableError, match="unreachable") as down:
         AmqpDepth(f"amqp://guest:secret@127.0.0.1:{closed_port}/%2F").read("q", timeout=1)
     assert "secret" not in str(down.value)
