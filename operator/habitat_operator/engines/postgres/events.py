@@ -278,23 +278,34 @@ class EventReader:
         return Snapshot(int(count), None if upper is None else int(upper))
 
     async def bound(self, store: EventStore, selector: EventSelector) -> Bound:
-        """The selection's highest id and, read in the same snapshot, the transactions then open:
-        ids are taken from a sequence before a transaction commits, so one of those may still
-        commit ids below the bound."""
+        """The selection's highest id and the transactions open when it was read that may still
+        commit ids below it: ids are taken from a sequence when a row is inserted, before its
+        transaction commits. Every transaction with an id holds the lock on that id until it ends
+        (pg_locks), including those at or past the snapshot's xmax, which pg_snapshot_xip leaves
+        out. One shown to be of another database, or to have written nothing (no RowExclusiveLock
+        held: it only read or locked), cannot commit an event; one that cannot be told (a
+        prepared transaction, which has no session) is waited for."""
         condition, params = store.condition(selector)
         query = sql.SQL(
-            "SELECT max({}), ARRAY(SELECT xid::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) xid)"
+            "SELECT max({}), ARRAY("
+            " SELECT DISTINCT x.transactionid::text::bigint FROM pg_locks x"
+            " WHERE x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock'"
+            " AND x.pid IS DISTINCT FROM pg_backend_pid()"
+            " AND NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = x.pid"
+            "  AND (a.datname IS DISTINCT FROM current_database() OR NOT EXISTS"
+            "   (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.mode = 'RowExclusiveLock'))))"
             " FROM {} WHERE {}"
         ).format(store.column("id"), store.table, condition)
         upper, xids = (await self._rows(query, params))[0]
-        return Bound(None if upper is None else int(upper), tuple(xids))
+        return Bound(None if upper is None else int(upper), tuple(sorted(xids)))
 
     async def still_open(self, transactions: tuple[int, ...]) -> tuple[int, ...]:
-        """Those of `transactions` still in progress (neither committed nor rolled back)."""
+        """Those of `transactions` still in progress: their id's lock is still held."""
         rows = await self._rows(
             sql.SQL(
-                "SELECT xid FROM unnest(%s::bigint[]) xid"
-                " WHERE pg_xact_status(xid::text::xid8) = 'in progress' ORDER BY xid"
+                "SELECT DISTINCT transactionid::text::bigint AS xid FROM pg_locks"
+                " WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock'"
+                " AND transactionid::text::bigint = ANY(%s) ORDER BY xid"
             ),
             [list(transactions)],
         )
