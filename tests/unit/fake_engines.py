@@ -1,8 +1,9 @@
 """Stand-ins for the engines the controllers call (pg_dump, pg_restore, the database lock).
 
 Each records what it was asked and fails when a test queues an error for it; nothing reaches
-PostgreSQL. Every run takes its engines as a constructor argument (BackupEngines, RestoreEngines,
-MigrationEngines, ...), and a test hands it these; nothing is patched.
+PostgreSQL. Every run takes its engines as a constructor argument, and a test hands it these
+(Backup, Restore, Migration) or the stand-ins in its own module (ReplayJob's event store and
+broker, ScalePolicy's target and trigger sources); no module path is patched.
 """
 
 from __future__ import annotations
@@ -67,8 +68,6 @@ class FakePostgres:
     `calls` lists (operation, database) in order; `databases` are those that exist (a drill's scratch
     database comes and goes); `non_empty` are those holding objects.
     """
-
-    RestoreRequest = restore_engine.RestoreRequest
 
     def __init__(self, databases: Sequence[str] = ()) -> None:
         self.calls: list[tuple[str, str]] = []
