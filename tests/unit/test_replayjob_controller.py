@@ -163,12 +163,6 @@ def broker(fake_kube: FakeKube) -> FakeBroker:
     return FakeBroker(fake_kube)
 
 
-@pytest.fixture
-def engines(store: FakeStore, broker: FakeBroker) -> ReplayEngines:
-    """What each run is given: the fake event store and the fake broker."""
-    return ReplayEngines(connect=store.connect, publisher=broker)
-
-
 def replayjob(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -185,7 +179,11 @@ def replayjob(**spec: Any) -> dict[str, Any]:
     }
 
 
-def reconcile(kube: FakeKube, config: OperatorConfig, engines: ReplayEngines) -> RetryLater | None:
+def reconcile(
+    kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker
+) -> RetryLater | None:
+    """One step, given the fake event store and the fake broker as its engines."""
+    engines = ReplayEngines(connect=store.connect, publisher=broker)
     run = ReplayRun(kube.object(PLURAL, NS, "replay"), config, OperationSlots(), engines)
     return asyncio.run(run.reconcile())
 
@@ -198,9 +196,9 @@ def job(fake_kube: FakeKube) -> None:
 
 
 def test_a_replay_publishes_every_event_once_in_order(
-    fake_kube: FakeKube, config: OperatorConfig, broker: FakeBroker, engines: ReplayEngines, job: None
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
 ) -> None:
-    assert reconcile(fake_kube, config, engines) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     status = fake_kube.status(PLURAL, NS, "replay")
     assert broker.delivered == list(range(1, TOTAL + 1))
     assert (status["phase"], status["publishedEvents"], status["checkpoint"]) == ("Succeeded", TOTAL, TOTAL)
@@ -209,19 +207,14 @@ def test_a_replay_publishes_every_event_once_in_order(
 
 @pytest.mark.parametrize("kill_at", [0, 1, 49, 50, 51, 199, 399])
 def test_killed_at_any_publish_it_loses_nothing_and_bounds_duplicates(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    broker: FakeBroker,
-    engines: ReplayEngines,
-    job: None,
-    kill_at: int,
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None, kill_at: int
 ) -> None:
     broker.kill_at = kill_at
     with pytest.raises(Killed):
-        reconcile(fake_kube, config, engines)
+        reconcile(fake_kube, config, store, broker)
     assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Running"
     broker.kill_at = None
-    assert reconcile(fake_kube, config, engines) is None  # the next operator: interrupted, resumed
+    assert reconcile(fake_kube, config, store, broker) is None  # the next operator: interrupted, resumed
     status = fake_kube.status(PLURAL, NS, "replay")
     assert status["phase"] == "Succeeded" and status["publishedEvents"] == TOTAL
     assert set(broker.delivered) == set(range(1, TOTAL + 1))
@@ -230,37 +223,37 @@ def test_killed_at_any_publish_it_loses_nothing_and_bounds_duplicates(
 
 
 def test_suspended_before_it_starts_it_publishes_nothing(
-    fake_kube: FakeKube, config: OperatorConfig, engines: ReplayEngines
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker
 ) -> None:
     fake_kube.add(PLURAL, replayjob(suspend=True))
-    assert isinstance(reconcile(fake_kube, config, engines), RetryLater)
+    assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("False", "Suspended")
 
 
 def test_suspending_and_resuming_never_uses_up_retries(
-    fake_kube: FakeKube, config: OperatorConfig, broker: FakeBroker, engines: ReplayEngines, job: None
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
 ) -> None:
     spec = fake_kube.objects[(PLURAL, NS, "replay")]["spec"]
     spec["retry"] = {"limit": 1, "backoff": "1s"}
     for suspend_at in (50, 100, 150):  # more suspensions than the retry limit
         broker.suspend_at = suspend_at
-        assert isinstance(reconcile(fake_kube, config, engines), RetryLater)
+        assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
         assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Suspended"
         spec["suspend"] = False
     broker.fail_at = 200  # one failure: within the limit, so it is retried, after the first backoff
-    assert reconcile(fake_kube, config, engines) == RetryLater(1.0)
+    assert reconcile(fake_kube, config, store, broker) == RetryLater(1.0)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], status["attempts"]) == ("Pending", 1)
     broker.fail_at = None
-    assert reconcile(fake_kube, config, engines) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], status["attempts"], status["publishedEvents"]) == ("Succeeded", 2, TOTAL)
     assert set(broker.delivered) == set(range(1, TOTAL + 1))
 
 
 def test_a_restarted_operator_continues_the_metrics_from_status(
-    fake_kube: FakeKube, config: OperatorConfig, broker: FakeBroker, engines: ReplayEngines, job: None
+    fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
 ) -> None:
     labels = {"namespace": NS, "replayjob": "replay"}
 
@@ -270,7 +263,7 @@ def test_a_restarted_operator_continues_the_metrics_from_status(
     metrics.forget_replayjob(NS, "replay")
     broker.kill_at = 199
     with pytest.raises(Killed):
-        reconcile(fake_kube, config, engines)
+        reconcile(fake_kube, config, store, broker)
     published = fake_kube.status(PLURAL, NS, "replay")["publishedEvents"]
     assert 0 < published < TOTAL
     # Counted only once status has them: the series never runs ahead of what a restart restores.
@@ -280,7 +273,7 @@ def test_a_restarted_operator_continues_the_metrics_from_status(
     assert sample("habitat_replay_events_total", result="published") == published
     assert sample("habitat_replay_progress_ratio") == published / TOTAL
     broker.kill_at = None
-    assert reconcile(fake_kube, config, engines) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     assert sample("habitat_replay_events_total", result="published") == TOTAL  # each event counted once
     metrics.forget_replayjob(NS, "replay")
     restore_metrics(fake_kube.object(PLURAL, NS, "replay"))  # finished: the dashboard keeps its 100%
@@ -295,7 +288,7 @@ def test_the_selection_is_counted_once_the_transactions_open_at_its_bound_have_e
     fake_kube: FakeKube,
     config: OperatorConfig,
     store: FakeStore,
-    engines: ReplayEngines,
+    broker: FakeBroker,
     job: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -308,7 +301,7 @@ def test_the_selection_is_counted_once_the_transactions_open_at_its_bound_have_e
         seen.append((status.get("phase"), conditions(status).get("Ready"), status.get("totalEvents")))
 
     store.on_look = look
-    assert reconcile(fake_kube, config, engines) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     waiting = ("Pending", ("False", "WaitingForTransactions"), None)
     assert seen[1:] == [waiting] * 3  # counted only after the last look
     status = fake_kube.status(PLURAL, NS, "replay")
@@ -320,14 +313,13 @@ def test_transactions_that_stay_open_fail_the_attempt_and_the_next_reads_a_new_b
     config: OperatorConfig,
     store: FakeStore,
     broker: FakeBroker,
-    engines: ReplayEngines,
     job: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_POLL_SECONDS", 0)
     monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_WAIT_SECONDS", 0)
     store.open_transactions, store.open_for = (41,), 1000
-    assert isinstance(reconcile(fake_kube, config, engines), RetryLater)
+    assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], conditions(status)["Ready"][1]) == ("Pending", "WaitingForTransactions")
     assert "still open after 0s (xids 41)" in status["message"] and "totalEvents" not in status
