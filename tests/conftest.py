@@ -15,20 +15,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.harness import Kubectl, Stack, dev_stack
+import dev_stack.stack
+from tests.harness import Kubectl, Stack
 
 
 def _stack_is_up(values: dict[str, str]) -> bool:
-    return bool(values) and dev_stack.status_quiet()
+    return bool(values) and dev_stack.stack.status_quiet()
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    values = dev_stack.read_env()
+    values = dev_stack.stack.read_env()
     started = False
     if not _stack_is_up(values):
-        dev_stack.up()
-        values = dev_stack.read_env()
+        dev_stack.stack.up()
+        values = dev_stack.stack.read_env()
         started = True
     kubeconfig = os.environ.get("HABITAT_TEST_KUBECONFIG", values["KUBECONFIG"])
     try:
@@ -46,7 +47,7 @@ def stack() -> Iterator[Stack]:
         )
     finally:
         if started:
-            dev_stack.down()
+            dev_stack.stack.down()
 
 
 # ---------------------------------------------------------------- PostgreSQL

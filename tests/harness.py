@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-import dev_stack  # noqa: E402  (lives in scripts/, which is not a package)
-
-__all__ = ["REPO", "Kubectl", "Stack", "dev_stack"]
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "catalog":
         return _catalog(args)
 
+    from habitat_operator.health import limit_malloc_arenas
+
+    limit_malloc_arenas()  # first: before anything starts a thread
     from habitat_operator import runtime
     from habitat_operator.controllers.base.slots import OperationSlots
 

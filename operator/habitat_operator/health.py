@@ -41,7 +41,19 @@ class Heartbeat:
 
 TRIM_SECONDS = 30.0
 _M_MMAP_THRESHOLD = -3  # malloc.h
+_M_ARENA_MAX = -8
 LARGE_BUFFER_BYTES = 1 << 20
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS glibc arenas, shared by all threads (as MALLOC_ARENA_MAX, which the image
+    also sets). Uncapped, every thread that allocates gets an arena of its own, up to 8 per core: the
+    Kubernetes client's threads decode responses into theirs, and what a burst freed there stays
+    with that arena. Call it before any thread starts: glibc fixes the limit at its first new arena."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def map_large_buffers() -> None:

@@ -6,9 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import kopf
 from aiohttp import web
@@ -22,6 +20,7 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.engines.artifacts.store import sweep_partials, sweep_scratch_folders
 from habitat_operator.health import Heartbeat, map_large_buffers, release_memory_periodically
+from habitat_operator.kopf_hooks import keep_bodies_lean
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +81,6 @@ def settings(peering: Peering | None) -> kopf.OperatorSettings:
     s.watching.server_timeout = 270
     s.watching.client_timeout = 300
     return s
-
-
-def drop_managed_fields(raw_event: kopf.RawEvent) -> None:
-    """Removes `metadata.managedFields` from a watch event's object, in place."""
-    metadata: dict[str, Any] | None = raw_event["object"].get("metadata")  # type: ignore[assignment]
-    if isinstance(metadata, dict):
-        metadata.pop("managedFields", None)
-
-
-def keep_bodies_lean() -> None:
-    """Kopf keeps the latest body of every object of a kind with daemons (all five kinds have one)
-    for as long as the object exists. More than half of such a body is `metadata.managedFields`,
-    which neither Kopf nor a handler reads: 12 of 21 MB with 1,000 objects (docs/benchmarks.md).
-    Kopf has no public hook between the watch and its processing, so this wraps the processing
-    function, which Kopf looks up when it starts the watches. Should a Kopf release stop looking it
-    up there, the operator still works and only the saving is lost (a unit test says so first)."""
-    from kopf._core.reactor import processing  # Kopf's internals: checked by tests/unit/test_lean_bodies.py
-
-    process: Callable[..., Awaitable[str | None]] = processing.process_resource_event
-    if getattr(process, "drops_managed_fields", False):
-        return
-
-    async def process_lean_event(*args: Any, raw_event: kopf.RawEvent, **kwargs: Any) -> str | None:
-        drop_managed_fields(raw_event)
-        return await process(*args, raw_event=raw_event, **kwargs)
-
-    process_lean_event.drops_managed_fields = True  # type: ignore[attr-defined]
-    processing.process_resource_event = process_lean_event  # type: ignore[assignment]
 
 
 async def _serve_metrics(port: int, ready: asyncio.Event, heartbeat: Heartbeat) -> web.AppRunner:

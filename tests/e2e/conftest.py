@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REPO, Kubectl, Stack, dev_stack
+from dev_stack.common import free_port
+from tests.conftest import database_uri
+from tests.e2e.helpers import backup, seed, wait_ready
+from tests.harness import REPO, Kubectl, Stack
 
 OPERATOR_NAMESPACE = "habitat-system"
 
@@ -44,7 +50,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.scratch_dir = log_path.parent / "scratch"
         self.scratch_dir.mkdir(exist_ok=True)
-        self.metrics_port = dev_stack.free_port()
+        self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -152,3 +158,26 @@ def db_secret(kubectl: Kubectl, fresh_database: str) -> str:
     """A Secret `habitat-db` in the test namespace holding the fresh database's URI."""
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={fresh_database}")
     return "habitat-db"
+
+
+@pytest.fixture
+def target_database(pg_admin_uri: str, kubectl: Kubectl) -> Any:
+    """A second, empty database and its Secret `target-db`."""
+    name = f"target_{secrets.token_hex(5)}"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    uri = database_uri(pg_admin_uri, name)
+    kubectl.run("create", "secret", "generic", "target-db", f"--from-literal=uri={uri}")
+    yield uri
+    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def source_backup(
+    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
+) -> dict[str, Any]:
+    """A seeded database A and a successful Backup `source` of it."""
+    seed(fresh_database)
+    kubectl.apply(backup("source"))
+    return wait_ready(kubectl, "source", operator_alive)

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from dev_stack.prometheus import prometheus_dir
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import wait_for
-from tests.harness import REPO, Stack, dev_stack
+from tests.e2e.helpers import wait_for
+from tests.harness import REPO, Stack
 
 FILE = "habitat-e2e"
 JOB = "habitat-operator-metrics"  # the Service's name, which a ServiceMonitor makes the job label
@@ -35,7 +36,7 @@ def _reload(stack: Stack) -> None:
 def scraping(stack: Stack, operator: OperatorProcess) -> Iterator[None]:
     """Prometheus scrapes the operator as the chart's ServiceMonitor would, and evaluates the shipped
     rules with every `for:` cut to 5s so a test need not wait minutes (the expressions are as shipped)."""
-    folder = dev_stack.prometheus_dir()
+    folder = prometheus_dir()
     shipped = yaml.safe_load((REPO / "manifests" / "base" / "alerts.yaml").read_text())["spec"]["groups"]
     text = re.sub(r"(?m)^(\s+for: ).*$", r"\g<1>5s", yaml.safe_dump({"groups": shipped}, sort_keys=False))
     (folder / "rules" / f"{FILE}.yaml").write_text(text)

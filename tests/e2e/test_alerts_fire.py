@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
+from tests.e2e.helpers import backup, wait_for
 from tests.e2e.prometheus import get, scraping
-from tests.e2e.test_backup import backup, wait_for
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e

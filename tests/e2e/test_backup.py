@@ -6,8 +6,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,84 +15,18 @@ import pytest
 from habitat_operator.engines.postgres.dump import read_plaintext
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
+from tests.e2e.helpers import (
+    artifact_path,
+    backup,
+    condition,
+    seed,
+    snapshot,
+    wait_phase,
+    wait_ready,
+)
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
-
-
-def seed(uri: str, rows: int = 1000) -> None:
-    with psycopg.connect(uri) as conn:
-        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, payload jsonb)")
-        conn.execute("CREATE TABLE audit (id serial PRIMARY KEY, note text)")
-        conn.execute(
-            "INSERT INTO events (kind, payload) SELECT 'k' || (g %% 7), jsonb_build_object('n', g)"
-            " FROM generate_series(1, %s) g",
-            (rows,),
-        )
-        conn.execute("INSERT INTO audit (note) VALUES ('created')")
-
-
-def snapshot(uri: str) -> dict[str, Any]:
-    with psycopg.connect(uri) as conn:
-        return {
-            "events": conn.execute("SELECT count(*), sum(id), max(payload->>'n') FROM events").fetchone(),
-            "audit": conn.execute("SELECT note FROM audit").fetchall(),
-            "seq": conn.execute("SELECT last_value FROM events_id_seq").fetchone(),
-        }
-
-
-def backup(name: str, **spec: Any) -> dict[str, Any]:
-    base = {"database": {"secretRef": {"name": "habitat-db"}}, "storage": {"filesystem": {"path": "e2e"}}}
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Backup",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], timeout: float = 90, operator: OperatorProcess | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = f"\noperator log:\n{operator.log_tail()}" if operator else ""
-            raise AssertionError(f"timed out waiting for {what}{logs}")
-        time.sleep(0.3)
-
-
-def wait_phase(
-    kubectl: Kubectl, kind: str, name: str, phases: set[str], operator: OperatorProcess, timeout: float = 90
-) -> dict[str, Any]:
-    """The object, once its status.phase is one of `phases`."""
-    return wait_for(  # type: ignore[no-any-return]
-        f"{kind} {name} to reach {'/'.join(sorted(phases))}",
-        lambda: (o := kubectl.get(kind, name)).get("status", {}).get("phase") in phases and o,
-        timeout=timeout,
-        operator=operator,
-    )
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
-
-
-def artifact_path(obj: dict[str, Any]) -> Path:
-    return Path(obj["status"]["artifact"]["uri"].removeprefix("file://"))
-
-
-def wait_ready(kubectl: Kubectl, name: str, operator: OperatorProcess, timeout: int = 120) -> dict[str, Any]:
-    result = kubectl.run(
-        "wait", "--for=condition=Ready", f"backup/{name}", f"--timeout={timeout}s", check=False
-    )
-    assert result.returncode == 0, (
-        f"{result.stderr}\nstatus: {kubectl.get('backup', name).get('status')}\n{operator.log_tail()}"
-    )
-    return kubectl.get("backup", name)
 
 
 def restore_into(path: Path, target_uri: str) -> None:

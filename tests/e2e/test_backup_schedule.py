@@ -4,43 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import artifact_path, backup, condition, seed, wait_for, wait_phase, wait_ready
+from tests.e2e.helpers import (
+    NEVER_IN_THIS_TEST,
+    artifact_path,
+    backup,
+    condition,
+    run_by_hand,
+    runs_of,
+    seed,
+    wait_for,
+    wait_phase,
+    wait_ready,
+)
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
 
-SCHEDULE_LABEL = "ops.habitat.dev/schedule"
 EVERY_MINUTE = "* * * * *"
-NEVER_IN_THIS_TEST = "0 0 1 1 *"  # midnight on New Year's Day
-
-
-def runs_of(kubectl: Kubectl, schedule: str) -> list[dict[str, Any]]:
-    import json
-
-    listing = kubectl.run("get", "backups", "-l", f"{SCHEDULE_LABEL}={schedule}", "-o", "json").stdout
-    return sorted(json.loads(listing)["items"], key=lambda item: item["metadata"]["name"])
-
-
-def run_by_hand(name: str, parent: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    """A child Backup as the schedule would create it (same label, owned by it), made by the test."""
-    body = backup(name, **spec)
-    meta = parent["metadata"]
-    body["metadata"]["labels"] = {SCHEDULE_LABEL: meta["name"]}
-    body["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": parent["apiVersion"],
-            "kind": "Backup",
-            "name": meta["name"],
-            "uid": meta["uid"],
-            "controller": True,
-        }
-    ]
-    return body
 
 
 def sleep_past_next_minute() -> None:

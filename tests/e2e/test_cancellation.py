@@ -14,17 +14,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e import test_restore
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import backup, seed, snapshot, wait_for, wait_phase, wait_ready
-from tests.e2e.test_restore import restore
+from tests.e2e.helpers import backup, restore, seed, snapshot, wait_for, wait_phase, wait_ready
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
 
 FINALIZER = "ops.habitat.dev/finalizer"
-source_backup = test_restore.source_backup
-target_database = test_restore.target_database
 
 
 def gone(kubectl: Kubectl, kind: str, name: str, operator: OperatorProcess, timeout: float = 60) -> None:

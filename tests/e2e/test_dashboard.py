@@ -12,12 +12,19 @@ import pytest
 
 from sample_database import create_events
 from tests.e2e.conftest import OperatorProcess
+from tests.e2e.helpers import (
+    backup,
+    deployment,
+    drill,
+    inline,
+    migration,
+    policy,
+    queue_trigger,
+    replayjob,
+    seed,
+    wait_phase,
+)
 from tests.e2e.prometheus import get, scraping
-from tests.e2e.test_backup import backup, seed, wait_phase
-from tests.e2e.test_gitops_health import drill
-from tests.e2e.test_migration import inline, migration
-from tests.e2e.test_replayjob import replayjob
-from tests.e2e.test_scalepolicy import deployment, policy, queue_trigger
 from tests.harness import REPO, Kubectl, Stack
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,17 @@ import pytest
 
 from tests.conftest import database_uri
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
-from tests.e2e.test_backup import backup, condition, seed, snapshot, wait_for, wait_phase, wait_ready
-from tests.e2e.test_restore import finished, restore
+from tests.e2e.helpers import (
+    backup,
+    condition,
+    finished,
+    restore,
+    seed,
+    snapshot,
+    wait_for,
+    wait_phase,
+    wait_ready,
+)
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
-from tests.e2e.test_backup import artifact_path, backup, seed, wait_for, wait_phase, wait_ready
+from tests.e2e.helpers import artifact_path, backup, seed, wait_for, wait_phase, wait_ready
 from tests.harness import REPO, Kubectl, Stack
 
 pytestmark = pytest.mark.e2e

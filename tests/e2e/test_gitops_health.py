@@ -19,11 +19,17 @@ from habitat_operator.engines.postgres.locks import LOCK_CLASS, holder_name
 from sample_database import create_events
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import backup, seed, wait_phase
-from tests.e2e.test_migration import inline, migration
-from tests.e2e.test_replayjob import replayjob
-from tests.e2e.test_restore import restore
-from tests.e2e.test_scalepolicy import deployment, policy
+from tests.e2e.helpers import (
+    backup,
+    deployment,
+    drill,
+    inline,
+    migration,
+    policy,
+    replayjob,
+    seed,
+    wait_phase,
+)
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -146,12 +152,3 @@ def objects(queue: str) -> list[dict[str, Any]]:
         policy("scaling", "workers", [schedule_trigger]),
         policy("no-target", "absent", [schedule_trigger]),
     ]
-
-
-def drill(name: str, source: str) -> dict[str, Any]:
-    return restore(
-        name,
-        drill=True,
-        source={"backupRef": {"name": source}},
-        target={"database": {"secretRef": {"name": "habitat-db"}}},
-    )

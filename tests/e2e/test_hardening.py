@@ -20,31 +20,28 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import database_uri
-from tests.e2e import test_restore
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import (
+from tests.e2e.helpers import (
+    SCHEDULE_LABEL,
     artifact_path,
     backup,
     condition,
+    events,
+    finished,
+    restore,
     seed,
+    tables,
     wait_for,
     wait_phase,
     wait_ready,
 )
-from tests.e2e.test_restore import finished, restore, tables
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
 SAFETY_FOR_LABEL = "ops.habitat.dev/safety-backup-for"
-SCHEDULE_LABEL = "ops.habitat.dev/schedule"
 SCRATCH_DATABASES = r"SELECT datname FROM pg_database WHERE datname LIKE 'habitat\_drill\_%'"
 NOBODY_UID = "00000000-0000-0000-0000-000000000000"
-
-# test_restore's fixtures, used here too: pytest finds a fixture under the module attribute's name
-# (importing them by name would make every parameter that requests them shadow an import).
-source_backup = test_restore.source_backup
-target_database = test_restore.target_database
 
 
 # ---------------------------------------------------------------- helpers
@@ -81,10 +78,6 @@ def make_database(pg_admin_uri: str) -> Iterator[Callable[[str], str]]:
 def scratch_databases(pg_admin_uri: str) -> set[str]:
     with psycopg.connect(pg_admin_uri) as conn:
         return {row[0] for row in conn.execute(SCRATCH_DATABASES).fetchall()}
-
-
-def events(kubectl: Kubectl) -> list[dict[str, Any]]:
-    return list(json.loads(kubectl.run("get", "events", "-o", "json").stdout)["items"])
 
 
 def metric_series(operator: OperatorProcess, family: str) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_manifests import dry_run
+from tests.e2e.helpers import dry_run
 from tests.harness import REPO, Kubectl, Stack
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_backup import backup
-from tests.e2e.test_restore import restore
+from tests.e2e.helpers import backup, restore
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.helpers import dry_run
 from tests.harness import REPO, Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -15,26 +16,6 @@ pytestmark = pytest.mark.e2e
 def kustomize(admin: Kubectl, overlay: str) -> list[dict[str, Any]]:
     rendered = admin.run("kustomize", str(REPO / "manifests" / overlay)).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
-
-
-# The Prometheus Operator's CRDs are not part of the local stack; everything else is checked.
-PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
-
-
-def dry_run(kubectl: Kubectl, documents: list[dict[str, Any]], *flags: str) -> str:
-    """A server-side dry run of all the apiserver can check, namespace by namespace (kubectl's -n
-    must match the documents'; cluster-scoped ones go with kubectl's own)."""
-    applicable = [doc for doc in documents if doc["kind"] not in PROMETHEUS_OPERATOR_KINDS]
-
-    def namespace(doc: dict[str, Any]) -> str:
-        return str(doc["metadata"].get("namespace", kubectl.namespace))
-
-    output = ""
-    for name in sorted({namespace(doc) for doc in applicable}):
-        group = yaml.safe_dump_all([doc for doc in applicable if namespace(doc) == name])
-        command = ("apply", "--dry-run=server", "--server-side", *flags, "-f", "-")
-        output += Kubectl(kubectl.stack, name).run(*command, stdin=group).stdout
-    return output
 
 
 def test_the_kustomize_base_renders_and_the_apiserver_accepts_it(installed: None, stack: Stack) -> None:

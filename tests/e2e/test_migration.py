@@ -15,12 +15,10 @@ import pytest
 
 from habitat_operator.engines.postgres.locks import LOCK_CLASS, holder_name
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import condition, wait_for, wait_phase
-from tests.e2e.test_restore import finished, restore, target_database
+from tests.e2e.helpers import condition, finished, inline, migration, restore, wait_for, wait_phase
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
-__all__ = ["target_database"]  # a fixture, imported for the backupBefore test
 
 HISTORY = "habitat.habitat_schema_migrations"
 
@@ -35,24 +33,6 @@ THREE = {
     "INSERT INTO ran VALUES (3);",
     "3_orders.down.sql": "DROP TABLE orders;",
 }
-
-
-def migration(name: str, **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "database": {"secretRef": {"name": "habitat-db"}},
-        "source": {"configMapRefs": [{"name": "sql"}]},
-        "lockTimeout": "5s",
-    }
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Migration",
-        "metadata": {"name": name},
-        "spec": {k: v for k, v in (base | spec).items() if v is not None},
-    }
-
-
-def inline(*migrations: tuple[int, str, str]) -> dict[str, Any]:
-    return {"inline": [{"version": v, "name": n, "up": up} for v, n, up in migrations]}
 
 
 def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:

@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from dev_stack import postgres, rabbitmq
+from dev_stack.common import State, as_user
 from sample_database import create_events
 from tests.e2e.amqp import Broker, Received
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import condition, wait_for, wait_phase
-from tests.e2e.test_hardening import events
-from tests.harness import REPO, Kubectl, dev_stack
+from tests.e2e.helpers import condition, events, replayjob, wait_for, wait_phase
+from tests.harness import REPO, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -45,20 +46,6 @@ def store(fresh_database: str) -> str:
 def credentials(kubectl: Kubectl, store: str, amqp_uri: str) -> None:
     kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={store}")
     kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
-
-
-def replayjob(name: str, selector: dict[str, Any], target: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "ReplayJob",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"database": {"secretRef": {"name": "events-db"}}},
-            "selector": selector,
-            "target": {"rabbitmq": {"secretRef": {"name": "broker"}}, **target},
-            **spec,
-        },
-    }
 
 
 def selected(uri: str, where: str, params: tuple[Any, ...] = ()) -> list[int]:
@@ -386,12 +373,12 @@ def test_rabbitmq_stopped_mid_replay_resumes_and_delivers_every_id(
         )
     )
     wait_progress(kubectl, "outage", operator_alive, beyond=50)
-    dev_stack.rabbitmqctl("stop_app")
+    rabbitmq.rabbitmqctl("stop_app")
     try:
         down = wait_reason(kubectl, "outage", "BrokerUnavailable", operator_alive)
         assert condition(down, "Ready")["status"] == "False"
     finally:
-        dev_stack.rabbitmqctl("start_app")
+        rabbitmq.rabbitmqctl("start_app")
     broker.reconnect()
     completes_with_every_id(kubectl, "outage", operator_alive, broker, queue)
 
@@ -412,7 +399,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         )
     )
     wait_progress(kubectl, "dbdown", operator_alive, beyond=50)
-    dev_stack.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
+    postgres.stop_postgres()  # this session's stack only (HABITAT_STACK_DIR)
     try:
         down = wait_reason(kubectl, "dbdown", "DatabaseUnreachable", operator_alive)
         assert condition(down, "Ready")["status"] == "False" and down["status"]["phase"] == "Pending"
@@ -428,7 +415,7 @@ def test_postgresql_stopped_mid_replay_retries_with_backoff_and_delivers_every_i
         assert any("retry 2/10 in 2s" in message for message in retries)
         assert not any(str(urlsplit(store).password) in message for message in retries)
     finally:
-        dev_stack.restart_postgres()
+        postgres.restart_postgres()
     completes_with_every_id(kubectl, "dbdown", operator_alive, broker, queue)
 
 
@@ -456,10 +443,8 @@ def test_deleting_a_running_replay_stops_it_and_what_was_published_stays(
 
 def rabbitmq_eval(expression: str) -> str:
     """An Erlang expression evaluated on the stack's RabbitMQ node; what it printed."""
-    env = dev_stack.rabbitmq_env(dev_stack.State.load())
-    argv = dev_stack.as_user(
-        "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], "eval", expression]
-    )
+    env = rabbitmq.rabbitmq_env(State.load())
+    argv = as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], "eval", expression])
     result = subprocess.run(
         argv, env={**os.environ, **env}, check=True, capture_output=True, text=True, timeout=60
     )

@@ -10,68 +10,23 @@ import pytest
 
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_backup import (
+from tests.e2e.helpers import (
     artifact_path,
     backup,
     condition,
+    finished,
+    restore,
+    run_by_hand,
     seed,
     snapshot,
+    tables,
     wait_for,
     wait_phase,
     wait_ready,
 )
-from tests.e2e.test_backup_schedule import run_by_hand
 from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
-
-
-def restore(name: str, **spec: Any) -> dict[str, Any]:
-    base = {
-        "source": {"backupRef": {"name": "source"}},
-        "target": {"database": {"secretRef": {"name": "target-db"}}},
-    }
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "Restore",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
-
-
-def finished(kubectl: Kubectl, name: str, operator: OperatorProcess, timeout: float = 120) -> dict[str, Any]:
-    return wait_phase(kubectl, "restore", name, {"Succeeded", "Failed"}, operator, timeout)
-
-
-def tables(uri: str) -> list[str]:
-    with psycopg.connect(uri) as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
-@pytest.fixture
-def target_database(pg_admin_uri: str, kubectl: Kubectl) -> Any:
-    """A second, empty database and its Secret `target-db`."""
-    name = f"target_{secrets.token_hex(5)}"
-    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    uri = database_uri(pg_admin_uri, name)
-    kubectl.run("create", "secret", "generic", "target-db", f"--from-literal=uri={uri}")
-    yield uri
-    with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def source_backup(
-    operator_alive: OperatorProcess, kubectl: Kubectl, db_secret: str, fresh_database: str
-) -> dict[str, Any]:
-    """A seeded database A and a successful Backup `source` of it."""
-    seed(fresh_database)
-    kubectl.apply(backup("source"))
-    return wait_ready(kubectl, "source", operator_alive)
 
 
 @pytest.fixture

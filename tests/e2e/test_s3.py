@@ -15,14 +15,25 @@ from typing import Any
 import psycopg
 import pytest
 
+from dev_stack.common import State, free_port
 from habitat_operator.engines.postgres.locks import LOCK_CLASS, holder_name
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
-from tests.e2e.test_backup import backup, condition, seed, wait_for, wait_phase, wait_ready
-from tests.e2e.test_backup_schedule import NEVER_IN_THIS_TEST, run_by_hand, runs_of
-from tests.e2e.test_hardening import events
-from tests.e2e.test_restore import finished, restore
-from tests.harness import Kubectl, Stack, dev_stack
+from tests.e2e.helpers import (
+    NEVER_IN_THIS_TEST,
+    backup,
+    condition,
+    events,
+    finished,
+    restore,
+    run_by_hand,
+    runs_of,
+    seed,
+    wait_for,
+    wait_phase,
+    wait_ready,
+)
+from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -544,14 +555,14 @@ class PrivateS3:
         self.stack = stack
         self.data = data
         self.data.mkdir(parents=True)
-        self.port = dev_stack.free_port()
+        self.port = free_port()
         self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.tls = tls
         self.ca = ca
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = dev_stack.State.load().s3_bin
+        binary = State.load().s3_bin
         env = {"ROOT_ACCESS_KEY": self.stack.s3_access_key, "ROOT_SECRET_KEY": self.stack.s3_secret_key}
         tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
         self.process = subprocess.Popen(

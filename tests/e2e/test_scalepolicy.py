@@ -19,9 +19,10 @@ from typing import Any
 import pika
 import pytest
 
+from dev_stack import common, rabbitmq
 from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
-from tests.e2e.test_backup import condition, wait_for
-from tests.harness import Kubectl, Stack, dev_stack
+from tests.e2e.helpers import condition, deployment, policy, queue_trigger, wait_for
+from tests.harness import Kubectl, Stack
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 pytestmark = pytest.mark.e2e
@@ -29,50 +30,11 @@ pytestmark = pytest.mark.e2e
 GITOPS_MANAGER = "argocd-controller"
 
 
-def deployment(name: str, replicas: int | None = 1, label: str = "v1") -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": {"app": name}},
-        "template": {
-            "metadata": {"labels": {"app": name, "release": label}},
-            "spec": {"containers": [{"name": "app", "image": "registry.invalid/habitat:1"}]},
-        },
-    }
-    if replicas is not None:
-        spec["replicas"] = replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
-
-
 def gitops_apply(kubectl: Kubectl, manifest: dict[str, Any]) -> None:
     """A server-side apply as a GitOps tool does it, under its own field manager."""
     kubectl.run(
         "apply", "--server-side", f"--field-manager={GITOPS_MANAGER}", "-f", "-", stdin=json.dumps(manifest)
     )
-
-
-def policy(name: str, target: str, triggers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    base = {
-        "target": {"kind": "Deployment", "name": target},
-        "minReplicas": 1,
-        "maxReplicas": 5,
-        "pollingInterval": 1,
-        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 2}},
-        "triggers": triggers,
-    }
-    return {
-        "apiVersion": "ops.habitat.dev/v1alpha1",
-        "kind": "ScalePolicy",
-        "metadata": {"name": name},
-        "spec": base | spec,
-    }
-
-
-def queue_trigger(name: str, queue: str, per_replica: int = 10, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "rabbitmq",
-        "rabbitmq": {"queue": queue, "targetPerReplica": per_replica, "secretRef": {"name": "rabbitmq"}}
-        | extra,
-    }
 
 
 def publish(amqp_uri: str, queue: str, count: int) -> None:
@@ -274,11 +236,9 @@ class rabbitmq_stopped:  # lower case: it reads as a context, like contextlib's
     """Stops the stack's RabbitMQ application (the node stays, so it comes back in seconds)."""
 
     def _ctl(self, command: str) -> None:
-        state = dev_stack.State.load()
-        env = dev_stack.rabbitmq_env(state)
-        argv = dev_stack.as_user(
-            "rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], command]
-        )
+        state = common.State.load()
+        env = rabbitmq.rabbitmq_env(state)
+        argv = common.as_user("rabbitmq", ["/usr/sbin/rabbitmqctl", "-n", env["RABBITMQ_NODENAME"], command])
         subprocess.run(argv, env={**os.environ, **env}, check=True, capture_output=True, timeout=60)
 
     def __enter__(self) -> None:
@@ -286,9 +246,9 @@ class rabbitmq_stopped:  # lower case: it reads as a context, like contextlib's
 
     def __exit__(self, *_: object) -> None:
         self._ctl("start_app")
-        state = dev_stack.State.load()
-        dev_stack.wait_until("rabbitmq", lambda: dev_stack._amqp_ready(state), 60)
-        dev_stack.wait_until("rabbitmq management", lambda: dev_stack._management_ready(state), 60)
+        state = common.State.load()
+        common.wait_until("rabbitmq", lambda: rabbitmq.amqp_ready(state), 60)
+        common.wait_until("rabbitmq management", lambda: rabbitmq.management_ready(state), 60)
 
 
 def test_a_prometheus_trigger_queries_the_stacks_prometheus(
@@ -361,7 +321,7 @@ def test_allowed_metrics_endpoints_refuse_another_host_and_failures_read_coarse(
             " among the operator's --allowed-metrics-endpoints"
         )
 
-        closed = f"http://127.0.0.2:{dev_stack.free_port()}"
+        closed = f"http://127.0.0.2:{common.free_port()}"
         probe = query | {"serverAddress": closed}
         kubectl.apply(policy("probe", "probe", [{"name": "load", "type": "prometheus", "prometheus": probe}]))
         obj = wait_condition(kubectl, "probe", "Fallback", "False", own, reason="TriggerFailing")

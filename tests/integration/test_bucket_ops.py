@@ -30,7 +30,7 @@ from habitat_operator.engines.postgres.restore import RestoreRequest, run_restor
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
 from tests.harness import REPO, Stack
-from tests.integration.test_backup_ops import free_port, new_database, seeded_database, snapshot
+from tests.integration.helpers import free_port, new_database, seeded_database, snapshot
 
 pytestmark = pytest.mark.integration
 __all__ = ["new_database", "seeded_database"]  # fixtures, imported to be used here

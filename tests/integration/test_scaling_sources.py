@@ -8,12 +8,13 @@ import urllib.request
 import pika
 import pytest
 
+from dev_stack.common import free_port
 from habitat_operator.api.scalepolicy import ScalePolicyReason
 from habitat_operator.engines.http import display
 from habitat_operator.engines.prometheus.query import PrometheusFailure, instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.errors import RetryableError
-from tests.harness import Stack, dev_stack
+from tests.harness import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_a_missing_queue_or_broker_is_an_error_without_credentials(stack: Stack)
     with pytest.raises(RetryableError, match="HTTP 404") as absent:
         management_depth(stack.rabbitmq_api, "/", "no-such-queue", timeout=2)
     assert "guest" not in str(absent.value)
-    closed_port = dev_stack.free_port()
+    closed_port = free_port()
     with pytest.raises(RetryableError, match="unreachable") as down:
         AmqpDepth(f"amqp://guest:secret@127.0.0.1:{closed_port}/%2F").read("q", timeout=1)
     assert "secret" not in str(down.value)
@@ -82,7 +83,7 @@ def test_a_failed_prometheus_query_says_only_unreachable_or_bad_response(stack: 
     another service's JSON read alike in status (two reasons); the exact failure is the log's."""
     cases = [
         (
-            f"http://127.0.0.1:{dev_stack.free_port()}",
+            f"http://127.0.0.1:{free_port()}",
             ScalePolicyReason.PROMETHEUS_UNREACHABLE,
             "gave no answer",
         ),

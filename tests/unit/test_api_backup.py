@@ -8,14 +8,7 @@ from habitat_operator.api import ALL_KINDS, API_VERSION
 from habitat_operator.api.artifacts import BackupFormat
 from habitat_operator.api.backup import BACKUP, Artifact, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase
-
-
-def spec(**overrides: Any) -> dict[str, Any]:
-    return {
-        "database": {"secretRef": {"name": "habitat-db"}},
-        "storage": {"filesystem": {"path": "habitat/nightly"}},
-        **overrides,
-    }
+from tests.unit.helpers import backup_spec as spec
 
 
 def test_registry() -> None:

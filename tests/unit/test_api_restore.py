@@ -15,16 +15,9 @@ from habitat_operator.api.restore import (
     RestoreSpec,
     RestoreStatus,
 )
+from tests.unit.helpers import restore_spec as spec
 
 SHA256 = "ab" * 32
-
-
-def spec(**overrides: Any) -> dict[str, Any]:
-    return {
-        "source": {"backupRef": {"name": "habitat-nightly"}},
-        "target": {"database": {"secretRef": {"name": "habitat-db"}}},
-        **overrides,
-    }
 
 
 def query(name: str = "orders", **expect: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """A replayed message on the wire, without a broker: the properties encoded once per page decode to
 what pika's own BasicProperties would carry, and the frames of one loop turn go out in one write.
 
-Both rely on pika 1.x's adapter hooks (pyproject pins the major version): these tests fail first if
-an upgrade moves them."""
+Both rely on pika's internals (engines/rabbitmq/pika_hooks.py; pyproject pins the minor version):
+these tests fail first if an upgrade moves them."""
 
 from __future__ import annotations
 
@@ -25,13 +25,9 @@ from habitat_operator.controllers.replayjob.messages import (
     to_message,
 )
 from habitat_operator.engines.postgres.events import Event
+from habitat_operator.engines.rabbitmq.pika_hooks import CoalescingConnection
 from habitat_operator.engines.rabbitmq.properties import NotEncodable
-from habitat_operator.engines.rabbitmq.publisher import (
-    ConfirmingPublisher,
-    Failure,
-    Message,
-    _CoalescingConnection,
-)
+from habitat_operator.engines.rabbitmq.publisher import ConfirmingPublisher, Failure, Message
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 
 MOMENT = dt.datetime(2026, 1, 31, 23, 59, 59, tzinfo=dt.UTC)
@@ -77,7 +73,7 @@ def test_the_replays_marks_win_over_an_events_own_header_of_the_same_name() -> N
 
 def test_frames_of_one_loop_turn_leave_in_one_write() -> None:
     written: list[bytes] = []
-    connection: Any = _CoalescingConnection.__new__(_CoalescingConnection)  # no socket: only the write path
+    connection: Any = CoalescingConnection.__new__(CoalescingConnection)  # no socket: only the write path
     connection._transport = type("Transport", (), {"write": staticmethod(written.append)})()
     connection.bytes_sent = connection.frames_sent = 0
 

@@ -21,8 +21,7 @@ from habitat_operator.controllers.restore.source import _catalog_entry, _check_k
 from habitat_operator.engines.artifacts.codec import READ_SIZE, ZSTD_MAGIC, ArtifactSink, PlaintextReader
 from habitat_operator.engines.artifacts.s3 import ObjectVersion, S3Location, storage_error
 from habitat_operator.errors import OperationError
-from tests.unit.test_api_backup import spec as backup_spec
-from tests.unit.test_api_restore import spec as restore_spec
+from tests.unit.helpers import Collected, backup_spec, restore_spec
 
 S3 = {"bucket": "habitat-offsite", "prefix": "prod", "credentialsSecretRef": {"name": "s3"}}
 LOCATION = S3Location(bucket="habitat-offsite", prefix="prod/eu")
@@ -146,17 +145,6 @@ def test_key_ids_name_a_key_without_revealing_it() -> None:
     key = os.urandom(32)
     assert encryption_key_id(key) == encryption_key_id(key) != encryption_key_id(os.urandom(32))
     assert key.hex()[:16] not in encryption_key_id(key)
-
-
-class Collected:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def sync(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize(

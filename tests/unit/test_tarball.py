@@ -14,7 +14,7 @@ from habitat_operator.engines.artifacts.codec import ZSTD_MAGIC, ArtifactSink, P
 from habitat_operator.engines.artifacts.crypto import MAGIC
 from habitat_operator.engines.artifacts.tarball import extract_tar, write_tar
 from habitat_operator.errors import OperationError
-from tests.unit.test_s3_storage import Collected
+from tests.unit.helpers import Collected
 
 KEY = b"k" * 32
 

@@ -15,6 +15,8 @@ import pika
 import pika.data
 import pika.exceptions
 
+from habitat_operator.engines.rabbitmq.pika_hooks import Encoded
+
 PERSISTENT = 2
 _P = pika.BasicProperties
 _FLAGS = _P.FLAG_CONTENT_TYPE | _P.FLAG_HEADERS | _P.FLAG_DELIVERY_MODE | _P.FLAG_MESSAGE_ID
@@ -45,19 +47,6 @@ def _why_not(error: Exception) -> str:
     if isinstance(error, pika.exceptions.ShortStringTooLong):
         return "cannot be sent: a header name or its correlation id is longer than AMQP's 255 bytes"
     return "cannot be sent: a number in its headers is out of AMQP's range"
-
-
-class Encoded(pika.BasicProperties):  # type: ignore[misc]
-    """Properties already in wire format; pika's content header frame takes them from `encode()`.
-
-    Only for sending: the attributes of BasicProperties are not set.
-    """
-
-    def __init__(self, encoded: bytes) -> None:  # no super().__init__(): nothing reads the fields
-        self.encoded = encoded
-
-    def encode(self) -> list[bytes]:
-        return [self.encoded]
 
 
 def _short(value: bytes) -> bytes:

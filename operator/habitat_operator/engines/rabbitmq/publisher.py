@@ -31,6 +31,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from habitat_operator.api.common import Reason
 from habitat_operator.api.replayjob import ReplayReason
+from habitat_operator.engines.rabbitmq.pika_hooks import CoalescingConnection
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
@@ -41,30 +42,6 @@ _AUTH_ERRORS = (
     pika.exceptions.ProbableAccessDeniedError,
     pika.exceptions.AuthenticationError,
 )
-
-
-class _CoalescingConnection(AsyncioConnection):  # type: ignore[misc]
-    """Joins the frames written during one turn of the event loop into one socket write.
-
-    pika writes every frame (three per message) with a system call of its own, which costs more than
-    everything else of a publish; the frames are held only until the publishing code next yields.
-    pika has no public option for this. `_adapter_emit_data` is the hook pika's Connection declares
-    abstract for its adapters to implement ("Subclasses must override this"), so an adapter subclass
-    may override it; tests/unit/test_replayjob_progress.py checks it is still the path of every frame.
-    """
-
-    _held: list[bytes] | None = None
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if self._held is None:
-            self._held = []
-            asyncio.get_running_loop().call_soon(self._release)
-        self._held.append(data)
-
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        if held:
-            super()._adapter_emit_data(b"".join(held))
 
 
 class Message(NamedTuple):  # a tuple: one is built for every message
@@ -134,7 +111,7 @@ class ConfirmingPublisher:
         self._changed = asyncio.Event()
         self._error: OperationError | None = None
         self._refusal: str | None = None  # the broker's words, until the refused message is found
-        self._connection: _CoalescingConnection | None = None
+        self._connection: CoalescingConnection | None = None
         self._channel: Any = None
 
     # ---------------------------------------------------------------- opening and closing
@@ -158,7 +135,7 @@ class ConfirmingPublisher:
         def on_close(_: Any, error: BaseException) -> None:
             failed(self._unavailable(error))
 
-        self._connection = _CoalescingConnection(
+        self._connection = CoalescingConnection(
             self.target.parameters,
             on_open_callback=on_open,
             on_open_error_callback=on_open_error,

@@ -1,4 +1,4 @@
-"""The operator drops `managedFields` from watch events before Kopf keeps their bodies (runtime.py)."""
+"""The operator drops `managedFields` from watch events before Kopf keeps their bodies (kopf_hooks.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kopf._core.reactor import processing, running
 
-from habitat_operator import runtime
+from habitat_operator import kopf_hooks
 
 
 def test_kopf_still_looks_the_processing_function_up_when_it_starts_the_watches() -> None:
@@ -28,8 +28,8 @@ def test_events_reach_kopf_without_managed_fields_otherwise_unchanged(
         return "42"
 
     monkeypatch.setattr(processing, "process_resource_event", kopf_processing)
-    runtime.keep_bodies_lean()
-    runtime.keep_bodies_lean()  # a second start wraps nothing twice
+    kopf_hooks.keep_bodies_lean()
+    kopf_hooks.keep_bodies_lean()  # a second start wraps nothing twice
     event: Any = {
         "type": "MODIFIED",
         "object": {
@@ -48,5 +48,5 @@ def test_events_reach_kopf_without_managed_fields_otherwise_unchanged(
 
 def test_an_event_without_metadata_passes_through() -> None:
     event: Any = {"type": "ERROR", "object": {"code": 410}}
-    runtime.drop_managed_fields(event)
+    kopf_hooks.drop_managed_fields(event)
     assert event == {"type": "ERROR", "object": {"code": 410}}
