@@ -10,7 +10,9 @@ from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup.run import BackupEngines, BackupRun, Dumper
 from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.restore.engines import RestoreEngines
 from habitat_operator.controllers.restore.run import RestoreRun
+from tests.unit.fake_engines import FakeLock, FakePostgres, FakeScratch
 from tests.unit.fake_kube import FakeKube, JsonDict
 
 NS = "team-a"
@@ -55,9 +57,16 @@ def reconcile_backup(
 
 
 def reconcile_restore(
-    kube: FakeKube, config: OperatorConfig, name: str, namespace: str = NS
+    kube: FakeKube,
+    config: OperatorConfig,
+    postgres: FakePostgres,
+    lock: FakeLock,
+    name: str,
+    namespace: str = NS,
 ) -> RetryLater | None:
-    run = RestoreRun(kube.object("restores", namespace, name), config, OperationSlots())
+    """One step of the Restore `name`; `postgres` and `lock` stand in for PostgreSQL and the database lock."""
+    engines = RestoreEngines(restore=postgres, scratch=FakeScratch(postgres), lock=lock)
+    run = RestoreRun(kube.object("restores", namespace, name), config, OperationSlots(), engines)
     return asyncio.run(run.reconcile())
 
 

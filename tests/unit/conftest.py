@@ -1,7 +1,7 @@
 """Fixtures for the controllers' unit tests: a fake apiserver, a frozen clock and fake engines.
 
-Each fixture installs its fake for the test only (monkeypatch), so the controllers run as in the
-operator, without a stack.
+The apiserver and the clock are installed for the test only (monkeypatch); the engines are handed
+to each run as its constructor argument. The controllers run as in the operator, without a stack.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import structlog
 
 from habitat_operator import timestamps
 from habitat_operator.config import OperatorConfig
-from tests.unit.fake_engines import FakeDump, FakeLock, FakePostgres, FakeScratch
+from tests.unit.fake_engines import FakeDump, FakeLock, FakePostgres
 from tests.unit.fake_kube import Clock, FakeKube, install
 
 START = dt.datetime(2024, 6, 1, 10, 0, 0, tzinfo=dt.UTC)
@@ -55,18 +55,12 @@ def dump() -> FakeDump:
 
 
 @pytest.fixture
-def postgres(monkeypatch: pytest.MonkeyPatch) -> FakePostgres:
-    fake = FakePostgres()
-    scratch = FakeScratch(fake)
-    monkeypatch.setattr("habitat_operator.controllers.restore.run.restore", fake)
-    monkeypatch.setattr("habitat_operator.controllers.restore.run.scratch", scratch)
-    monkeypatch.setattr("habitat_operator.controllers.restore.scratch.restore", fake)
-    monkeypatch.setattr("habitat_operator.controllers.restore.scratch.scratch", scratch)
-    return fake
+def postgres() -> FakePostgres:
+    """PostgreSQL's stand-in, which a test hands to RestoreRun (in a RestoreEngines)."""
+    return FakePostgres()
 
 
 @pytest.fixture
-def lock(monkeypatch: pytest.MonkeyPatch) -> FakeLock:
-    fake = FakeLock()
-    monkeypatch.setattr("habitat_operator.controllers.restore.run.database_lock", fake)
-    return fake
+def lock() -> FakeLock:
+    """The database lock's stand-in, which a test hands to RestoreRun (in a RestoreEngines)."""
+    return FakeLock()

@@ -1,8 +1,9 @@
 """Stand-ins for the engines the controllers call (pg_dump, pg_restore, the database lock).
 
 Each records what it was asked and fails when a test queues an error for it; nothing reaches
-PostgreSQL. A run that takes its engines as a constructor argument (Migration, ScalePolicy) is
-given them; the others' are installed by monkeypatching the names their modules import.
+PostgreSQL. Every run takes its engines as a constructor argument, and a test hands it these
+(Backup, Restore, Migration) or the stand-ins in its own module (ReplayJob's event store and
+broker, ScalePolicy's target and trigger sources); no module path is patched.
 """
 
 from __future__ import annotations
@@ -62,13 +63,11 @@ class FakeDump:
 
 
 class FakePostgres:
-    """The module `engines.postgres.restore` as `controllers.restore.run` uses it.
+    """The module `engines.postgres.restore`, as a Restore's run is given it (`RestoreEngines.restore`).
 
     `calls` lists (operation, database) in order; `databases` are those that exist (a drill's scratch
     database comes and goes); `non_empty` are those holding objects.
     """
-
-    RestoreRequest = restore_engine.RestoreRequest
 
     def __init__(self, databases: Sequence[str] = ()) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -154,7 +153,8 @@ class FakeLock:
 
 
 class FakeScratch:
-    """The module `engines.postgres.scratch`: owner marks recorded, orphans listed from `orphans`."""
+    """The module `engines.postgres.scratch` (`RestoreEngines.scratch`): owner marks recorded, orphans
+    listed from `orphans`."""
 
     def __init__(self, postgres: FakePostgres) -> None:
         self.postgres = postgres

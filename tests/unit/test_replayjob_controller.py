@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,9 +19,10 @@ from habitat_operator.controllers.base.lifecycle import RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.replayjob import metrics
 from habitat_operator.controllers.replayjob import run as replay_run
+from habitat_operator.controllers.replayjob.engines import ReplayEngines
 from habitat_operator.controllers.replayjob.run import ReplayRun, restore_metrics
-from habitat_operator.engines.postgres import events as event_store
 from habitat_operator.engines.postgres.events import Bound, Event, EventStore
+from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.rabbitmq.publisher import Failure, Message, Tally
 from habitat_operator.errors import RetryableError
 from tests.unit.bodies import NS, conditions
@@ -44,6 +45,13 @@ class FakeStore:
         self.open_transactions: tuple[int, ...] = ()  # open when the bound is read
         self.open_for = 0  # looks at them before they have ended
         self.on_look: Any = None
+
+    def connect(self, target: ConnectionTarget) -> AbstractAsyncContextManager[FakeStore]:
+        return self._session()
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[FakeStore]:
+        yield self
 
     async def check_columns(self, store: EventStore) -> EventStore:
         return store
@@ -146,22 +154,13 @@ class FakeBroker:
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
-    fake = FakeStore()
-
-    @asynccontextmanager
-    async def connect(_: Any) -> AsyncIterator[FakeStore]:
-        yield fake
-
-    monkeypatch.setattr(event_store, "connect", connect)
-    return fake
+def store() -> FakeStore:
+    return FakeStore()
 
 
 @pytest.fixture
-def broker(monkeypatch: pytest.MonkeyPatch, fake_kube: FakeKube) -> FakeBroker:
-    fake = FakeBroker(fake_kube)
-    monkeypatch.setattr(replay_run, "ConfirmingPublisher", fake)
-    return fake
+def broker(fake_kube: FakeKube) -> FakeBroker:
+    return FakeBroker(fake_kube)
 
 
 def replayjob(**spec: Any) -> dict[str, Any]:
@@ -180,8 +179,12 @@ def replayjob(**spec: Any) -> dict[str, Any]:
     }
 
 
-def reconcile(kube: FakeKube, config: OperatorConfig) -> RetryLater | None:
-    run = ReplayRun(kube.object(PLURAL, NS, "replay"), config, OperationSlots())
+def reconcile(
+    kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker
+) -> RetryLater | None:
+    """One step, given the fake event store and the fake broker as its engines."""
+    engines = ReplayEngines(connect=store.connect, publisher=broker)
+    run = ReplayRun(kube.object(PLURAL, NS, "replay"), config, OperationSlots(), engines)
     return asyncio.run(run.reconcile())
 
 
@@ -195,7 +198,7 @@ def job(fake_kube: FakeKube) -> None:
 def test_a_replay_publishes_every_event_once_in_order(
     fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker, job: None
 ) -> None:
-    assert reconcile(fake_kube, config) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     status = fake_kube.status(PLURAL, NS, "replay")
     assert broker.delivered == list(range(1, TOTAL + 1))
     assert (status["phase"], status["publishedEvents"], status["checkpoint"]) == ("Succeeded", TOTAL, TOTAL)
@@ -208,10 +211,10 @@ def test_killed_at_any_publish_it_loses_nothing_and_bounds_duplicates(
 ) -> None:
     broker.kill_at = kill_at
     with pytest.raises(Killed):
-        reconcile(fake_kube, config)
+        reconcile(fake_kube, config, store, broker)
     assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Running"
     broker.kill_at = None
-    assert reconcile(fake_kube, config) is None  # the next operator: interrupted, resumed
+    assert reconcile(fake_kube, config, store, broker) is None  # the next operator: interrupted, resumed
     status = fake_kube.status(PLURAL, NS, "replay")
     assert status["phase"] == "Succeeded" and status["publishedEvents"] == TOTAL
     assert set(broker.delivered) == set(range(1, TOTAL + 1))
@@ -223,7 +226,7 @@ def test_suspended_before_it_starts_it_publishes_nothing(
     fake_kube: FakeKube, config: OperatorConfig, store: FakeStore, broker: FakeBroker
 ) -> None:
     fake_kube.add(PLURAL, replayjob(suspend=True))
-    assert isinstance(reconcile(fake_kube, config), RetryLater)
+    assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert status["phase"] == "Suspended" and conditions(status)["Stalled"] == ("False", "Suspended")
 
@@ -235,15 +238,15 @@ def test_suspending_and_resuming_never_uses_up_retries(
     spec["retry"] = {"limit": 1, "backoff": "1s"}
     for suspend_at in (50, 100, 150):  # more suspensions than the retry limit
         broker.suspend_at = suspend_at
-        assert isinstance(reconcile(fake_kube, config), RetryLater)
+        assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
         assert fake_kube.status(PLURAL, NS, "replay")["phase"] == "Suspended"
         spec["suspend"] = False
     broker.fail_at = 200  # one failure: within the limit, so it is retried, after the first backoff
-    assert reconcile(fake_kube, config) == RetryLater(1.0)
+    assert reconcile(fake_kube, config, store, broker) == RetryLater(1.0)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], status["attempts"]) == ("Pending", 1)
     broker.fail_at = None
-    assert reconcile(fake_kube, config) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], status["attempts"], status["publishedEvents"]) == ("Succeeded", 2, TOTAL)
     assert set(broker.delivered) == set(range(1, TOTAL + 1))
@@ -260,7 +263,7 @@ def test_a_restarted_operator_continues_the_metrics_from_status(
     metrics.forget_replayjob(NS, "replay")
     broker.kill_at = 199
     with pytest.raises(Killed):
-        reconcile(fake_kube, config)
+        reconcile(fake_kube, config, store, broker)
     published = fake_kube.status(PLURAL, NS, "replay")["publishedEvents"]
     assert 0 < published < TOTAL
     # Counted only once status has them: the series never runs ahead of what a restart restores.
@@ -270,7 +273,7 @@ def test_a_restarted_operator_continues_the_metrics_from_status(
     assert sample("habitat_replay_events_total", result="published") == published
     assert sample("habitat_replay_progress_ratio") == published / TOTAL
     broker.kill_at = None
-    assert reconcile(fake_kube, config) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     assert sample("habitat_replay_events_total", result="published") == TOTAL  # each event counted once
     metrics.forget_replayjob(NS, "replay")
     restore_metrics(fake_kube.object(PLURAL, NS, "replay"))  # finished: the dashboard keeps its 100%
@@ -298,7 +301,7 @@ def test_the_selection_is_counted_once_the_transactions_open_at_its_bound_have_e
         seen.append((status.get("phase"), conditions(status).get("Ready"), status.get("totalEvents")))
 
     store.on_look = look
-    assert reconcile(fake_kube, config) is None
+    assert reconcile(fake_kube, config, store, broker) is None
     waiting = ("Pending", ("False", "WaitingForTransactions"), None)
     assert seen[1:] == [waiting] * 3  # counted only after the last look
     status = fake_kube.status(PLURAL, NS, "replay")
@@ -316,7 +319,7 @@ def test_transactions_that_stay_open_fail_the_attempt_and_the_next_reads_a_new_b
     monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_POLL_SECONDS", 0)
     monkeypatch.setattr(replay_run, "OPEN_TRANSACTIONS_WAIT_SECONDS", 0)
     store.open_transactions, store.open_for = (41,), 1000
-    assert isinstance(reconcile(fake_kube, config), RetryLater)
+    assert isinstance(reconcile(fake_kube, config, store, broker), RetryLater)
     status = fake_kube.status(PLURAL, NS, "replay")
     assert (status["phase"], conditions(status)["Ready"][1]) == ("Pending", "WaitingForTransactions")
     assert "still open after 0s (xids 41)" in status["message"] and "totalEvents" not in status

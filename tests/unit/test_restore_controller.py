@@ -1,4 +1,4 @@
-"""RestoreRun against the fake apiserver, a fake PostgreSQL and a fake database lock."""
+"""RestoreRun against the fake apiserver, given a fake PostgreSQL and a fake database lock as its engines."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_restore_into_an_empty_target(
     postgres.outcomes = [QueryOutcome("rows", True, "42", None), QueryOutcome("users", True, "3", None)]
     fake_kube.add(RESTORES, restore_body())
 
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
 
     status = fake_kube.status(RESTORES, NS, "restore")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 1)
@@ -92,7 +92,7 @@ def test_non_empty_target_without_force_is_refused(
     postgres.non_empty.add("app")
     fake_kube.add(RESTORES, restore_body())
 
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
 
     status = fake_kube.status(RESTORES, NS, "restore")
     assert status["phase"] == "Failed"
@@ -109,7 +109,7 @@ def test_missing_target_without_create_database_is_refused(
     fake_kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, lock: FakeLock, source: str
 ) -> None:
     fake_kube.add(RESTORES, restore_body())
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "DatabaseNotFound")
     assert "set mode.createDatabase" in status["message"]
@@ -119,7 +119,7 @@ def test_missing_target_is_created_when_asked(
     fake_kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, lock: FakeLock, source: str
 ) -> None:
     fake_kube.add(RESTORES, restore_body(mode={"createDatabase": True}))
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     assert fake_kube.status(RESTORES, NS, "restore")["phase"] == "Succeeded"
     assert ("create_database", "app") in postgres.calls
 
@@ -131,7 +131,7 @@ def test_lock_held_by_someone_else_waits(
     lock.holder = "restore team-b/migrate-app"
     fake_kube.add(RESTORES, restore_body())
 
-    assert reconcile_restore(fake_kube, config, "restore") == RetryLater(5.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") == RetryLater(5.0)
 
     status = fake_kube.status(RESTORES, NS, "restore")
     assert status["phase"] == "Pending"
@@ -144,7 +144,7 @@ def test_lock_held_by_someone_else_waits(
     assert postgres.operations() == []  # the target was not touched, the source not read while waiting
 
     lock.holder = None
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 1)
     assert "waitingFor" not in status
@@ -155,7 +155,7 @@ def test_corrupt_source_fails_before_the_target_is_touched(
 ) -> None:
     postgres.check_errors.append(RetryableError(Reason.CHECKSUM_MISMATCH, "sha256 differs"))
     fake_kube.add(RESTORES, restore_body(mode={"createDatabase": True}))
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "ChecksumMismatch")
     assert status["message"] == "sha256 differs; the target was not touched"
@@ -168,12 +168,12 @@ def test_waits_for_its_backup(
 ) -> None:
     fake_kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
     fake_kube.add(RESTORES, restore_body())
-    assert reconcile_restore(fake_kube, config, "restore") == RetryLater(30.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") == RetryLater(30.0)
     status = fake_kube.status(RESTORES, NS, "restore")
     assert (status["phase"], conditions(status)["Stalled"]) == ("Pending", ("True", "BackupNotFound"))
 
     fake_kube.add("backups", backup_body("nightly"))
-    assert reconcile_restore(fake_kube, config, "restore") == RetryLater(30.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") == RetryLater(30.0)
     # The Backup exists and is on its way: working, not stuck (kstatus InProgress, not Failed).
     waiting = conditions(fake_kube.status(RESTORES, NS, "restore"))
     assert waiting["Reconciling"] == ("True", "BackupNotReady")
@@ -186,7 +186,7 @@ def test_a_failed_backup_fails_the_restore(
 ) -> None:
     fake_kube.set_status("backups", NS, "nightly", {"phase": "Failed", "message": "disk full"})
     fake_kube.add(RESTORES, restore_body())
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "BackupFailed")
     assert status["message"] == "Backup nightly failed: disk full"
@@ -203,7 +203,7 @@ def test_forced_restore_waits_for_its_safety_backup(
     restore = fake_kube.add(RESTORES, restore_body(mode={"force": True, "clean": True}))
     uid = restore["metadata"]["uid"]
 
-    assert reconcile_restore(fake_kube, config, "restore") == RetryLater(5.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") == RetryLater(5.0)
 
     safety_name = f"restore-safety-{uid[:8]}"
     safety = fake_kube.object("backups", NS, safety_name)
@@ -217,14 +217,14 @@ def test_forced_restore_waits_for_its_safety_backup(
     assert "run_restore" not in postgres.operations()
 
     # A second look while it runs creates nothing more.
-    assert reconcile_restore(fake_kube, config, "restore") == RetryLater(5.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") == RetryLater(5.0)
     assert fake_kube.names("backups", NS) == ["nightly", safety_name]
     assert fake_kube.reasons("restore") == ["SafetyBackup"]
     assert "check_artifact" not in postgres.operations()  # the source is read once the target is ready
 
     fake_kube.set_status("backups", NS, safety_name, {"phase": "Succeeded"})
     postgres.restore_errors.append(PermanentError(RestoreReason.RESTORE_FAILED, "pg_restore: error"))
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert status["phase"] == "Failed"
     assert status["message"] == f"pg_restore: error; roll back by restoring Backup {safety_name}"
@@ -237,7 +237,7 @@ def test_someone_elses_backup_is_never_taken_for_the_safety_backup(
     postgres.non_empty.add("app")
     restore = fake_kube.add(RESTORES, restore_body(mode={"force": True}))
     fake_kube.add("backups", backup_body(f"restore-safety-{restore['metadata']['uid'][:8]}"))
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "SafetyBackupFailed")
     assert "run_restore" not in postgres.operations()
@@ -252,7 +252,7 @@ def test_drill_restores_into_a_scratch_database_and_drops_it(
     drill = fake_kube.add(RESTORES, restore_body("drill", drill=True))
     scratch = scratch_database_name(NS, drill["metadata"]["uid"], "drill")
 
-    assert reconcile_restore(fake_kube, config, "drill") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill") is None
 
     status = fake_kube.status(RESTORES, NS, "drill")
     assert status["phase"] == "Succeeded"
@@ -280,7 +280,7 @@ def test_drill_drops_its_scratch_database_when_the_restore_fails(
         PermanentError(RestoreReason.RESTORE_FAILED, "pg_restore: error: bad archive")
     )
 
-    assert reconcile_restore(fake_kube, config, "drill") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill") is None
 
     status = fake_kube.status(RESTORES, NS, "drill")
     assert status["phase"] == "Failed"
@@ -299,7 +299,7 @@ def test_drill_drops_its_scratch_database_when_verification_fails(
         QueryOutcome("rows", True, "42", None),
         QueryOutcome("users", False, "0", "0 is below the minimum 1"),
     ]
-    assert reconcile_restore(fake_kube, config, "drill") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill") is None
     status = fake_kube.status(RESTORES, NS, "drill")
     assert status["phase"] == "Failed"
     assert status["message"] == "verification queries failed: users"
@@ -313,7 +313,7 @@ def test_drill_drops_its_scratch_database_on_an_unexpected_error(
 ) -> None:
     fake_kube.add(RESTORES, restore_body("drill", drill=True))
     postgres.restore_errors.append(RuntimeError("boom"))
-    assert reconcile_restore(fake_kube, config, "drill") == RetryLater(30.0)
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill") == RetryLater(30.0)
     assert conditions(fake_kube.status(RESTORES, NS, "drill"))["Reconciling"] == ("True", "UnexpectedError")
     assert postgres.databases == set()
 
@@ -325,8 +325,8 @@ def test_scratch_databases_are_unique_per_namespace_and_uid(
     one = fake_kube.add(RESTORES, restore_body("drill", drill=True))
     other = fake_kube.add(RESTORES, restore_body("drill", namespace="team-b", drill=True))
 
-    assert reconcile_restore(fake_kube, config, "drill") is None
-    assert reconcile_restore(fake_kube, config, "drill", namespace="team-b") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "drill", namespace="team-b") is None
 
     scratches = {fake_kube.status(RESTORES, ns, "drill")["scratchDatabase"] for ns in (NS, "team-b")}
     assert len(scratches) == 2
@@ -347,7 +347,7 @@ def test_interrupted_parallel_restore_fails(
     postgres.databases.add("app")
     fake_kube.add(RESTORES, restore_body(jobs=2))
     fake_kube.set_status(RESTORES, NS, "restore", {"phase": "Running", "attempts": 1})
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert (status["phase"], conditions(status)["Stalled"]) == ("Failed", ("True", "Interrupted"))
     assert status["message"] == "the restore was interrupted midway"
@@ -361,7 +361,7 @@ def test_interrupted_single_transaction_restore_is_retried_with_clean(
     postgres.non_empty.add("app")  # the interrupted attempt may have committed
     fake_kube.add(RESTORES, restore_body())
     fake_kube.set_status(RESTORES, NS, "restore", {"phase": "Running", "attempts": 1})
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
     status = fake_kube.status(RESTORES, NS, "restore")
     assert (status["phase"], status["attempts"]) == ("Succeeded", 2)
     assert postgres.requests[0].clean is True
@@ -375,7 +375,7 @@ def test_an_artifact_of_another_namespace_is_refused(
     theirs = (config.backup_root.resolve() / "app" / "team-b" / "nightly.dump").as_uri()
     fake_kube.add(RESTORES, restore_body(source={"artifact": {"uri": theirs}}))
 
-    assert reconcile_restore(fake_kube, config, "restore") is None
+    assert reconcile_restore(fake_kube, config, postgres, lock, "restore") is None
 
     status = fake_kube.status(RESTORES, NS, "restore")
     assert conditions(status)["Stalled"] == ("True", "InvalidArtifactPath")
@@ -386,5 +386,5 @@ def test_an_artifact_of_another_namespace_is_refused(
     fake_kube.add(RESTORES, restore_body("allowed", source={"artifact": {"uri": theirs}}))
     postgres.databases.add("app")
     allowed = dataclasses.replace(config, allow_cross_namespace_restores=True)
-    assert reconcile_restore(fake_kube, allowed, "allowed") is None
+    assert reconcile_restore(fake_kube, allowed, postgres, lock, "allowed") is None
     assert fake_kube.status(RESTORES, NS, "allowed")["phase"] == "Succeeded"

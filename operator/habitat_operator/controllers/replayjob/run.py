@@ -31,18 +31,25 @@ from habitat_operator.api.replayjob import (
     ReplayReason,
     SampleEvent,
 )
+from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_text
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit, read_status
 from habitat_operator.controllers.replayjob import metrics
+from habitat_operator.controllers.replayjob.engines import (
+    POSTGRES_TO_RABBITMQ,
+    EventSource,
+    Publisher,
+    ReplayEngines,
+)
 from habitat_operator.controllers.replayjob.messages import Addressing, encoder, to_message
 from habitat_operator.controllers.replayjob.progress import Progress
 from habitat_operator.durations import parse_duration
-from habitat_operator.engines.postgres import events
-from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventReader, EventStore, Snapshot
+from habitat_operator.engines.postgres.events import BEFORE_FIRST_ID, EventStore, Snapshot
 from habitat_operator.engines.rabbitmq.properties import NotEncodable
-from habitat_operator.engines.rabbitmq.publisher import ConfirmingPublisher, Failure
+from habitat_operator.engines.rabbitmq.publisher import Failure
 from habitat_operator.engines.rabbitmq.uri import AmqpTarget
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
@@ -59,6 +66,16 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     spec_model = ReplayJobSpec
     status_model = ReplayJobStatus
 
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        config: OperatorConfig,
+        slots: OperationSlots,
+        engines: ReplayEngines = POSTGRES_TO_RABBITMQ,
+    ) -> None:
+        super().__init__(body, config, slots)
+        self.engines = engines
+
     @property
     def uid(self) -> str:
         return str(self.body["metadata"]["uid"])
@@ -67,7 +84,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
         if spec.suspend:
             return await self._suspended("suspended before it started")
         database = await read_connection(self.namespace, spec.source.database.secret_ref)
-        async with events.connect(database) as reader:
+        async with self.engines.connect(database) as reader:
             store = await reader.check_columns(EventStore(spec.source.table, spec.source.columns))
             store.check_selector(spec.selector)
             if self.status.total_events is None:
@@ -91,7 +108,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
 
     # ---------------------------------------------------------------- the selection
 
-    async def _snapshot(self, spec: ReplayJobSpec, reader: EventReader, store: EventStore) -> Snapshot:
+    async def _snapshot(self, spec: ReplayJobSpec, reader: EventSource, store: EventStore) -> Snapshot:
         """The selection's highest id, then its size once every transaction open when that id was
         read has ended: from then on, no event with an id up to the bound can still appear."""
         bound = await reader.bound(store, spec.selector)
@@ -123,7 +140,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
     # ---------------------------------------------------------------- dry run and suspension
 
     async def _dry_run(
-        self, spec: ReplayJobSpec, reader: EventReader, store: EventStore, count: int, upper: int | None
+        self, spec: ReplayJobSpec, reader: EventSource, store: EventStore, count: int, upper: int | None
     ) -> None:
         sample: list[SampleEvent] = []
         if upper is not None and spec.sample_size:
@@ -171,7 +188,7 @@ class ReplayRun(OneShotRun[ReplayJobSpec, ReplayJobStatus]):
 
     # ---------------------------------------------------------------- the replay
 
-    async def _replay(self, spec: ReplayJobSpec, reader: EventReader, store: EventStore) -> RetryLater | None:
+    async def _replay(self, spec: ReplayJobSpec, reader: EventSource, store: EventStore) -> RetryLater | None:
         status = self.status
         total, upper = status.total_events or 0, status.upper_bound
         after = BEFORE_FIRST_ID if status.checkpoint is None else status.checkpoint
@@ -318,7 +335,7 @@ class _Replay:
         self.reserved = after
         self.progress = Progress(status.total_events or 0)
         self.progress.observe(time.monotonic(), self.base_published + self.base_failed)
-        self.publisher: ConfirmingPublisher | None = None
+        self.publisher: Publisher | None = None
         self.first_failure: Failure | None = None
         self.job_name = f"{run.namespace}/{run.name}"
         self._pace_start = time.monotonic()
@@ -328,9 +345,9 @@ class _Replay:
         self._ids_per_second = 0.0
         self._first_sent: tuple[float, int] | None = None
 
-    async def run(self, reader: EventReader, store: EventStore, upper: int) -> bool:
+    async def run(self, reader: EventSource, store: EventStore, upper: int) -> bool:
         """Publishes every selected event after the checkpoint; True when suspended midway."""
-        self.publisher = await ConfirmingPublisher(self.broker, WINDOW, self.batch_bytes).open()
+        self.publisher = await self.owner.engines.publisher(self.broker, WINDOW, self.batch_bytes).open()
         publish, refuse, tally = self.publisher.publish, self.publisher.refuse, self.publisher.tally
         uid = self.owner.uid
         fail_fast = self.spec.on_error is OnError.FAIL

@@ -26,19 +26,21 @@ from habitat_operator.api.restore import (
     RestoreSpec,
     RestoreStatus,
 )
+from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube, names, owned_backup
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
+from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.restore import metrics
+from habitat_operator.controllers.restore.engines import POSTGRES, RestoreEngines
 from habitat_operator.controllers.restore.scratch import sweep_orphans
 from habitat_operator.controllers.restore.source import SourceArtifact, resolve
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
-from habitat_operator.engines.postgres import restore, scratch
 from habitat_operator.engines.postgres.bucket import check_object, fetched_directory, opener
-from habitat_operator.engines.postgres.locks import database_lock
+from habitat_operator.engines.postgres.restore import RestoreRequest
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError
@@ -63,6 +65,16 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     _query_summary: str | None = None
     # The target is missing and mode.createDatabase: it is created once the source is checked.
     _create_target = False
+
+    def __init__(
+        self,
+        body: kube.JsonDict,
+        config: OperatorConfig,
+        slots: OperationSlots,
+        engines: RestoreEngines = POSTGRES,
+    ) -> None:
+        super().__init__(body, config, slots)
+        self.engines = engines
 
     @property
     def series(self) -> str:
@@ -92,7 +104,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             raise PermanentError(Reason.INTERRUPTED, "the restore was interrupted midway")
         into = self._scratch(target) if spec.drill else target
         holder = f"restore {self.namespace}/{self.name}"
-        async with self.slot(into.display), database_lock(into, holder) as lock:
+        async with self.slot(into.display), self.engines.lock(into, holder) as lock:
             if not lock.acquired:
                 holder_now = lock.holder
 
@@ -114,17 +126,17 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             # Read once the target is ready, not on every poll while the lock or a safety backup is awaited.
             async with self._checked(spec, source) as checked:
                 if spec.drill:
-                    await sweep_orphans(target, self.config, self.body)
-                    await restore.drop_database(into)  # a leftover of an interrupted drill
-                    await restore.create_database(into)
-                    await scratch.mark_owner(into, self.namespace, self.uid)
+                    await sweep_orphans(target, self.config, self.body, self.engines)
+                    await self.engines.restore.drop_database(into)  # a leftover of an interrupted drill
+                    await self.engines.restore.create_database(into)
+                    await self.engines.scratch.mark_owner(into, self.namespace, self.uid)
                 elif self._create_target:
-                    await restore.create_database(target)
+                    await self.engines.restore.create_database(target)
                 try:
                     summary = await self._restore(spec, checked, target, into)
                 finally:
                     if spec.drill:
-                        await restore.drop_database(into)
+                        await self.engines.restore.drop_database(into)
         await self._succeed(spec, source, into, summary)  # once the scratch database is gone
         return None
 
@@ -133,7 +145,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if not spec.drill:
             return
         target = await read_connection(self.namespace, spec.target.database.secret_ref)
-        await restore.drop_database(self._scratch(target))
+        await self.engines.restore.drop_database(self._scratch(target))
 
     def _scratch(self, target: ConnectionTarget) -> ConnectionTarget:
         """This drill's scratch database on the target's server."""
@@ -175,7 +187,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         """An artifact under the backup root, checked before anything touches the target."""
         assert isinstance(source.stored, Path)
         try:
-            await restore.check_artifact(
+            await self.engines.restore.check_artifact(
                 source.stored,
                 source.format.value,
                 source.sha256,
@@ -197,8 +209,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             status.restored_from = RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256)
 
         await self.start(RestoreReason.RESTORING, f"restoring {source.uri} into {into.display}", restoring)
-        await restore.run_restore(
-            restore.RestoreRequest(
+        await self.engines.restore.run_restore(
+            RestoreRequest(
                 target=into,
                 artifact=source.stored,
                 format=source.format.value,
@@ -214,7 +226,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                 lock_timeout=parse_duration(spec.lock_timeout).total_seconds(),
             )
         )
-        outcomes = await restore.run_verification_queries(into, spec.verify.queries)
+        outcomes = await self.engines.restore.run_verification_queries(into, spec.verify.queries)
         self._query_results = [
             QueryResult(name=o.name, passed=o.passed, value=o.value, message=o.message or None)
             for o in outcomes
@@ -246,7 +258,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     ) -> RetryLater | None:
         """Refuses or backs up the target as the spec says (a missing one is created once the source
         is checked); RetryLater while the safety backup runs, None to go ahead."""
-        if not await restore.database_exists(target):
+        if not await self.engines.restore.database_exists(target):
             if not spec.mode.create_database:
                 raise PermanentError(
                     Reason.DATABASE_NOT_FOUND,
@@ -254,7 +266,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                 )
             self._create_target = True
             return None
-        if await restore.is_empty(target):
+        if await self.engines.restore.is_empty(target):
             return None
         if not spec.mode.force:
             raise PermanentError(

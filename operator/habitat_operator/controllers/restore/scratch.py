@@ -13,7 +13,7 @@ import structlog
 from habitat_operator.api.restore import RESTORE, RestoreReason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube
-from habitat_operator.engines.postgres import restore, scratch
+from habitat_operator.controllers.restore.engines import RestoreEngines
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
 
@@ -21,19 +21,19 @@ log = structlog.get_logger(__name__)
 
 
 async def sweep_orphans(
-    target: ConnectionTarget, config: OperatorConfig, reporter: kube.JsonDict
+    target: ConnectionTarget, config: OperatorConfig, reporter: kube.JsonDict, engines: RestoreEngines
 ) -> list[str]:
     """Drops the orphaned scratch databases on `target`'s server; returns their names. A sweep that
     fails (the role may not list or drop them) is logged and never fails the drill."""
     dropped = []
     try:
-        for found in await scratch.list_scratch_databases(target):
+        for found in await engines.scratch.list_scratch_databases(target):
             if config.namespaces and found.namespace not in config.namespaces:
                 continue
             owners = await kube.list_objects(RESTORE.plural, found.namespace, "")
             if any(owner["metadata"]["uid"] == found.uid for owner in owners):
                 continue
-            await restore.drop_database(target.with_database(found.name))
+            await engines.restore.drop_database(target.with_database(found.name))
             dropped.append(found.name)
             message = f"dropped scratch database {found.name} of a deleted drill in {found.namespace}"
             log.info("dropped an orphaned scratch database", database=found.name, namespace=found.namespace)
