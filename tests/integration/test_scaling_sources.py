@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 import urllib.request
 
@@ -106,3 +108,27 @@ def test_a_failed_prometheus_query_says_only_unreachable_or_bad_response(stack: 
         assert caught.value.message == f"Prometheus at {display(server)} {coarse} ({reason})"
         details.add(caught.value.detail)
     assert len(details) == len(cases)  # the log tells them apart
+
+
+def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(stack: Stack) -> None:
+    """--allowed-metrics-endpoints checks the serverAddress; a redirect from it to another host (a
+    real Prometheus here) must not be followed, or the check, and the credentials, go with it."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", stack.prometheus_url + self.path)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PrometheusFailure) as caught:
+            instant_value(f"http://user:secret@127.0.0.1:{server.server_port}", "vector(1)", timeout=2)
+    finally:
+        server.shutdown()
+    assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
+    assert "HTTP 302" in caught.value.detail and "secret" not in caught.value.detail

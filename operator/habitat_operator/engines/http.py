@@ -23,6 +23,17 @@ def display(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an HTTP error, not followed: the URL's host is the one that was checked (the
+    operator's --allowed-metrics-endpoints), and urllib would send the Authorization header along."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | None = None) -> Any:
     """GET `url` and decode its JSON body; failures raise with `reason` (`bad_response`, if given,
     for an HTTP error status or a body that is not JSON) and the host only."""
@@ -37,7 +48,7 @@ def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | 
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise RetryableError(bad_response or reason, f"{display(url)} answered HTTP {error.code}") from None
