@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from habitat_operator.api.scalepolicy import ScalePolicyReason
-from habitat_operator.engines.http import display
+from habitat_operator.engines.http import MAX_BODY_BYTES, display
 from habitat_operator.engines.prometheus.query import PrometheusFailure, instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.errors import RetryableError
@@ -132,3 +132,30 @@ def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(
         server.shutdown()
     assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
     assert "HTTP 302" in caught.value.detail and "secret" not in caught.value.detail
+
+
+def test_an_answer_larger_than_a_query_result_can_be_is_a_bad_response_not_read_whole() -> None:
+    """Whoever writes serverAddress chooses the server: a body of hundreds of MB must not be read into
+    the shared operator's memory (300 MB took it from 111 to 629 MB)."""
+    size = MAX_BODY_BYTES + 1
+
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            head = b'{"status":"success","data":{"resultType":"scalar","result":[0,"1"]},"pad":"'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(head + b"x" * size + b'"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PrometheusFailure) as caught:
+            instant_value(f"http://127.0.0.1:{server.server_port}", "vector(1)", timeout=5)
+    finally:
+        server.shutdown()
+    assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
+    assert f"more than {MAX_BODY_BYTES} bytes" in caught.value.detail

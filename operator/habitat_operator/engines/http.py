@@ -32,6 +32,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects)
+MAX_BODY_BYTES = 16 * 2**20  # a query result is a few KB, a busy queue more; the URL is anyone's
 
 
 def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | None = None) -> Any:
@@ -49,7 +50,12 @@ def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | 
         request.add_header("Authorization", f"Basic {token}")
     try:
         with _OPENER.open(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            body = response.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:  # read no further: a hostile server's body is not ours to hold
+            raise RetryableError(
+                bad_response or reason, f"{display(url)} answered more than {MAX_BODY_BYTES} bytes"
+            )
+        return json.loads(body)
     except urllib.error.HTTPError as error:
         raise RetryableError(bad_response or reason, f"{display(url)} answered HTTP {error.code}") from None
     except ValueError as error:  # not JSON
