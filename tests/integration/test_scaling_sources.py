@@ -6,6 +6,8 @@ import http.server
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pika
 import pytest
@@ -110,26 +112,36 @@ def test_a_failed_prometheus_query_says_only_unreachable_or_bad_response(stack: 
     assert len(details) == len(cases)  # the log tells them apart
 
 
-def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(stack: Stack) -> None:
-    """--allowed-metrics-endpoints checks the serverAddress; a redirect from it to another host (a
-    real Prometheus here) must not be followed, or the check, and the credentials, go with it."""
+@contextmanager
+def answering(respond: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A local HTTP server whose every GET `respond` answers; yields its URL."""
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(302)
-            self.send_header("Location", stack.prometheus_url + self.path)
-            self.end_headers()
+            respond(self)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(PrometheusFailure) as caught:
-            instant_value(f"http://user:secret@127.0.0.1:{server.server_port}", "vector(1)", timeout=2)
+        yield f"127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(stack: Stack) -> None:
+    """--allowed-metrics-endpoints checks the serverAddress; a redirect from it to another host (a
+    real Prometheus here) must not be followed, or the check, and the credentials, go with it."""
+
+    def redirect(request: http.server.BaseHTTPRequestHandler) -> None:
+        request.send_response(302)
+        request.send_header("Location", stack.prometheus_url + request.path)
+        request.end_headers()
+
+    with answering(redirect) as address, pytest.raises(PrometheusFailure) as caught:
+        instant_value(f"http://user:secret@{address}", "vector(1)", timeout=2)
     assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
     assert "HTTP 302" in caught.value.detail and "secret" not in caught.value.detail
 
@@ -137,25 +149,15 @@ def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(
 def test_an_answer_larger_than_a_query_result_can_be_is_a_bad_response_not_read_whole() -> None:
     """Whoever writes serverAddress chooses the server: a body of hundreds of MB must not be read into
     the shared operator's memory (300 MB took it from 111 to 629 MB)."""
-    size = MAX_BODY_BYTES + 1
 
-    class Huge(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            head = b'{"status":"success","data":{"resultType":"scalar","result":[0,"1"]},"pad":"'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(head + b"x" * size + b'"}')
+    def huge(request: http.server.BaseHTTPRequestHandler) -> None:
+        head = b'{"status":"success","data":{"resultType":"scalar","result":[0,"1"]},"pad":"'
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.end_headers()
+        request.wfile.write(head + b"x" * (MAX_BODY_BYTES + 1) + b'"}')
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Huge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(PrometheusFailure) as caught:
-            instant_value(f"http://127.0.0.1:{server.server_port}", "vector(1)", timeout=5)
-    finally:
-        server.shutdown()
+    with answering(huge) as address, pytest.raises(PrometheusFailure) as caught:
+        instant_value(f"http://{address}", "vector(1)", timeout=5)
     assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
     assert f"more than {MAX_BODY_BYTES} bytes" in caught.value.detail
