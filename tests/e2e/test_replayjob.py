@@ -613,3 +613,27 @@ def test_replay_memory_is_bounded_in_bytes_whatever_the_payload_sizes(
     assert status["publishedEvents"] == total
     assert broker.channel.queue_declare(queue, passive=True).method.message_count == total
     assert growth_mib < 100, f"peak RSS grew by {growth_mib:.0f} MiB during the replay"
+
+
+def test_replay_memory_counts_every_column_an_event_brings_not_only_its_payload(
+    operator_alive: OperatorProcess, kubectl: Kubectl, fresh_database: str, amqp_uri: str, broker: Broker
+) -> None:
+    total = 120
+    with psycopg.connect(fresh_database) as conn:  # 2 MB routing keys: 240 MB that AMQP cannot carry
+        create_events(conn, total)
+        conn.execute("UPDATE events SET payload = '{}', routing_key = repeat(md5(id::text), 62500)")
+    kubectl.run("create", "secret", "generic", "events-db", f"--from-literal=uri={fresh_database}")
+    kubectl.run("create", "secret", "generic", "broker", f"--from-literal=uri={amqp_uri}")
+    assert operator_alive.process is not None
+    pid = operator_alive.process.pid
+    before = rss_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    target = {"exchange": {"name": broker.exchange()}}
+    selector = {"from": "2026-01-01T00:00:00Z"}
+    kubectl.apply(replayjob("long-keys", selector, target, batchSize=10000, onError="continue"))
+    status = succeeded(kubectl, "long-keys", operator_alive, timeout=300)["status"]
+    growth_mib = (rss_kib(pid, "VmHWM") - before) / 1024
+    assert (status["publishedEvents"], status["failedEvents"]) == (0, total)
+    assert status["firstFailure"]["reason"] == "MessageNotEncodable"
+    assert "routing key is longer than AMQP's 255 bytes" in status["firstFailure"]["message"]
+    assert growth_mib < 100, f"peak RSS grew by {growth_mib:.0f} MiB during the replay"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pika
 import pytest
 
 from dev_stack.common import free_port
 from habitat_operator.api.scalepolicy import ScalePolicyReason
-from habitat_operator.engines.http import display
+from habitat_operator.engines.http import MAX_BODY_BYTES, display
 from habitat_operator.engines.prometheus.query import PrometheusFailure, instant_value
 from habitat_operator.engines.rabbitmq.queue_depth import AmqpDepth, management_depth
 from habitat_operator.errors import RetryableError
@@ -107,3 +111,54 @@ def test_a_failed_prometheus_query_says_only_unreachable_or_bad_response(stack: 
         assert caught.value.message == f"Prometheus at {display(server)} {coarse} ({reason})"
         details.add(caught.value.detail)
     assert len(details) == len(cases)  # the log tells them apart
+
+
+@contextmanager
+def answering(respond: Callable[[http.server.BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A local HTTP server whose every GET `respond` answers; yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            respond(self)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def test_a_redirect_is_a_bad_response_never_followed_past_the_allowed_endpoints(stack: Stack) -> None:
+    """--allowed-metrics-endpoints checks the serverAddress; a redirect from it to another host (a
+    real Prometheus here) must not be followed, or the check, and the credentials, go with it."""
+
+    def redirect(request: http.server.BaseHTTPRequestHandler) -> None:
+        request.send_response(302)
+        request.send_header("Location", stack.prometheus_url + request.path)
+        request.end_headers()
+
+    with answering(redirect) as address, pytest.raises(PrometheusFailure) as caught:
+        instant_value(f"http://user:secret@{address}", "vector(1)", timeout=2)
+    assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
+    assert "HTTP 302" in caught.value.detail and "secret" not in caught.value.detail
+
+
+def test_an_answer_larger_than_a_query_result_can_be_is_a_bad_response_not_read_whole() -> None:
+    """Whoever writes serverAddress chooses the server: a body of hundreds of MB must not be read into
+    the shared operator's memory (300 MB took it from 111 to 629 MB)."""
+
+    def huge(request: http.server.BaseHTTPRequestHandler) -> None:
+        head = b'{"status":"success","data":{"resultType":"scalar","result":[0,"1"]},"pad":"'
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.end_headers()
+        request.wfile.write(head + b"x" * (MAX_BODY_BYTES + 1) + b'"}')
+
+    with answering(huge) as address, pytest.raises(PrometheusFailure) as caught:
+        instant_value(f"http://{address}", "vector(1)", timeout=5)
+    assert caught.value.reason is ScalePolicyReason.PROMETHEUS_BAD_RESPONSE
+    assert f"more than {MAX_BODY_BYTES} bytes" in caught.value.detail

@@ -96,6 +96,21 @@ def test_headers_amqp_cannot_carry_are_refused_with_the_reason_not_the_value() -
         on_the_wire(Event(9, "t", MOMENT, b"{}", None, "c" * 256, None))
 
 
+def test_a_routing_key_over_255_bytes_is_refused_with_the_reason_not_the_value() -> None:
+    key = "é" * 128  # 128 characters, 256 bytes: AMQP counts bytes
+    with pytest.raises(NotEncodable, match="its routing key is longer than AMQP's 255 bytes") as refused:
+        on_the_wire(Event(10, "t", MOMENT, b"{}", key, None, None))
+    assert key not in str(refused.value)
+    assert on_the_wire(Event(11, "t", MOMENT, b"{}", "k" * 255, None, None)).message_id == "11"
+
+
+@pytest.mark.parametrize("headers", [[1, 2], "str", 42, True])
+def test_headers_that_are_json_but_no_object_are_refused_not_read_as_a_table(headers: Any) -> None:
+    with pytest.raises(NotEncodable, match="its headers are not a JSON object") as refused:
+        on_the_wire(Event(12, "t", MOMENT, b"{}", None, None, headers))
+    assert str(headers) not in str(refused.value)
+
+
 def test_a_refused_event_settles_in_its_place_among_those_in_flight() -> None:
     publisher = ConfirmingPublisher(AmqpTarget("amqp://broker"), window=10, window_bytes=2**20)
     publisher._channel = SimpleNamespace(basic_publish=lambda *args, **kwargs: None)

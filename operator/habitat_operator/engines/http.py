@@ -23,6 +23,18 @@ def display(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an HTTP error, not followed: the URL's host is the one that was checked (the
+    operator's --allowed-metrics-endpoints), and urllib would send the Authorization header along."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+MAX_BODY_BYTES = 16 * 2**20  # a query result is a few KB, a busy queue more; the URL is anyone's
+
+
 def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | None = None) -> Any:
     """GET `url` and decode its JSON body; failures raise with `reason` (`bad_response`, if given,
     for an HTTP error status or a body that is not JSON) and the host only."""
@@ -37,8 +49,13 @@ def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | 
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        with _OPENER.open(request, timeout=timeout) as response:
+            body = response.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:  # read no further: a hostile server's body is not ours to hold
+            raise RetryableError(
+                bad_response or reason, f"{display(url)} answered more than {MAX_BODY_BYTES} bytes"
+            )
+        return json.loads(body)
     except urllib.error.HTTPError as error:
         raise RetryableError(bad_response or reason, f"{display(url)} answered HTTP {error.code}") from None
     except ValueError as error:  # not JSON

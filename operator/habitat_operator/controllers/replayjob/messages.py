@@ -16,6 +16,7 @@ JOB_HEADER = "x-habitat-replay-job"
 JOB_UID_HEADER = "x-habitat-replay-job-uid"
 EVENT_TYPE_HEADER = "x-habitat-event-type"
 REPLAYED_AT_HEADER = "x-habitat-replayed-at"
+MAX_ROUTING_KEY_BYTES = 255  # an AMQP short string
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,15 @@ def to_message(event: Event, addressing: Addressing, marks: JsonPropertiesEncode
     """Raises NotEncodable for what a message cannot carry (a NULL where the contract has none)."""
     if event.event_type is None or event.occurred_at is None:
         raise NotEncodable("cannot be sent: its event_type or occurred_at is NULL")
+    if event.headers is not None and not isinstance(event.headers, dict):  # jsonb holds any JSON
+        raise NotEncodable("cannot be sent: its headers are not a JSON object")
+    routing_key = addressing.fixed_routing_key or event.routing_key or ""
+    if len(routing_key.encode()) > MAX_ROUTING_KEY_BYTES:  # pika would raise only mid-publish
+        raise NotEncodable("cannot be sent: its routing key is longer than AMQP's 255 bytes")
     return Message(
         key=event.id,
         exchange=addressing.exchange,
-        routing_key=addressing.fixed_routing_key or event.routing_key or "",
+        routing_key=routing_key,
         body=event.payload,
         properties=marks.encode(
             event.id,

@@ -183,9 +183,11 @@ class EventStore:
         )
 
     def size(self) -> sql.Composed:
-        """The bytes an event brings into memory: its payload and headers, as text."""
-        return sql.SQL("coalesce(octet_length({}::text), 0) + coalesce(octet_length({}::text), 0)").format(
-            self.column("payload"), self.column("headers")
+        """The bytes an event brings into memory: its payload, headers and text columns, as text
+        (a 2 MB routing key, which AMQP cannot even carry, is still read before it is refused)."""
+        fields = ("payload", "headers", "event_type", "routing_key", "correlation_id")
+        return sql.SQL(" + ").join(
+            sql.SQL("coalesce(octet_length({}::text), 0)").format(self.column(field)) for field in fields
         )
 
 
