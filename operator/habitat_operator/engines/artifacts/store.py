@@ -42,6 +42,11 @@ def partial_path(destination: Path) -> Path:
     return destination.with_name(f".{destination.name}{_PARTIAL_MARKER}{secrets.token_hex(6)}")
 
 
+def is_partial(name: str) -> bool:
+    """Whether `name` is the temporary name of an unfinished write."""
+    return _PARTIAL_NAME.fullmatch(name) is not None
+
+
 def remove_partials(directory: Path, name: str | None = None) -> list[Path]:
     """Remove leftovers of interrupted writes in `directory` (only those for `name` if given).
 
@@ -71,14 +76,14 @@ def sweep_partials(root: Path) -> list[Path]:
     removed = []
     for directory, subdirectories, files in os.walk(root):
         for name in [*subdirectories, *files]:
-            if not _PARTIAL_NAME.fullmatch(name):
+            if not is_partial(name):
                 continue
             entry = Path(directory, name)
             with suppress(OSError):
                 _remove_tree_or_file(entry)
             if not os.path.lexists(entry):
                 removed.append(entry)
-        subdirectories[:] = [name for name in subdirectories if not _PARTIAL_NAME.fullmatch(name)]
+        subdirectories[:] = [name for name in subdirectories if not is_partial(name)]
     return removed
 
 
