@@ -72,8 +72,3 @@ def test_slot_names_are_checked_before_any_statement(replication_uri: str) -> No
     with pytest.raises(OperationError) as caught:
         asyncio.run(replication.create_slot(ConnectionTarget(replication_uri), "x'); DROP TABLE t; --"))
     assert caught.value.reason == Reason.INVALID_SPEC
-
-
-def test_no_receiver_streams_under_an_unknown_name(replication_uri: str) -> None:
-    position = asyncio.run(replication.streaming_lsn(ConnectionTarget(replication_uri), "nobody"))
-    assert position is None

@@ -182,12 +182,3 @@ async def current_lsn(target: ConnectionTarget) -> int:
         row = await (await conn.execute(f"SELECT ({_CURRENT_LSN})::text")).fetchone()
     assert row is not None
     return parse_lsn(row[0])
-
-
-async def streaming_lsn(target: ConnectionTarget, application: str) -> int | None:
-    """How far the server has sent WAL to the receiver named `application` and seen it written
-    (pg_stat_replication.write_lsn); None when no such receiver is connected."""
-    query = "SELECT max(write_lsn)::text FROM pg_stat_replication WHERE application_name = %s"
-    async with await connect(target, WalReason.REPLICATION_REFUSED) as conn:
-        row = await (await conn.execute(query, (application,))).fetchone()
-    return parse_lsn(row[0]) if row and row[0] else None
