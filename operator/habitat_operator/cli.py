@@ -1,9 +1,11 @@
 """`habitat-operator run` runs the operator; `crds` writes the CRDs; `reference` the API docs; `events`
-lists stored events; `catalog list` lists what a bucket holds (disaster recovery's first step)."""
+lists stored events; `catalog list` lists what a bucket holds (disaster recovery's first step); `wal
+fetch` is a recovering PostgreSQL's restore_command."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--force-path-style", action="store_true", default=None)
     listing.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
+    wal = commands.add_parser("wal", help="a WalArchive's WAL, for a recovering PostgreSQL")
+    wal_commands = wal.add_subparsers(dest="wal_command", required=True)
+    fetch = wal_commands.add_parser(
+        "fetch",
+        help="restore_command: write an archived WAL file to a path; the archive and its key come from "
+        "HABITAT_WAL_* environment variables; exit 1 when the archive does not hold the file",
+    )
+    fetch.add_argument("file_name", help="what PostgreSQL asks for (%%f)")
+    fetch.add_argument("destination", type=Path, help="where PostgreSQL wants it (%%p)")
+
     events_command.add_parser(commands)
     return parser
 
@@ -138,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "catalog":
         return _catalog(args)
+    if args.command == "wal":
+        from habitat_operator.engines.wal.fetch import run_fetch
+
+        return run_fetch(args.file_name, args.destination, os.environ)
 
     from habitat_operator.health import limit_malloc_arenas
 
