@@ -15,9 +15,10 @@ import psycopg
 import pytest
 
 from habitat_operator.engines.artifacts.s3 import S3Location
+from habitat_operator.engines.postgres import replication
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.fetch import EXIT_FAILED, EXIT_NOT_ARCHIVED, FetchSource
-from habitat_operator.engines.wal.layout import SEGMENT_NAME, ArchiveLayout, segment_start
+from habitat_operator.engines.wal.layout import SEGMENT_NAME, ArchiveLayout, segment_name, segment_start
 from habitat_operator.engines.wal.receiver import WalReceiver
 from habitat_operator.engines.wal.store import BucketStore
 from habitat_operator.engines.wal.uploader import (
@@ -61,6 +62,11 @@ def wal_fetch(fetch_source: FetchSource, name: str, destination: Path) -> subpro
     )
 
 
+def checkpoint(admin_uri: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def commit_marker(admin_uri: str) -> dt.datetime:
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         conn.execute("CREATE TEMP TABLE marker (t timestamptz)")
@@ -79,14 +85,19 @@ def test_streamed_wal_comes_back_byte_identical(
     )
 
     async def stream() -> list[str]:
+        await asyncio.to_thread(checkpoint, pg_admin_uri)  # a new slot starts at the last redo point
         await receiver.start()
         try:
             for _ in range(2):
                 await asyncio.to_thread(make_wal, pg_admin_uri)
+            # The slot starts at the last checkpoint's redo: wait until the stream caught up.
+            writing = segment_name(1, await replication.current_lsn(ConnectionTarget(pg_admin_uri)))
             deadline = asyncio.get_running_loop().time() + 60
-            while len(completed := sorted(p.name for p in spool.iterdir() if SEGMENT_NAME.match(p.name))) < 2:
-                assert asyncio.get_running_loop().time() < deadline, "no segment completed"
+            while not (spool / f"{writing}.partial").exists():
+                assert asyncio.get_running_loop().time() < deadline, f"{writing} never started"
                 await asyncio.sleep(0.1)
+            completed = sorted(p.name for p in spool.iterdir() if SEGMENT_NAME.match(p.name))
+            assert len(completed) >= 2
             for name in completed:
                 shutil.copyfile(spool / name, kept / name)
             result = await upload_ready(spool, archive_store, LAYOUT, KEY, zstd=True)
@@ -94,7 +105,7 @@ def test_streamed_wal_comes_back_byte_identical(
             assert result.newest_segment == completed[-1]
             assert result.archived_lsn == segment_start(completed[-1])[1] + (16 << 20)
             assert result.last_commit_at is not None
-            assert not any(SEGMENT_NAME.match(p.name) for p in spool.iterdir())  # removed once archived
+            assert not {p.name for p in spool.iterdir()} & set(completed)  # removed once archived
             again = await upload_ready(spool, archive_store, LAYOUT, KEY, zstd=True)
             assert (again.segments, again.bytes) == (0, 0)
 
