@@ -388,25 +388,25 @@ class _Manifest:
             return
         self._digest.update(line if last else line + b"\n")
         text = line.strip().rstrip(b",")
-        if text.startswith((b'{ "Path"', b'{ "Encoded-Path"')):
-            entry = _json_line(text)
+        if not (text.startswith(b"{") and text.endswith(b"}")):
+            return  # the document's own braces and brackets, or its version line
+        entry = _json_line(text)
+        try:
+            if "Timeline" in entry:
+                self.ranges.append(
+                    (int(entry["Timeline"]), parse_lsn(entry["Start-LSN"]), parse_lsn(entry["End-LSN"]))
+                )
+                return
             path = entry.get("Path")
             if path is None:
                 path = bytes.fromhex(str(entry["Encoded-Path"])).decode("utf-8", "surrogateescape")
             if entry.get("Checksum-Algorithm") != "SHA256":
                 raise _not_verified(f"{MANIFEST} has no SHA-256 of {path!r}")
-            self.files_sum = (
-                self.files_sum + _file_hash(str(path), int(entry["Size"]), str(entry["Checksum"]))
-            ) % _MODULUS
-            self.files += 1
-        elif text.startswith(b'{ "Timeline"'):
-            entry = _json_line(text)
-            try:
-                self.ranges.append(
-                    (int(entry["Timeline"]), parse_lsn(entry["Start-LSN"]), parse_lsn(entry["End-LSN"]))
-                )
-            except (KeyError, ValueError, TypeError):
-                raise _not_verified(f"{MANIFEST} has an unreadable WAL range") from None
+            entry_hash = _file_hash(str(path), int(entry["Size"]), str(entry["Checksum"]))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            raise _not_verified(f"{MANIFEST} has an unreadable line") from None
+        self.files_sum = (self.files_sum + entry_hash) % _MODULUS
+        self.files += 1
 
 
 def _json_line(text: bytes) -> dict[str, Any]:
