@@ -145,7 +145,7 @@ async def take_base_backup(
     """
     key = layout.base_backup(backup_id)
     system_identifier, server_version = await in_thread(_identify, target)
-    started_at = timestamps.now()
+    started_at = timestamps.now().replace(microsecond=0)
     sink = await _upload(target, store, key, encryption_key, zstd, backup_id)
     completed_at = _whole_second_after(timestamps.now())
     try:
@@ -178,8 +178,8 @@ async def take_base_backup(
 
 
 def _whole_second_after(moment: dt.datetime) -> dt.datetime:
-    """The entry keeps whole seconds: rounded up, the completion is never earlier than the consistent
-    point, which a time target must not precede."""
+    """The entry keeps whole seconds (the start rounded down): rounded up, the completion is never
+    earlier than the consistent point, which a time target must not precede."""
     whole = moment.replace(microsecond=0)
     return whole if whole == moment else whole + dt.timedelta(seconds=1)
 
