@@ -26,10 +26,10 @@ from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.basebackup import BaseBackupEntry, take_base_backup
 from habitat_operator.engines.wal.catalog import RecoveryTarget, plan_recovery, read_catalog
-from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, segment_name
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import PermanentError
-from tests.harness import Stack
+from tests.harness import REPO, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ from pathlib import Path
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.basebackup import take_base_backup
-from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, segment_name
 from habitat_operator.engines.wal.store import BucketStore, FolderStore
 
 kind, where = sys.argv[1], sys.argv[2]
@@ -195,3 +195,62 @@ def uploading(bucket: Bucket, base: Path, folder: bool) -> bool:
         return any(path.stat().st_size > 0 for path in base.glob(".*.partial-*")) if base.is_dir() else False
     answer = bucket.client.list_multipart_uploads(Bucket=bucket.location.bucket, Prefix=bucket.location.key())
     return bool(answer.get("Uploads"))
+
+
+def test_catalog_list_shows_base_backups_and_the_window(stack: Stack, bucket: Bucket, tmp_path: Path) -> None:
+    store = BucketStore(bucket, bucket.location.key("team-a"))
+    entry = asyncio.run(take_base_backup(ConnectionTarget(stack.pg_uri), store, LAYOUT, KEY, True, BACKUP_ID))
+    identity = {"systemIdentifier": entry.system_identifier, "serverVersion": entry.server_version}
+    with store.writer(LAYOUT.identity) as out:
+        out.write(
+            json.dumps(identity | {"segmentSize": 16 << 20, "createdAt": "2026-12-07T17:15:00Z"}).encode()
+        )
+    # The segments of the backup, as the uploader stores them (the catalog reads names and metadata).
+    first = entry.start_lsn // (16 << 20)
+    for number in range(first, entry.end_lsn // (16 << 20) + 1):
+        with store.writer(
+            LAYOUT.wal(segment_name(1, number << 24)), {"lastCommitAt": "2026-12-07T18:00:00Z"}
+        ) as out:
+            out.write(b"wal")
+    where = bucket.location
+    env = os.environ | {
+        "AWS_ACCESS_KEY_ID": where.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": where.secret_access_key,
+    }
+    command = [str(REPO / ".venv" / "bin" / "habitat-operator"), "catalog", "list", "--bucket", where.bucket]
+    command += ["--prefix", where.prefix, "--endpoint", str(where.endpoint), "--force-path-style"]
+
+    listed = json.loads(
+        subprocess.run([*command, "-o", "json"], env=env, capture_output=True, check=True).stdout
+    )
+    assert listed == [
+        {
+            "kind": "WalArchive",
+            "key": where.key("team-a", "orders"),
+            "namespace": "team-a",
+            "archive": "orders",
+            "systemIdentifier": entry.system_identifier,
+            "recoveryWindow": {"from": entry.to_json()["completedAt"], "to": "2026-12-07T18:00:00Z"},
+            "endLsn": format_lsn((entry.end_lsn // (16 << 20) + 1) << 24),
+            "baseBackups": [entry.to_json()],
+            "gaps": [],
+        }
+    ]
+    table = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[2].split() == [
+        "ARCHIVE",
+        "SYSTEM",
+        "IDENTIFIER",
+        "WINDOW-FROM",
+        "WINDOW-TO",
+        "ENDS",
+        "AT",
+        "GAPS",
+    ]
+    assert table[3].split()[:4] == [
+        "team-a/orders",
+        entry.system_identifier,
+        entry.to_json()["completedAt"],
+        "2026-12-07T18:00:00Z",
+    ]
+    assert table[6].split()[0] == f"team-a/orders/{BACKUP_ID}"
