@@ -4,6 +4,7 @@ pg_basebackup writes them; the real thing is in tests/integration/test_wal_baseb
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import io
@@ -11,12 +12,16 @@ import json
 import os
 import tarfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts.codec import ArtifactSink
-from habitat_operator.engines.wal.basebackup import BaseBackupEntry, read_back
+from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry, read_back, take_base_backup
+from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.store import FolderStore
 from habitat_operator.errors import OperationError
 
 LABEL = (
@@ -161,3 +166,20 @@ def test_an_entry_round_trips_through_json() -> None:
     assert BaseBackupEntry.from_json(json.loads(json.dumps(document))) == entry
     with pytest.raises(ValueError, match="compression"):
         BaseBackupEntry.from_json({**document, "compression": "lz4"})
+
+
+@pytest.mark.parametrize("backup_id", ["", "../x", "a/b", "x" * 65, "-x"])
+def test_a_backup_id_is_a_plain_name(backup_id: str, tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    with pytest.raises(OperationError) as caught:
+        asyncio.run(
+            take_base_backup(
+                ConnectionTarget("postgresql://u@127.0.0.1:1/db"),
+                store,
+                ArchiveLayout("a"),
+                None,
+                False,
+                backup_id,
+            )
+        )
+    assert caught.value.reason is Reason.INVALID_REQUEST

@@ -260,3 +260,23 @@ def test_no_backup_no_plan(archive: Archive) -> None:
     assert refusal(archive, RecoveryTarget(latest=True)) == (
         "cannot recover to latest: the archive holds no base backup yet"
     )
+
+
+def test_times_without_a_zone_are_utc(archive: Archive) -> None:
+    entry = archive.base_backup("20261207T100000Z", 2, 0, 1)
+    naive = {**entry.to_json(), "startedAt": "2026-12-07T10:00:00", "completedAt": "2026-12-07T10:01:00"}
+    archive.put(LAYOUT.base_backup_entry(entry.id), json.dumps(naive).encode())
+    archive.segments(2, 4, {4: 20})
+    archive.put(
+        LAYOUT.gap("20261207T103000Z"),
+        json.dumps(
+            {
+                "detectedAt": "2026-12-07T10:30:00",
+                "reason": "SlotMissing",
+                "fromLsn": "0/5000000",
+                "timeline": 1,
+            }
+        ).encode(),
+    )
+    assert plan_recovery(archive.store, LAYOUT, RecoveryTarget(time=at(15))).base_backup.completed_at == at(1)
+    assert "inside the gap" in refusal(archive, RecoveryTarget(time=at(25)))

@@ -57,6 +57,7 @@ LABEL = "backup_label"
 _MAX_LABEL_BYTES = 64 << 10
 _MAX_MANIFEST_LINE = 64 << 10  # a path is at most MAXPGPATH (1,024) bytes, hex-encoded twice that
 _MODULUS = 1 << 256
+_BACKUP_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _BAD_OBJECT = (Reason.VERIFICATION_FAILED, Reason.CHECKSUM_MISMATCH, Reason.DECRYPTION_FAILED)
 
 
@@ -106,8 +107,8 @@ class BaseBackupEntry:
             start_lsn=parse_lsn(str(data["startLsn"])),
             end_lsn=parse_lsn(str(data["endLsn"])),
             timeline=int(data["timeline"]),
-            started_at=timestamps.parse(str(data["startedAt"])),
-            completed_at=timestamps.parse(str(data["completedAt"])),
+            started_at=utc(str(data["startedAt"])),
+            completed_at=utc(str(data["completedAt"])),
             server_version=int(data["serverVersion"]),
             system_identifier=str(data["systemIdentifier"]),
             size_bytes=int(data["sizeBytes"]),
@@ -115,6 +116,12 @@ class BaseBackupEntry:
             encrypted=bool(data["encrypted"]),
             compression=cast("Compression", compression),
         )
+
+
+def utc(text: str) -> dt.datetime:
+    """An RFC 3339 time; one without a zone (hand-written) is taken as UTC, as Kubernetes does."""
+    moment = timestamps.parse(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,8 @@ async def take_base_backup(
     pg_basebackup failed in a way worth another try, PermanentError BaseBackupFailed for one that is
     not (e.g. more than one tablespace), and the connection and storage reasons.
     """
+    if not _BACKUP_ID.match(backup_id):
+        raise PermanentError(Reason.INVALID_REQUEST, f"not a base backup id: {backup_id[:70]!r}")
     key = layout.base_backup(backup_id)
     system_identifier, server_version = await in_thread(_identify, target)
     started_at = timestamps.now().replace(microsecond=0)

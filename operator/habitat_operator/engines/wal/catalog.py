@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
-from habitat_operator.engines.wal.basebackup import BaseBackupEntry
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry, utc
 from habitat_operator.engines.wal.layout import (
     DEFAULT_SEGMENT_SIZE,
     HISTORY_NAME,
@@ -270,7 +270,7 @@ def _gap(key: str, data: dict[str, object] | None) -> Gap:
     to_lsn = data.get("toLsn")
     return Gap(
         key=key,
-        detected_at=timestamps.parse(str(data["detectedAt"])),
+        detected_at=utc(str(data["detectedAt"])),
         reason=str(data["reason"]),
         from_lsn=_lsn(data["fromLsn"]),
         to_lsn=None if to_lsn is None else _lsn(to_lsn),
@@ -303,10 +303,9 @@ def _commit_time(metadata: dict[str, str] | None) -> dt.datetime | None:
     if not text:
         return None
     try:
-        moment = timestamps.parse(text)
+        return utc(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 # ---------------------------------------------------------------- planning (pure)
