@@ -280,3 +280,19 @@ def test_times_without_a_zone_are_utc(archive: Archive) -> None:
     )
     assert plan_recovery(archive.store, LAYOUT, RecoveryTarget(time=at(15))).base_backup.completed_at == at(1)
     assert "inside the gap" in refusal(archive, RecoveryTarget(time=at(25)))
+
+
+def test_a_restore_point_with_its_position_is_planned_as_that_position(archive: Archive) -> None:
+    archive.base_backup("20261207T100000Z", 2, 0, 1)
+    archive.base_backup("20261207T110000Z", 6, 60, 61)
+    archive.segments(2, 9, {9: 65})
+    # pg_create_restore_point() returned 0/7000100: the newest backup that ends before it will do.
+    target = RecoveryTarget(restore_point="habitat-m-1-to-2", restore_point_lsn=parse_lsn("0/7000100"))
+    plan = plan_recovery(archive.store, LAYOUT, target)
+    assert plan.base_backup.id == "20261207T110000Z"
+    assert plan.segments == ("000000010000000000000006", "000000010000000000000007")
+    assert refusal(
+        archive, RecoveryTarget(restore_point="x", restore_point_lsn=parse_lsn("0/A000001"))
+    ).startswith("cannot recover to restore point 'x' at 0/A000001: the archive ends at")
+    with pytest.raises(ValueError, match="restore point"):
+        RecoveryTarget(latest=True, restore_point_lsn=1)

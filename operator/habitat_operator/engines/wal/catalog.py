@@ -13,7 +13,8 @@ there is planned with all the WAL and the recovery itself says whether it got th
 
 A `restorePoint` target cannot be placed from its name alone (finding it would mean reading every
 segment with pg_waldump): it is planned from the oldest base backup of the last stretch with all of
-its WAL, and the recovery itself reports when the name is not found.
+its WAL, and the recovery itself reports when the name is not found. Given its position
+(`restore_point_lsn`, which pg_create_restore_point() returns), it is planned as that position.
 """
 
 from __future__ import annotations
@@ -120,25 +121,34 @@ class ArchiveEnd:
 
 @dataclass(frozen=True)
 class RecoveryTarget:
-    """Exactly one of `time`, `lsn`, `restore_point`, `latest`, as a Restore's pointInTime target."""
+    """Exactly one of `time`, `lsn`, `restore_point`, `latest`, as a Restore's pointInTime target.
+
+    `restore_point_lsn`, when known (pg_create_restore_point() returns it), places a restore point:
+    recovery then starts from the newest base backup before it instead of the oldest."""
 
     time: dt.datetime | None = None
     lsn: int | None = None
     restore_point: str | None = None
     latest: bool = False
     inclusive: bool = True
+    restore_point_lsn: int | None = None
 
     def __post_init__(self) -> None:
         given = [self.time is not None, self.lsn is not None, self.restore_point is not None, self.latest]
         if sum(given) != 1:
             raise ValueError("a recovery target is exactly one of time, lsn, restorePoint and latest")
+        if self.restore_point_lsn is not None and self.restore_point is None:
+            raise ValueError("restore_point_lsn places a restore point: it needs restore_point")
 
     def describe(self) -> str:
         if self.time is not None:
             return timestamps.rfc3339(self.time)
         if self.lsn is not None:
             return format_lsn(self.lsn)
-        return f"restore point {self.restore_point!r}" if self.restore_point is not None else "latest"
+        if self.restore_point is None:
+            return "latest"
+        at = f" at {format_lsn(self.restore_point_lsn)}" if self.restore_point_lsn is not None else ""
+        return f"restore point {self.restore_point!r}{at}"
 
 
 @dataclass(frozen=True)
@@ -338,6 +348,8 @@ def plan(catalog: Catalog, target: RecoveryTarget) -> RecoveryPlan:
     """
     if not catalog.base_backups:
         raise _refused(target, "the archive holds no base backup yet")
+    if target.restore_point_lsn is not None:
+        return _plan_to_lsn(catalog, target, target.restore_point_lsn)
     if target.latest or target.restore_point is not None:
         return _plan_to_end(catalog, target)
     if target.time is not None:
