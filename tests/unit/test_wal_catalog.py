@@ -120,6 +120,11 @@ def test_an_unreadable_entry_is_skipped(archive: Archive) -> None:
     archive.base_backup("20261207T100000Z", 2, 0, 1)
     archive.put(LAYOUT.base_backup_entry("20261207T090000Z"), b"{not json")
     archive.put(LAYOUT.base_backup_entry("20261207T080000Z"), json.dumps({"id": "x"}).encode())
+    # An entry under another id's name would send a restore to another tar.
+    moved = BaseBackupEntry.from_json(
+        json.loads(archive.store.open(LAYOUT.base_backup_entry("20261207T100000Z")).read())
+    ).to_json()
+    archive.put(LAYOUT.base_backup_entry("20261207T070000Z"), json.dumps(moved).encode())
     assert [entry.id for entry in catalog.base_backups(archive.store, LAYOUT)] == ["20261207T100000Z"]
 
 

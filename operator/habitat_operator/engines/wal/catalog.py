@@ -203,9 +203,14 @@ def base_backups(store: ObjectStore, layout: ArchiveLayout) -> list[BaseBackupEn
         if not stored.key.endswith(".json"):
             continue
         try:
-            entries.append(BaseBackupEntry.from_json(_read_json(store, stored.key)))
+            entry = BaseBackupEntry.from_json(_read_json(store, stored.key))
         except (ValueError, TypeError, KeyError):
             log.warning("skipping %s: not a base backup entry", store.uri(stored.key))
+            continue
+        if layout.base_backup_entry(entry.id) != stored.key:
+            log.warning("skipping %s: it is the entry of %s", store.uri(stored.key), entry.id)
+            continue
+        entries.append(entry)
     return sorted(entries, key=lambda entry: (entry.completed_at, entry.id))
 
 
