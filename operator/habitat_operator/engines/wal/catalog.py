@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
-
-import structlog
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
@@ -48,7 +47,7 @@ LAST_COMMIT_AT = "lastCommitAt"
 COMMIT_LOOKUPS = 8  # metadata requests per stretch end: segments that hold no commit are skipped
 _MAX_ENTRY_BYTES = 1 << 20
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -206,12 +205,10 @@ def base_backups(store: ObjectStore, layout: ArchiveLayout) -> list[BaseBackupEn
         try:
             entry = BaseBackupEntry.from_json(_read_json(store, stored.key))
         except (ValueError, TypeError, KeyError):
-            log.warning("skipping what is not a base backup entry", uri=store.uri(stored.key))
+            log.warning("skipping %s: not a base backup entry", store.uri(stored.key))
             continue
         if layout.base_backup_entry(entry.id) != stored.key:
-            log.warning(
-                "skipping a base backup entry under another name", uri=store.uri(stored.key), id=entry.id
-            )
+            log.warning("skipping %s: it is the entry of %s", store.uri(stored.key), entry.id)
             continue
         entries.append(entry)
     return sorted(entries, key=lambda entry: (entry.completed_at, entry.id))
@@ -242,7 +239,7 @@ def gaps(store: ObjectStore, layout: ArchiveLayout) -> list[Gap]:
         try:
             found.append(_gap(stored.key, _read_json(store, stored.key)))
         except (ValueError, TypeError, KeyError):
-            log.warning("skipping what is not a gap entry", uri=store.uri(stored.key))
+            log.warning("skipping %s: not a gap entry", store.uri(stored.key))
     return sorted(found, key=lambda gap: gap.detected_at)
 
 
