@@ -47,6 +47,7 @@ LAST_COMMIT_AT = "lastCommitAt"
 COMMIT_LOOKUPS = 8  # metadata requests per stretch end: segments that hold no commit are skipped
 _MAX_ENTRY_BYTES = 1 << 20
 
+# stdlib logging: the operator's pipeline takes it in, and `catalog list` keeps its stdout for the listing.
 log = logging.getLogger(__name__)
 
 
