@@ -192,9 +192,13 @@ def test_a_kill_mid_upload_leaves_no_base_backup(
 def uploading(bucket: Bucket, base: Path, folder: bool) -> bool:
     """Whether the child's tar is on its way: a partial file with bytes in it, or a multipart upload."""
     if folder:
-        return any(path.stat().st_size > 0 for path in base.glob(".*.partial-*")) if base.is_dir() else False
+        return uploading_to_folder(base)
     answer = bucket.client.list_multipart_uploads(Bucket=bucket.location.bucket, Prefix=bucket.location.key())
     return bool(answer.get("Uploads"))
+
+
+def uploading_to_folder(base: Path) -> bool:
+    return any(path.stat().st_size > 0 for path in base.glob(".*.partial-*")) if base.is_dir() else False
 
 
 def test_catalog_list_shows_base_backups_and_the_window(stack: Stack, bucket: Bucket, tmp_path: Path) -> None:
@@ -254,3 +258,28 @@ def test_catalog_list_shows_base_backups_and_the_window(stack: Stack, bucket: Bu
         "2026-12-07T18:00:00Z",
     ]
     assert table[6].split()[0] == f"team-a/orders/{BACKUP_ID}"
+
+
+def test_a_cancelled_base_backup_leaves_nothing_behind(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    store = FolderStore(root)
+
+    async def cancel_mid_upload() -> None:
+        task = asyncio.create_task(
+            take_base_backup(ConnectionTarget(stack.pg_uri), store, LAYOUT, KEY, True, BACKUP_ID)
+        )
+        while not uploading_to_folder(root / LAYOUT.base_prefix):
+            assert not task.done(), "the base backup ended before it could be cancelled"
+            await asyncio.sleep(0.002)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_mid_upload())
+    assert store.list(LAYOUT.base_prefix) == []
+    assert list((root / LAYOUT.base_prefix).iterdir()) == []  # no partial file either
+    with psycopg.connect(stack.pg_uri) as conn:  # pg_basebackup was killed: its walsender goes
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM pg_stat_progress_basebackup").fetchone() != (0,):
+            assert time.monotonic() < deadline, "pg_basebackup's walsender outlived the cancellation"
+            time.sleep(0.05)
