@@ -1,4 +1,5 @@
-"""`habitat-operator catalog list`: what a bucket holds, newest first, from the catalog entries alone.
+"""`habitat-operator catalog list`: what a bucket holds, newest first, from the catalog entries alone,
+then each WalArchive in it (`<prefix>/<namespace>/<archive>/`) with its base backups and recovery window.
 
 The runbook's first step after a disaster: no cluster and no Backup object is needed, only the
 bucket (given by flags, or by a YAML file holding the same `s3` block as a Backup's storage) and
@@ -15,12 +16,18 @@ from typing import Any, TextIO
 
 import yaml
 
+from habitat_operator import timestamps
 from habitat_operator.api.artifacts import S3Storage
 from habitat_operator.controllers.base.buckets import location_of
-from habitat_operator.engines.artifacts.s3 import Bucket, recency
+from habitat_operator.engines.artifacts.s3 import Bucket, recency, storage_errors
+from habitat_operator.engines.wal.catalog import Catalog, archive_end, read_catalog, window_of
+from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn
+from habitat_operator.engines.wal.store import BucketStore
 from habitat_operator.formatting import human_size, text_table
 
 COLUMNS = ("DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY")
+ARCHIVE_COLUMNS = ("ARCHIVE", "SYSTEM IDENTIFIER", "WINDOW-FROM", "WINDOW-TO", "ENDS AT", "GAPS")
+BASE_BACKUP_COLUMNS = ("BASE BACKUP", "STARTED", "COMPLETED", "SIZE", "START-LSN", "END-LSN", "ENCRYPTED")
 
 
 def storage_from(file: Path | None, flags: dict[str, Any]) -> S3Storage:
@@ -55,8 +62,88 @@ def table(entries: list[dict[str, Any]]) -> str:
     return text_table(rows)
 
 
+def archives(bucket: Bucket) -> list[dict[str, Any]]:
+    """Every WalArchive of the bucket as `catalog list -o json` shows it (`kind: WalArchive`)."""
+    found = []
+    for namespace in _folders(bucket, bucket.location.key()):
+        store = BucketStore(bucket, bucket.location.key(namespace))
+        for name in _folders(bucket, bucket.location.key(namespace)):
+            catalog = read_catalog(store, ArchiveLayout(name))
+            if catalog.base_backups or catalog.wal or catalog.system_identifier:
+                found.append(_archive(bucket.location.key(namespace, name), namespace, name, catalog))
+    return found
+
+
+def _folders(bucket: Bucket, prefix: str) -> list[str]:
+    """The names of the "folders" right under `prefix` (S3's common prefixes)."""
+    start = f"{prefix}/" if prefix else ""
+    with storage_errors(f"listing s3://{bucket.location.bucket}/{start}", "list"):
+        pages = bucket.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket.location.bucket, Prefix=start, Delimiter="/"
+        )
+        return [
+            p["Prefix"][len(start) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])
+        ]
+
+
+def _archive(key: str, namespace: str, name: str, catalog: Catalog) -> dict[str, Any]:
+    window = window_of(catalog)
+    return {
+        "kind": "WalArchive",
+        "key": key,
+        "namespace": namespace,
+        "archive": name,
+        "systemIdentifier": catalog.system_identifier,
+        "recoveryWindow": {
+            "from": timestamps.rfc3339(window.start) if window.start else None,
+            "to": timestamps.rfc3339(window.end) if window.end else None,
+        },
+        "endLsn": format_lsn(archive_end(catalog, None).lsn),
+        "baseBackups": [entry.to_json() for entry in reversed(catalog.base_backups)],
+        "gaps": [
+            {"detectedAt": timestamps.rfc3339(gap.detected_at), "reason": gap.reason, "message": gap.message}
+            for gap in reversed(catalog.gaps)
+        ],
+    }
+
+
+def archive_tables(found: list[dict[str, Any]]) -> str:
+    """The archives, then their base backups newest first; nothing when the bucket holds none."""
+    if not found:
+        return ""
+    rows = [ARCHIVE_COLUMNS] + [
+        (
+            f"{a['namespace']}/{a['archive']}",
+            str(a["systemIdentifier"] or "?"),
+            str(a["recoveryWindow"]["from"] or "-"),
+            str(a["recoveryWindow"]["to"] or "-"),
+            a["endLsn"],
+            str(len(a["gaps"])),
+        )
+        for a in found
+    ]
+    backups = [BASE_BACKUP_COLUMNS] + [
+        (
+            f"{a['namespace']}/{a['archive']}/{b['id']}",
+            b["startedAt"],
+            b["completedAt"],
+            human_size(int(b["sizeBytes"])),
+            b["startLsn"],
+            b["endLsn"],
+            "yes" if b["encrypted"] else "no",
+        )
+        for a in found
+        for b in a["baseBackups"]
+    ]
+    return "\n" + text_table(rows) + ("\n" + text_table(backups) if len(backups) > 1 else "")
+
+
 def list_catalog(storage: S3Storage, output: str, out: TextIO) -> None:
     credentials = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     with Bucket(location_of(storage, *credentials)) as bucket:
         entries = newest_first(bucket.catalog())
-    out.write(json.dumps(entries, indent=2) + "\n" if output == "json" else table(entries))
+        found = archives(bucket)
+    if output == "json":
+        out.write(json.dumps(entries + found, indent=2) + "\n")
+    else:
+        out.write(table(entries) + archive_tables(found))

@@ -280,10 +280,10 @@ async def _dump_custom(request: BackupRequest, destination: Path) -> tuple[int, 
 async def dump_stream(request: BackupRequest, out: Writable) -> ArtifactSink:
     """pg_dump's custom-format output through an ArtifactSink into `out`, synced at the end."""
     sink = ArtifactSink(out, request.encryption_key, zstd=request.compression == "zstd")
-    with _OutputPipe() as pipe:
+    with OutputPipe() as pipe:
         async with ClientTool.start(_dump_argv(request), request.target, stdout=pipe.write_end) as dump:
             pipe.close_write_end()  # pg_dump holds the only write end now: its exit is our EOF
-            await _copy_output(dump, pipe, sink)
+            await copy_output(dump, pipe, sink)
             await dump.check(lambda stderr: classify_failure("pg_dump", stderr, request.target))
     await in_thread(sink.finish)
     return sink
@@ -341,7 +341,7 @@ async def _verify_own_artifact(
         raise RetryableError(Reason.VERIFICATION_FAILED, error.message) from None
 
 
-class _OutputPipe:
+class OutputPipe:
     """A pipe for pg_dump's stdout, read with large blocking reads in an ENGINE_POOL thread.
 
     pg_dump writes its output in small pieces; reading them through the event loop would cost a
@@ -380,7 +380,7 @@ class _OutputPipe:
         os.close(self.read_end)
 
 
-async def _copy_output(dump: ClientTool, pipe: _OutputPipe, sink: ArtifactSink) -> None:
+async def copy_output(dump: ClientTool, pipe: OutputPipe, sink: ArtifactSink) -> None:
     """pipe.copy_to(sink.write) in an ENGINE_POOL thread, held until pg_dump exits. If cancelled,
     kill pg_dump (so the copy meets EOF) and wait for the thread, so that removing the partial file
     never races a write."""
