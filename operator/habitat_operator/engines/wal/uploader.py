@@ -128,9 +128,15 @@ async def upload_partial(
     current = await in_thread(_newest_partial, spool)
     if current is None:
         return None
-    if previous is not None and previous.segment == current[0] and previous.fingerprint == current[1]:
+    segment, fingerprint = current
+    # Only a settled fingerprint proves nothing changed: a fresh mtime may hide a write in its tick.
+    if (
+        fingerprint is not None
+        and previous is not None
+        and (previous.segment, previous.fingerprint) == current
+    ):
         return replace(previous, uploaded_bytes=0)
-    archive = partial(_archive_partial, spool, current[0], store, layout, encryption_key, zstd, previous)
+    archive = partial(_archive_partial, spool, segment, store, layout, encryption_key, zstd, previous)
     return await in_stoppable_thread(archive)
 
 
