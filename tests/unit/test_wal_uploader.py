@@ -215,3 +215,10 @@ def test_an_abandoned_timeline_partial_is_archived_and_removed(spool: Path, stor
     assert keys(store) == [f"{FIRST}.partial"]
     assert stored_plaintext(store, f"{FIRST}.partial") == old
     assert [p.name for p in spool.iterdir() if p.is_file()] == ["000000020000000000000004.partial"]
+
+
+def test_a_spool_not_made_yet_has_nothing_to_archive(tmp_path: Path, store: FolderStore) -> None:
+    missing = tmp_path / "not-yet"
+
+    assert ready(missing, store) == UploadResult(0, 0, None, None)
+    assert asyncio.run(upload_partial(missing, store, LAYOUT, KEY, zstd=True)) is None

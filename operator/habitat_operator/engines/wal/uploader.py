@@ -102,7 +102,8 @@ async def upload_ready(
     newest: str | None = None
     archived_lsn: int | None = None
     last_commit: dt.datetime | None = None
-    for path in await in_thread(_ready_files, spool):
+    for name in await in_thread(_ready_files, spool):
+        path = spool / name
         archive = partial(_archive_ready, path, store, layout, encryption_key, zstd)
         size, summary = await in_stoppable_thread(archive)
         uploaded += size > 0
@@ -146,23 +147,32 @@ class _Archived:
     last_commit_at: dt.datetime | None
 
 
-def _ready_files(spool: Path) -> list[Path]:
-    names = sorted(entry.name for entry in os.scandir(spool) if entry.is_file(follow_symlinks=False))
-    partials = [
-        n for n in names if n.endswith(PARTIAL_SUFFIX) and SEGMENT_NAME.match(n.removesuffix(PARTIAL_SUFFIX))
-    ]
-    abandoned = partials[:-1]  # only the newest timeline's partial is still written
-    ready = [n for n in names if HISTORY_NAME.match(n)] + [n for n in names if SEGMENT_NAME.match(n)]
-    return [spool / name for name in ready + abandoned]
+def _spool_names(spool: Path) -> list[str]:
+    """The spool's file names, sorted; none while pg_receivewal has not made it."""
+    try:
+        return sorted(entry.name for entry in os.scandir(spool) if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _partial_segments(names: list[str]) -> list[str]:
+    """The segments of the partial files among `names`, oldest first."""
+    segments = (name.removesuffix(PARTIAL_SUFFIX) for name in names if name.endswith(PARTIAL_SUFFIX))
+    return [segment for segment in segments if SEGMENT_NAME.match(segment)]
+
+
+def _ready_files(spool: Path) -> list[str]:
+    names = _spool_names(spool)
+    abandoned = [f"{segment}{PARTIAL_SUFFIX}" for segment in _partial_segments(names)[:-1]]
+    # History files first, then segments in WAL order, then the partials of abandoned timelines.
+    return (
+        [n for n in names if HISTORY_NAME.match(n)] + [n for n in names if SEGMENT_NAME.match(n)] + abandoned
+    )
 
 
 def _newest_partial(spool: Path) -> tuple[str, tuple[int, int] | None] | None:
     """(segment name, fingerprint if settled) of the newest partial segment in the spool."""
-    names = sorted(
-        name.removesuffix(PARTIAL_SUFFIX)
-        for name in os.listdir(spool)
-        if name.endswith(PARTIAL_SUFFIX) and SEGMENT_NAME.match(name.removesuffix(PARTIAL_SUFFIX))
-    )
+    names = _partial_segments(_spool_names(spool))
     if not names:
         return None
     try:
