@@ -16,16 +16,23 @@ import psycopg
 import pytest
 
 from habitat_operator.engines.artifacts.s3 import S3Location
-from habitat_operator.engines.wal.fetch import FetchSource, fetch
-from habitat_operator.engines.wal.layout import SEGMENT_NAME, ArchiveLayout, segment_start
+from habitat_operator.engines.wal.fetch import fetch
+from habitat_operator.engines.wal.layout import SEGMENT_NAME, segment_start
 from habitat_operator.engines.wal.store import BucketStore
-from tests.harness import Stack
-from tests.integration.wal_helpers import archive_store, make_wal, replication_uri, slot_name
+from tests.integration.wal_helpers import (
+    ARCHIVE,
+    archive_location,
+    archive_store,
+    fetch_source,
+    make_wal,
+    replication_uri,
+    slot_name,
+)
 
 pytestmark = pytest.mark.integration
-__all__ = ["archive_store", "replication_uri"]  # fixtures, imported to be used here
+__all__ = ["archive_location", "archive_store", "replication_uri"]  # fixtures, imported to be used here
 
-LAYOUT = ArchiveLayout("ledger")
+LAYOUT = ARCHIVE
 KEY = os.urandom(32)
 APPLICATION = "habitat-walarchive-it-kill"
 
@@ -80,16 +87,13 @@ def current_segment(admin_uri: str) -> str:
 
 
 def test_a_killed_archiver_loses_no_wal(
-    stack: Stack, pg_admin_uri: str, replication_uri: str, archive_store: BucketStore, tmp_path: Path
+    pg_admin_uri: str,
+    replication_uri: str,
+    archive_location: S3Location,
+    archive_store: BucketStore,
+    tmp_path: Path,
 ) -> None:
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
-    source = FetchSource(LAYOUT.archive, location=location, base=archive_store._base, encryption_key=KEY)
+    source = fetch_source(archive_location, KEY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HABITAT_WAL_")} | source.environment()
     env |= {"SPOOL": str(tmp_path / "spool"), "REPLICATION_URI": replication_uri, "SLOT": slot_name()}
     env |= {"APPLICATION": APPLICATION}

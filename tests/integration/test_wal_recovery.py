@@ -24,19 +24,23 @@ from dev_stack.common import as_user, chown_tree
 from dev_stack.postgres import pg_bin
 from habitat_operator.engines.artifacts.s3 import S3Location
 from habitat_operator.engines.postgres.uri import ConnectionTarget
-from habitat_operator.engines.wal.fetch import FetchSource
-from habitat_operator.engines.wal.layout import ArchiveLayout
 from habitat_operator.engines.wal.receiver import WalReceiver
 from habitat_operator.engines.wal.store import BucketStore
 from habitat_operator.engines.wal.uploader import PartialUpload, upload_partial, upload_ready
-from tests.harness import Stack
 from tests.integration.helpers import free_port
-from tests.integration.wal_helpers import archive_store, replication_uri, slot_name
+from tests.integration.wal_helpers import (
+    ARCHIVE,
+    archive_location,
+    archive_store,
+    fetch_source,
+    replication_uri,
+    slot_name,
+)
 
 pytestmark = pytest.mark.integration
-__all__ = ["archive_store", "replication_uri"]  # fixtures, imported to be used here
+__all__ = ["archive_location", "archive_store", "replication_uri"]  # fixtures, imported to be used here
 
-LAYOUT = ArchiveLayout("ledger")
+LAYOUT = ARCHIVE
 KEY = os.urandom(32)
 
 
@@ -83,9 +87,9 @@ def insert(admin_uri: str, table: str, first: int, last: int, *, switch: bool) -
 
 
 def test_a_private_server_recovers_to_the_end_of_the_archive(
-    stack: Stack,
     pg_admin_uri: str,
     replication_uri: str,
+    archive_location: S3Location,
     archive_store: BucketStore,
     scratch: Path,
     table: str,
@@ -120,14 +124,7 @@ def test_a_private_server_recovers_to_the_end_of_the_archive(
 
     asyncio.run(archive())
 
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
-    source = FetchSource(LAYOUT.archive, location=location, base=archive_store._base, encryption_key=KEY)
+    source = fetch_source(archive_location, KEY)
     python, python_env = python_for_postgres()
     (data / "recovery.signal").touch()
     with (data / "postgresql.auto.conf").open("a") as conf:
