@@ -68,6 +68,7 @@ def test_streams_completed_segments_under_its_application_name(
         finally:
             await receiver.stop()
         assert not receiver.running and not os.path.exists(f"/proc/{pid}")
+        assert receiver.last_error is None and receiver.restarts == 0  # SIGINT: a clean exit
         for _ in range(100):  # the walsender notices its receiver left
             state = await replication.slot_state(target, slot)
             if state is not None and not state.active:
