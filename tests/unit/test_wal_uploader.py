@@ -20,6 +20,7 @@ from habitat_operator.engines.wal.store import FolderStore, ObjectStore
 from habitat_operator.engines.wal.uploader import (
     PLAINTEXT_SHA256,
     SHA256,
+    STAGING,
     UploadResult,
     metadata_value,
     upload_partial,
@@ -222,3 +223,26 @@ def test_a_spool_not_made_yet_has_nothing_to_archive(tmp_path: Path, store: Fold
 
     assert ready(missing, store) == UploadResult(0, 0, None, None)
     assert asyncio.run(upload_partial(missing, store, LAYOUT, KEY, zstd=True)) is None
+
+
+def test_an_abandoned_partial_replaces_its_earlier_upload(spool: Path, store: FolderStore) -> None:
+    partial = spool / f"{FIRST}.partial"
+    wal_file(partial)
+    asyncio.run(upload_partial(spool, store, LAYOUT, KEY, zstd=True))
+    final = wal_file(partial)  # streamed further, then the server switched to timeline 2
+    wal_file(spool / "000000020000000000000004.partial")
+
+    assert ready(spool, store).segments == 1
+
+    assert stored_plaintext(store, f"{FIRST}.partial") == final
+    assert not partial.exists()
+
+
+def test_a_snapshot_a_killed_call_left_is_removed(spool: Path, store: FolderStore) -> None:
+    (spool / STAGING).mkdir()
+    wal_file(spool / STAGING / FIRST)  # the snapshot of a call killed before it removed it
+    wal_file(spool / f"{SECOND}.partial")
+
+    assert asyncio.run(upload_partial(spool, store, LAYOUT, KEY, zstd=True)) is not None
+
+    assert list((spool / STAGING).iterdir()) == []

@@ -194,16 +194,17 @@ def _archive_ready(
     """Upload one completed file unless already archived, then remove it; (stored bytes, what)."""
     key = layout.wal(path.name)
     size = path.stat().st_size
+    is_partial = path.name.endswith(PARTIAL_SUFFIX)  # an abandoned timeline's: replaces its snapshot
     existing = store.metadata(key)
-    if existing is not None:
-        if metadata_value(existing, PLAINTEXT_SHA256) != _sha256_of(path, stop):
-            raise PermanentError(
-                WalReason.ARCHIVE_CONFLICT,
-                f"{store.uri(key)} is already archived with other content; {path} is kept",
-            )
+    same = existing is not None and metadata_value(existing, PLAINTEXT_SHA256) == _sha256_of(path, stop)
+    if existing is not None and not same and not is_partial:
+        raise PermanentError(
+            WalReason.ARCHIVE_CONFLICT,
+            f"{store.uri(key)} is already archived with other content; {path} is kept",
+        )
+    if existing is not None and same:
         stored, last_commit = 0, parse_commit_time(metadata_value(existing, LAST_COMMIT_AT))
     else:
-        is_partial = path.name.endswith(PARTIAL_SUFFIX)
         summary = _summary_of(path, stop) if not HISTORY_NAME.match(path.name) else WalSummary(None, None)
         stored = _upload(
             path, store, key, encryption_key, zstd, _described(summary, partial=is_partial), stop
@@ -229,6 +230,8 @@ def _archive_partial(
     staging = spool / STAGING
     staging.mkdir(mode=0o700, exist_ok=True)
     snapshot = staging / segment  # named as the segment: pg_waldump reads the name
+    for leftover in staging.iterdir():  # what a killed call left (calls never overlap)
+        leftover.unlink()
     fingerprint = _newest_partial(spool)
     try:
         plain = _copy(source, snapshot, stop)
