@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.postgres import replication
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.layout import SEGMENT_NAME
 from habitat_operator.engines.wal.receiver import WalReceiver
+from habitat_operator.engines.wal.waldump import summarize
 from tests.integration.wal_helpers import make_wal, replication_uri, slot_name
 
 pytestmark = pytest.mark.integration
@@ -68,6 +72,7 @@ def test_streams_completed_segments_under_its_application_name(
         finally:
             await receiver.stop()
         assert not receiver.running and not os.path.exists(f"/proc/{pid}")
+        assert receiver.last_error is None and receiver.restarts == 0  # SIGINT: a clean exit
         for _ in range(100):  # the walsender notices its receiver left
             state = await replication.slot_state(target, slot)
             if state is not None and not state.active:
@@ -116,3 +121,48 @@ def test_a_missing_slot_is_reported_not_created(replication_uri: str, tmp_path: 
         assert await replication.slot_state(target, slot) is None
 
     asyncio.run(scenario())
+
+
+def test_synchronous_commits_return_only_once_the_spool_holds_them(
+    replication_uri: str, pg_admin_uri: str, tmp_path: Path
+) -> None:
+    """With the receiver's application_name in synchronous_standby_names, a commit that returned is
+    already in the spool: RPO 0 for what reaches the uploader."""
+    target, slot, spool = ConnectionTarget(replication_uri), slot_name(), tmp_path / "spool"
+    application = f"habitat-walarchive-it-sync-{slot[-8:]}"
+    receiver = WalReceiver(target, slot, spool, application, synchronous=True, create_slot=True)
+
+    def configure(names: str) -> None:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(names))
+            )
+            conn.execute("SELECT pg_reload_conf()")
+
+    def commit() -> dt.datetime:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute("SET statement_timeout = '30s'")  # a commit waiting on a dead receiver fails
+            conn.execute("CREATE TEMP TABLE synced AS SELECT now() AS t")
+            row = conn.execute("SELECT t FROM synced").fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    async def scenario() -> None:
+        await receiver.start()
+        try:
+            await eventually(lambda: streaming_as(pg_admin_uri, application) == ("streaming", "sync"))
+            for _ in range(3):
+                committed = await asyncio.to_thread(commit)
+                partial = next(p for p in spool.iterdir() if p.name.endswith(".partial"))
+                snapshot = tmp_path / partial.name.removesuffix(".partial")
+                shutil.copyfile(partial, snapshot)
+                summary = await asyncio.to_thread(summarize, snapshot)
+                assert summary.last_commit_at is not None and summary.last_commit_at >= committed
+        finally:
+            await receiver.stop()
+
+    configure(f'"{application}"')  # quoted: a standby name with hyphens is not an identifier
+    try:
+        asyncio.run(scenario())
+    finally:
+        configure("")

@@ -18,7 +18,7 @@ from habitat_operator.engines.artifacts.s3 import S3Location
 from habitat_operator.engines.postgres import replication
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.fetch import EXIT_FAILED, EXIT_NOT_ARCHIVED, FetchSource
-from habitat_operator.engines.wal.layout import SEGMENT_NAME, ArchiveLayout, segment_name, segment_start
+from habitat_operator.engines.wal.layout import SEGMENT_NAME, segment_name, segment_start
 from habitat_operator.engines.wal.receiver import WalReceiver
 from habitat_operator.engines.wal.store import BucketStore
 from habitat_operator.engines.wal.uploader import (
@@ -30,31 +30,28 @@ from habitat_operator.engines.wal.uploader import (
     upload_ready,
 )
 from tests.harness import Stack
-from tests.integration.wal_helpers import archive_store, make_wal, replication_uri, slot_name
+from tests.integration.wal_helpers import (
+    ARCHIVE,
+    archive_location,
+    archive_store,
+    fetch_source,
+    make_wal,
+    replication_uri,
+    slot_name,
+)
 
 pytestmark = pytest.mark.integration
-__all__ = ["archive_store", "replication_uri"]  # fixtures, imported to be used here
+__all__ = ["archive_location", "archive_store", "replication_uri"]  # fixtures, imported to be used here
 
 KEY = os.urandom(32)
-LAYOUT = ArchiveLayout("ledger")
+LAYOUT = ARCHIVE
 
 
-def source(stack: Stack, store: BucketStore, key: bytes | None = KEY) -> FetchSource:
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
-    return FetchSource(LAYOUT.archive, location=location, base=store._base, encryption_key=key)
-
-
-def wal_fetch(fetch_source: FetchSource, name: str, destination: Path) -> subprocess.CompletedProcess[str]:
+def wal_fetch(source: FetchSource, name: str, destination: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HABITAT_WAL_", "AWS_"))}
     return subprocess.run(
         [sys.executable, "-m", "habitat_operator", "wal", "fetch", name, str(destination)],
-        env=env | fetch_source.environment(),
+        env=env | source.environment(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -76,7 +73,11 @@ def commit_marker(admin_uri: str) -> dt.datetime:
 
 
 def test_streamed_wal_comes_back_byte_identical(
-    stack: Stack, replication_uri: str, pg_admin_uri: str, archive_store: BucketStore, tmp_path: Path
+    replication_uri: str,
+    pg_admin_uri: str,
+    archive_location: S3Location,
+    archive_store: BucketStore,
+    tmp_path: Path,
 ) -> None:
     spool, kept = tmp_path / "spool", tmp_path / "kept"
     kept.mkdir()
@@ -133,16 +134,16 @@ def test_streamed_wal_comes_back_byte_identical(
     assert newest_commit is not None and newest_commit.endswith("Z")
 
     fetched = tmp_path / "RECOVERYXLOG"
-    fetch_source = source(stack, archive_store)
+    source = fetch_source(archive_location, KEY)
     for name in completed:
-        done = wal_fetch(fetch_source, name, fetched)
+        done = wal_fetch(source, name, fetched)
         assert done.returncode == 0, done.stderr
         assert fetched.read_bytes() == (kept / name).read_bytes()
 
     # The segment being written comes from its .partial, up to where the stream had reached.
     partial = next(p for p in spool.iterdir() if p.name.endswith(".partial"))
     segment = partial.name.removesuffix(".partial")
-    done = wal_fetch(fetch_source, segment, fetched)
+    done = wal_fetch(source, segment, fetched)
     assert done.returncode == 0, done.stderr
     assert fetched.stat().st_size == 16 << 20
     received = partial.read_bytes()
@@ -150,13 +151,13 @@ def test_streamed_wal_comes_back_byte_identical(
     written = len(archived.rstrip(b"\0"))
     assert written > 0 and archived[:written] == received[:written]
 
-    missing = wal_fetch(fetch_source, "0000000100000FFF000000FF", fetched)
+    missing = wal_fetch(source, "0000000100000FFF000000FF", fetched)
     assert (missing.returncode, missing.stderr) == (EXIT_NOT_ARCHIVED, "")
-    assert wal_fetch(fetch_source, "00000009.history", fetched).returncode == EXIT_NOT_ARCHIVED
+    assert wal_fetch(source, "00000009.history", fetched).returncode == EXIT_NOT_ARCHIVED
 
 
 def test_a_wrong_key_stops_recovery_and_says_why(
-    stack: Stack, archive_store: BucketStore, tmp_path: Path
+    stack: Stack, archive_location: S3Location, archive_store: BucketStore, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -164,7 +165,7 @@ def test_a_wrong_key_stops_recovery_and_says_why(
     asyncio.run(upload_ready(spool, archive_store, LAYOUT, KEY, zstd=False))
 
     other_key = os.urandom(32)
-    done = wal_fetch(source(stack, archive_store, other_key), "000000010000000000000001", tmp_path / "x")
+    done = wal_fetch(fetch_source(archive_location, other_key), "000000010000000000000001", tmp_path / "x")
     assert done.returncode == EXIT_FAILED
     assert done.stderr.count("\n") == 1 and "DecryptionFailed" in done.stderr
     for secret in (stack.s3_secret_key, stack.s3_access_key, other_key.hex(), KEY.hex()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -12,6 +13,8 @@ import pytest
 from psycopg import sql
 
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
+from habitat_operator.engines.wal.fetch import FetchSource
+from habitat_operator.engines.wal.layout import ArchiveLayout
 from habitat_operator.engines.wal.store import BucketStore
 from tests.harness import Stack
 
@@ -74,10 +77,14 @@ def make_wal(admin_uri: str, rows: int = 1000) -> str:
     return str(row[0])
 
 
+NAMESPACE = "team-a"
+ARCHIVE = ArchiveLayout("ledger")
+
+
 @pytest.fixture
-def archive_store(stack: Stack) -> Iterator[BucketStore]:
-    """A store rooted at a fresh prefix of the stack's bucket (as a namespace's part of it)."""
-    location = S3Location(
+def archive_location(stack: Stack) -> S3Location:
+    """A fresh prefix of the stack's bucket."""
+    return S3Location(
         bucket=stack.s3_bucket,
         prefix=f"it-wal-{secrets.token_hex(4)}",
         endpoint=stack.s3_endpoint,
@@ -85,5 +92,16 @@ def archive_store(stack: Stack) -> Iterator[BucketStore]:
         access_key_id=stack.s3_access_key,
         secret_access_key=stack.s3_secret_key,
     )
-    with Bucket(location) as bucket:
-        yield BucketStore(bucket, location.key("team-a"))
+
+
+@pytest.fixture
+def archive_store(archive_location: S3Location) -> Iterator[BucketStore]:
+    """A store rooted at NAMESPACE's part of `archive_location`, as a WalArchive's."""
+    with Bucket(archive_location) as bucket:
+        yield BucketStore(bucket, archive_location.key(NAMESPACE))
+
+
+def fetch_source(location: S3Location, key: bytes | None) -> FetchSource:
+    """What `wal fetch` needs to read ARCHIVE in `archive_store`."""
+    base = location.key(NAMESPACE)
+    return FetchSource(ARCHIVE.archive, location=replace(location, prefix=""), base=base, encryption_key=key)

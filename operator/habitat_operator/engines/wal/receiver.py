@@ -24,6 +24,7 @@ from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.replication import check_slot_name, create_slot, slot_state
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
 FIRST_BACKOFF_SECONDS = 1.0
@@ -86,7 +87,7 @@ class WalReceiver:
             return
         self._stopping.clear()
         self._attempted.clear()
-        await asyncio.to_thread(self.spool.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await in_thread(self.spool.mkdir, mode=0o700, parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._supervise(), name=f"pg_receivewal {self.slot}")
         attempted = asyncio.ensure_future(self._attempted.wait())
         try:
@@ -140,6 +141,8 @@ class WalReceiver:
     async def _run_once(self) -> None:
         if self.create_slot and await slot_state(self._target, self.slot) is None:
             await create_slot(self._target, self.slot)
+        if self._stopping.is_set():
+            return
         async with ClientTool.start(self.argv(), self._target) as tool:
             self._process = tool.process
             self._attempted.set()

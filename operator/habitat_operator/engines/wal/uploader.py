@@ -102,7 +102,8 @@ async def upload_ready(
     newest: str | None = None
     archived_lsn: int | None = None
     last_commit: dt.datetime | None = None
-    for path in await in_thread(_ready_files, spool):
+    for name in await in_thread(_ready_files, spool):
+        path = spool / name
         archive = partial(_archive_ready, path, store, layout, encryption_key, zstd)
         size, summary = await in_stoppable_thread(archive)
         uploaded += size > 0
@@ -128,9 +129,15 @@ async def upload_partial(
     current = await in_thread(_newest_partial, spool)
     if current is None:
         return None
-    if previous is not None and previous.segment == current[0] and previous.fingerprint == current[1]:
+    segment, fingerprint = current
+    # Only a settled fingerprint proves nothing changed: a fresh mtime may hide a write in its tick.
+    if (
+        fingerprint is not None
+        and previous is not None
+        and (previous.segment, previous.fingerprint) == current
+    ):
         return replace(previous, uploaded_bytes=0)
-    archive = partial(_archive_partial, spool, current[0], store, layout, encryption_key, zstd, previous)
+    archive = partial(_archive_partial, spool, segment, store, layout, encryption_key, zstd, previous)
     return await in_stoppable_thread(archive)
 
 
@@ -140,23 +147,32 @@ class _Archived:
     last_commit_at: dt.datetime | None
 
 
-def _ready_files(spool: Path) -> list[Path]:
-    names = sorted(entry.name for entry in os.scandir(spool) if entry.is_file(follow_symlinks=False))
-    partials = [
-        n for n in names if n.endswith(PARTIAL_SUFFIX) and SEGMENT_NAME.match(n.removesuffix(PARTIAL_SUFFIX))
-    ]
-    abandoned = partials[:-1]  # only the newest timeline's partial is still written
-    ready = [n for n in names if HISTORY_NAME.match(n)] + [n for n in names if SEGMENT_NAME.match(n)]
-    return [spool / name for name in ready + abandoned]
+def _spool_names(spool: Path) -> list[str]:
+    """The spool's file names, sorted; none while pg_receivewal has not made it."""
+    try:
+        return sorted(entry.name for entry in os.scandir(spool) if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _partial_segments(names: list[str]) -> list[str]:
+    """The segments of the partial files among `names`, oldest first."""
+    segments = (name.removesuffix(PARTIAL_SUFFIX) for name in names if name.endswith(PARTIAL_SUFFIX))
+    return [segment for segment in segments if SEGMENT_NAME.match(segment)]
+
+
+def _ready_files(spool: Path) -> list[str]:
+    names = _spool_names(spool)
+    abandoned = [f"{segment}{PARTIAL_SUFFIX}" for segment in _partial_segments(names)[:-1]]
+    # History files first, then segments in WAL order, then the partials of abandoned timelines.
+    return (
+        [n for n in names if HISTORY_NAME.match(n)] + [n for n in names if SEGMENT_NAME.match(n)] + abandoned
+    )
 
 
 def _newest_partial(spool: Path) -> tuple[str, tuple[int, int] | None] | None:
     """(segment name, fingerprint if settled) of the newest partial segment in the spool."""
-    names = sorted(
-        name.removesuffix(PARTIAL_SUFFIX)
-        for name in os.listdir(spool)
-        if name.endswith(PARTIAL_SUFFIX) and SEGMENT_NAME.match(name.removesuffix(PARTIAL_SUFFIX))
-    )
+    names = _partial_segments(_spool_names(spool))
     if not names:
         return None
     try:
@@ -178,16 +194,17 @@ def _archive_ready(
     """Upload one completed file unless already archived, then remove it; (stored bytes, what)."""
     key = layout.wal(path.name)
     size = path.stat().st_size
+    is_partial = path.name.endswith(PARTIAL_SUFFIX)  # an abandoned timeline's: replaces its snapshot
     existing = store.metadata(key)
-    if existing is not None:
-        if metadata_value(existing, PLAINTEXT_SHA256) != _sha256_of(path, stop):
-            raise PermanentError(
-                WalReason.ARCHIVE_CONFLICT,
-                f"{store.uri(key)} is already archived with other content; {path} is kept",
-            )
+    same = existing is not None and metadata_value(existing, PLAINTEXT_SHA256) == _sha256_of(path, stop)
+    if existing is not None and not same and not is_partial:
+        raise PermanentError(
+            WalReason.ARCHIVE_CONFLICT,
+            f"{store.uri(key)} is already archived with other content; {path} is kept",
+        )
+    if existing is not None and same:
         stored, last_commit = 0, parse_commit_time(metadata_value(existing, LAST_COMMIT_AT))
     else:
-        is_partial = path.name.endswith(PARTIAL_SUFFIX)
         summary = _summary_of(path, stop) if not HISTORY_NAME.match(path.name) else WalSummary(None, None)
         stored = _upload(
             path, store, key, encryption_key, zstd, _described(summary, partial=is_partial), stop
@@ -213,6 +230,8 @@ def _archive_partial(
     staging = spool / STAGING
     staging.mkdir(mode=0o700, exist_ok=True)
     snapshot = staging / segment  # named as the segment: pg_waldump reads the name
+    for leftover in staging.iterdir():  # what a killed call left (calls never overlap)
+        leftover.unlink()
     fingerprint = _newest_partial(spool)
     try:
         plain = _copy(source, snapshot, stop)
