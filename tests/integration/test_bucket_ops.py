@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,33 +29,14 @@ from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, 
 from habitat_operator.engines.postgres.restore import RestoreRequest, run_restore
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
-from tests.harness import REPO, Stack
-from tests.integration.helpers import free_port, new_database, seeded_database, snapshot
+from tests.harness import REPO
+from tests.integration.helpers import bucket, free_port, location, new_database, seeded_database, snapshot
 
 pytestmark = pytest.mark.integration
-__all__ = ["new_database", "seeded_database"]  # fixtures, imported to be used here
+__all__ = ["bucket", "location", "new_database", "seeded_database"]  # fixtures, imported to be used here
 
 KEY = os.urandom(32)
 MADE_BY = CatalogSource("team-a", "nightly", "uid-1")
-
-
-@pytest.fixture
-def location(stack: Stack) -> S3Location:
-    """A fresh prefix in the stack's test bucket."""
-    return S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
-
-
-@pytest.fixture
-def bucket(location: S3Location) -> Iterator[Bucket]:
-    with Bucket(location) as opened:
-        yield opened
 
 
 def backup(uri: str, bucket: Bucket, key: str, **options: object) -> BackupResult:

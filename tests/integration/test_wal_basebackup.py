@@ -8,13 +8,12 @@ import asyncio
 import glob
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, cast
 
@@ -30,30 +29,14 @@ from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, segme
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import PermanentError
 from tests.harness import REPO, Stack
+from tests.integration.helpers import bucket, location
 
 pytestmark = pytest.mark.integration
+__all__ = ["bucket", "location"]  # fixtures, imported to be used here
 
 KEY = os.urandom(32)
 LAYOUT = ArchiveLayout("orders")
 BACKUP_ID = "20261207T171500Z"
-
-
-@pytest.fixture
-def location(stack: Stack) -> S3Location:
-    return S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-wal-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
-
-
-@pytest.fixture
-def bucket(location: S3Location) -> Iterator[Bucket]:
-    with Bucket(location) as opened:
-        yield opened
 
 
 @pytest.fixture(params=["s3", "folder"])

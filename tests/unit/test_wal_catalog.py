@@ -84,6 +84,15 @@ def archive(tmp_path: Path) -> Archive:
     return Archive(tmp_path)
 
 
+def with_a_gap(archive: Archive) -> None:
+    """A base backup, its WAL to 10:20, WAL lost from 0/5000000 (seen at 10:30), a backup after."""
+    archive.base_backup("20261207T100000Z", 2, 0, 1)
+    archive.segments(2, 4, {4: 20})
+    archive.gap(detected=30, from_segment=5)
+    archive.base_backup("20261207T103100Z", 9, 31, 32)
+    archive.segments(9, 10, {10: 40})
+
+
 def refusal(archive: Archive, target: RecoveryTarget) -> str:
     with pytest.raises(PermanentError) as caught:
         plan_recovery(archive.store, LAYOUT, target)
@@ -138,11 +147,7 @@ def test_the_window_runs_from_the_oldest_backup_to_the_newest_commit(archive: Ar
 
 
 def test_the_window_starts_after_the_last_gap(archive: Archive) -> None:
-    archive.base_backup("20261207T100000Z", 2, 0, 1)
-    archive.segments(2, 4, {4: 20})
-    archive.gap(detected=30, from_segment=5)
-    archive.base_backup("20261207T103100Z", 9, 31, 32)
-    archive.segments(9, 10, {10: 40})
+    with_a_gap(archive)
     assert recovery_window(archive.store, LAYOUT) == (at(32), at(40))
 
 
@@ -194,11 +199,7 @@ def test_a_time_without_archived_commit_times_is_left_to_the_recovery(archive: A
 
 
 def test_a_time_inside_a_gap_is_refused(archive: Archive) -> None:
-    archive.base_backup("20261207T100000Z", 2, 0, 1)
-    archive.segments(2, 4, {4: 20})
-    archive.gap(detected=30, from_segment=5)
-    archive.base_backup("20261207T103100Z", 9, 31, 32)
-    archive.segments(9, 10, {10: 40})
+    with_a_gap(archive)
     before_gap = plan_recovery(archive.store, LAYOUT, RecoveryTarget(time=at(15)))
     assert before_gap.base_backup.id == "20261207T100000Z"
     assert before_gap.segments == tuple(segment_name(1, n * SEGMENT) for n in (2, 3, 4))
