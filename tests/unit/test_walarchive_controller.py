@@ -19,6 +19,7 @@ from kopf._cogs.aiokits.aioenums import FlagSetter
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import API_VERSION, Reason
+from habitat_operator.api.walarchive import WalArchiveSpec
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
@@ -38,7 +39,7 @@ from habitat_operator.engines.wal.layout import parse_lsn
 from habitat_operator.errors import PermanentError, RetryableError
 from habitat_operator.handlers import walarchive as handler
 from habitat_operator.handlers.driver import Shared, Wakeups
-from tests.unit.bodies import DB_SECRET, NS, conditions
+from tests.unit.bodies import DB_SECRET, NS, conditions, restore_body
 from tests.unit.fake_kube import Clock, FakeKube, JsonDict
 
 # The handler's daemon, called as Kopf calls it (with only the arguments it reads).
@@ -296,6 +297,54 @@ def test_the_schedule_takes_the_next_base_backup(daemon: Daemon, wal: FakeWal, c
         assert len(wal.base_backups) == 2
 
     play(scenario)
+
+
+def test_a_new_interval_takes_effect_without_restarting_the_receiver(
+    daemon: Daemon, wal: FakeWal, fake_kube: FakeKube
+) -> None:
+    async def scenario() -> None:
+        await daemon.look()
+        fake_kube.edit_spec(ARCHIVES, NS, NAME, partialUploadInterval="2s")
+        assert await daemon.look() == Recheck(2.0)
+        assert len(wal.receivers) == 1 and wal.receiver_now.running
+        fake_kube.edit_spec(ARCHIVES, NS, NAME, synchronous=True)
+        await daemon.look()
+        assert wal.receivers[0].stopped and wal.receiver_now.synchronous
+        assert wal.dropped == []
+
+    play(scenario)
+
+
+def test_retention_waits_while_a_restore_reads_the_archive(
+    daemon: Daemon, wal: FakeWal, fake_kube: FakeKube
+) -> None:
+    restore = restore_body(
+        source={"pointInTime": {"walArchiveRef": {"name": NAME}, "target": {"latest": True}}}
+    )
+    fake_kube.add("restores", restore, validate=False)  # pointInTime is the Restore's own branch's field
+    fake_kube.set_status("restores", NS, "restore", {"phase": "Running"})
+
+    async def scenario() -> None:
+        await daemon.look()
+        await daemon.look()
+        assert wal.retention_runs == 0
+        fake_kube.set_status("restores", NS, "restore", {"phase": "Succeeded"})
+        stream = daemon.streams.get(daemon.uid)
+        assert stream is not None
+        stream.retention_at = 0.0  # its next look at retention is due
+        await daemon.look()
+        assert wal.retention_runs == 1
+
+    play(scenario)
+
+
+def test_the_slot_name_cannot_change() -> None:
+    old = WalArchiveSpec.model_validate(archive_body(slot={"name": "orders"})["spec"])
+    with pytest.raises(ValueError, match=r"slot\.name cannot be changed"):
+        WalArchiveSpec.model_validate(archive_body(slot={"name": "orders_2"})["spec"]).check_update(old)
+    WalArchiveSpec.model_validate(
+        archive_body(slot={"name": "orders", "onExceeded": "drop"})["spec"]
+    ).check_update(old)
 
 
 # ---------------------------------------------------------------- failures, waits, invalid specs

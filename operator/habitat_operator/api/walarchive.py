@@ -23,6 +23,7 @@ from habitat_operator.api.common import (
     PrinterColumn,
     ResourceStatus,
     Timestamp,
+    TransitionRule,
 )
 
 # pg_receivewal's segments: a budget smaller than one cannot hold even the segment being written.
@@ -138,8 +139,22 @@ class BaseBackupSpec(ApiModel):
     )
 
 
+def _slot_name_of(spec: "WalArchiveSpec") -> str | None:
+    return spec.slot.name
+
+
 class WalArchiveSpec(ApiModel):
     """Desired archive: which server, where its WAL and base backups go, and how."""
+
+    # A renamed slot would leave the old one holding the server's WAL for ever.
+    cel_rules = (
+        TransitionRule(
+            "(has(self.slot) && has(self.slot.name) ? self.slot.name : '') =="
+            " (has(oldSelf.slot) && has(oldSelf.slot.name) ? oldSelf.slot.name : '')",
+            "slot.name cannot be changed; delete the WalArchive (which drops its slot) and create a new one",
+            lambda old, new: _slot_name_of(old) == _slot_name_of(new),
+        ),
+    )
 
     database: DatabaseRef = Field(
         description=(

@@ -34,6 +34,7 @@ import structlog
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.restore import RESTORE
 from habitat_operator.api.walarchive import (
     MAX_GAPS_LISTED,
     WAL_ARCHIVE,
@@ -57,7 +58,7 @@ from habitat_operator.controllers.base.convergent import ConvergentRun
 from habitat_operator.controllers.base.core import Recheck, RetryLater, unexpected
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.slots import OperationSlots
-from habitat_operator.controllers.base.status import Edit
+from habitat_operator.controllers.base.status import TERMINAL_PHASES, Edit
 from habitat_operator.controllers.scheduling.cron import expected_interval_seconds, next_run
 from habitat_operator.controllers.walarchive import metrics
 from habitat_operator.controllers.walarchive.engines import (
@@ -110,6 +111,14 @@ def backup_id(moment: datetime) -> str:
 
 async def _nothing_to_close() -> None:
     pass
+
+
+def _stream_key(spec: WalArchiveSpec) -> str:
+    """What the receiver and the storage are made of: a change of anything else (the interval, the
+    budget, the schedule) takes effect at the next look without a restart of the stream."""
+    return spec.model_dump_json(
+        include={"database", "storage", "compression", "encryption", "slot", "synchronous"}
+    )
 
 
 def _interval(spec: WalArchiveSpec) -> float:
@@ -178,9 +187,9 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
 
     async def _stream(self, spec: WalArchiveSpec) -> Stream:
         stream = self.streams.get(self.uid)
-        if stream is not None and stream.generation == self.reporter.generation:
+        if stream is not None and stream.key == _stream_key(spec):
             return stream
-        await self.streams.close(self.uid)  # a new spec: the receiver restarts with it; the slot stays
+        await self.streams.close(self.uid)  # another server or storage: the receiver restarts; the slot stays
         target = await read_connection(self.namespace, spec.database.secret_ref)
         key = None
         if spec.encryption is not None:
@@ -189,7 +198,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         store, close = await self._open_storage(spec)
         stream = Stream(
             uid=self.uid,
-            generation=self.reporter.generation,
+            key=_stream_key(spec),
             engines=self.engines,
             target=target,
             slot=spec.slot.name or slot_name(self.namespace, self.name),
@@ -373,13 +382,23 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         self, stream: Stream, reason: GapReason, from_lsn: int | None, to_lsn: int | None, message: str
     ) -> None:
         """WAL that never reached the archive: an entry in storage, the status' list, a metric, an
-        Event, and a base backup due at once (the recovery window restarts after it)."""
+        Event, and a base backup due at once (the recovery window restarts after it). The same gap
+        found again (a look that failed after finding it) is recorded once."""
         now = timestamps.now()
+        newest = self.status.gaps[-1] if self.status.gaps else None
+        last = stream.last_base_backup_started
+        from_text = None if from_lsn is None else format_lsn(from_lsn)
+        if (
+            newest is not None
+            and (newest.reason, newest.from_lsn) == (reason, from_text)
+            and (last is None or newest.detected_at > last)
+        ):
+            return
         timeline = stream.identity.timeline if stream.identity else None
         gap = Gap(
             detected_at=now,
             reason=reason,
-            from_lsn=None if from_lsn is None else format_lsn(from_lsn),
+            from_lsn=from_text,
             to_lsn=None if to_lsn is None else format_lsn(to_lsn),
             timeline=timeline,
             message=message,
@@ -496,7 +515,10 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         """Retention hourly and after each base backup (never while one runs); the window every
         WINDOW_SECONDS. A failed retention is reported and tried again at the next hour."""
         now = time.monotonic()
-        if now >= stream.retention_at and stream.base_backup is None and stream.last_base_backup_started:
+        due = now >= stream.retention_at and stream.base_backup is None and stream.last_base_backup_started
+        if due and await self._read_by_a_restore():
+            stream.retention_at = now + WINDOW_SECONDS  # looked at again soon: it holds nothing for long
+        elif due:
             stream.retention_at = now + RETENTION_SECONDS
             window = spec.base_backup.retention.recovery_window
             try:
@@ -524,6 +546,17 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 metrics.LAST_ARCHIVED_COMMIT.labels(self.namespace, self.name).set(
                     stream.window[1].timestamp()
                 )
+
+    async def _read_by_a_restore(self) -> str | None:
+        """An unfinished Restore of this namespace that reads this archive: while one runs, retention
+        deletes nothing (the base backup and WAL it replays must stay)."""
+        for restore in await kube.list_objects(RESTORE.plural, self.namespace, ""):
+            source = (restore.get("spec") or {}).get("source") or {}
+            ref = (source.get("pointInTime") or {}).get("walArchiveRef") or {}
+            phase = (restore.get("status") or {}).get("phase")
+            if ref.get("name") == self.name and phase not in TERMINAL_PHASES:
+                return str(restore["metadata"]["name"])
+        return None
 
     async def _report(self, stream: Stream, spec: WalArchiveSpec, slot: SlotState | None) -> None:
         labels = (self.namespace, self.name)

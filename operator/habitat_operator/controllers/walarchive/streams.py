@@ -36,10 +36,10 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Stream:
-    """One archive's streaming state, for as long as its spec (generation) stays the same."""
+    """One archive's streaming state, for as long as its server and storage stay the same."""
 
     uid: str
-    generation: int | None
+    key: str  # the spec's fields the receiver and the storage are made of
     engines: WalEngines
     target: ConnectionTarget
     slot: str
