@@ -10,12 +10,13 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from habitat_operator.api.artifacts import BackupStorage
 from habitat_operator.api.backup import Encryption
 from habitat_operator.api.common import (
     ApiModel,
+    CelRule,
     CronSchedule,
     DatabaseRef,
     Duration,
@@ -44,14 +45,21 @@ def parse_byte_size(text: str) -> int:
     return int(text.removesuffix(match[1] or "")) * _UNITS[match[1] or ""]
 
 
-def _at_least_a_segment(text: str) -> str:
-    if parse_byte_size(text) < MIN_RETAINED_WAL:
-        raise ValueError("maxRetainedWal must be at least 16MiB (one WAL segment)")
-    return text
-
+_DIGITS = "int(self.find('^[0-9]+'))"
+# The size in whole MiB, in CEL: no unit overflows int64 with at most nine digits.
+_MIB = (
+    f"(self.endsWith('TiB') ? {_DIGITS} * 1048576 : self.endsWith('GiB') ? {_DIGITS} * 1024"
+    f" : self.endsWith('MiB') ? {_DIGITS} : self.endsWith('KiB') ? {_DIGITS} / 1024 : {_DIGITS} / 1048576)"
+)
 
 ByteSize = Annotated[
-    str, Field(pattern=BYTE_SIZE_PATTERN, max_length=16), AfterValidator(_at_least_a_segment)
+    str,
+    Field(pattern=BYTE_SIZE_PATTERN, max_length=16),
+    CelRule(
+        f"{_MIB} >= {MIN_RETAINED_WAL >> 20}",
+        "maxRetainedWal must be at least 16MiB (one WAL segment)",
+        lambda text: parse_byte_size(text) >= MIN_RETAINED_WAL,
+    ),
 ]
 
 
