@@ -696,6 +696,22 @@ def test_deleting_a_suspended_archive_still_drops_its_slot(
     assert wal.dropped == [SLOT]
 
 
+def test_deleting_an_archive_whose_secret_is_gone_still_lets_it_go(
+    fake_kube: FakeKube, config: OperatorConfig, wal: FakeWal
+) -> None:
+    raw = fake_kube.add(ARCHIVES, archive_body(suspend=True))  # no Secret
+    stopper: FlagSetter[Any] = FlagSetter()
+
+    async def scenario() -> None:
+        stopper.set(reason=kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        memo = shared_with(config, Streams(wal))
+        async with asyncio.timeout(2):
+            await stream_daemon(body=body_of(raw), memo=memo, stopped=stopper.async_waiter)
+
+    play(scenario)  # the slot stays (logged, to drop by hand); the daemon ends, and so the finalizer
+    assert wal.dropped == []
+
+
 def test_the_operator_stopping_stops_the_receiver_and_keeps_the_slot(
     daemon: Daemon, wal: FakeWal, fake_kube: FakeKube, config: OperatorConfig
 ) -> None:

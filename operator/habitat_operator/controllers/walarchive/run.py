@@ -73,7 +73,7 @@ from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.engines.wal.layout import DEFAULT_SEGMENT_SIZE, ArchiveLayout, format_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
-from habitat_operator.errors import OperationError
+from habitat_operator.errors import OperationError, one_line
 from habitat_operator.formatting import human_size
 
 log = structlog.get_logger(__name__)
@@ -670,15 +670,18 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         if self.streams.get(self.uid) is not None:
             await self.streams.close(self.uid, drop_slot=True)
             return
+        slot = str(((self.body.get("spec") or {}).get("slot") or {}).get("name") or "")
+        slot = slot or slot_name(self.namespace, self.name)
         try:  # never streamed by this process (suspended, or stalled before): drop the slot anyway
             spec = WalArchiveSpec.model_validate(self.body.get("spec") or {})
             target = await read_connection(self.namespace, spec.database.secret_ref)
-            await self.engines.drop_slot(target, spec.slot.name or slot_name(self.namespace, self.name))
+            await self.engines.drop_slot(target, slot)
         except (OperationError, ValueError) as error:
             log.warning(
                 "could not drop the replication slot of a deleted WalArchive: drop it by hand",
                 namespace=self.namespace,
                 name=self.name,
-                error=str(error),
+                slot=slot,
+                error=one_line(str(error)),
             )
         await self.engines.remove_spool(self.spool)
