@@ -5,7 +5,9 @@ replication probes, the supervised receiver and the uploader (`engines/postgres/
 `engines/wal/receiver.py`, `engines/wal/uploader.py`), base backups, the catalog and retention
 (`engines/wal/basebackup.py`, `catalog.py`, `retention.py`). `PostgresWal` wires the real ones, and
 only it: each of them is looked up by name when first called (`_engine`), so a build without one
-fails that call with ToolMissing naming the module and function, and nothing else. The values they
+fails that call with ToolMissing naming the module and function, and nothing else. Where the
+shared design names no function (retention's choice of keys: `keys_to_delete` here), the name is
+this module's guess, to check when the engines are merged. The values they
 return are read into this module's own types (`_lsn`, `_time`), which fixes what the run relies on.
 """
 
@@ -124,12 +126,15 @@ def _engine(module: str, name: str) -> Callable[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
-async def _call(module: str, name: str, *args: Any) -> Any:
-    """Calls an engine function: a coroutine function awaited, a blocking one in an engine thread."""
-    function = _engine(module, name)
+async def _run(function: Callable[..., Any], *args: Any) -> Any:
+    """A coroutine function awaited, a blocking one in an engine thread."""
     if inspect.iscoroutinefunction(function):
         return await function(*args)
     return await in_thread(function, *args)
+
+
+async def _call(module: str, name: str, *args: Any) -> Any:
+    return await _run(_engine(module, name), *args)
 
 
 def _lsn(value: Any) -> int | None:
@@ -231,8 +236,17 @@ class PostgresWal:
         return (None if start is None else _time(start)), (None if end is None else _time(end))
 
     async def apply_retention(self, archive: Archive, window: timedelta, now: datetime) -> int:
-        deleted = await _call("wal.retention", "apply_retention", archive.store, archive.layout, window, now)
-        return int(deleted)
+        """The catalog read, retention's pure choice of keys, then the deletes. Nothing is held for a
+        Restore here: the run skips retention while one reads the archive."""
+        store, layout = archive.store, archive.layout
+        entries = await _call("wal.catalog", "base_backups", store, layout)
+        segments = await _call("wal.catalog", "segments", store, layout)
+        gaps = await _call("wal.catalog", "gaps", store, layout)
+        choose = _engine("wal.retention", "keys_to_delete")
+        doomed = [str(key) for key in choose(entries, segments, gaps, window, now, frozenset())]
+        for key in doomed:
+            await in_thread(store.delete, key)
+        return len(doomed)
 
     async def read_identity(self, archive: Archive) -> dict[str, Any] | None:
         return await in_thread(records.read_identity, archive.store, archive.layout)
