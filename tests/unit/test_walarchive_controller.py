@@ -108,6 +108,8 @@ class FakeWal(PostgresWal):
         self.retained = 0
         self.window: tuple[datetime | None, datetime | None] = (None, None)
         self.retention_runs = 0
+        self.catalog_newest: BaseBackup | None = None
+        self.catalog_reads = 0
 
     def _maybe_fail(self, name: str) -> None:
         if name in self.fail:
@@ -158,7 +160,8 @@ class FakeWal(PostgresWal):
         return BaseBackup(backup_id, self.archived_lsn, self.archived_lsn, 1, now, now, 5 << 20)
 
     async def newest_base_backup(self, archive: Archive) -> BaseBackup | None:
-        return None
+        self.catalog_reads += 1
+        return self.catalog_newest
 
     async def recovery_window(self, archive: Archive) -> tuple[datetime | None, datetime | None]:
         return self.window
@@ -345,6 +348,24 @@ def test_the_slot_name_cannot_change() -> None:
     WalArchiveSpec.model_validate(
         archive_body(slot={"name": "orders", "onExceeded": "drop"})["spec"]
     ).check_update(old)
+
+
+def test_a_base_backup_in_the_archive_counts_when_status_does_not_know_it(
+    daemon: Daemon, wal: FakeWal, clock: Clock
+) -> None:
+    started = timestamps.now()
+    wal.catalog_newest = BaseBackup("20240601T100000Z", 0, 0, 1, started, started, 7 << 20)
+    clock.advance(60)
+
+    async def scenario() -> None:
+        await daemon.look()
+        await daemon.look()
+        assert wal.base_backups == []  # the archive has one, newer than the schedule's last run
+        assert daemon.status()["lastBaseBackup"]["name"] == "20240601T100000Z"
+        assert daemon.status()["phase"] == "Ready"
+        assert wal.catalog_reads == 1
+
+    play(scenario)
 
 
 # ---------------------------------------------------------------- failures, waits, invalid specs

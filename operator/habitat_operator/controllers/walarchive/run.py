@@ -73,7 +73,7 @@ from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.engines.wal.layout import DEFAULT_SEGMENT_SIZE, ArchiveLayout, format_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
-from habitat_operator.errors import OperationError, one_line
+from habitat_operator.errors import OperationError, RetryableError, one_line
 from habitat_operator.formatting import human_size
 
 log = structlog.get_logger(__name__)
@@ -111,6 +111,21 @@ def backup_id(moment: datetime) -> str:
 
 async def _nothing_to_close() -> None:
     pass
+
+
+def _shows(done: BaseBackup) -> Edit[WalArchiveStatus]:
+    """Status' lastBaseBackup is `done`."""
+
+    def taken(status: WalArchiveStatus) -> None:
+        status.last_base_backup = LastBaseBackup(
+            name=done.id,
+            started_at=done.started_at,
+            completed_at=done.completed_at,
+            size=human_size(done.size_bytes),
+            size_bytes=done.size_bytes,
+        )
+
+    return taken
 
 
 def _stream_key(spec: WalArchiveSpec) -> str:
@@ -440,12 +455,15 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         return next_run(spec.base_backup.schedule, last) <= timestamps.now()
 
     async def _base_backups(self, stream: Stream, spec: WalArchiveSpec) -> None:
-        if stream.last_base_backup_started is None:
+        if not stream.catalog_read:
             stream.last_base_backup_started = await self._newest_base_backup_started(stream)
+            stream.catalog_read = True
         task = stream.base_backup
         if task is not None and task.done():
             stream.base_backup = None
             try:
+                if task.cancelled():  # only a stream's shut cancels it, and that ends the stream
+                    raise RetryableError(Reason.CANCELLED, "the base backup was cancelled")
                 await self._base_backup_done(stream, task.result())
             except OperationError as error:
                 await self._base_backup_failed(stream, error)
@@ -458,12 +476,16 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             stream.base_backup = asyncio.create_task(self._take_base_backup(stream, started))
 
     async def _newest_base_backup_started(self, stream: Stream) -> datetime | None:
-        """The newest base backup's start: status knows it, else the archive (a status lost or reset)."""
+        """The newest base backup's start: status knows it, else the archive's catalog (a status
+        lost or reset, a WalArchive created again over its old archive), which status then shows."""
         known = self.status.last_base_backup
         if known is not None and known.started_at is not None:
             return known.started_at
         newest = await self.engines.newest_base_backup(stream.archive)
-        return None if newest is None else newest.started_at
+        if newest is None:
+            return None
+        self.reporter.carry(_shows(newest))
+        return newest.started_at
 
     async def _take_base_backup(self, stream: Stream, backup: str) -> BaseBackup:
         async def queued(_: str) -> None:
@@ -483,16 +505,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         metrics.BASE_BACKUP_DURATION.labels(*labels).observe(max(elapsed, 0.0))
         metrics.note_base_backup(*labels, done.completed_at.timestamp(), done.size_bytes)
 
-        def taken(status: WalArchiveStatus) -> None:
-            status.last_base_backup = LastBaseBackup(
-                name=done.id,
-                started_at=done.started_at,
-                completed_at=done.completed_at,
-                size=human_size(done.size_bytes),
-                size_bytes=done.size_bytes,
-            )
-
-        self.reporter.carry(taken)
+        self.reporter.carry(_shows(done))
         message = f"base backup {done.id}: {human_size(done.size_bytes)} in {elapsed:.0f}s, verified"
         await kube.event(self.body, "Normal", WalArchiveReason.BASE_BACKUP_SUCCEEDED, message)
 

@@ -49,6 +49,7 @@ class Stream:
     identity: ServerIdentity | None = None
     receiver: Receiver | None = None
     archived_lsn: int | None = None
+    catalog_read: bool = False  # the newest base backup looked up (once per stream)
     last_base_backup_started: datetime | None = None
     base_backup: asyncio.Task[BaseBackup] | None = None
     base_backup_failures: int = 0
