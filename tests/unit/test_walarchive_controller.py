@@ -600,6 +600,31 @@ def test_another_server_behind_the_same_uri_is_a_gap(
     assert [entry["reason"] for entry in gap_entries(config)] == ["SystemIdentifierChanged"]
 
 
+def test_a_hole_between_archived_segments_is_a_gap_found_with_retention(
+    daemon: Daemon, wal: FakeWal, config: OperatorConfig, clock: Clock
+) -> None:
+    put_segment(config, "000000010000000000000002")
+    put_segment(config, "000000010000000000000005")  # 0/3000000 to 0/5000000 missing
+    wal.slots[SLOT] = SlotState(None, False, 0)
+
+    async def scenario() -> None:
+        await daemon.look()
+        assert "gaps" not in daemon.status()
+        clock.advance(60)
+        await daemon.look()  # the first base backup is in: retention, and the look for holes
+        [gap] = daemon.status()["gaps"]
+        assert (gap["reason"], gap["fromLsn"], gap["toLsn"]) == ("SegmentMissing", "0/3000000", "0/5000000")
+        await daemon.look()  # a base backup at the next look
+        assert len(wal.base_backups) == 2
+        stream = daemon.streams.get(daemon.uid)
+        assert stream is not None
+        stream.retention_at = 0.0
+        await daemon.look()  # found again: the gap entry accounts for it
+        assert len(daemon.status()["gaps"]) == 1
+
+    play(scenario)
+
+
 # ---------------------------------------------------------------- the slot's budget
 
 

@@ -35,6 +35,28 @@ def test_the_reach_is_the_end_of_the_newest_complete_segment_or_the_start_of_a_n
     assert records.archived_end(store, LAYOUT, SEGMENT) == parse_lsn("0/5000000")
 
 
+def test_holes_between_archived_segments_of_any_timeline(tmp_path: Path) -> None:
+    names = ["000000010000000000000002", "000000010000000000000003", "000000020000000000000003.partial"]
+    assert records.holes(names, SEGMENT) == []
+    names += ["000000020000000000000006", "00000002.history", "000000020000000000000009.partial"]
+    assert records.holes(names, SEGMENT) == [
+        (parse_lsn("0/4000000"), parse_lsn("0/6000000")),
+        (parse_lsn("0/7000000"), parse_lsn("0/9000000")),
+    ]
+
+
+def test_a_hole_that_a_gap_entry_accounts_for_is_no_news(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    for name in ("000000010000000000000002", "000000010000000000000003.partial", "000000010000000000000007"):
+        with store.writer(LAYOUT.wal(name)) as out:
+            out.write(b"x")
+    hole = (parse_lsn("0/4000000"), parse_lsn("0/7000000"))
+    assert records.unexplained_holes(store, LAYOUT, SEGMENT) == [hole]
+    # a slot found missing when the archive reached the partial segment's start
+    records.write_gap(store, LAYOUT, "20261207T171500Z", {"fromLsn": "0/3000000", "toLsn": None})
+    assert records.unexplained_holes(store, LAYOUT, SEGMENT) == []
+
+
 def test_the_spool_reach_ignores_other_files_and_a_missing_folder(tmp_path: Path) -> None:
     assert records.spooled_end(tmp_path / "none", SEGMENT) is None
     (tmp_path / "000000010000000100000000").write_bytes(b"")

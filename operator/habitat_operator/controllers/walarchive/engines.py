@@ -111,6 +111,7 @@ class WalEngines(Protocol):
     async def write_gap(self, archive: Archive, detected_at: str, entry: dict[str, Any]) -> None: ...
     async def archived_end(self, archive: Archive, segment_size: int) -> int | None: ...
     async def spooled_end(self, spool: Path, segment_size: int) -> int | None: ...
+    async def unexplained_holes(self, archive: Archive, segment_size: int) -> list[tuple[int, int]]: ...
     async def remove_spool(self, spool: Path) -> None: ...
 
 
@@ -262,6 +263,9 @@ class PostgresWal:
 
     async def spooled_end(self, spool: Path, segment_size: int) -> int | None:
         return await in_thread(records.spooled_end, spool, segment_size)
+
+    async def unexplained_holes(self, archive: Archive, segment_size: int) -> list[tuple[int, int]]:
+        return await in_thread(records.unexplained_holes, archive.store, archive.layout, segment_size)
 
     async def remove_spool(self, spool: Path) -> None:
         await in_thread(shutil.rmtree, spool, ignore_errors=True)

@@ -533,6 +533,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             stream.retention_at = now + WINDOW_SECONDS  # looked at again soon: it holds nothing for long
         elif due:
             stream.retention_at = now + RETENTION_SECONDS
+            await self._find_holes(stream)
             window = spec.base_backup.retention.recovery_window
             try:
                 deleted = await self.engines.apply_retention(
@@ -559,6 +560,20 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 metrics.LAST_ARCHIVED_COMMIT.labels(self.namespace, self.name).set(
                     stream.window[1].timestamp()
                 )
+
+    async def _find_holes(self, stream: Stream) -> None:
+        """Segments missing between archived ones (deleted, an upload lost): gaps nobody saw happen.
+        Looked for before retention, which removes only what is older than the window."""
+        segment_size = stream.identity.segment_size if stream.identity else DEFAULT_SEGMENT_SIZE
+        for start, end in await self.engines.unexplained_holes(stream.archive, segment_size):
+            await self._gap(
+                stream,
+                GapReason.SEGMENT_MISSING,
+                start,
+                end,
+                f"the archive has no WAL from {format_lsn(start)} to {format_lsn(end)}, though it has WAL "
+                "on both sides (objects deleted, or an upload lost)",
+            )
 
     async def _read_by_a_restore(self) -> str | None:
         """An unfinished Restore of this namespace that reads this archive: while one runs, retention

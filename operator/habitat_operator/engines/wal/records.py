@@ -4,16 +4,26 @@
 (`gaps/<detected at>.json`) marks WAL that never reached the archive. Both are plain JSON, not
 through the codec: they hold no data of the database, and a bucket-only recovery reads them first.
 How far the WAL reaches is read from the names of complete segments: a `.partial` object reaches
-no further than its segment's start, as pg_receivewal restarts a segment from its beginning.
+no further than its segment's start, as pg_receivewal restarts a segment from its beginning. A hole
+between archived segments that no gap entry accounts for is a gap nobody saw happen (an object
+deleted, an upload lost).
 Every function blocks: call it from an ENGINE_POOL thread.
 """
 
+import itertools
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from habitat_operator.engines.wal.layout import PARTIAL_SUFFIX, SEGMENT_NAME, ArchiveLayout, segment_start
+from habitat_operator.engines.wal.layout import (
+    PARTIAL_SUFFIX,
+    SEGMENT_NAME,
+    ArchiveLayout,
+    parse_lsn,
+    segment_start,
+)
 from habitat_operator.engines.wal.store import ObjectStore
 
 # An identity or gap entry is a few hundred bytes; anything much larger is not one of ours.
@@ -72,6 +82,36 @@ def archived_end(store: ObjectStore, layout: ArchiveLayout, segment_size: int) -
     """How far the archived WAL reaches (any timeline), or None for an archive without WAL."""
     names = [stored.key.removeprefix(layout.wal_prefix) for stored in store.list(layout.wal_prefix)]
     return _reach(names, segment_size)
+
+
+def holes(names: list[str], segment_size: int) -> list[tuple[int, int]]:
+    """The WAL ranges [start, end) between the first and the last segment among `names` that no
+    segment (complete or partial, of any timeline) covers."""
+    starts = sorted(
+        {
+            segment_start(segment, segment_size)[1]
+            for segment in (name.removesuffix(PARTIAL_SUFFIX) for name in names)
+            if SEGMENT_NAME.match(segment)
+        }
+    )
+    return [(a + segment_size, b) for a, b in itertools.pairwise(starts) if b - a > segment_size]
+
+
+def unexplained_holes(store: ObjectStore, layout: ArchiveLayout, segment_size: int) -> list[tuple[int, int]]:
+    """Holes in the archived WAL that no gap entry accounts for: a gap's first missing position
+    lies in the hole (or in the segment before it, which a partial upload covered only in part)."""
+    names = [stored.key.removeprefix(layout.wal_prefix) for stored in store.list(layout.wal_prefix)]
+    found = holes(names, segment_size)
+    if not found:
+        return []
+    starts = []
+    for stored in store.list(layout.gap_prefix):
+        entry = read_record(store, stored.key) or {}
+        with suppress(ValueError, TypeError):
+            starts.append(parse_lsn(str(entry.get("fromLsn"))))
+    return [
+        (start, end) for start, end in found if not any(start - segment_size <= lsn <= end for lsn in starts)
+    ]
 
 
 def spooled_end(spool: Path, segment_size: int) -> int | None:
