@@ -166,8 +166,8 @@ class WalArchiveSpec(ApiModel):
 
     database: DatabaseRef = Field(
         description=(
-            "Secret key holding a libpq URI of a role with REPLICATION (and pg_read_all_settings or "
-            "superuser for the slot's size); the database name is used only for SQL probes."
+            "Secret key holding a libpq URI of a role with LOGIN and REPLICATION; its database is where "
+            "the SQL probes (the slot's state) connect."
         )
     )
     storage: BackupStorage = Field(description="Where WAL and base backups go: s3 (off site) or filesystem.")
@@ -244,7 +244,11 @@ class WalArchiveStatus(ResourceStatus):
 
     phase: WalArchivePhase | None = Field(None, description="Pending, Ready, Suspended or Stalled.")  # type: ignore[assignment]
     slot: str | None = Field(None, description="Name of the replication slot on the server.")
-    received_lsn: str | None = Field(None, max_length=17, description="WAL position received into the spool.")
+    received_lsn: str | None = Field(
+        None,
+        max_length=17,
+        description="WAL position received and flushed into the spool (the slot's restart_lsn).",
+    )
     archived_lsn: str | None = Field(None, max_length=17, description="WAL position uploaded to storage.")
     lag_bytes: int | None = Field(
         None,
