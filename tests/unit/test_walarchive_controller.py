@@ -302,13 +302,15 @@ def test_the_schedule_takes_the_next_base_backup(daemon: Daemon, wal: FakeWal, c
     play(scenario)
 
 
-def test_a_new_interval_takes_effect_without_restarting_the_receiver(
+def test_a_new_interval_or_budget_takes_effect_without_restarting_the_receiver(
     daemon: Daemon, wal: FakeWal, fake_kube: FakeKube
 ) -> None:
     async def scenario() -> None:
         await daemon.look()
         fake_kube.edit_spec(ARCHIVES, NS, NAME, partialUploadInterval="2s")
         assert await daemon.look() == Recheck(2.0)
+        fake_kube.edit_spec(ARCHIVES, NS, NAME, slot={"maxRetainedWal": "8GiB", "onExceeded": "drop"})
+        await daemon.look()
         assert len(wal.receivers) == 1 and wal.receiver_now.running
         fake_kube.edit_spec(ARCHIVES, NS, NAME, synchronous=True)
         await daemon.look()

@@ -131,9 +131,8 @@ def _shows(done: BaseBackup) -> Edit[WalArchiveStatus]:
 def _stream_key(spec: WalArchiveSpec) -> str:
     """What the receiver and the storage are made of: a change of anything else (the interval, the
     budget, the schedule) takes effect at the next look without a restart of the stream."""
-    return spec.model_dump_json(
-        include={"database", "storage", "compression", "encryption", "slot", "synchronous"}
-    )
+    fields = ("database", "storage", "compression", "encryption", "synchronous")
+    return spec.model_dump_json(include={**dict.fromkeys(fields, True), "slot": {"name"}})
 
 
 def _interval(spec: WalArchiveSpec) -> float:
