@@ -5,14 +5,16 @@ A WalArchive is a convergent kind (controllers/base/convergent.py) that looks ag
 `partialUploadInterval`. Its receiver (a supervised pg_receivewal) and its storage live across
 looks in a `Stream` (streams.py); a look:
 
-1. opens the stream if there is none for this generation: the Secrets, the storage, then the
-   continuity check (`_start`) BEFORE the receiver starts, since streaming moves the slot on;
+1. opens the stream if there is none for this server, storage, codec and slot (`_stream_key`; the
+   rest of the spec applies without a restart): the Secrets, the storage, then the continuity
+   check (`_start`) BEFORE the receiver starts, since streaming moves the slot on;
 2. uploads the completed segments in the spool, then the growing one (`.partial`);
 3. checks the slot: a missing one is a gap (and is created again), one that holds back more than
    `maxRetainedWal` is an Event and, with `onExceeded: drop`, dropped (a gap) and created again;
 4. collects a finished base backup, and starts one when there is none, a gap is newer than the
    newest, or the schedule says so: it runs beside the looks, which keep uploading meanwhile;
-5. applies retention (hourly, and after each base backup) and reads the recovery window;
+5. looks for holes between archived segments and applies retention (hourly, after each base
+   backup, never while a Restore reads the archive), and reads the recovery window;
 6. writes status: conditions when they change, the LSNs at most every PROGRESS_SECONDS.
 
 A gap (WAL that never reached the archive) is a condition, an Event, a metric, an entry in storage
