@@ -66,8 +66,9 @@ def archive_body(**spec: Any) -> JsonDict:
 
 
 class FakeReceiver:
-    def __init__(self, slot: str, application_name: str, synchronous: bool) -> None:
-        self.slot, self.application_name, self.synchronous = slot, application_name, synchronous
+    def __init__(self, target: ConnectionTarget, slot: str, application_name: str, synchronous: bool) -> None:
+        self.target, self.slot = target, slot
+        self.application_name, self.synchronous = application_name, synchronous
         self._running = False
         self._error: str | None = None
         self.stopped = False
@@ -137,7 +138,7 @@ class FakeWal(PostgresWal):
     def receiver(
         self, target: ConnectionTarget, slot: str, spool: Path, application_name: str, synchronous: bool
     ) -> FakeReceiver:
-        made = FakeReceiver(slot, application_name, synchronous)
+        made = FakeReceiver(target, slot, application_name, synchronous)
         self.receivers.append(made)
         return made
 
@@ -408,6 +409,24 @@ def test_a_receiver_that_keeps_failing_stalls_with_its_error_and_no_credentials(
         assert "replication role" in daemon.message() and "hunter2" not in daemon.message()
         await daemon.look()
         assert fake_kube.reasons(NAME).count("ReplicationRefused") == 1  # one Event, not one per look
+
+    play(scenario)
+
+
+def test_a_refused_receiver_restarts_with_a_rotated_secret(
+    daemon: Daemon, wal: FakeWal, fake_kube: FakeKube
+) -> None:
+    async def scenario() -> None:
+        await daemon.look()
+        first = wal.receiver_now
+        first.fail("FATAL: password authentication failed for user archiver")
+        await daemon.look()
+        assert len(wal.receivers) == 1  # the same Secret: the receiver's own backoff goes on
+        fake_kube.put_secret(NS, DB_SECRET, {"uri": URI.replace("hunter2", "rotated")})
+        await daemon.look()
+        assert first.stopped and wal.receiver_now.running
+        assert "rotated" in wal.receiver_now.target.conninfo()
+        assert conditions(daemon.status())["Stalled"][0] == "False"
 
     play(scenario)
 

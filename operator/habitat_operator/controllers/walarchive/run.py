@@ -130,6 +130,12 @@ def _shows(done: BaseBackup) -> Edit[WalArchiveStatus]:
     return taken
 
 
+def _refused(stream: Stream) -> bool:
+    """The receiver stopped on an error (and restarts with its own backoff)."""
+    receiver = stream.receiver
+    return receiver is not None and not receiver.running and bool(receiver.last_error)
+
+
 def _stream_key(spec: WalArchiveSpec) -> str:
     """What the receiver and the storage are made of: a change of anything else (the interval, the
     budget, the schedule) takes effect at the next look without a restart of the stream."""
@@ -203,10 +209,16 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
 
     async def _stream(self, spec: WalArchiveSpec) -> Stream:
         stream = self.streams.get(self.uid)
+        target = None
         if stream is not None and stream.key == _stream_key(spec):
-            return stream
+            if not _refused(stream):
+                return stream
+            # Refused: a rotated password (or a new server) in the Secret is a reason to restart.
+            target = await read_connection(self.namespace, spec.database.secret_ref)
+            if target.conninfo() == stream.target.conninfo():
+                return stream
         await self.streams.close(self.uid)  # another server or storage: the receiver restarts; the slot stays
-        target = await read_connection(self.namespace, spec.database.secret_ref)
+        target = target or await read_connection(self.namespace, spec.database.secret_ref)
         key = None
         if spec.encryption is not None:
             ref = spec.encryption.key_secret_ref
@@ -622,8 +634,8 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         gap = self._newest_gap()
         last = stream.last_base_backup_started
         failing = f"; {stream.base_backup_error}" if stream.base_backup_error else ""
-        if receiver is not None and not receiver.running and receiver.last_error:
-            error = stream.target.redact(receiver.last_error)
+        if receiver is not None and _refused(stream):
+            error = stream.target.redact(receiver.last_error or "")
             await self.stall(
                 WalArchivePhase.STALLED,
                 WalArchiveReason.REPLICATION_REFUSED,
