@@ -449,6 +449,23 @@ def test_an_error_mid_look_is_retried_at_the_next_look_without_restarting_the_re
     play(scenario)
 
 
+def test_storage_that_refuses_the_keys_reopens_with_the_secrets_at_the_next_look(
+    daemon: Daemon, wal: FakeWal
+) -> None:
+    async def scenario() -> None:
+        await daemon.look()
+        first = wal.receiver_now
+        wal.fail["upload_ready"] = PermanentError(
+            Reason.STORAGE_AUTH_FAILED, "the bucket refused the access key"
+        )
+        assert await daemon.look() == RetryLater(30.0)
+        assert conditions(daemon.status())["Stalled"] == ("True", "StorageAuthFailed")
+        assert await daemon.look() == Recheck(5.0)  # the keys read again, the storage opened again
+        assert first.stopped and wal.receiver_now.running and wal.dropped == []
+
+    play(scenario)
+
+
 def test_a_failed_base_backup_is_reported_and_retried_after_a_backoff(
     daemon: Daemon, wal: FakeWal, fake_kube: FakeKube
 ) -> None:

@@ -94,6 +94,8 @@ SPOOL_FOLDER = ".habitat-wal-spool"
 IDENTIFIER_LIMIT = 63  # NAMEDATALEN - 1: slot names and application_name
 
 SLOT_OVER_BUDGET = "SlotOverBudget"
+# Failures of credentials that live in the stream: the next look opens it again with the Secrets.
+REOPEN_ON = frozenset({Reason.STORAGE_AUTH_FAILED, Reason.KEY_INVALID})
 
 
 def slot_name(namespace: str, name: str) -> str:
@@ -174,6 +176,13 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
     @property
     def spool(self) -> Path:
         return self.config.backup_root / SPOOL_FOLDER / self.namespace / self.uid
+
+    async def retry_or_fail(self, spec: WalArchiveSpec, error: OperationError) -> RetryLater | None:
+        """As the convergent policy says; keys the storage or the codec refused are read again at
+        the next look (a rotated Secret), with the stream opened again (the slot stays)."""
+        if error.reason in REOPEN_ON:
+            await self.streams.close(self.uid)
+        return await super().retry_or_fail(spec, error)
 
     def check_spec(self, spec: WalArchiveSpec) -> None:
         if not 1.0 <= _interval(spec) <= MAX_PARTIAL_UPLOAD_INTERVAL:
