@@ -179,9 +179,10 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
 
     async def retry_or_fail(self, spec: WalArchiveSpec, error: OperationError) -> RetryLater | None:
         """As the convergent policy says; keys the storage or the codec refused are read again at
-        the next look (a rotated Secret), with the stream opened again (the slot stays)."""
-        if error.reason in REOPEN_ON:
-            await self.streams.close(self.uid)
+        the next look (a rotated Secret), and the storage opened again, the receiver streaming on."""
+        stream = self.streams.get(self.uid)
+        if stream is not None and error.reason in REOPEN_ON:
+            stream.storage_stale = True
         return await super().retry_or_fail(spec, error)
 
     def check_spec(self, spec: WalArchiveSpec) -> None:
@@ -220,6 +221,9 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         stream = self.streams.get(self.uid)
         target = None
         if stream is not None and stream.key == _stream_key(spec):
+            running = stream.base_backup is not None and not stream.base_backup.done()
+            if stream.storage_stale and not running:  # not under a running base backup's feet
+                await self._reopen_storage(stream, spec)
             if not _refused(stream):
                 return stream
             # Refused: a rotated password (or a new server) in the Secret is a reason to restart.
@@ -228,11 +232,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 return stream
         await self.streams.close(self.uid)  # another server or storage: the receiver restarts; the slot stays
         target = target or await read_connection(self.namespace, spec.database.secret_ref)
-        key = None
-        if spec.encryption is not None:
-            ref = spec.encryption.key_secret_ref
-            key = await read_secret_value(self.namespace, ref.name, ref.key)
-        store, close = await self._open_storage(spec)
+        archive, close = await self._open_archive(spec)
         stream = Stream(
             uid=self.uid,
             key=_stream_key(spec),
@@ -240,7 +240,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             target=target,
             slot=spec.slot.name or slot_name(self.namespace, self.name),
             spool=self.spool,
-            archive=Archive(store, ArchiveLayout(self.name), key, spec.compression is WalCompression.ZSTD),
+            archive=archive,
             close_storage=close,
         )
         try:
@@ -263,6 +263,22 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             )
         elif created := self.body["metadata"].get("creationTimestamp"):
             metrics.note_base_backup(self.namespace, self.name, timestamps.parse(created).timestamp(), 0)
+
+    async def _open_archive(self, spec: WalArchiveSpec) -> tuple[Archive, Callable[[], Awaitable[None]]]:
+        """The archive with its storage and key read from the Secrets, and how to close it."""
+        key = None
+        if spec.encryption is not None:
+            ref = spec.encryption.key_secret_ref
+            key = await read_secret_value(self.namespace, ref.name, ref.key)
+        store, close = await self._open_storage(spec)
+        zstd = spec.compression is WalCompression.ZSTD
+        return Archive(store, ArchiveLayout(self.name), key, zstd), close
+
+    async def _reopen_storage(self, stream: Stream, spec: WalArchiveSpec) -> None:
+        """Fresh keys for a running stream."""
+        archive, close = await self._open_archive(spec)
+        await stream.close_storage()
+        stream.archive, stream.close_storage, stream.storage_stale = archive, close, False
 
     async def _open_storage(self, spec: WalArchiveSpec) -> tuple[ObjectStore, Callable[[], Awaitable[None]]]:
         """The archive's namespace part of its storage, and how to close it when the stream ends."""

@@ -60,6 +60,7 @@ class Stream:
     window: tuple[datetime | None, datetime | None] = (None, None)
     progress_written: float = -math.inf  # monotonic: when status last got the LSNs
     over_budget: bool = False
+    storage_stale: bool = False  # its keys were refused: read the Secrets again
     closed: bool = field(default=False, init=False)
 
     async def shut(self, drop_slot: bool) -> None:
