@@ -13,6 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from habitat_operator.engines.artifacts.s3 import S3Location
+from tests.harness import Stack
+
 SEED = """
 CREATE SCHEMA app;
 CREATE SCHEMA audit;
@@ -82,3 +85,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])  # free once closed: nothing listens there
+
+
+def fresh_location(stack: Stack, prefix_head: str = "it") -> S3Location:
+    """A fresh prefix in the stack's test bucket."""
+    return S3Location(
+        bucket=stack.s3_bucket,
+        prefix=f"{prefix_head}-{secrets.token_hex(4)}",
+        endpoint=stack.s3_endpoint,
+        force_path_style=True,
+        access_key_id=stack.s3_access_key,
+        secret_access_key=stack.s3_secret_key,
+    )

@@ -30,7 +30,7 @@ from habitat_operator.engines.postgres.restore import RestoreRequest, run_restor
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.errors import OperationError
 from tests.harness import REPO, Stack
-from tests.integration.helpers import free_port, new_database, seeded_database, snapshot
+from tests.integration.helpers import free_port, fresh_location, new_database, seeded_database, snapshot
 
 pytestmark = pytest.mark.integration
 __all__ = ["new_database", "seeded_database"]  # fixtures, imported to be used here
@@ -42,14 +42,7 @@ MADE_BY = CatalogSource("team-a", "nightly", "uid-1")
 @pytest.fixture
 def location(stack: Stack) -> S3Location:
     """A fresh prefix in the stack's test bucket."""
-    return S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
+    return fresh_location(stack)
 
 
 @pytest.fixture

@@ -3,16 +3,16 @@ identity and gap entries round trip, a missing one is None, and holes are found 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
+from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.wal import records
 from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
 from habitat_operator.engines.wal.store import BucketStore
 from tests.harness import Stack
+from tests.integration.helpers import fresh_location
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +23,7 @@ LAYOUT = ArchiveLayout("orders")
 @pytest.fixture
 def store(stack: Stack) -> Iterator[BucketStore]:
     """The namespace part of a fresh prefix in the stack's test bucket."""
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-wal-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
+    location = fresh_location(stack, "it-wal")
     with Bucket(location) as bucket:
         yield BucketStore(bucket, location.key("team-a"))
 
