@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -202,6 +202,12 @@ class Daemon:
     @property
     def uid(self) -> str:
         return str(self.kube.object(ARCHIVES, NS, NAME)["metadata"]["uid"])
+
+
+@pytest.fixture(autouse=True)
+def no_series() -> None:
+    """Each test starts without the archive's series (the registry is the process's)."""
+    metrics.forget_archive(NS, NAME)
 
 
 @pytest.fixture
@@ -508,6 +514,36 @@ def test_a_missing_secret_is_waited_for(daemon: Daemon, wal: FakeWal, fake_kube:
         assert await daemon.look() == Recheck(5.0)
 
     play(scenario)
+
+
+def test_an_archive_that_cannot_stream_after_a_restart_keeps_its_gauges_from_status(
+    daemon: Daemon, fake_kube: FakeKube
+) -> None:
+    del fake_kube.secrets[(NS, DB_SECRET)]
+    fake_kube.set_status(
+        ARCHIVES,
+        NS,
+        NAME,
+        {
+            "lagBytes": 4096,
+            "recoveryWindow": {"from": "2024-06-01T02:00:00Z", "to": "2024-06-01T09:59:00Z"},
+            "lastBaseBackup": {"name": "x", "completedAt": "2024-06-01T02:10:00Z", "sizeBytes": 1024},
+        },
+    )
+
+    async def scenario() -> None:
+        assert await daemon.look() == RetryLater(30.0)
+
+    play(scenario)
+    assert metrics.LAG_BYTES.labels(NS, NAME)._value.get() == 4096
+    assert (
+        metrics.LAST_ARCHIVED_COMMIT.labels(NS, NAME)._value.get()
+        == datetime(2024, 6, 1, 9, 59, tzinfo=UTC).timestamp()
+    )
+    assert (
+        metrics.BASE_BACKUP_LAST_SUCCESS.labels(NS, NAME)._value.get()
+        == datetime(2024, 6, 1, 2, 10, tzinfo=UTC).timestamp()
+    )
 
 
 def test_rbac_that_refuses_the_secret_stalls_naming_it(

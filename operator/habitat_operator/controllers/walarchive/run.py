@@ -77,6 +77,7 @@ from habitat_operator.engines.wal.layout import DEFAULT_SEGMENT_SIZE, ArchiveLay
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import OperationError, RetryableError, one_line
 from habitat_operator.formatting import human_size
+from habitat_operator.metrics import advance
 
 log = structlog.get_logger(__name__)
 
@@ -199,6 +200,8 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         metrics.BASE_BACKUP_EXPECTED_INTERVAL.labels(*labels).set(
             expected_interval_seconds(spec.base_backup.schedule)
         )
+        if self.streams.get(self.uid) is None:
+            self._restore_metrics()
         if spec.suspend:
             await self.streams.close(self.uid)
             metrics.STREAMING.labels(*labels).set(0)
@@ -249,13 +252,18 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             await stream.shut(drop_slot=False)
             raise
         self.streams.add(stream)
-        self._restore_metrics()
         return stream
 
     def _restore_metrics(self) -> None:
-        """After an operator restart, the base backup's gauges come back from status, so that the
-        too-old alert neither misfires nor stays silent (an archive without one counts from its
-        creation)."""
+        """Before a stream runs (after an operator restart, or while it cannot open), the gauges the
+        alerts read come from status, so that they neither misfire nor go silent: the base backup's
+        (an archive without one counts from its creation), the newest archived commit, the lag."""
+        labels = (self.namespace, self.name)
+        window = self.status.recovery_window
+        if window is not None and window.to is not None:
+            advance(metrics.LAST_ARCHIVED_COMMIT, *labels, window.to.timestamp())
+        if self.status.lag_bytes is not None:
+            metrics.LAG_BYTES.labels(*labels).set(self.status.lag_bytes)
         known = self.status.last_base_backup
         if known is not None and known.completed_at is not None:
             metrics.note_base_backup(
@@ -595,9 +603,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             stream.window_at = now + WINDOW_SECONDS
             stream.window = await self.engines.recovery_window(stream.archive)
             if stream.window[1] is not None:
-                metrics.LAST_ARCHIVED_COMMIT.labels(self.namespace, self.name).set(
-                    stream.window[1].timestamp()
-                )
+                advance(metrics.LAST_ARCHIVED_COMMIT, self.namespace, self.name, stream.window[1].timestamp())
 
     async def _find_holes(self, stream: Stream) -> None:
         """Segments missing between archived ones (deleted, an upload lost): gaps nobody saw happen.
