@@ -205,6 +205,16 @@ def deployment(name: str, replicas: int | None = 1, label: str = "v1") -> dict[s
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
 
 
+def walarchive(name: str, **spec: Any) -> dict[str, Any]:
+    base = {"database": {"secretRef": {"name": "habitat-db"}}, "storage": {"filesystem": {"path": "e2e-wal"}}}
+    return {
+        "apiVersion": "ops.habitat.dev/v1alpha1",
+        "kind": "WalArchive",
+        "metadata": {"name": name},
+        "spec": base | spec,
+    }
+
+
 def policy(name: str, target: str, triggers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     base = {
         "target": {"kind": "Deployment", "name": target},

@@ -29,6 +29,7 @@ from tests.e2e.helpers import (
     replayjob,
     seed,
     wait_phase,
+    walarchive,
 )
 from tests.harness import Kubectl, Stack
 
@@ -50,6 +51,7 @@ EXPECTED = {
     ("ReplayJob", "too-many"): "Failed",  # more events than maxEvents
     ("ScalePolicy", "scaling"): "Current",
     ("ScalePolicy", "no-target"): "Failed",
+    ("WalArchive", "no-secret"): "Failed",  # a missing Secret: Stalled
 }
 
 
@@ -151,4 +153,5 @@ def objects(queue: str) -> list[dict[str, Any]]:
         deployment("workers"),
         policy("scaling", "workers", [schedule_trigger]),
         policy("no-target", "absent", [schedule_trigger]),
+        walarchive("no-secret", database={"secretRef": {"name": "absent"}}),
     ]

@@ -87,12 +87,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])  # free once closed: nothing listens there
 
 
-@pytest.fixture
-def location(stack: Stack) -> S3Location:
+def fresh_location(stack: Stack, prefix_head: str = "it") -> S3Location:
     """A fresh prefix in the stack's test bucket."""
     return S3Location(
         bucket=stack.s3_bucket,
-        prefix=f"it-{secrets.token_hex(4)}",
+        prefix=f"{prefix_head}-{secrets.token_hex(4)}",
         endpoint=stack.s3_endpoint,
         force_path_style=True,
         access_key_id=stack.s3_access_key,
@@ -101,6 +100,13 @@ def location(stack: Stack) -> S3Location:
 
 
 @pytest.fixture
+def location(stack: Stack) -> S3Location:
+    """A fresh prefix in the stack's test bucket."""
+    return fresh_location(stack)
+
+
+@pytest.fixture
 def bucket(location: S3Location) -> Iterator[Bucket]:
     with Bucket(location) as opened:
         yield opened
+

@@ -1,5 +1,5 @@
--- Argo CD health for every ops.habitat.dev kind (Backup, Restore, Migration, ReplayJob, ScalePolicy).
--- All five carry the same kstatus-style conditions (Ready, Reconciling, Stalled) and
+-- Argo CD health for every ops.habitat.dev kind (Backup, Restore, Migration, ReplayJob, ScalePolicy,
+-- WalArchive). All six carry the same kstatus-style conditions (Ready, Reconciling, Stalled) and
 -- status.observedGeneration, so one script reads them all. Install: argocd-cm.yaml beside it.
 local hs = { status = "Progressing", message = "Waiting for the operator" }
 

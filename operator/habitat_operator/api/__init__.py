@@ -10,7 +10,8 @@ from habitat_operator.api.migration import MIGRATION
 from habitat_operator.api.replayjob import REPLAYJOB
 from habitat_operator.api.restore import RESTORE
 from habitat_operator.api.scalepolicy import SCALE_POLICY
+from habitat_operator.api.walarchive import WAL_ARCHIVE
 
-ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION, REPLAYJOB, SCALE_POLICY]
+ALL_KINDS: list[KindInfo] = [BACKUP, RESTORE, MIGRATION, REPLAYJOB, SCALE_POLICY, WAL_ARCHIVE]
 
 __all__ = ["ALL_KINDS", "API_VERSION", "GROUP", "VERSION", "KindInfo"]

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import kopf
@@ -28,6 +28,7 @@ from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
+from habitat_operator.controllers.walarchive.streams import Streams
 
 # A step that raised (its status could not be written): the daemon lives on and tries again.
 ERROR_RETRY_SECONDS = 10.0
@@ -90,6 +91,7 @@ class Shared:
     config: OperatorConfig
     slots: OperationSlots
     wakeups: Wakeups
+    streams: Streams = field(default_factory=Streams)  # WalArchives' receivers, by uid
 
 
 def shared(memo: kopf.Memo) -> Shared:
