@@ -5,14 +5,17 @@ what a pass killed at any point repeats (nothing but its last step). The WAL her
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
+from habitat_operator.api.common import Reason
 from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import PlaintextReader, Writable
 from habitat_operator.engines.wal.layout import ArchiveLayout
@@ -246,3 +249,20 @@ def test_a_snapshot_a_killed_call_left_is_removed(spool: Path, store: FolderStor
     assert asyncio.run(upload_partial(spool, store, LAYOUT, KEY, zstd=True)) is not None
 
     assert list((spool / STAGING).iterdir()) == []
+
+
+def test_a_full_spool_volume_says_so(
+    spool: Path, store: FolderStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = wal_file(spool / FIRST)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with pytest.raises(OperationError) as caught:
+        ready(spool, store)
+
+    assert caught.value.reason == Reason.DISK_FULL
+    assert str(spool) in caught.value.message
+    assert (spool / FIRST).read_bytes() == data and keys(store) == []

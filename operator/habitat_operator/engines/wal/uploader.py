@@ -16,8 +16,8 @@ A completed segment or history file is removed from the spool only once its obje
 object, its hash and its `lastCommitAt` describe the same bytes; it is uploaded again only when
 it changed. Memory: one READ_SIZE chunk and the store's upload buffer, whatever the segment size;
 the encoded bytes wait in an unnamed temporary file in the spool. Hashing, compressing,
-encrypting and pg_waldump run in ENGINE_POOL threads. Call `upload_ready` and `upload_partial`
-from one task, one after the other.
+encrypting and pg_waldump run in ENGINE_POOL threads. A full spool volume is DiskFull. Call
+`upload_ready` and `upload_partial` from one task, one after the other.
 """
 
 import datetime as dt
@@ -35,6 +35,7 @@ from typing import BinaryIO
 from habitat_operator.api.common import Reason
 from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import ArtifactSink
+from habitat_operator.engines.artifacts.store import disk_errors
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
 from habitat_operator.engines.wal.layout import (
     HISTORY_NAME,
@@ -105,7 +106,8 @@ async def upload_ready(
     for name in await in_thread(_ready_files, spool):
         path = spool / name
         archive = partial(_archive_ready, path, store, layout, encryption_key, zstd)
-        size, summary = await in_stoppable_thread(archive)
+        with disk_errors(path):
+            size, summary = await in_stoppable_thread(archive)
         uploaded += size > 0
         stored += size
         if SEGMENT_NAME.match(path.name):
@@ -138,7 +140,8 @@ async def upload_partial(
     ):
         return replace(previous, uploaded_bytes=0)
     archive = partial(_archive_partial, spool, segment, store, layout, encryption_key, zstd, previous)
-    return await in_stoppable_thread(archive)
+    with disk_errors(spool / STAGING / segment):
+        return await in_stoppable_thread(archive)
 
 
 @dataclass(frozen=True)
