@@ -294,8 +294,9 @@ def read_back(
             with tarfile.open(
                 fileobj=cast("IO[bytes]", StreamIn(reader, stop)), mode="r|", bufsize=READ_SIZE
             ) as tar:
-                for member in tar:
+                while (member := tar.next()) is not None:
                     check.member(tar, member, stop)
+                    tar.members.clear()  # tarfile keeps every member it read: memory per file
         except (tarfile.TarError, EOFError) as error:
             raise _not_verified(f"not a readable tar: {error or type(error).__name__}") from None
         reader.drain()
