@@ -8,6 +8,8 @@ import asyncio
 import glob
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from typing import IO, cast
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from habitat_operator.engines.artifacts.codec import PlaintextReader
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
@@ -27,7 +30,7 @@ from habitat_operator.engines.wal.basebackup import BaseBackupEntry, take_base_b
 from habitat_operator.engines.wal.catalog import RecoveryTarget, plan_recovery, read_catalog
 from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, segment_name
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
-from habitat_operator.errors import PermanentError
+from habitat_operator.errors import OperationError, PermanentError
 from tests.harness import REPO, Stack
 from tests.integration.helpers import bucket, location
 
@@ -266,3 +269,26 @@ def test_a_cancelled_base_backup_leaves_nothing_behind(stack: Stack, tmp_path: P
         while conn.execute("SELECT count(*) FROM pg_stat_progress_basebackup").fetchone() != (0,):
             assert time.monotonic() < deadline, "pg_basebackup's walsender outlived the cancellation"
             time.sleep(0.05)
+
+
+def test_a_role_without_replication_is_refused_by_name(stack: Stack, tmp_path: Path) -> None:
+    role, password = f"norepl_{secrets.token_hex(3)}", secrets.token_hex(8)
+    with psycopg.connect(stack.pg_uri, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+        )
+    try:
+        uri = re.sub(r"://[^@]*@", f"://{role}:{password}@", stack.pg_uri)
+        with pytest.raises(OperationError) as caught:
+            asyncio.run(
+                take_base_backup(ConnectionTarget(uri), FolderStore(tmp_path), LAYOUT, None, True, BACKUP_ID)
+            )
+    finally:
+        with psycopg.connect(stack.pg_uri, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert caught.value.reason == "ReplicationRefused"
+    assert caught.value.message.startswith("replication refused by 127.0.0.1:")
+    assert (
+        "must be superuser or replication role" in caught.value.message
+        and password not in caught.value.message
+    )

@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,17 @@ def test_a_backup_id_is_a_plain_name(backup_id: str, tmp_path: Path) -> None:
             )
         )
     assert caught.value.reason is Reason.INVALID_REQUEST
+
+
+def test_memory_does_not_grow_with_the_number_of_files() -> None:
+    # About 6.5 MiB at most (1 MiB chunks through the codec and tarfile's buffer), from 20,000 files
+    # to 150,000; 14 MiB for 20,000 while tarfile kept every member.
+    many = {**FILES, **{f"base/1/{n}": b"" for n in range(20000)}}
+    data = tar_of(many, manifest(many))
+    tracemalloc.start()
+    try:
+        check(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB for 20,000 files"

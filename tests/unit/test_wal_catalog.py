@@ -302,3 +302,26 @@ def test_a_restore_point_with_its_position_is_planned_as_that_position(archive: 
     ).startswith("cannot recover to restore point 'x' at 0/A000001: the archive ends at")
     with pytest.raises(ValueError, match="restore point"):
         RecoveryTarget(latest=True, restore_point_lsn=1)
+
+
+def test_a_timeline_switch_is_followed(archive: Archive) -> None:
+    archive.base_backup("20261207T100000Z", 2, 0, 1)
+    archive.segments(2, 4)
+    # Promoted at 0/4800000: timeline 2 continues in the segment of the switch, with a history file.
+    archive.put(LAYOUT.wal("00000002.history"), b"1\t0/4800000\tno recovery target specified\n")
+    for number in (4, 5):
+        metadata = {"lastCommitAt": at(30).isoformat()} if number == 5 else {}
+        archive.put(LAYOUT.wal(segment_name(2, number * SEGMENT)), b"wal", metadata)
+    plan = plan_recovery(archive.store, LAYOUT, RecoveryTarget(latest=True))
+    assert plan.segments == (
+        "00000002.history",
+        "000000010000000000000002",
+        "000000010000000000000003",
+        "000000010000000000000004",
+        "000000020000000000000004",
+        "000000020000000000000005",
+    )
+    assert plan.end.time == at(30)
+    assert (
+        plan_recovery(archive.store, LAYOUT, RecoveryTarget(time=at(29))).base_backup.id == "20261207T100000Z"
+    )

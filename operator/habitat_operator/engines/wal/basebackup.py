@@ -42,7 +42,7 @@ from habitat_operator.engines.artifacts.codec import (
     Writable,
 )
 from habitat_operator.engines.artifacts.tarball import StreamIn
-from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure
+from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.dump import OutputPipe, copy_output
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
@@ -211,15 +211,11 @@ def _identify(target: ConnectionTarget) -> tuple[str, int]:
             answer = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
             if answer.status != psycopg.pq.ExecStatus.TUPLES_OK or answer.ntuples != 1:
                 message = (answer.error_message or b"no answer").decode(errors="replace")
-                raise classify_failure(
-                    "IDENTIFY_SYSTEM", message, target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED
-                )
+                raise _failed(target, message, "IDENTIFY_SYSTEM")
             system_identifier = (answer.get_value(0, 0) or b"").decode()
             return system_identifier, conn.pgconn.server_version
     except psycopg.Error as error:
-        raise classify_failure(
-            "PostgreSQL", str(error), target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED
-        ) from None
+        raise _failed(target, str(error), "PostgreSQL") from None
 
 
 def _argv(backup_id: str) -> list[str]:
@@ -262,16 +258,24 @@ async def _upload(
 
 
 # What another attempt cannot fix: more than one tablespace (one tar stream holds only the main
-# one), a role without REPLICATION, a server pg_basebackup cannot speak to.
-_PERMANENT = re.compile(
-    r"tablespace|must be superuser or replication|permission denied|incompatible server version"
-)
+# one), a server pg_basebackup cannot speak to.
+_PERMANENT = re.compile(r"tablespace|incompatible server version")
+# The server's refusal to replicate: a role without REPLICATION, or no pg_hba.conf line for it.
+_REFUSED = re.compile(r"must be superuser or replication role|no pg_hba\.conf entry for replication")
 
 
-def _failed(target: ConnectionTarget, stderr: str) -> OperationError:
-    error = classify_failure("pg_basebackup", stderr, target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED)
+def _failed(target: ConnectionTarget, stderr: str, tool: str = "pg_basebackup") -> OperationError:
+    """pg_basebackup's (or the identifying connection's) failure, one redacted line with a reason:
+    ReplicationRefused, the connection's reasons, else BaseBackupFailed (retryable but for
+    _PERMANENT: the server may have restarted mid-way)."""
+    if _REFUSED.search(stderr.lower()):
+        line = meaningful_line(target.redact(stderr))
+        return RetryableError(
+            ArchiveReason.REPLICATION_REFUSED, f"replication refused by {target.display}: {line}"
+        )
+    error = classify_failure(tool, stderr, target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED)
     if error.reason is ArchiveReason.BASE_BACKUP_FAILED and not _PERMANENT.search(stderr.lower()):
-        return RetryableError(error.reason, error.message)  # e.g. the server restarted mid-way
+        return RetryableError(error.reason, error.message)
     return error
 
 
@@ -294,8 +298,11 @@ def read_back(
             with tarfile.open(
                 fileobj=cast("IO[bytes]", StreamIn(reader, stop)), mode="r|", bufsize=READ_SIZE
             ) as tar:
-                for member in tar:
+                while (member := tar.next()) is not None:
                     check.member(tar, member, stop)
+                    # tarfile keeps every member it read (memory per file) in this undocumented list;
+                    # guard: test_memory_does_not_grow_with_the_number_of_files
+                    tar.members.clear()  # type: ignore[attr-defined]
         except (tarfile.TarError, EOFError) as error:
             raise _not_verified(f"not a readable tar: {error or type(error).__name__}") from None
         reader.drain()

@@ -6,3 +6,4 @@ from enum import StrEnum
 class ArchiveReason(StrEnum):
     BASE_BACKUP_FAILED = "BaseBackupFailed"
     TARGET_NOT_RECOVERABLE = "TargetNotRecoverable"
+    REPLICATION_REFUSED = "ReplicationRefused"
