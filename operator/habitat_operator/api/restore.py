@@ -48,6 +48,11 @@ class RestoreReason(StrEnum):
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
+    # A point-in-time source.
+    BASE_BACKUP_NOT_FOUND = "BaseBackupNotFound"
+    SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
+    RECOVERY_FAILED = "RecoveryFailed"
+    RECOVERY_TARGET_NOT_REACHED = "RecoveryTargetNotReached"
 
 
 class BackupRef(ApiModel):

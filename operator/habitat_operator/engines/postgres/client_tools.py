@@ -9,9 +9,10 @@ operator's Kubernetes API calls need.
 import asyncio
 import ctypes
 import os
+import pwd
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
@@ -62,17 +63,25 @@ class ClientTool:
         *,
         stdin: int = asyncio.subprocess.DEVNULL,
         stdout: int = asyncio.subprocess.DEVNULL,
+        extra_env: Mapping[str, str] | None = None,
+        user: int | None = None,
     ) -> AsyncIterator["ClientTool"]:
+        """`extra_env` adds to the tool's environment; `user` (a uid, when the operator is root)
+        runs it as that user and its primary group."""
+        group = pwd.getpwuid(user).pw_gid if user is not None else None
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=asyncio.subprocess.PIPE,
-                env=_tool_env(target),
+                env=_tool_env(target) | dict(extra_env or {}),
                 start_new_session=True,
-                preexec_fn=_die_with_operator,
+                preexec_fn=_die_with_operator,  # after the switch of user, which would clear it
                 limit=READ_SIZE,
+                user=user,
+                group=group,
+                extra_groups=[] if user is not None else None,
             )
         except FileNotFoundError:
             raise PermanentError(Reason.TOOL_MISSING, f"{argv[0]} is not installed or not on PATH") from None
