@@ -21,6 +21,7 @@ import pytest
 from habitat_operator.api.restore import RestoreReason
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
 from habitat_operator.engines.postgres import restore
+from habitat_operator.engines.postgres.migrations import MigrationSession, Timeouts
 from habitat_operator.engines.postgres.recovery import (
     RecoveryRequest,
     RecoveryTarget,
@@ -79,13 +80,20 @@ def archived(stack: Stack) -> Iterator[Archived]:
             time.sleep(1.1)
             before_drop = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
             time.sleep(1.1)
-            conn.execute("SELECT pg_create_restore_point('before-second')")
+            asyncio.run(_restore_point(app, "before-second"))  # as a Migration makes one
             for n in range(FIRST, FIRST + SECOND):
                 conn.execute("INSERT INTO ledger VALUES (%s, clock_timestamp())", [n])
             conn.execute("DROP TABLE ledger")
             conn.execute("CREATE TABLE later (id int)")
         source.archive_wal(store, layout, KEY)
         yield Archived(store, layout, before_drop, lsn, scratch)
+
+
+async def _restore_point(uri: str, name: str) -> None:
+    async with MigrationSession.connect(
+        ConnectionTarget(uri), "test", "history", Timeouts(None, None)
+    ) as session:
+        assert await session.create_restore_point(name)
 
 
 def _request(archived: Archived, target: RecoveryTarget) -> RecoveryRequest:
