@@ -215,3 +215,22 @@ def test_a_base_backup_of_a_version_without_its_server_is_refused(archived: Arch
         asyncio.run(run())
     assert failure.value.reason is RestoreReason.SERVER_VERSION_UNSUPPORTED
     assert "PostgreSQL 13" in failure.value.message and "15" in failure.value.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root operator runs the server as another user")
+def test_a_scratch_folder_the_server_user_cannot_reach_is_refused_clearly(
+    archived: Archived, tmp_path: Path
+) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    request = replace(_request(archived, RecoveryTarget()), scratch_dir=hidden)
+
+    async def run() -> None:
+        async with recovered_dump(request):
+            pytest.fail("recovered in a folder the server cannot reach")
+
+    with pytest.raises(OperationError) as failure:
+        asyncio.run(run())
+    assert failure.value.reason is RestoreReason.RECOVERY_FAILED
+    assert "give the operator a --scratch-dir that every user may traverse" in failure.value.message
+    assert not list(hidden.iterdir())

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import grp
 import json
 import os
 import pwd
 import re
 import shlex
+import stat
 import tarfile
 import threading
 import time
@@ -74,15 +76,9 @@ MAX_ENTRY_BYTES = 64 << 10
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _LAST_COMMIT = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
-# Not yet (or no longer) serving: while it replays with hot_standby off, or when it is stopping, in
-# which case its exit, next time round, says why.
-_STARTING = (
-    "the database system is starting up",
-    "the database system is not accepting connections",
-    "the database system is shutting down",
-    "no such file or directory",
-    "connection refused",
-)
+# A connection refused for good: anything else means not yet (replaying with hot_standby off) or no
+# longer (stopping, in which case its exit, next time round, says why).
+_REFUSED = ("does not exist", "authentication", "no pg_hba.conf entry")
 
 
 @dataclass(frozen=True)
@@ -202,6 +198,8 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
     owner = server_user()
     started = time.monotonic()
     async with scratch_folder(request.scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
+        if owner is not None:
+            _check_reachable(folder, owner)
         data, wal, socket = folder / "data", folder / "wal", folder / "socket"
         await in_stoppable_thread(partial(_extract_base_backup, request, data))
         await in_stoppable_thread(partial(_fetch_wal, request, wal))
@@ -364,6 +362,27 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def _check_reachable(folder: Path, uid: int) -> None:
+    """PermanentError unless the user `uid` may pass through every folder above `folder`."""
+    user = pwd.getpwuid(uid)
+    groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem)}
+    for parent in folder.parents:
+        mode = parent.stat()
+        allowed = (
+            mode.st_mode & stat.S_IXUSR
+            if mode.st_uid == uid
+            else mode.st_mode & stat.S_IXGRP
+            if mode.st_gid in groups
+            else mode.st_mode & stat.S_IXOTH
+        )
+        if not allowed:
+            raise PermanentError(
+                RestoreReason.RECOVERY_FAILED,
+                f"the recovery server runs as {user.pw_name} (PostgreSQL refuses root), who cannot pass"
+                f" through {parent}: give the operator a --scratch-dir that every user may traverse",
+            )
+
+
 def _chown_tree(folder: Path, uid: int) -> None:
     gid = pwd.getpwuid(uid).pw_gid
     os.chown(folder, uid, gid)
@@ -414,7 +433,7 @@ async def _await_promotion(server: ClientTool, socket: Path, target: RecoveryTar
         try:
             conn = await psycopg.AsyncConnection.connect(maintenance.conninfo(), autocommit=True)
         except psycopg.OperationalError as error:
-            if any(sign in str(error).lower() for sign in _STARTING):
+            if not any(sign in str(error).lower() for sign in _REFUSED):
                 await _sleep()
                 continue
             raise classify_failure(
