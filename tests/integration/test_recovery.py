@@ -234,3 +234,25 @@ def test_a_scratch_folder_the_server_user_cannot_reach_is_refused_clearly(
     assert failure.value.reason is RestoreReason.RECOVERY_FAILED
     assert "give the operator a --scratch-dir that every user may traverse" in failure.value.message
     assert not list(hidden.iterdir())
+
+
+def test_a_copy_whose_superuser_is_not_named_postgres_is_dumped_as_its_own(
+    stack: Stack, archived: Archived, fresh_database: str
+) -> None:
+    """initdb -U alice: the copy has no role postgres; a single-user backend names its superuser."""
+    source = SourceServer(superuser="alice")
+    try:
+        app = source.database("app")
+        with psycopg.connect(app, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz NOT NULL)")
+        layout = ArchiveLayout("alice")
+        source.base_backup(archived.store, layout, KEY)
+        with psycopg.connect(app, autocommit=True) as conn:
+            conn.execute("INSERT INTO ledger SELECT n, clock_timestamp() FROM generate_series(1, 5) n")
+        source.archive_wal(archived.store, layout, KEY)
+    finally:
+        source.stop()
+    request = replace(_request(replace(archived, layout=layout), RecoveryTarget()), database="app")
+    ids, point = _recover_into(request, fresh_database)
+    assert ids == [1, 2, 3, 4, 5]
+    assert point.lsn and point.time  # type: ignore[attr-defined]  # from the log: nobody could ask

@@ -45,7 +45,7 @@ def _as_postgres() -> dict[str, Any]:
 class SourceServer:
     """The server that is archived; `stop()` removes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, superuser: str = "postgres") -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="habitat-wal-source-"))
         os.chmod(self.folder, 0o755)
         self.data, self.archived = self.folder / "data", self.folder / "archived"
@@ -54,7 +54,7 @@ class SourceServer:
             shutil.chown(self.folder, "postgres", "postgres")
             shutil.chown(self.archived, "postgres", "postgres")
         self.port = _free_port()
-        self._run([BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        self._run([BIN / "initdb", "-D", self.data, "-U", superuser, "--auth=trust", "-E", "UTF8"])
         settings = {
             "port": self.port,
             "listen_addresses": "'127.0.0.1'",
@@ -67,7 +67,8 @@ class SourceServer:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
         self._run([BIN / "pg_ctl", "-D", self.data, "-l", self.folder / "log", "-w", "start"])
-        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.superuser = superuser
+        self.uri = f"postgresql://{superuser}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, argv: list[Any]) -> str:
         done = subprocess.run(
@@ -79,7 +80,7 @@ class SourceServer:
     def database(self, name: str) -> str:
         with psycopg.connect(self.uri, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{name}"
 
     def base_backup(self, store: ObjectStore, layout: ArchiveLayout, key: bytes | None) -> dict[str, Any]:
         """pg_basebackup -Ft -X none through the codec into the layout, then its entry."""

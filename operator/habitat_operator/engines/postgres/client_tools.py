@@ -107,6 +107,12 @@ class ClientTool:
         with suppress(BrokenPipeError, ConnectionResetError):
             await self.process.stdin.wait_closed()
 
+    async def output(self) -> str:
+        """Wait for the exit; the tail of what the tool wrote to stderr."""
+        stderr = await self._stderr
+        await self.process.wait()
+        return stderr
+
     async def check(self, failure: Callable[[str], OperationError]) -> None:
         """Wait for the exit; a non-zero status raises `failure(stderr)`."""
         stderr = await self._stderr

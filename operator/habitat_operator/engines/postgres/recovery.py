@@ -32,6 +32,7 @@ import os
 import pwd
 import re
 import shlex
+import signal
 import stat
 import tarfile
 import threading
@@ -206,11 +207,20 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
         await in_thread(_configure, data, wal, socket, request.target)
         if owner is not None:
             await in_thread(_chown_tree, folder, owner)
-        async with ClientTool.start([str(binary), "-D", str(data)], None, user=owner) as server:
-            point = await _await_promotion(server, socket, request.target)
+        argv, dump = [str(binary), "-D", str(data)], folder / "database.dump"
+        async with ClientTool.start(argv, None, user=owner) as server:
+            point = await _await_promotion(server, socket, request.target, SUPERUSER)
             recovered = time.monotonic() - started
-            dump = folder / "database.dump"
-            await _dump(_socket_target(socket, request.database), dump)
+            if point is not None:
+                await _dump(_socket_target(socket, request.database, SUPERUSER), dump)
+            else:  # promoted, but the copy has no role "postgres": stop it and ask for its superuser
+                os.kill(server.process.pid, signal.SIGINT)  # a fast shutdown
+                point = _point_in(await server.output())
+        if not dump.exists():
+            role = await _bootstrap_superuser(binary, data, owner)
+            async with ClientTool.start(argv, None, user=owner) as server:
+                await _await_promotion(server, socket, request.target, role)
+                await _dump(_socket_target(socket, request.database, role), dump)
         yield RecoveredDump(dump, point, recovered)
 
 
@@ -415,17 +425,20 @@ class _Stream:
 # ---------------------------------------------------------------- the server
 
 
-def _socket_target(socket: Path, database: str) -> ConnectionTarget:
+def _socket_target(socket: Path, database: str, role: str) -> ConnectionTarget:
     return ConnectionTarget(
-        f"postgresql://{SUPERUSER}@/{quote(database, safe='')}"
+        f"postgresql://{quote(role, safe='')}@/{quote(database, safe='')}"
         f"?host={quote(str(socket), safe='')}&port={SOCKET_PORT}"
     )
 
 
-async def _await_promotion(server: ClientTool, socket: Path, target: RecoveryTarget) -> RecoveredPoint:
-    """Waits until the server has recovered and promoted; where it stands. A server that stops
-    instead raises, with what its log says."""
-    maintenance = _socket_target(socket, "postgres")
+async def _await_promotion(
+    server: ClientTool, socket: Path, target: RecoveryTarget, role: str
+) -> RecoveredPoint | None:
+    """Waits until the server has recovered and promoted; where it stands, or None when it has but
+    has no role `role` to ask. A server that stops instead raises, with what its log says."""
+    maintenance = _socket_target(socket, "postgres", role)
+    missing = f'role "{role}" does not exist'
     while True:
         if server.process.returncode is not None:
             await server.check(lambda log: _recovery_failed(log, target))
@@ -433,6 +446,8 @@ async def _await_promotion(server: ClientTool, socket: Path, target: RecoveryTar
         try:
             conn = await psycopg.AsyncConnection.connect(maintenance.conninfo(), autocommit=True)
         except psycopg.OperationalError as error:
+            if missing in str(error):  # checked only once connections are accepted: recovery is over
+                return None
             if not any(sign in str(error).lower() for sign in _REFUSED):
                 await _sleep()
                 continue
@@ -449,19 +464,46 @@ async def _await_promotion(server: ClientTool, socket: Path, target: RecoveryTar
         await _sleep()
 
 
+def _point_in(log: str) -> RecoveredPoint:
+    """Where recovery ended, as the server's log says it."""
+    redo, commit = _REDO_DONE.findall(log), _LAST_COMMIT.findall(log)
+    return RecoveredPoint(
+        redo[-1] if redo else None, dt.datetime.fromisoformat(commit[-1].strip()) if commit else None
+    )
+
+
+async def _bootstrap_superuser(binary: Path, data: Path, owner: int | None) -> str:
+    """The name of the role that initdb made (oid 10), as a single-user backend of the stopped copy
+    tells it: a single-user backend runs as that role whatever name it is given."""
+    argv = [str(binary), "--single", "-D", str(data), "template1"]
+    async with ClientTool.start(
+        argv, None, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, user=owner
+    ) as backend:
+        await backend.feed(b"SELECT rolname FROM pg_authid WHERE oid = 10;\n")
+        await backend.close_stdin()
+        assert backend.process.stdout is not None
+        printed = bytearray()
+        while (chunk := await backend.process.stdout.read(COPY_SIZE)) and len(printed) < MAX_ENTRY_BYTES:
+            printed += chunk
+        await backend.check(lambda log: PermanentError(RestoreReason.RECOVERY_FAILED, meaningful_line(log)))
+    found = re.search(r'rolname = "([^"]+)"', printed.decode(errors="replace"))
+    if found is None:
+        raise PermanentError(RestoreReason.RECOVERY_FAILED, "the recovered copy names no superuser")
+    return found[1]
+
+
 async def _sleep() -> None:
     await asyncio.sleep(POLL_SECONDS)
 
 
 def _recovery_failed(log: str, target: RecoveryTarget) -> OperationError:
     if _NOT_REACHED in log:
-        redo = _REDO_DONE.findall(log)
-        commit = _LAST_COMMIT.findall(log)
-        end = redo[-1] if redo else "its base backup's end"
-        last = f" (last commit at {commit[-1].strip()})" if commit else ""
+        point = _point_in(log)
+        last = f" (last commit at {timestamps.rfc3339(point.time)})" if point.time else ""
         return PermanentError(
             RestoreReason.RECOVERY_TARGET_NOT_REACHED,
-            f"{target.describe()} is past the end of the archive: the archive ends at {end}{last}",
+            f"{target.describe()} is past the end of the archive: the archive ends at"
+            f" {point.lsn or 'the end of its base backup'}{last}",
         )
     return PermanentError(RestoreReason.RECOVERY_FAILED, f"recovery failed: {meaningful_line(log)}")
 
