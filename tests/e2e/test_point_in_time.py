@@ -115,6 +115,14 @@ def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]
         server.stop()
 
 
+def _target_secret(kubectl: Kubectl, pg_admin_uri: str) -> str:
+    """A Secret `target-db` naming a database that does not exist yet; returns its name."""
+    name = f"pitr_{secrets.token_hex(4)}"
+    uri = database_uri(pg_admin_uri, name)
+    kubectl.run("create", "secret", "generic", "target-db", f"--from-literal=uri={uri}")
+    return name
+
+
 def _whole_second_before(moment: dt.datetime) -> str:
     """The API's times have whole seconds: the last whole second at or before `moment`."""
     return timestamps.rfc3339(moment.replace(microsecond=0))
@@ -123,10 +131,7 @@ def _whole_second_before(moment: dt.datetime) -> str:
 def test_restore_to_a_time_before_a_drop_table_brings_the_rows_back(
     recovering_operator: OperatorProcess, kubectl: Kubectl, archive: Archive, pg_admin_uri: str
 ) -> None:
-    name = f"pitr_{secrets.token_hex(4)}"
-    kubectl.run(
-        "create", "secret", "generic", "target-db", f"--from-literal=uri={database_uri(pg_admin_uri, name)}"
-    )
+    name = _target_secret(kubectl, pg_admin_uri)
     when = _whole_second_before(archive.before_drop)
     source = {"pointInTime": {**archive.source, "target": {"time": when}}}
     kubectl.apply(restore("to-time", source=source, mode={"createDatabase": True}))
@@ -172,10 +177,7 @@ def test_a_drill_to_latest_records_the_recovery_point_and_the_time_to_recover(
 def test_a_target_past_the_archive_fails_readably_and_leaves_the_target_untouched(
     recovering_operator: OperatorProcess, kubectl: Kubectl, archive: Archive, pg_admin_uri: str
 ) -> None:
-    name = f"pitr_{secrets.token_hex(4)}"
-    kubectl.run(
-        "create", "secret", "generic", "target-db", f"--from-literal=uri={database_uri(pg_admin_uri, name)}"
-    )
+    name = _target_secret(kubectl, pg_admin_uri)
     future = timestamps.rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
     source = {"pointInTime": {**archive.source, "target": {"time": future}}}
     kubectl.apply(restore("too-far", source=source, mode={"createDatabase": True}))

@@ -124,6 +124,18 @@ def _recover_into(request: RecoveryRequest, into: str) -> tuple[list[int] | None
     return ids, point
 
 
+def _failure(request: RecoveryRequest) -> OperationError:
+    """The error recovered_dump raises for `request` (the test fails if it recovers instead)."""
+
+    async def run() -> None:
+        async with recovered_dump(request):
+            pytest.fail(f"recovered {request.target.describe()}")
+
+    with pytest.raises(OperationError) as failure:
+        asyncio.run(run())
+    return failure.value
+
+
 def test_recovery_to_a_time_restores_exactly_the_rows_committed_by_then(
     archived: Archived, fresh_database: str
 ) -> None:
@@ -156,27 +168,17 @@ def test_a_target_past_the_archive_fails_and_says_where_the_archive_ends(archive
     future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     request = _request(archived, RecoveryTarget(time=future))
 
-    async def run() -> None:
-        async with recovered_dump(request):
-            pytest.fail("recovered past the archive's end")
-
-    with pytest.raises(OperationError) as failure:
-        asyncio.run(run())
-    assert failure.value.reason is RestoreReason.RECOVERY_TARGET_NOT_REACHED
-    assert "the archive ends at " in failure.value.message, failure.value.message
+    error = _failure(request)
+    assert error.reason is RestoreReason.RECOVERY_TARGET_NOT_REACHED
+    assert "the archive ends at " in error.message, error.message
     assert not list(archived.scratch.iterdir())
 
 
 def test_a_restore_point_that_does_not_exist_is_not_reached(archived: Archived) -> None:
     request = _request(archived, RecoveryTarget(restore_point="never-made"))
 
-    async def run() -> None:
-        async with recovered_dump(request):
-            pytest.fail("recovered to a restore point that does not exist")
-
-    with pytest.raises(OperationError) as failure:
-        asyncio.run(run())
-    assert failure.value.reason is RestoreReason.RECOVERY_TARGET_NOT_REACHED
+    error = _failure(request)
+    assert error.reason is RestoreReason.RECOVERY_TARGET_NOT_REACHED
 
 
 def test_cancellation_stops_the_server_and_removes_its_files(archived: Archived) -> None:
@@ -207,14 +209,9 @@ def test_a_base_backup_of_a_version_without_its_server_is_refused(archived: Arch
     request = _request(archived, RecoveryTarget())
     request = replace(request, base_backup=replace(request.base_backup, server_version=130009))
 
-    async def run() -> None:
-        async with recovered_dump(request):
-            pytest.fail("ran a server of a version not installed")
-
-    with pytest.raises(OperationError) as failure:
-        asyncio.run(run())
-    assert failure.value.reason is RestoreReason.SERVER_VERSION_UNSUPPORTED
-    assert "PostgreSQL 13" in failure.value.message and "15" in failure.value.message
+    error = _failure(request)
+    assert error.reason is RestoreReason.SERVER_VERSION_UNSUPPORTED
+    assert "PostgreSQL 13" in error.message and "15" in error.message
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only a root operator runs the server as another user")
@@ -225,14 +222,9 @@ def test_a_scratch_folder_the_server_user_cannot_reach_is_refused_clearly(
     hidden.mkdir(mode=0o700)
     request = replace(_request(archived, RecoveryTarget()), scratch_dir=hidden)
 
-    async def run() -> None:
-        async with recovered_dump(request):
-            pytest.fail("recovered in a folder the server cannot reach")
-
-    with pytest.raises(OperationError) as failure:
-        asyncio.run(run())
-    assert failure.value.reason is RestoreReason.RECOVERY_FAILED
-    assert "give the operator a --scratch-dir that every user may traverse" in failure.value.message
+    error = _failure(request)
+    assert error.reason is RestoreReason.RECOVERY_FAILED
+    assert "give the operator a --scratch-dir that every user may traverse" in error.message
     assert not list(hidden.iterdir())
 
 

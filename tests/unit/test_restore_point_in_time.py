@@ -48,9 +48,28 @@ class FakeRecovery:
         yield RecoveredDump(self.dump, RecoveredPoint("0/3000148", BEFORE + dt.timedelta(minutes=29)), 2.5)
 
 
+class Harness:
+    """The fake apiserver, PostgreSQL, lock and private server a Restore's step is given."""
+
+    def __init__(
+        self, kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, recovery: FakeRecovery
+    ):
+        self.kube, self.config, self.postgres, self.recovery = kube, config, postgres, recovery
+
+    def restore(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Applies `body`, steps it once, and returns its status."""
+        self.kube.add(RESTORES, body)
+        engines = RestoreEngines(
+            restore=self.postgres, scratch=FakeScratch(self.postgres), lock=FakeLock(), recovery=self.recovery
+        )
+        run = RestoreRun(self.kube.object(RESTORES, NS, "restore"), self.config, OperationSlots(), engines)
+        asyncio.run(run.reconcile())
+        return self.kube.status(RESTORES, NS, "restore")
+
+
 @pytest.fixture
-def recovery(tmp_path: Path) -> FakeRecovery:
-    return FakeRecovery(tmp_path / "recovered.dump")
+def world(fake_kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, tmp_path: Path) -> Harness:
+    return Harness(fake_kube, config, postgres, FakeRecovery(tmp_path / "recovered.dump"))
 
 
 def _archive(kube: FakeKube, config: OperatorConfig, server_version: int = 150004) -> None:
@@ -91,28 +110,10 @@ def _body(target: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     return restore_body(source=source, **spec)
 
 
-def _reconcile(
-    kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, lock: FakeLock, recovery: FakeRecovery
-) -> object:
-    engines = RestoreEngines(restore=postgres, scratch=FakeScratch(postgres), lock=lock, recovery=recovery)
-    run = RestoreRun(kube.object(RESTORES, NS, "restore"), config, OperationSlots(), engines)
-    return asyncio.run(run.reconcile())
-
-
-def test_recovers_then_restores_the_dump_like_any_restore(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
-) -> None:
-    _archive(fake_kube, config)
-    postgres.databases.add("app")
-    fake_kube.add(RESTORES, _body())
-
-    assert _reconcile(fake_kube, config, postgres, lock, recovery) is None
-
-    status = fake_kube.status(RESTORES, NS, "restore")
+def test_recovers_then_restores_the_dump_like_any_restore(world: Harness) -> None:
+    _archive(world.kube, world.config)
+    world.postgres.databases.add("app")
+    status = world.restore(_body())
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["recoveredTo"] == {
         "target": "time 2024-06-01T09:30:00Z",
@@ -127,109 +128,66 @@ def test_recovers_then_restores_the_dump_like_any_restore(
     assert point == dt.datetime(2024, 6, 1, 9, 29, tzinfo=dt.UTC).timestamp()
     assert REGISTRY.get_sample_value("habitat_restore_time_to_recover_seconds", labels) == 2.5
     assert status["restoredFrom"]["uri"].endswith("/db/base/20240601T085500Z.tar")
-    [request] = recovery.requests
+    [request] = world.recovery.requests
     assert (request.database, request.base_backup.id) == ("app", "20240601T085500Z")
     assert request.target.time == dt.datetime(2024, 6, 1, 9, 30, tzinfo=dt.UTC)
     # The dump is restored as a checked artifact: no checksum of its own, no key.
-    assert postgres.operations() == ["database_exists", "is_empty", "run_restore", "run_verification_queries"]
-    [restored] = postgres.requests
+    assert world.postgres.operations() == [
+        "database_exists",
+        "is_empty",
+        "run_restore",
+        "run_verification_queries",
+    ]
+    [restored] = world.postgres.requests
     assert (restored.artifact, restored.encryption_key, restored.check_checksum) == (
-        recovery.dump,
+        world.recovery.dump,
         None,
         False,
     )
 
 
 def test_a_failed_recovery_leaves_the_target_untouched_and_says_where_the_archive_ends(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
+    world: Harness,
 ) -> None:
-    _archive(fake_kube, config)
-    postgres.databases.add("app")
-    recovery.error = PermanentError(
+    _archive(world.kube, world.config)
+    world.postgres.databases.add("app")
+    world.recovery.error = PermanentError(
         RestoreReason.RECOVERY_TARGET_NOT_REACHED,
         "time 2024-06-01T09:30:00Z is past the end of the archive: the archive ends at 0/3000148",
     )
-    fake_kube.add(RESTORES, _body())
-
-    _reconcile(fake_kube, config, postgres, lock, recovery)
-
-    status = fake_kube.status(RESTORES, NS, "restore")
+    status = world.restore(_body())
     assert conditions(status)["Stalled"] == ("True", "RecoveryTargetNotReached")
     assert "the archive ends at 0/3000148; the target was not touched" in status["message"]
-    assert "run_restore" not in postgres.operations()
-    assert "create_database" not in postgres.operations()
+    assert "run_restore" not in world.postgres.operations()
+    assert "create_database" not in world.postgres.operations()
 
 
-def test_a_non_empty_target_is_refused_before_any_recovery(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
-) -> None:
-    _archive(fake_kube, config)
-    postgres.databases.add("app")
-    postgres.non_empty.add("app")
-    fake_kube.add(RESTORES, _body())
-
-    _reconcile(fake_kube, config, postgres, lock, recovery)
-
-    assert conditions(fake_kube.status(RESTORES, NS, "restore"))["Stalled"] == ("True", "TargetNotEmpty")
-    assert recovery.requests == []
+def test_a_non_empty_target_is_refused_before_any_recovery(world: Harness) -> None:
+    _archive(world.kube, world.config)
+    world.postgres.databases.add("app")
+    world.postgres.non_empty.add("app")
+    assert conditions(world.restore(_body()))["Stalled"] == ("True", "TargetNotEmpty")
+    assert world.recovery.requests == []
 
 
-def test_a_postgresql_version_the_operator_cannot_run_is_refused_at_once(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
-) -> None:
-    _archive(fake_kube, config, server_version=90624)
-    fake_kube.add(RESTORES, _body())
-
-    _reconcile(fake_kube, config, postgres, lock, recovery)
-
-    status = fake_kube.status(RESTORES, NS, "restore")
+def test_a_postgresql_version_the_operator_cannot_run_is_refused_at_once(world: Harness) -> None:
+    _archive(world.kube, world.config, server_version=90624)
+    status = world.restore(_body())
     assert conditions(status)["Stalled"] == ("True", "ServerVersionUnsupported")
     assert "the base backup is of PostgreSQL 9; this operator runs PostgreSQL servers" in status["message"]
-    assert postgres.operations() == [] and recovery.requests == []
+    assert world.postgres.operations() == [] and world.recovery.requests == []
 
 
-def test_a_target_before_the_first_base_backup_is_refused(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
-) -> None:
-    _archive(fake_kube, config)
-    fake_kube.add(RESTORES, _body({"time": "2024-06-01T08:00:00Z"}))
-
-    _reconcile(fake_kube, config, postgres, lock, recovery)
-
-    status = fake_kube.status(RESTORES, NS, "restore")
+def test_a_target_before_the_first_base_backup_is_refused(world: Harness) -> None:
+    _archive(world.kube, world.config)
+    status = world.restore(_body({"time": "2024-06-01T08:00:00Z"}))
     assert conditions(status)["Stalled"] == ("True", "BaseBackupNotFound")
     assert "ends before time 2024-06-01T08:00:00Z" in status["message"]
 
 
-def test_a_missing_walarchive_is_waited_for(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    recovery: FakeRecovery,
-) -> None:
-    fake_kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
-    fake_kube.add(RESTORES, _body())
-
-    _reconcile(fake_kube, config, postgres, lock, recovery)
-
-    status = fake_kube.status(RESTORES, NS, "restore")
+def test_a_missing_walarchive_is_waited_for(world: Harness) -> None:
+    world.kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
+    status = world.restore(_body())
     assert status["phase"] == "Pending"
     assert conditions(status)["Stalled"] == ("True", "WalArchiveNotFound")
 

@@ -52,6 +52,7 @@ from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason
 from habitat_operator.engines.artifacts.codec import PlaintextReader, Readable
 from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, disk_errors, scratch_folder
+from habitat_operator.engines.artifacts.tarball import PlaintextStream
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
@@ -200,7 +201,7 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
     started = time.monotonic()
     async with scratch_folder(request.scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
         if owner is not None:
-            _check_reachable(folder, owner)
+            await in_thread(_check_reachable, folder, owner)
         data, wal, socket = folder / "data", folder / "wal", folder / "socket"
         await in_stoppable_thread(partial(_extract_base_backup, request, data))
         await in_stoppable_thread(partial(_fetch_wal, request, wal))
@@ -285,7 +286,7 @@ def _extract_base_backup(request: RecoveryRequest, data: Path, stop: threading.E
     data.mkdir(mode=0o700)
     reader = PlaintextReader(request.store.open(key), request.encryption_key)
     try:
-        source = cast("IO[bytes]", _Stream(reader, stop))  # stream mode only reads: no seek, no tell
+        source = cast("IO[bytes]", PlaintextStream(reader, stop))  # stream mode only reads: no seek, no tell
         with tarfile.open(fileobj=source, mode="r|", bufsize=COPY_SIZE) as tar:
             for member in tar:
                 if not (member.isfile() or member.isdir()):
@@ -327,7 +328,7 @@ def _fetch_wal(request: RecoveryRequest, wal: Path, stop: threading.Event) -> No
             with disk_errors(wal), (wal / name).open("xb") as out:
                 while chunk := reader.read():
                     if stop.is_set():
-                        raise _stopped()
+                        raise RetryableError(Reason.CANCELLED, "stopped")
                     out.write(chunk)
         finally:
             reader.close()
@@ -403,23 +404,6 @@ def _chown_tree(folder: Path, uid: int) -> None:
 
 def _corrupt(key: str, detail: str) -> OperationError:
     return PermanentError(Reason.VERIFICATION_FAILED, f"base backup {key} is not usable: {detail}")
-
-
-def _stopped() -> OperationError:
-    return RetryableError(Reason.CANCELLED, "stopped")
-
-
-class _Stream:
-    """A PlaintextReader as tarfile's stream mode reads it: chunks of any length, b"" at the end."""
-
-    def __init__(self, reader: PlaintextReader, stop: threading.Event) -> None:
-        self._reader = reader
-        self._stop = stop
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._stop.is_set():
-            raise _stopped()
-        return self._reader.read()
 
 
 # ---------------------------------------------------------------- the server
