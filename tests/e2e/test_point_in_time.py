@@ -24,7 +24,7 @@ from habitat_operator.engines.wal.layout import ArchiveLayout
 from habitat_operator.engines.wal.store import BucketStore
 from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
-from tests.e2e.helpers import finished, restore
+from tests.e2e.helpers import finished, restore, wait_for
 from tests.harness import Kubectl, Stack
 from tests.integration.wal_source import SourceServer
 
@@ -188,3 +188,44 @@ def test_a_target_past_the_archive_fails_readably_and_leaves_the_target_untouche
     with psycopg.connect(pg_admin_uri) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
     assert exists is None  # not even created
+
+
+def _processes_under(folder: Path) -> list[int]:
+    """Processes whose command line names something under `folder` (the private server's)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(folder) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_an_operator_killed_mid_recovery_leaves_no_server_behind_and_the_restore_succeeds(
+    recovering_operator: OperatorProcess, kubectl: Kubectl, archive: Archive, pg_admin_uri: str
+) -> None:
+    name = _target_secret(kubectl, pg_admin_uri)
+    scratch = Path(recovering_operator.extra_args[0].split("=", 1)[1])
+    source = {
+        "pointInTime": {**archive.source, "target": {"time": _whole_second_before(archive.before_drop)}}
+    }
+    kubectl.apply(restore("killed", source=source, mode={"createDatabase": True}))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("habitat-restore-*/data")):  # a recovery lasts seconds: look often
+            assert time.monotonic() < deadline, recovering_operator.log_tail()
+            time.sleep(0.01)
+        recovering_operator.kill()
+        assert list(scratch.glob("habitat-restore-*")), "the recovery finished before the kill"
+        wait_for(
+            "the private server to die with the operator", lambda: not _processes_under(scratch), timeout=20
+        )
+        recovering_operator.start()  # sweeps the cut-off scratch folder, then recovers again
+        status = finished(kubectl, "killed", recovering_operator)["status"]
+        assert status["phase"] == "Succeeded", status.get("message")
+        with psycopg.connect(database_uri(pg_admin_uri, name)) as conn:
+            assert [r[0] for r in conn.execute("SELECT id FROM ledger ORDER BY id")] == list(range(10))
+    finally:
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
