@@ -154,7 +154,7 @@ class RecoveredPoint:
 class RecoveredDump:
     path: Path  # a custom-format pg_dump of the requested database
     point: RecoveredPoint
-    recovery_seconds: float  # from the first byte read to the end of recovery
+    recovery_seconds: float  # from the first byte read to the dump written: the time to recover
 
 
 def server_majors(server_root: Path = SERVER_ROOT) -> list[int]:
@@ -177,7 +177,9 @@ def server_binary(major: int, server_root: Path = SERVER_ROOT) -> Path:
 
 
 def newest_base_backup(store: ObjectStore, layout: ArchiveLayout, target: RecoveryTarget) -> BaseBackup:
-    """The newest complete base backup (one with its entry) that ends before `target`. Blocking."""
+    """The newest complete base backup (one with its entry) that ends before `target`; for a
+    restore point, whose place only the WAL knows, the oldest, so that the name is found wherever
+    in the archive it lies. Blocking."""
     entries = []
     for stored in store.list(layout.base_prefix):
         if stored.key.endswith(".json"):
@@ -189,7 +191,8 @@ def newest_base_backup(store: ObjectStore, layout: ArchiveLayout, target: Recove
             RestoreReason.BASE_BACKUP_NOT_FOUND,
             f"no base backup in {store.uri(layout.base_prefix)} ends before {target.describe()}",
         )
-    return max(usable, key=lambda entry: entry.id)
+    choose = min if target.restore_point is not None else max
+    return choose(usable, key=lambda entry: entry.id)
 
 
 @asynccontextmanager
@@ -211,7 +214,6 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
         argv, dump = [str(binary), "-D", str(data)], folder / "database.dump"
         async with ClientTool.start(argv, None, user=owner) as server:
             point = await _await_promotion(server, socket, request.target, SUPERUSER)
-            recovered = time.monotonic() - started
             if point is not None:
                 await _dump(_socket_target(socket, request.database, SUPERUSER), dump)
             else:  # promoted, but the copy has no role "postgres": stop it and ask for its superuser
@@ -222,7 +224,7 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
             async with ClientTool.start(argv, None, user=owner) as server:
                 await _await_promotion(server, socket, request.target, role)
                 await _dump(_socket_target(socket, request.database, role), dump)
-        yield RecoveredDump(dump, point, recovered)
+        yield RecoveredDump(dump, point, time.monotonic() - started)
 
 
 def server_user() -> int | None:
