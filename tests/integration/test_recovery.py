@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import os
 import secrets
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,11 +20,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason
+from habitat_operator.engines.artifacts.codec import ArtifactSink
 from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
 from habitat_operator.engines.postgres import restore
 from habitat_operator.engines.postgres.migrations import MigrationSession, Timeouts
 from habitat_operator.engines.postgres.recovery import (
+    BaseBackup,
     RecoveryRequest,
     RecoveryTarget,
     newest_base_backup,
@@ -31,7 +36,7 @@ from habitat_operator.engines.postgres.recovery import (
 from habitat_operator.engines.postgres.restore import RestoreRequest
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.wal.layout import ArchiveLayout
-from habitat_operator.engines.wal.store import BucketStore
+from habitat_operator.engines.wal.store import BucketStore, FolderStore
 from habitat_operator.errors import OperationError
 from tests.harness import Stack
 from tests.integration.wal_source import SourceServer
@@ -248,3 +253,57 @@ def test_a_copy_whose_superuser_is_not_named_postgres_is_dumped_as_its_own(
     ids, point = _recover_into(request, fresh_database)
     assert ids == [1, 2, 3, 4, 5]
     assert point.lsn and point.time  # type: ignore[attr-defined]  # from the log: nobody could ask
+
+
+def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        version = tarfile.TarInfo("PG_VERSION")
+        version.size = 3
+        tar.addfile(version, io.BytesIO(b"15\n"))
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return out.getvalue()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A scratch folder the server's user may reach (pytest's own folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="habitat-pitr-scratch-"))
+    folder.chmod(0o755)
+    yield folder
+    os.rmdir(folder)  # empty: recovery left nothing
+
+
+def _folder_archive(tmp_path: Path, scratch: Path, tar: bytes, sha256: str | None) -> RecoveryRequest:
+    store, layout = FolderStore(tmp_path / "store"), ArchiveLayout("hostile")
+    with store.writer(layout.base_backup("20261207T000000Z")) as out:
+        sink = ArtifactSink(out, None, zstd=True)
+        sink.write(tar)
+        sink.finish()
+    base = BaseBackup("20261207T000000Z", 0x1000028, 1, 150004, sha256 or sink.sha256.hexdigest())
+    return RecoveryRequest(store, layout, base, RecoveryTarget(), "app", scratch_dir=scratch)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("pg_tblspc/16384"),  # made a symlink below
+        tarfile.TarInfo("../outside"),
+    ],
+)
+def test_a_base_backup_with_links_or_paths_outside_its_folder_is_refused(
+    tmp_path: Path, scratch: Path, member: tarfile.TarInfo
+) -> None:
+    if member.name.startswith("pg_tblspc"):
+        member.type, member.linkname = tarfile.SYMTYPE, "/etc"
+    request = _folder_archive(tmp_path, scratch, _tar_with(member), None)
+    error = _failure(request)
+    assert error.reason is Reason.VERIFICATION_FAILED, error.message
+    assert "is not usable" in error.message
+    assert not (scratch.parent / "outside").exists()
+
+
+def test_a_base_backup_that_does_not_match_its_entry_is_refused(tmp_path: Path, scratch: Path) -> None:
+    request = _folder_archive(tmp_path, scratch, _tar_with(tarfile.TarInfo("global/")), "00" * 32)
+    error = _failure(request)
+    assert error.reason is Reason.CHECKSUM_MISMATCH and "does not match its entry's SHA-256" in error.message
