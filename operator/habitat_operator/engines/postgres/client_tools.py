@@ -12,7 +12,7 @@ import os
 import pwd
 import re
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
@@ -63,11 +63,9 @@ class ClientTool:
         *,
         stdin: int = asyncio.subprocess.DEVNULL,
         stdout: int = asyncio.subprocess.DEVNULL,
-        extra_env: Mapping[str, str] | None = None,
         user: int | None = None,
     ) -> AsyncIterator["ClientTool"]:
-        """`extra_env` adds to the tool's environment; `user` (a uid, when the operator is root)
-        runs it as that user and its primary group."""
+        """`user` (a uid, when the operator is root) runs the tool as that user and its primary group."""
         group = pwd.getpwuid(user).pw_gid if user is not None else None
         try:
             process = await asyncio.create_subprocess_exec(
@@ -75,7 +73,7 @@ class ClientTool:
                 stdin=stdin,
                 stdout=stdout,
                 stderr=asyncio.subprocess.PIPE,
-                env=_tool_env(target) | dict(extra_env or {}),
+                env=_tool_env(target),
                 start_new_session=True,
                 preexec_fn=_die_with_operator,  # after the switch of user, which would clear it
                 limit=READ_SIZE,
