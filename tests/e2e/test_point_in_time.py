@@ -35,7 +35,9 @@ ARCHIVE = "ledger-db"
 
 
 @pytest.fixture
-def recovering_operator(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+def recovering_operator(
+    stack: Stack, installed: None, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
     """An operator of the test's own whose scratch folder the server's user (postgres, since the
     tests run as root) may reach: pytest's temporary folders are private to root."""
     scratch = Path(tempfile.mkdtemp(prefix="habitat-e2e-pitr-"))
