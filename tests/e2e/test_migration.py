@@ -109,6 +109,7 @@ def test_config_map_migrations_converge_follow_the_config_map_and_roll_back(
     status = obj["status"]
     assert [a["version"] for a in status["applied"]] == [2, 3]
     assert status["targetVersion"] == 3 and status["pendingCount"] == 0
+    assert status["restorePoint"] == "habitat-app-1-to-3"  # made on the stack's server before version 2
     assert condition(obj, "Ready")["status"] == "True"
     assert history(fresh_database) == [(1, False), (2, False), (3, False)]
 

@@ -24,6 +24,7 @@ from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult
 from habitat_operator.engines.postgres.locks import DatabaseLock
 from habitat_operator.engines.postgres.migrations import HistoryRow, MigrationFailed, Script, Timeouts
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.errors import OperationError
 
 ARTIFACT_BYTES = b"PGDMP fake archive " * 64
 
@@ -183,6 +184,8 @@ class FakeMigrationDatabase:
         self.started = asyncio.Event()
         self.cancelled = 0
         self.sessions: list[str] = []
+        self.log: list[str] = []  # restore points and applies, in order
+        self.restore_point_error: OperationError | None = None
 
     def connect(
         self, target: ConnectionTarget, application_name: str, table: str, timeouts: Timeouts
@@ -212,7 +215,14 @@ class FakeMigrationDatabase:
     async def forget(self, version: int) -> None:
         self.rows = [row for row in self.rows if row.version != version]
 
+    async def create_restore_point(self, name: str) -> str:
+        if self.restore_point_error is not None:
+            raise self.restore_point_error
+        self.log.append(f"restore point {name}")
+        return "0/3000148"
+
     async def apply(self, script: Script, applied_by: str) -> int:
+        self.log.append(f"apply {script.version}")
         self.started.set()
         if self.gate is not None:
             try:

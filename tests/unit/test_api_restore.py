@@ -95,10 +95,10 @@ def test_scheduled_drill() -> None:
     ("overrides", "message"),
     [
         ({"unknown": 1}, "Extra inputs are not permitted"),
-        ({"source": {}}, "source needs exactly one of backupRef, artifact or storage"),
+        ({"source": {}}, "source needs exactly one of backupRef, artifact, storage or pointInTime"),
         (
             {"source": {"backupRef": {"name": "b"}, "artifact": {"uri": "file:///x.dump"}}},
-            "source needs exactly one of backupRef, artifact or storage",
+            "source needs exactly one of backupRef, artifact, storage or pointInTime",
         ),
         ({"source": {"backupRef": {"name": "Bad_Name"}}}, "should match pattern"),
         ({"source": {"backupRef": {"name": "b", "run": "Latest"}}}, "should match pattern"),

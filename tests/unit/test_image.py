@@ -11,6 +11,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from habitat_operator.engines.postgres import recovery
+
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 LOCK = (ROOT / "requirements.lock").read_text()
@@ -50,3 +52,21 @@ def test_image_installs_by_hash_and_runs_as_the_deployments_user() -> None:
     deployment = next(doc for doc in documents if doc["kind"] == "Deployment")
     pod_user = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert user == [str(pod_user)] and pod_user != 0
+
+
+def test_image_installs_the_servers_a_point_in_time_restore_runs() -> None:
+    """Recovery runs `/usr/lib/postgresql/<major>/bin/postgres` of the base backup's major version:
+    the image installs 15, 16 and 17 from PostgreSQL's apt repository, without a cluster of their own."""
+    majors = re.search(r'^ARG PG_SERVER_MAJORS="([0-9 ]+)"$', DOCKERFILE, re.MULTILINE)
+    assert majors is not None and majors[1].split() == ["15", "16", "17"]
+    assert 'read -r -a servers <<< "${PG_SERVER_MAJORS}"' in DOCKERFILE
+    assert '"${servers[@]/#/postgresql-}"' in DOCKERFILE  # postgresql-15 postgresql-16 postgresql-17
+    assert 'echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf' in DOCKERFILE
+    assert Path("/usr/lib/postgresql") == recovery.SERVER_ROOT  # where Debian's packages put them
+    expanded = subprocess.run(
+        ["bash", "-c", 'read -r -a servers <<< "15 16 17"; echo "${servers[@]/#/postgresql-}"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert expanded.stdout.split() == ["postgresql-15", "postgresql-16", "postgresql-17"]

@@ -78,7 +78,7 @@ def test_restore_from_a_bucket_needs_latest_of_or_key() -> None:
     with pytest.raises(ValidationError, match="exactly one of latestOf or key"):
         RestoreSpec.model_validate(restore_spec(source={"storage": {"s3": S3}}))
     both = {"storage": {"s3": S3, "key": "prod/a.dump"}, "backupRef": {"name": "x"}}
-    with pytest.raises(ValidationError, match="exactly one of backupRef, artifact or storage"):
+    with pytest.raises(ValidationError, match="exactly one of backupRef, artifact, storage or pointInTime"):
         RestoreSpec.model_validate(restore_spec(source=both))
 
 

@@ -52,6 +52,7 @@ class MigrationReason(StrEnum):
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     WAITING_FOR_BACKUP = "WaitingForBackup"
     BACKUP_FAILED = "BackupFailed"
+    RESTORE_POINT_FAILED = "RestorePointFailed"
 
 
 class LintMode(StrEnum):
@@ -240,6 +241,13 @@ class MigrationStatus(ResourceStatus):
         None, max_length=MAX_LISTED, description="Findings of the linter on the last run's migrations."
     )
     backup: str | None = Field(None, description="Name of the Backup taken before the last run.")
+    restore_point: str | None = Field(
+        None,
+        description=(
+            "Restore point (pg_create_restore_point) made before the last run applied anything: a"
+            " Restore's source.pointInTime.target.restorePoint brings the data back to that moment."
+        ),
+    )
     last_applied_at: Timestamp | None = Field(None, description="When a migration last ran.")
     waiting_for: str | None = Field(None, description="Who holds the database's lock while this waits.")
     dirty_version: int | None = Field(

@@ -18,6 +18,7 @@ from habitat_operator.api.common import (
     PrinterColumn,
     RetryPolicy,
     ScheduledStatus,
+    Timestamp,
     exactly_one_of,
     one_shot_spec_rules,
 )
@@ -27,6 +28,10 @@ MAX_VERIFICATION_QUERIES = 20
 QUERY_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
+# What pg_create_restore_point accepts (under 64 bytes), without the characters a settings file or a
+# log line could be cut at.
+RESTORE_POINT_PATTERN = r"^[^\x00-\x1f\x7f'\\]{1,63}$"
 
 ObjectName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
 
@@ -48,6 +53,12 @@ class RestoreReason(StrEnum):
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
+    # A point-in-time source.
+    BASE_BACKUP_NOT_FOUND = "BaseBackupNotFound"
+    SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
+    RECOVERY_FAILED = "RecoveryFailed"
+    RECOVERY_TARGET_NOT_REACHED = "RecoveryTargetNotReached"
+    WAL_ARCHIVE_NOT_FOUND = "WalArchiveNotFound"
 
 
 class BackupRef(ApiModel):
@@ -133,15 +144,96 @@ class StorageSource(ApiModel):
     )
 
 
-class RestoreSource(ApiModel):
-    """What to restore: exactly one of backupRef, artifact or storage."""
+class WalArchiveRef(ApiModel):
+    """A WalArchive in the same namespace."""
 
-    cel_rules = (exactly_one_of("source", "backupRef", "artifact", "storage"),)
+    name: ObjectName = Field(description="Name of the WalArchive.")
+
+
+class ArchiveInStorage(ApiModel):
+    """A WalArchive's archive found in a bucket alone, with no WalArchive object: disaster recovery."""
+
+    s3: S3Storage = Field(description="The bucket, as the WalArchive's storage.s3 named it.")
+    archive: ObjectName = Field(description="Name of the WalArchive that wrote the archive.")
+    namespace: str | None = Field(
+        None,
+        pattern=NAMESPACE_PATTERN,
+        max_length=63,
+        description="Namespace of the WalArchive that wrote the archive; by default the Restore's own.",
+    )
+    encryption_key_secret_ref: EncryptionKeySecretRef | None = Field(
+        None, description="Secret key holding the key the archive was encrypted with."
+    )
+
+
+class PointInTimeTarget(ApiModel):
+    """Where recovery stops: exactly one of time, lsn, restorePoint or latest."""
+
+    cel_rules = (
+        exactly_one_of("target", "time", "lsn", "restorePoint", "latest"),
+        CelRule(
+            "!has(self.latest) || self.latest",
+            "latest can only be true",
+            lambda target: target.latest is None or target.latest,
+        ),
+    )
+
+    time: Timestamp | None = Field(
+        None,
+        description="Recover every transaction committed up to this time (RFC 3339), none after.",
+        json_schema_extra={"format": "date-time"},
+    )
+    lsn: str | None = Field(
+        None,
+        pattern=LSN_PATTERN,
+        max_length=17,
+        description="Recover up to this WAL position, e.g. 16/B374D848.",
+    )
+    restore_point: str | None = Field(
+        None,
+        pattern=RESTORE_POINT_PATTERN,
+        max_length=63,
+        description=(
+            "Recover up to this named restore point (pg_create_restore_point); a Migration's status"
+            " names the one it made before applying."
+        ),
+    )
+    latest: bool | None = Field(None, description="Recover everything the archive holds.")
+    inclusive: bool = Field(
+        True, description="With time or lsn: stop just after the target (true) or just before it (false)."
+    )
+
+
+class PointInTimeSource(ApiModel):
+    """A database as it was at a point in time, recovered from a WalArchive's base backups and WAL."""
+
+    cel_rules = (exactly_one_of("pointInTime", "walArchiveRef", "storage"),)
+
+    wal_archive_ref: WalArchiveRef | None = Field(None, description="Recover from a WalArchive's archive.")
+    storage: ArchiveInStorage | None = Field(
+        None, description="Recover from an archive in a bucket alone (disaster recovery)."
+    )
+    target: PointInTimeTarget = Field(description="Where recovery stops.")
+    database: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="Database of the recovered server to restore; by default the target's database name.",
+    )
+
+
+class RestoreSource(ApiModel):
+    """What to restore: exactly one of backupRef, artifact, storage or pointInTime."""
+
+    cel_rules = (exactly_one_of("source", "backupRef", "artifact", "storage", "pointInTime"),)
 
     backup_ref: BackupRef | None = Field(None, description="Restore the artifact of a Backup.")
     artifact: ArtifactSource | None = Field(None, description="Restore an artifact given by its URI.")
     storage: StorageSource | None = Field(
         None, description="Restore from a bucket alone, found through its catalog (disaster recovery)."
+    )
+    point_in_time: PointInTimeSource | None = Field(
+        None, description="Restore a database as it was at a point in time, from a WalArchive's archive."
     )
 
 
@@ -244,6 +336,16 @@ class RestoreSpec(ApiModel):
             "a drill restores into a scratch database; mode does not apply",
             lambda spec: not spec.drill or not (spec.mode.clean or spec.mode.force),
         ),
+        CelRule(
+            "!has(self.schedule) || !has(self.source.pointInTime)"
+            " || has(self.source.pointInTime.target.latest)",
+            "a scheduled drill of a point-in-time source recovers to target.latest",
+            lambda spec: (
+                spec.schedule is None
+                or spec.source.point_in_time is None
+                or spec.source.point_in_time.target.latest is not None
+            ),
+        ),
         *one_shot_spec_rules("Restore"),
     )
 
@@ -298,6 +400,21 @@ class RestoredFrom(ApiModel):
     backup: str | None = Field(None, description="Name of the Backup whose artifact was restored, if any.")
     uri: str | None = Field(None, description="URI of the restored artifact.")
     sha256: str | None = Field(None, description="SHA-256 of the restored artifact (hex).")
+    archive: str | None = Field(None, description="The archive recovered from, for a point-in-time source.")
+
+
+class RecoveredTo(ApiModel):
+    """Where a point-in-time recovery ended: what the restored database holds."""
+
+    target: str = Field(description='The target asked for, e.g. "time 2026-12-07T17:14:59Z".')
+    lsn: str | None = Field(None, description="The last WAL position replayed.")
+    last_commit_time: Timestamp | None = Field(
+        None, description="Commit time of the last transaction replayed: the achieved recovery point."
+    )
+    base_backup: str | None = Field(None, description="Id of the base backup recovery started from.")
+    recovery_seconds: float | None = Field(
+        None, ge=0, description="Time to recover: base backup and WAL read, replayed, and dumped."
+    )
 
 
 class QueryResult(ApiModel):
@@ -314,6 +431,9 @@ class RestoreStatus(ScheduledStatus):
 
     target: str | None = Field(None, description="host:port/dbname restored into (no credentials).")
     restored_from: RestoredFrom | None = Field(None, description="The artifact restored.")
+    recovered_to: RecoveredTo | None = Field(
+        None, description="For a point-in-time source: the point recovered to and how long it took."
+    )
     safety_backup: str | None = Field(None, description="Name of the Backup taken of the target first.")
     scratch_database: str | None = Field(None, description="Name of the drill's scratch database.")
     duration_seconds: float | None = Field(None, ge=0, description="How long the last restore took.")

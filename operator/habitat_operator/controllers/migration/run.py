@@ -50,9 +50,15 @@ IDLE_SECONDS = 3600.0
 WAIT_SECONDS = 2.0  # for the database lock, or the safety Backup
 BACKUP_FOR_LABEL = qualified("backup-before-migration")  # the Migration's uid
 LISTED = 200
+RESTORE_POINT_NAME_LIMIT = 63  # bytes; PostgreSQL refuses a longer name (MAXFNAMELEN)
 
 
 log = structlog.get_logger(__name__)
+
+
+def restore_point_name(migration: str, current: int, target: int) -> str:
+    """`habitat-<migration>-<from>-to-<to>`, within the 63 bytes a restore point's name may have."""
+    return names.fit(f"habitat-{migration}-{current}-to-{target}", RESTORE_POINT_NAME_LIMIT)
 
 
 def _ms(duration: str | None) -> int | None:
@@ -234,6 +240,7 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
 
         await self.reporter.write("reconciling", Phase.RUNNING, reason, summary, running)
         await kube.event(self.body, "Normal", Reason.STARTED, summary)
+        await self._restore_point(session, plan)
         applied: list[AppliedMigration] = []
         recorded = sorted(plan.recorded)
         started = time.monotonic()
@@ -268,6 +275,24 @@ class MigrationRun(ConvergentRun[MigrationSpec, MigrationStatus]):
 
             self.reporter.carry(ran)
         return plan, applied
+
+    async def _restore_point(self, session: History, plan: Plan) -> None:
+        """Names the moment before anything is applied, for a point-in-time Restore to return to. A
+        server that refuses (the role may not run pg_create_restore_point, wal_level is minimal)
+        gets a Warning Event, and the run goes on: the restore point is a convenience, not a guard."""
+        name = restore_point_name(self.name, plan.current, plan.target)
+        made: str | None = name
+        try:
+            await session.create_restore_point(name)
+        except OperationError as error:
+            made = None
+            message = f"no restore point before this run: {error.message}"
+            await kube.event(self.body, "Warning", MigrationReason.RESTORE_POINT_FAILED, message)
+
+        def marked(status: MigrationStatus) -> None:
+            status.restore_point = made
+
+        self.reporter.carry(marked)
 
     async def _resolve(self, session: History, spec: MigrationSpec, history: list[HistoryRow]) -> None:
         if not _resolution_due(history, spec):

@@ -4,14 +4,16 @@ it stand-ins instead of patching module paths."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from habitat_operator.api.restore import VerificationQuery
-from habitat_operator.engines.postgres import restore, scratch
+from habitat_operator.engines.postgres import recovery, restore, scratch
 from habitat_operator.engines.postgres.dump import ArtifactFormat
 from habitat_operator.engines.postgres.locks import Locker, database_lock
+from habitat_operator.engines.postgres.recovery import RecoveredDump, RecoveryRequest
 from habitat_operator.engines.postgres.restore import QueryOutcome, RestoreRequest, RestoreResult
 from habitat_operator.engines.postgres.scratch import ScratchDatabase
 from habitat_operator.engines.postgres.uri import ConnectionTarget
@@ -46,11 +48,18 @@ class ScratchMarks(Protocol):
     async def list_scratch_databases(self, target: ConnectionTarget) -> list[ScratchDatabase]: ...
 
 
+class Recoverer(Protocol):
+    """A private server's point-in-time recovery, as `engines.postgres.recovery` offers it."""
+
+    def recovered_dump(self, request: RecoveryRequest) -> AbstractAsyncContextManager[RecoveredDump]: ...
+
+
 @dataclass(frozen=True)
 class RestoreEngines:
     restore: Restorer
     scratch: ScratchMarks
     lock: Locker
+    recovery: Recoverer = recovery
 
 
 POSTGRES = RestoreEngines(restore=restore, scratch=scratch, lock=database_lock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from habitat_operator.metrics import LONG_BUCKETS, forget
@@ -28,10 +30,38 @@ RESTORE_VERIFICATION_FAILURES = Counter(
     ["namespace", "restore"],
 )
 
+RESTORE_RECOVERY_POINT = Gauge(
+    "habitat_restore_recovery_point_timestamp_seconds",
+    "Unix time of the last commit that the last point-in-time restore or drill recovered.",
+    ["namespace", "restore"],
+)
+RESTORE_TIME_TO_RECOVER = Gauge(
+    "habitat_restore_time_to_recover_seconds",
+    "How long the last point-in-time restore or drill took to recover its copy: base backup and WAL read,"
+    " replayed, and dumped.",
+    ["namespace", "restore"],
+)
+
+
+def record_recovery(
+    namespace: str, restore: str, last_commit: dt.datetime | None, seconds: float | None
+) -> None:
+    if last_commit is not None:
+        RESTORE_RECOVERY_POINT.labels(namespace, restore).set(last_commit.timestamp())
+    if seconds is not None:
+        RESTORE_TIME_TO_RECOVER.labels(namespace, restore).set(seconds)
+
 
 def forget_restore(namespace: str, restore: str) -> None:
     forget(
-        (RESTORE_RUNS, RESTORE_DURATION, RESTORE_DRILL_LAST_SUCCESS, RESTORE_VERIFICATION_FAILURES),
+        (
+            RESTORE_RUNS,
+            RESTORE_DURATION,
+            RESTORE_DRILL_LAST_SUCCESS,
+            RESTORE_VERIFICATION_FAILURES,
+            RESTORE_RECOVERY_POINT,
+            RESTORE_TIME_TO_RECOVER,
+        ),
         namespace,
         restore,
     )

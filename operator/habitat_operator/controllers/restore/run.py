@@ -11,7 +11,7 @@ checked. A restore runs once, like a Job.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.restore import (
     RESTORE,
     QueryResult,
+    RecoveredTo,
     RestoredFrom,
     RestoreReason,
     RestoreSpec,
@@ -35,11 +36,12 @@ from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.restore import metrics
 from habitat_operator.controllers.restore.engines import POSTGRES, RestoreEngines
 from habitat_operator.controllers.restore.scratch import sweep_orphans
-from habitat_operator.controllers.restore.source import SourceArtifact, resolve
+from habitat_operator.controllers.restore.source import ArchiveSource, SourceArtifact, resolve
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import check_object, fetched_directory, opener
+from habitat_operator.engines.postgres.recovery import RecoveryRequest
 from habitat_operator.engines.postgres.restore import RestoreRequest
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_thread
@@ -65,6 +67,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     _query_summary: str | None = None
     # The target is missing and mode.createDatabase: it is created once the source is checked.
     _create_target = False
+    _recovered_to: RecoveredTo | None = None  # a point-in-time source, once recovered
 
     def __init__(
         self,
@@ -124,7 +127,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                 if waiting:
                     return waiting
             # Read once the target is ready, not on every poll while the lock or a safety backup is awaited.
-            async with self._checked(spec, source) as checked:
+            async with self._checked(spec, source, target.dbname) as checked:
                 if spec.drill:
                     await sweep_orphans(target, self.config, self.body, self.engines)
                     await self.engines.restore.drop_database(into)  # a leftover of an interrupted drill
@@ -152,14 +155,21 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         return target.with_database(scratch_database_name(self.namespace, self.uid, self.name))
 
     @asynccontextmanager
-    async def _checked(self, spec: RestoreSpec, source: SourceArtifact) -> AsyncIterator[SourceArtifact]:
+    async def _checked(
+        self, spec: RestoreSpec, source: SourceArtifact, database: str
+    ) -> AsyncIterator[SourceArtifact]:
         """The source once it is known to be intact: nothing touches the target before. A bucket's
         object is read once for the check (checksum, decryption, pg_restore --list) and the restore
         reads the same version again, pinned, rather than keep a copy on local disk; a
         directory-format one is unpacked (and checked) into a scratch folder, which pg_restore
-        --jobs reads and which is removed on leaving."""
+        --jobs reads and which is removed on leaving. A point-in-time source is recovered on a
+        private server and dumped (of `database` unless it names its own) into a scratch folder."""
         for why in source.skipped:
             await kube.event(self.body, "Warning", RestoreReason.CATALOG_ENTRY_SKIPPED, why)
+        if source.archive is not None:
+            async with self._recovered(source, source.archive, database) as recovered:
+                yield recovered
+            return
         if source.bucket is None or source.key is None:
             await self._check_file(spec, source)
             yield source
@@ -183,6 +193,36 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
                 raise
             raise _untouched(error) from None
 
+    @asynccontextmanager
+    async def _recovered(
+        self, source: SourceArtifact, archive: ArchiveSource, database: str
+    ) -> AsyncIterator[SourceArtifact]:
+        """The recovered database's dump, removed on leaving; a failed recovery touched nothing."""
+        request = RecoveryRequest(
+            store=archive.store,
+            layout=archive.layout,
+            base_backup=archive.base_backup,
+            target=archive.target,
+            database=archive.database or database,
+            encryption_key=source.encryption_key,
+            scratch_dir=self.config.scratch_dir,
+        )
+        async with AsyncExitStack() as recovering:
+            try:
+                recovered = await recovering.enter_async_context(
+                    self.engines.recovery.recovered_dump(request)
+                )
+            except OperationError as error:
+                raise _untouched(error) from None
+            self._recovered_to = RecoveredTo(
+                target=archive.target.describe(),
+                lsn=recovered.point.lsn,
+                last_commit_time=recovered.point.time,
+                base_backup=archive.base_backup.id,
+                recovery_seconds=round(recovered.recovery_seconds, 3),
+            )
+            yield replace(source, stored=recovered.path, encryption_key=None, sha256=None)
+
     async def _check_file(self, spec: RestoreSpec, source: SourceArtifact) -> None:
         """An artifact under the backup root, checked before anything touches the target."""
         assert isinstance(source.stored, Path)
@@ -201,12 +241,17 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         self, spec: RestoreSpec, source: SourceArtifact, target: ConnectionTarget, into: ConnectionTarget
     ) -> str:
         """Restores and verifies; returns the verification summary."""
+        archive = source.archive.layout.archive if source.archive else None
+        recovered_to = self._recovered_to
 
         def restoring(status: RestoreStatus) -> None:
             status.target = target.display
             status.scratch_database = into.dbname if spec.drill else None
             status.waiting_for = None
-            status.restored_from = RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256)
+            status.restored_from = RestoredFrom(
+                backup=source.backup, uri=source.uri, sha256=source.sha256, archive=archive
+            )
+            status.recovered_to = recovered_to
 
         await self.start(RestoreReason.RESTORING, f"restoring {source.uri} into {into.display}", restoring)
         await self.engines.restore.run_restore(
@@ -244,6 +289,11 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     ) -> None:
         elapsed = self.elapsed
         metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        recovered = self._recovered_to
+        if recovered is not None:
+            metrics.record_recovery(
+                self.namespace, self.series, recovered.last_commit_time, recovered.recovery_seconds
+            )
         if spec.drill:
             advance(
                 metrics.RESTORE_DRILL_LAST_SUCCESS, self.namespace, self.series, timestamps.now().timestamp()

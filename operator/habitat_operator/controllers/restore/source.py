@@ -1,5 +1,6 @@
-"""Finding what a Restore restores: a Backup's (or a schedule run's) artifact, an artifact by URI, or
-the newest verified artifact of a database in a bucket, through the bucket's catalog alone.
+"""Finding what a Restore restores: a Backup's (or a schedule run's) artifact, an artifact by URI,
+the newest verified artifact of a database in a bucket, through the bucket's catalog alone, or the
+base backup of a WalArchive's archive that a point-in-time recovery starts from.
 
 `latestOf` trusts no more of the catalog than it must: it chooses among the entries that Backups of
 one namespace wrote (the Restore's own unless `latestOf.namespace` names another), under that
@@ -13,16 +14,19 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat, S3Storage
 from habitat_operator.api.backup import BACKUP
-from habitat_operator.api.common import Phase, Reason
+from habitat_operator.api.common import EncryptionKeySecretRef, Phase, Reason
 from habitat_operator.api.restore import (
     LATEST_RUN,
     SHA256_PATTERN,
     LatestOf,
+    PointInTimeSource,
+    PointInTimeTarget,
     RestoreReason,
     RestoreSource,
     StorageSource,
@@ -35,11 +39,31 @@ from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket, recency
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
+from habitat_operator.engines.postgres.recovery import (
+    BaseBackup,
+    RecoveryTarget,
+    newest_base_backup,
+    server_binary,
+)
 from habitat_operator.engines.threads import in_thread
+from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import OperationError, PermanentError, WaitingError, WaitingOnProgress
 
 BACKUPS = BACKUP.plural
+WALARCHIVES = "walarchives"  # api.walarchive's WALARCHIVE.plural, once that kind is merged
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """What a point-in-time recovery reads: the archive, its base backup, and where to stop."""
+
+    store: ObjectStore = field(repr=False)
+    layout: ArchiveLayout
+    base_backup: BaseBackup
+    target: RecoveryTarget
+    database: str | None  # of the recovered server; None: the target's database name
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,8 @@ class SourceArtifact:
     key: str | None = None
     checksum_required: bool = False  # chosen by the catalog: checked against its SHA-256 whatever verify says
     skipped: tuple[str, ...] = ()  # catalog entries passed over, each naming its key and why
+    # A point-in-time source: `stored` is the dump of the recovered database, once recovered.
+    archive: ArchiveSource | None = None
 
     async def close(self) -> None:
         if self.bucket is not None:
@@ -84,6 +110,8 @@ async def resolve(
         )
     if source.storage is not None:
         return await _from_bucket(source.storage, namespace, timestamps.now())
+    if source.point_in_time is not None:
+        return await _from_archive(source.point_in_time, namespace, store)
     assert source.backup_ref is not None  # the CRD requires exactly one source
     return await _from_backup(
         await _find_backup(namespace, source.backup_ref.name, source.backup_ref.run), store, scope
@@ -245,6 +273,72 @@ def _check_key(entry: dict[str, Any], encryption_key: bytes | None, uri: str) ->
         raise PermanentError(
             Reason.DECRYPTION_FAILED, f"{uri} was encrypted with key {recorded}, not the one given"
         )
+
+
+async def _from_archive(
+    source: PointInTimeSource, namespace: str, artifacts: ArtifactStore
+) -> SourceArtifact:
+    """The newest base backup of the archive before the target, refused at once when this operator
+    cannot run its PostgreSQL version. The credentials are this namespace's."""
+    bucket: Bucket | None = None
+    if source.storage is not None:
+        given = source.storage
+        key = await _secret_key(namespace, given.encryption_key_secret_ref)
+        bucket = await open_bucket(namespace, given.s3)
+        store: ObjectStore = BucketStore(bucket, bucket.location.key(given.namespace or namespace))
+        storage: dict[str, Any] = {"s3": given.s3.model_dump(by_alias=True, exclude_none=True)}
+        archive = given.archive
+    else:
+        assert source.wal_archive_ref is not None  # the CRD requires exactly one of them
+        archive = source.wal_archive_ref.name
+        found = await kube.get(WALARCHIVES, namespace, archive)
+        if found is None:
+            raise WaitingError(
+                RestoreReason.WAL_ARCHIVE_NOT_FOUND, f"WalArchive {namespace}/{archive} not found"
+            )
+        spec = found.get("spec") or {}
+        storage = spec.get("storage") or {}
+        ref = (spec.get("encryption") or {}).get("keySecretRef") or {}
+        key = (
+            await read_secret_value(namespace, ref["name"], ref.get("key", "key"))
+            if ref.get("name")
+            else None
+        )
+        if "s3" in storage:
+            bucket = await open_bucket(namespace, S3Storage.model_validate(storage["s3"]))
+            store = BucketStore(bucket, bucket.location.key(namespace))
+        else:
+            path = str((storage.get("filesystem") or {}).get("path", ""))
+            store = FolderStore(await in_thread(artifacts.namespace_directory, path, namespace))
+    layout, target = ArchiveLayout(archive), _recovery_target(source.target)
+    try:
+        base = await in_thread(newest_base_backup, store, layout, target)
+        server_binary(base.major)
+    except BaseException:
+        if bucket is not None:
+            await in_thread(bucket.close)
+        raise
+    return SourceArtifact(
+        stored=Path(),  # replaced by the recovered database's dump
+        uri=store.uri(layout.base_backup(base.id)),
+        format=BackupFormat.CUSTOM,
+        sha256=base.sha256,
+        encryption_key=key,
+        backup=None,
+        storage=storage,
+        bucket=bucket,
+        archive=ArchiveSource(store, layout, base, target, source.database),
+    )
+
+
+def _recovery_target(target: PointInTimeTarget) -> RecoveryTarget:
+    return RecoveryTarget(
+        time=target.time, lsn=target.lsn, restore_point=target.restore_point, inclusive=target.inclusive
+    )
+
+
+async def _secret_key(namespace: str, ref: EncryptionKeySecretRef | None) -> bytes | None:
+    return await read_secret_value(namespace, ref.name, ref.key) if ref else None
 
 
 async def _find_backup(namespace: str, name: str, run: str) -> kube.JsonDict:

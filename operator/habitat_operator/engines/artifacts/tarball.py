@@ -35,7 +35,7 @@ def extract_tar(reader: PlaintextReader, directory: Path, stop: threading.Event)
     reader to its end, so that its SHA-256 is complete and every encrypted chunk authenticated."""
     directory.mkdir(mode=0o700)
     try:
-        source = cast("IO[bytes]", StreamIn(reader, stop))  # stream mode only reads: no seek, no tell
+        source = cast("IO[bytes]", PlaintextStream(reader, stop))  # stream mode only reads: no seek, no tell
         with tarfile.open(fileobj=source, mode="r|", bufsize=READ_SIZE) as tar:
             for member in tar:
                 if not member.isfile() or "/" in member.name or member.name in ("", ".", ".."):
@@ -73,7 +73,7 @@ class _StreamOut:
         return len(data)
 
 
-class StreamIn:
+class PlaintextStream:
     """A PlaintextReader as tarfile's stream mode reads it: chunks of any length, b"" at the end."""
 
     def __init__(self, reader: PlaintextReader, stop: threading.Event) -> None:

@@ -9,6 +9,7 @@ operator's Kubernetes API calls need.
 import asyncio
 import ctypes
 import os
+import pwd
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -62,7 +63,10 @@ class ClientTool:
         *,
         stdin: int = asyncio.subprocess.DEVNULL,
         stdout: int = asyncio.subprocess.DEVNULL,
+        user: int | None = None,
     ) -> AsyncIterator["ClientTool"]:
+        """`user` (a uid, when the operator is root) runs the tool as that user and its primary group."""
+        group = pwd.getpwuid(user).pw_gid if user is not None else None
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -71,8 +75,11 @@ class ClientTool:
                 stderr=asyncio.subprocess.PIPE,
                 env=_tool_env(target),
                 start_new_session=True,
-                preexec_fn=_die_with_operator,
+                preexec_fn=_die_with_operator,  # after the switch of user, which would clear it
                 limit=READ_SIZE,
+                user=user,
+                group=group,
+                extra_groups=[] if user is not None else None,
             )
         except FileNotFoundError:
             raise PermanentError(Reason.TOOL_MISSING, f"{argv[0]} is not installed or not on PATH") from None
@@ -97,6 +104,12 @@ class ClientTool:
         self.process.stdin.close()
         with suppress(BrokenPipeError, ConnectionResetError):
             await self.process.stdin.wait_closed()
+
+    async def output(self) -> str:
+        """Wait for the exit; the tail of what the tool wrote to stderr."""
+        stderr = await self._stderr
+        await self.process.wait()
+        return stderr
 
     async def check(self, failure: Callable[[str], OperationError]) -> None:
         """Wait for the exit; a non-zero status raises `failure(stderr)`."""

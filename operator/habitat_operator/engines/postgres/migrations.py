@@ -218,6 +218,17 @@ class MigrationSession:
     async def forget(self, version: int) -> None:
         await self.conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.table), (version,))
 
+    async def create_restore_point(self, name: str) -> str:
+        """pg_create_restore_point(name); its LSN. PermanentError RestorePointFailed when the server
+        refuses (the role may not execute it, wal_level is minimal, the server is a standby)."""
+        try:
+            cursor = await self.conn.execute("SELECT pg_create_restore_point(%s)::text", (name,))
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            detail = error.diag.message_primary or str(error)
+            raise PermanentError(MigrationReason.RESTORE_POINT_FAILED, one_line(detail)) from None
+        return str(row[0]) if row else ""
+
     async def apply(self, script: Script, applied_by: str) -> int:
         """Runs an up script and records it; returns its duration in milliseconds."""
         insert = sql.SQL(

@@ -41,7 +41,7 @@ from habitat_operator.engines.artifacts.codec import (
     Readable,
     Writable,
 )
-from habitat_operator.engines.artifacts.tarball import StreamIn
+from habitat_operator.engines.artifacts.tarball import PlaintextStream
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.dump import OutputPipe, copy_output
 from habitat_operator.engines.postgres.uri import ConnectionTarget
@@ -296,7 +296,7 @@ def read_back(
         check = _TarCheck()
         try:
             with tarfile.open(
-                fileobj=cast("IO[bytes]", StreamIn(reader, stop)), mode="r|", bufsize=READ_SIZE
+                fileobj=cast("IO[bytes]", PlaintextStream(reader, stop)), mode="r|", bufsize=READ_SIZE
             ) as tar:
                 while (member := tar.next()) is not None:
                     check.member(tar, member, stop)
