@@ -1,0 +1,149 @@
+"""Kopf's own connection to the apiserver (handlers/login.py): the operator's credentials, and at most
+API_REQUESTS_AT_ONCE requests (and so connections) in flight besides the watches. Unbounded, a burst of
+1,000 new objects opened hundreds of TLS connections at once, each with its read buffers, and the heap
+they fragmented stayed (docs/benchmarks.md). Against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+import kubernetes
+import pytest
+from aiohttp import web
+
+from habitat_operator.handlers import login
+
+TOKEN = "s3cret-token"
+
+
+class FakeApiserver:
+    """Answers GETs after a moment, keeps watches open until stopped, and counts what it saw."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.connections: set[Any] = set()
+        self.authorizations: set[str | None] = set()
+        self.stopping = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.authorizations.add(request.headers.get("Authorization"))
+        assert request.transport is not None
+        self.connections.add(request.transport.get_extra_info("peername"))
+        if request.query.get("watch") == "true":
+            stream = web.StreamResponse()
+            await stream.prepare(request)
+            await stream.write(b'{"type": "ADDED", "object": {}}\n')
+            await self.stopping.wait()
+            return stream
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            return web.json_response({"kind": "Status", "items": ["x" * 1000] * 20})
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The operator outside a cluster: a kubeconfig with a bearer token (Kopf's login reads it)."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    previous = kubernetes.client.Configuration.get_default_copy()
+    path = tmp_path / "kubeconfig"
+    # The client reads $KUBECONFIG once, when it is imported.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    yield path
+    kubernetes.client.Configuration.set_default(previous)
+
+
+Scenario = Callable[[FakeApiserver, str], Awaitable[None]]
+
+
+def against_apiserver(kubeconfig: Path, scenario: Scenario) -> FakeApiserver:
+    """Runs `scenario` with a local apiserver that the kubeconfig names; returns what it saw."""
+
+    async def main() -> FakeApiserver:
+        server = FakeApiserver()
+        app = web.Application()
+        app.router.add_get("/{path:.*}", server.handle)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        kubeconfig.write_text(
+            f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: local, cluster: {{server: "{url}"}}}}]
+users: [{{name: operator, user: {{token: {TOKEN}}}}}]
+contexts: [{{name: local, context: {{cluster: local, user: operator}}}}]
+current-context: local
+"""
+        )
+        try:
+            await scenario(server, url)
+        finally:
+            server.stopping.set()
+            await runner.cleanup()
+        return server
+
+    return asyncio.run(main())
+
+
+async def kopf_session(url: str) -> kopf.AiohttpSession:
+    context = await login.login(logger=logging.getLogger("test"), settings=kopf.OperatorSettings())
+    assert isinstance(context, kopf.AiohttpSession)
+    assert context.server == url
+    return context
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> Any:
+    # As Kopf's client reads an answer (kopf/_cogs/clients/api.py).
+    async with session.get(f"{url}/apis/ops.habitat.dev/v1alpha1/backups") as response:
+        return await response.json()
+
+
+def test_kopf_logs_in_with_the_kubeconfig_token(kubeconfig: Path) -> None:
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session:
+            assert (await get(session, url))["kind"] == "Status"
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert server.authorizations == {f"Bearer {TOKEN}"}
+
+
+def test_a_burst_of_requests_opens_no_more_connections_than_the_bound(kubeconfig: Path) -> None:
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session:
+            burst = [get(session, url) for _ in range(10 * login.API_REQUESTS_AT_ONCE)]
+            assert len(await asyncio.gather(*burst)) == len(burst)
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert server.most_in_flight == login.API_REQUESTS_AT_ONCE
+    assert len(server.connections) <= login.API_REQUESTS_AT_ONCE
+
+
+def test_watches_leave_the_requests_their_slots(kubeconfig: Path) -> None:
+    # With a namespace list, Kopf holds a watch per kind and namespace: more than the bound.
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session, asyncio.timeout(10):
+            watches = [
+                await session.get(f"{url}/apis/ops.habitat.dev/v1alpha1/namespaces/n{i}/backups?watch=true")
+                for i in range(2 * login.API_REQUESTS_AT_ONCE)
+            ]
+            assert (await get(session, url))["kind"] == "Status"
+            for watch in watches:
+                watch.close()
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert len(server.connections) == 2 * login.API_REQUESTS_AT_ONCE + 1
