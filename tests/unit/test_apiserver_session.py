@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import kubernetes
 import pytest
 from aiohttp import web
 
+from dev_stack.pki import write_pki
 from habitat_operator.handlers import login
 
 TOKEN = "s3cret-token"
@@ -29,11 +31,12 @@ class FakeApiserver:
         self.in_flight = 0
         self.most_in_flight = 0
         self.connections: set[Any] = set()
-        self.authorizations: set[str | None] = set()
+        self.bearer_tokens: set[str] = set()  # the scheme is case-insensitive (RFC 7235)
         self.stopping = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.authorizations.add(request.headers.get("Authorization"))
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        self.bearer_tokens.add(token if scheme.lower() == "bearer" else f"(not a bearer token: {scheme!r})")
         assert request.transport is not None
         self.connections.add(request.transport.get_extra_info("peername"))
         if request.query.get("watch") == "true":
@@ -66,8 +69,9 @@ def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 Scenario = Callable[[FakeApiserver, str], Awaitable[None]]
 
 
-def against_apiserver(kubeconfig: Path, scenario: Scenario) -> FakeApiserver:
-    """Runs `scenario` with a local apiserver that the kubeconfig names; returns what it saw."""
+def against_apiserver(kubeconfig: Path, scenario: Scenario, pki: Path | None = None) -> FakeApiserver:
+    """Runs `scenario` with a local apiserver that the kubeconfig names, over TLS with the serving
+    certificate in `pki` if given; returns what it saw."""
 
     async def main() -> FakeApiserver:
         server = FakeApiserver()
@@ -75,8 +79,12 @@ def against_apiserver(kubeconfig: Path, scenario: Scenario) -> FakeApiserver:
         app.router.add_get("/{path:.*}", server.handle)
         runner = web.AppRunner(app, handler_cancellation=True)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        tls = None
+        if pki is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(pki / "serving.crt", pki / "serving.key")
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
         kubeconfig.write_text(
             f"""
 apiVersion: v1
@@ -117,7 +125,7 @@ def test_kopf_logs_in_with_the_kubeconfig_token(kubeconfig: Path) -> None:
             assert (await get(session, url))["kind"] == "Status"
 
     server = against_apiserver(kubeconfig, scenario)
-    assert server.authorizations == {f"Bearer {TOKEN}"}
+    assert server.bearer_tokens == {TOKEN}
 
 
 def test_a_burst_of_requests_opens_no_more_connections_than_the_bound(kubeconfig: Path) -> None:
@@ -147,3 +155,30 @@ def test_watches_leave_the_requests_their_slots(kubeconfig: Path) -> None:
 
     server = against_apiserver(kubeconfig, scenario)
     assert len(server.connections) == 2 * login.API_REQUESTS_AT_ONCE + 1
+
+
+def test_in_a_pod_kopf_logs_in_with_the_service_account_token_and_reads_it_afresh(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the token file is rotated by the kubelet; Kopf logs in again when the apiserver
+    answers 401, and the new login must send the token the file holds now."""
+    pki = tmp_path / "pki"
+    write_pki(pki)
+    token_file = tmp_path / "token"
+    incluster = kubernetes.config.incluster_config
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token_file))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(pki / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "0")  # set below, once the server has its port
+
+    async def scenario(server: FakeApiserver, url: str) -> None:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", url.rsplit(":", 1)[1])
+        for token in ("first-token", "rotated-token"):
+            token_file.write_text(token)
+            context = await kopf_session(url)
+            async with context.aiohttp_session as session:
+                await get(session, url)
+            assert server.bearer_tokens == {token}
+            server.bearer_tokens.clear()
+
+    against_apiserver(kubeconfig, scenario, pki)
