@@ -6,6 +6,7 @@ they fragmented stayed (docs/benchmarks.md). Against a real local HTTP server.""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,6 +18,7 @@ import kopf
 import kubernetes
 import pytest
 from aiohttp import web
+from kopf._cogs.clients import watching
 
 from dev_stack.pki import write_pki
 from habitat_operator.handlers import login
@@ -182,3 +184,9 @@ def test_in_a_pod_kopf_logs_in_with_the_service_account_token_and_reads_it_afres
             server.bearer_tokens.clear()
 
     against_apiserver(kubeconfig, scenario, pki)
+
+
+def test_kopf_still_marks_its_watch_requests_with_watch_true() -> None:
+    # The bound tells watches from other requests by this parameter: were Kopf to mark them another
+    # way, watches would take the slots, and more watches than slots would stop every request.
+    assert "params['watch'] = 'true'" in inspect.getsource(watching.watch_objs)

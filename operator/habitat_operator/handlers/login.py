@@ -21,6 +21,8 @@ import kopf
 API_REQUESTS_AT_ONCE = 32
 
 
+# Guard test (in tests/unit/test_apiserver_session.py):
+# test_kopf_still_marks_its_watch_requests_with_watch_true
 def _is_watch(request: aiohttp.ClientRequest) -> bool:
     return request.url.query.get("watch") == "true"
 
