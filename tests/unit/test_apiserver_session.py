@@ -1,0 +1,192 @@
+"""Kopf's own connection to the apiserver (handlers/login.py): the operator's credentials, and at most
+API_REQUESTS_AT_ONCE requests (and so connections) in flight besides the watches. Unbounded, a burst of
+1,000 new objects opened hundreds of TLS connections at once, each with its read buffers, and the heap
+they fragmented stayed (docs/benchmarks.md). Against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+import kubernetes
+import pytest
+from aiohttp import web
+from kopf._cogs.clients import watching
+
+from dev_stack.pki import write_pki
+from habitat_operator.handlers import login
+
+TOKEN = "s3cret-token"
+
+
+class FakeApiserver:
+    """Answers GETs after a moment, keeps watches open until stopped, and counts what it saw."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.connections: set[Any] = set()
+        self.bearer_tokens: set[str] = set()  # the scheme is case-insensitive (RFC 7235)
+        self.stopping = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        self.bearer_tokens.add(token if scheme.lower() == "bearer" else f"(not a bearer token: {scheme!r})")
+        assert request.transport is not None
+        self.connections.add(request.transport.get_extra_info("peername"))
+        if request.query.get("watch") == "true":
+            stream = web.StreamResponse()
+            await stream.prepare(request)
+            await stream.write(b'{"type": "ADDED", "object": {}}\n')
+            await self.stopping.wait()
+            return stream
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            return web.json_response({"kind": "Status", "items": ["x" * 1000] * 20})
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The operator outside a cluster: a kubeconfig with a bearer token (Kopf's login reads it)."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    previous = kubernetes.client.Configuration.get_default_copy()
+    path = tmp_path / "kubeconfig"
+    # The client reads $KUBECONFIG once, when it is imported.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    yield path
+    kubernetes.client.Configuration.set_default(previous)
+
+
+Scenario = Callable[[FakeApiserver, str], Awaitable[None]]
+
+
+def against_apiserver(kubeconfig: Path, scenario: Scenario, pki: Path | None = None) -> FakeApiserver:
+    """Runs `scenario` with a local apiserver that the kubeconfig names, over TLS with the serving
+    certificate in `pki` if given; returns what it saw."""
+
+    async def main() -> FakeApiserver:
+        server = FakeApiserver()
+        app = web.Application()
+        app.router.add_get("/{path:.*}", server.handle)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        tls = None
+        if pki is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(pki / "serving.crt", pki / "serving.key")
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
+        kubeconfig.write_text(
+            f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: local, cluster: {{server: "{url}"}}}}]
+users: [{{name: operator, user: {{token: {TOKEN}}}}}]
+contexts: [{{name: local, context: {{cluster: local, user: operator}}}}]
+current-context: local
+"""
+        )
+        try:
+            await scenario(server, url)
+        finally:
+            server.stopping.set()
+            await runner.cleanup()
+        return server
+
+    return asyncio.run(main())
+
+
+async def kopf_session(url: str) -> kopf.AiohttpSession:
+    context = await login.login(logger=logging.getLogger("test"), settings=kopf.OperatorSettings())
+    assert isinstance(context, kopf.AiohttpSession)
+    assert context.server == url
+    return context
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> Any:
+    # As Kopf's client reads an answer (kopf/_cogs/clients/api.py).
+    async with session.get(f"{url}/apis/ops.habitat.dev/v1alpha1/backups") as response:
+        return await response.json()
+
+
+def test_kopf_logs_in_with_the_kubeconfig_token(kubeconfig: Path) -> None:
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session:
+            assert (await get(session, url))["kind"] == "Status"
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert server.bearer_tokens == {TOKEN}
+
+
+def test_a_burst_of_requests_opens_no_more_connections_than_the_bound(kubeconfig: Path) -> None:
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session:
+            burst = [get(session, url) for _ in range(10 * login.API_REQUESTS_AT_ONCE)]
+            assert len(await asyncio.gather(*burst)) == len(burst)
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert server.most_in_flight == login.API_REQUESTS_AT_ONCE
+    assert len(server.connections) <= login.API_REQUESTS_AT_ONCE
+
+
+def test_watches_leave_the_requests_their_slots(kubeconfig: Path) -> None:
+    # With a namespace list, Kopf holds a watch per kind and namespace: more than the bound.
+    async def scenario(_: FakeApiserver, url: str) -> None:
+        context = await kopf_session(url)
+        async with context.aiohttp_session as session, asyncio.timeout(10):
+            watches = [
+                await session.get(f"{url}/apis/ops.habitat.dev/v1alpha1/namespaces/n{i}/backups?watch=true")
+                for i in range(2 * login.API_REQUESTS_AT_ONCE)
+            ]
+            assert (await get(session, url))["kind"] == "Status"
+            for watch in watches:
+                watch.close()
+
+    server = against_apiserver(kubeconfig, scenario)
+    assert len(server.connections) == 2 * login.API_REQUESTS_AT_ONCE + 1
+
+
+def test_in_a_pod_kopf_logs_in_with_the_service_account_token_and_reads_it_afresh(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the token file is rotated by the kubelet; Kopf logs in again when the apiserver
+    answers 401, and the new login must send the token the file holds now."""
+    pki = tmp_path / "pki"
+    write_pki(pki)
+    token_file = tmp_path / "token"
+    incluster = kubernetes.config.incluster_config
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token_file))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(pki / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "0")  # set below, once the server has its port
+
+    async def scenario(server: FakeApiserver, url: str) -> None:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", url.rsplit(":", 1)[1])
+        for token in ("first-token", "rotated-token"):
+            token_file.write_text(token)
+            context = await kopf_session(url)
+            async with context.aiohttp_session as session:
+                await get(session, url)
+            assert server.bearer_tokens == {token}
+            server.bearer_tokens.clear()
+
+    against_apiserver(kubeconfig, scenario, pki)
+
+
+def test_kopf_still_marks_its_watch_requests_with_watch_true() -> None:
+    # The bound tells watches from other requests by this parameter: were Kopf to mark them another
+    # way, watches would take the slots, and more watches than slots would stop every request.
+    assert "params['watch'] = 'true'" in inspect.getsource(watching.watch_objs)
