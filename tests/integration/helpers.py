@@ -109,4 +109,3 @@ def location(stack: Stack) -> S3Location:
 def bucket(location: S3Location) -> Iterator[Bucket]:
     with Bucket(location) as opened:
         yield opened
-
