@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dev_stack.common import free_port
 from tests.conftest import database_uri
-from tests.e2e.helpers import backup, seed, wait_ready
+from tests.e2e.helpers import PrivateServer, backup, seed, wait_ready
 from tests.harness import REPO, Kubectl, Stack
 
 OPERATOR_NAMESPACE = "habitat-system"
@@ -181,3 +181,12 @@ def source_backup(
     seed(fresh_database)
     kubectl.apply(backup("source"))
     return wait_ready(kubectl, "source", operator_alive)
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    """A PostgreSQL server of the test's own, for tests that drop its slots or take it away."""
+    server = PrivateServer()
+    server.start()
+    yield server
+    server.remove()

@@ -173,8 +173,8 @@ class RecoveryPlan:
 
 def read_catalog(store: ObjectStore, layout: ArchiveLayout) -> Catalog:
     """The archive's base backups, WAL, gaps and the commit times at its stretches' ends."""
-    identity = _read_json(store, layout.identity)
-    segment_size = _segment_size(identity)
+    identity = read_identity(store, layout)
+    segment_size = identity_segment_size(identity)
     entries = base_backups(store, layout)
     found_gaps = gaps(store, layout)
     wal = segments(store, layout, segment_size)
@@ -244,6 +244,16 @@ def gaps(store: ObjectStore, layout: ArchiveLayout) -> list[Gap]:
     return sorted(found, key=lambda gap: gap.detected_at)
 
 
+def read_identity(store: ObjectStore, layout: ArchiveLayout) -> dict[str, object] | None:
+    """The archive's `archive.json`; None when there is none, or it is not one (logged): a WalArchive
+    then writes it again from its server."""
+    try:
+        return _read_json(store, layout.identity)
+    except ValueError:
+        log.warning("ignoring %s: not an archive identity", store.uri(layout.identity))
+        return None
+
+
 def recovery_window(store: ObjectStore, layout: ArchiveLayout) -> RecoveryWindow:
     return window_of(read_catalog(store, layout))
 
@@ -273,7 +283,8 @@ def _read_json(store: ObjectStore, key: str) -> dict[str, object] | None:
     return data
 
 
-def _segment_size(identity: dict[str, object] | None) -> int:
+def identity_segment_size(identity: dict[str, object] | None) -> int:
+    """The segment size an identity records; the default for none (or a wrong one)."""
     size = identity.get("segmentSize") if identity else None
     if isinstance(size, int) and size > 0 and size & (size - 1) == 0:
         return size
