@@ -34,6 +34,7 @@ import psycopg
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import (
     READ_SIZE,
     ArtifactSink,
@@ -47,7 +48,6 @@ from habitat_operator.engines.postgres.dump import OutputPipe, copy_output
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
 from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, parse_lsn
-from habitat_operator.engines.wal.reasons import ArchiveReason
 from habitat_operator.engines.wal.store import ObjectStore
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
@@ -117,6 +117,11 @@ class BaseBackupEntry:
             compression=cast("Compression", compression),
         )
 
+    @property
+    def major(self) -> int:
+        """The PostgreSQL major version (server_version_num 150004 is 15)."""
+        return self.server_version // 10000
+
 
 def utc(text: str) -> dt.datetime:
     """An RFC 3339 time; one without a zone (hand-written) is taken as UTC, as Kubernetes does."""
@@ -167,7 +172,7 @@ async def take_base_backup(
         if error.reason not in _BAD_OBJECT:
             raise
         await in_thread(store.delete, key)
-        raise RetryableError(ArchiveReason.BASE_BACKUP_FAILED, error.message) from None
+        raise RetryableError(WalReason.BASE_BACKUP_FAILED, error.message) from None
     entry = BaseBackupEntry(
         id=backup_id,
         start_lsn=facts.start_lsn,
@@ -271,10 +276,10 @@ def _failed(target: ConnectionTarget, stderr: str, tool: str = "pg_basebackup") 
     if _REFUSED.search(stderr.lower()):
         line = meaningful_line(target.redact(stderr))
         return RetryableError(
-            ArchiveReason.REPLICATION_REFUSED, f"replication refused by {target.display}: {line}"
+            WalReason.REPLICATION_REFUSED, f"replication refused by {target.display}: {line}"
         )
-    error = classify_failure(tool, stderr, target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED)
-    if error.reason is ArchiveReason.BASE_BACKUP_FAILED and not _PERMANENT.search(stderr.lower()):
+    error = classify_failure(tool, stderr, target, failed_reason=WalReason.BASE_BACKUP_FAILED)
+    if error.reason is WalReason.BASE_BACKUP_FAILED and not _PERMANENT.search(stderr.lower()):
         return RetryableError(error.reason, error.message)
     return error
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.wal.basebackup import BaseBackupEntry, utc
 from habitat_operator.engines.wal.layout import (
     DEFAULT_SEGMENT_SIZE,
@@ -39,7 +40,6 @@ from habitat_operator.engines.wal.layout import (
     segment_name,
     segment_start,
 )
-from habitat_operator.engines.wal.reasons import ArchiveReason
 from habitat_operator.engines.wal.store import ObjectStore
 from habitat_operator.errors import OperationError, PermanentError
 
@@ -143,9 +143,9 @@ class RecoveryTarget:
 
     def describe(self) -> str:
         if self.time is not None:
-            return timestamps.rfc3339(self.time)
+            return f"time {timestamps.rfc3339(self.time)}"
         if self.lsn is not None:
-            return format_lsn(self.lsn)
+            return f"LSN {format_lsn(self.lsn)}"
         if self.restore_point is None:
             return "latest"
         at = f" at {format_lsn(self.restore_point_lsn)}" if self.restore_point_lsn is not None else ""
@@ -465,6 +465,4 @@ def _inside_gap(catalog: Catalog, gap: Gap, detail: str) -> str:
 
 
 def _refused(target: RecoveryTarget, why: str) -> PermanentError:
-    return PermanentError(
-        ArchiveReason.TARGET_NOT_RECOVERABLE, f"cannot recover to {target.describe()}: {why}"
-    )
+    return PermanentError(WalReason.TARGET_NOT_RECOVERABLE, f"cannot recover to {target.describe()}: {why}")
