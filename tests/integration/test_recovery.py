@@ -23,7 +23,7 @@ import pytest
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason
 from habitat_operator.engines.artifacts.codec import ArtifactSink
-from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
+from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.postgres import restore
 from habitat_operator.engines.postgres.migrations import MigrationSession, Timeouts
 from habitat_operator.engines.postgres.recovery import RecoveryRequest, recovered_dump
@@ -35,6 +35,7 @@ from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore
 from habitat_operator.errors import OperationError
 from tests.harness import Stack
+from tests.integration.helpers import fresh_location
 from tests.integration.wal_source import SourceServer
 
 pytestmark = pytest.mark.integration
@@ -54,14 +55,7 @@ class Archived:
 
 @pytest.fixture(scope="module")
 def archived(stack: Stack) -> Iterator[Archived]:
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-pitr-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
+    location = fresh_location(stack, "it-pitr")
     with ExitStack() as cleanup:
         bucket = cleanup.enter_context(Bucket(location))
         store, layout = BucketStore(bucket, location.key("pitr")), ArchiveLayout("source")
