@@ -154,6 +154,16 @@ def operator_alive(operator: OperatorProcess) -> OperatorProcess:
 
 
 @pytest.fixture
+def other_namespace(stack: Stack) -> Iterator[Kubectl]:
+    """A second fresh namespace (B), deleted after the test."""
+    name = f"t-{secrets.token_hex(5)}"
+    admin = Kubectl(stack, "default")
+    admin.run("create", "namespace", name)
+    yield Kubectl(stack, name)
+    admin.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
 def db_secret(kubectl: Kubectl, fresh_database: str) -> str:
     """A Secret `habitat-db` in the test namespace holding the fresh database's URI."""
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={fresh_database}")

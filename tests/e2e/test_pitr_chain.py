@@ -90,16 +90,6 @@ def _operator(stack: Stack, folder: Path, namespace: str, *extra: str) -> Operat
 
 
 @pytest.fixture
-def fresh_namespace(stack: Stack) -> Iterator[Kubectl]:
-    """A second namespace: where the disaster's Restore runs, with nothing of the first one's."""
-    name = f"t-dr-{secrets.token_hex(4)}"
-    base = Kubectl(stack, "default")
-    base.run("create", "namespace", name)
-    yield Kubectl(stack, name)
-    base.run("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture
 def reachable_scratch() -> Iterator[Path]:
     """A scratch folder the recovery server's user (postgres: the tests run as root) may reach."""
     folder = Path(tempfile.mkdtemp(prefix="habitat-e2e-chain-"))
@@ -125,7 +115,7 @@ def test_a_restore_to_latest_from_the_bucket_alone_loses_no_row_older_than_the_p
     stack: Stack,
     installed: None,
     kubectl: Kubectl,
-    fresh_namespace: Kubectl,
+    other_namespace: Kubectl,
     private_server: PrivateServer,
     reachable_scratch: Path,
     pg_admin_uri: str,
@@ -161,7 +151,7 @@ def test_a_restore_to_latest_from_the_bucket_alone_loses_no_row_older_than_the_p
     required = {n for n, at in committed.items() if at <= killed_at - RPO_SECONDS}
     assert len(required) > 100, f"only {len(required)} rows to check"
 
-    disaster = fresh_namespace
+    disaster = other_namespace  # a fresh one, with nothing of the first one's
     create_s3_secret(disaster, stack)
     target = f"chain_{secrets.token_hex(4)}"
     disaster.run(
