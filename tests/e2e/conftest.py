@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dev_stack.common import free_port
 from tests.conftest import database_uri
-from tests.e2e.helpers import backup, seed, wait_ready
+from tests.e2e.helpers import PrivateServer, backup, seed, wait_ready
 from tests.harness import REPO, Kubectl, Stack
 
 OPERATOR_NAMESPACE = "habitat-system"
@@ -154,6 +154,16 @@ def operator_alive(operator: OperatorProcess) -> OperatorProcess:
 
 
 @pytest.fixture
+def other_namespace(stack: Stack) -> Iterator[Kubectl]:
+    """A second fresh namespace (B), deleted after the test."""
+    name = f"t-{secrets.token_hex(5)}"
+    admin = Kubectl(stack, "default")
+    admin.run("create", "namespace", name)
+    yield Kubectl(stack, name)
+    admin.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
 def db_secret(kubectl: Kubectl, fresh_database: str) -> str:
     """A Secret `habitat-db` in the test namespace holding the fresh database's URI."""
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={fresh_database}")
@@ -181,3 +191,12 @@ def source_backup(
     seed(fresh_database)
     kubectl.apply(backup("source"))
     return wait_ready(kubectl, "source", operator_alive)
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    """A PostgreSQL server of the test's own, for tests that drop its slots or take it away."""
+    server = PrivateServer()
+    server.start()
+    yield server
+    server.remove()

@@ -5,6 +5,10 @@ from one another (tests/unit/test_test_imports.py checks); shared fixtures live 
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import yaml
 
-from tests.harness import Kubectl
+from dev_stack.common import as_user, chown_tree, free_port
+from dev_stack.postgres import pg_bin
+from tests.harness import Kubectl, Stack
 
 if TYPE_CHECKING:  # conftest.py imports this module for its fixtures
     from tests.e2e.conftest import OperatorProcess
@@ -203,6 +209,101 @@ def deployment(name: str, replicas: int | None = 1, label: str = "v1") -> dict[s
     if replicas is not None:
         spec["replicas"] = replicas
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+S3_SECRET = "habitat-s3"
+
+
+def s3_storage(stack: Stack, prefix: str, endpoint: str | None = None) -> dict[str, Any]:
+    return {
+        "s3": {
+            "bucket": stack.s3_bucket,
+            "prefix": prefix,
+            "endpoint": endpoint or stack.s3_endpoint,
+            "forcePathStyle": True,
+            "credentialsSecretRef": {"name": S3_SECRET},
+        }
+    }
+
+
+def create_s3_secret(kubectl: Kubectl, stack: Stack, secret_key: str | None = None) -> None:
+    kubectl.run(
+        "create",
+        "secret",
+        "generic",
+        S3_SECRET,
+        f"--from-literal=accessKeyId={stack.s3_access_key}",
+        f"--from-literal=secretAccessKey={secret_key or stack.s3_secret_key}",
+    )
+
+
+class PrivateServer:
+    """A PostgreSQL server of a test's own (initdb in a temp folder, its own port), run as the
+    `postgres` user as the stack runs its own (PostgreSQL refuses root), that a test may take away:
+    wal_level=replica, a REPLICATION role `archiver`, replication allowed over 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="habitat-e2e-pg-"))
+        self.folder.chmod(0o755)  # the postgres user reaches it
+        self.data, self.sockets = self.folder / "data", self.folder / "run"
+        self.port = free_port()
+        self.password = secrets.token_hex(12)
+        self.archiver_password = secrets.token_hex(12)
+
+    @property
+    def admin_uri(self) -> str:
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def uri(self) -> str:
+        """The archiver's: what a WalArchive's Secret holds."""
+        return f"postgresql://archiver:{self.archiver_password}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c wal_level=replica"
+            " -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off"
+        )
+        argv = [pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "server.log")]
+        started = subprocess.run(
+            as_user("postgres", [*argv, "-w", "start"]), capture_output=True, check=False
+        )
+        assert started.returncode == 0, self.log_tail()
+        with psycopg.connect(self.admin_uri, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'archiver'").fetchone() is None:
+                conn.execute(f"CREATE ROLE archiver LOGIN REPLICATION PASSWORD '{self.archiver_password}'")
+
+    def _init(self) -> None:
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        pwfile = self.folder / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        chown_tree(self.folder, "postgres")
+        argv = [pg_bin("initdb"), f"--pgdata={self.data}", "--username=postgres", f"--pwfile={pwfile}"]
+        argv += ["--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8", "--no-sync"]
+        subprocess.run(as_user("postgres", argv), check=True, capture_output=True)
+        pwfile.unlink()
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write("host replication archiver 127.0.0.1/32 scram-sha-256\n")
+
+    def stop(self) -> None:
+        argv = [pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+        subprocess.run(as_user("postgres", argv), capture_output=True, check=False)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def execute(self, query: str, *params: Any) -> Any:
+        """The first row of `query` (None for a statement without rows), run by the superuser."""
+        with psycopg.connect(self.admin_uri, autocommit=True) as conn:
+            cursor = conn.execute(query, params or None)
+            return cursor.fetchone() if cursor.description else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        log = self.folder / "server.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
 def walarchive(name: str, **spec: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The Grafana dashboard's every query, run by the stack's Prometheus against what the running
-operator exported for objects of all five kinds: each parses, and returns data where it should."""
+operator exported for objects of all six kinds: each parses, and returns data where it should."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tests.e2e.helpers import (
     replayjob,
     seed,
     wait_phase,
+    walarchive,
 )
 from tests.e2e.prometheus import get, scraping
 from tests.harness import REPO, Kubectl, Stack
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 DASHBOARD = REPO / "charts" / "habitat-operator" / "files" / "grafana-dashboard.json"
 # Panels about trouble or about S3: nothing in this test fails or uses a bucket.
-MAY_BE_EMPTY = {"Object storage traffic (5m)"}
+MAY_BE_EMPTY = {"Object storage traffic (5m)", "Gaps in WAL archives by reason (1d)"}
 
 
 def queries() -> list[tuple[str, str]]:
@@ -61,6 +62,7 @@ def objects(queue: str) -> list[tuple[dict[str, Any], str, set[str]]]:
             "replayjob",
             {"Succeeded"},
         ),
+        (walarchive("wal"), "walarchive", {"Ready"}),  # the stack's server allows replication
         (
             policy("workers", "workers", [daytime, queue_trigger("jobs", queue)]),
             "",
@@ -89,8 +91,11 @@ def test_every_panel_query_runs_and_returns_data(
         for manifest, kind, phases in objects(fresh_queue):
             kubectl.apply(manifest)
             if kind:
-                wait_phase(kubectl, kind, manifest["metadata"]["name"], phases, operator_alive)
+                wait_phase(kubectl, kind, manifest["metadata"]["name"], phases, operator_alive, timeout=180)
+        with psycopg.connect(fresh_database) as conn:  # a commit for the archive's newest commit time
+            conn.execute("INSERT INTO audit (note) VALUES ('archived')")
         deadline = time.monotonic() + 30  # a scrape (every second) and a rule evaluation
         while (empty := empty_panels(stack, namespace)) and time.monotonic() < deadline:
             time.sleep(1)
         assert not empty, f"panels without data: {empty}"
+    kubectl.run("delete", "walarchive", "wal", "--wait=true", "--timeout=60s")  # its slot goes with it

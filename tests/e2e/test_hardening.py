@@ -35,7 +35,7 @@ from tests.e2e.helpers import (
     wait_phase,
     wait_ready,
 )
-from tests.harness import Kubectl, Stack
+from tests.harness import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +45,6 @@ NOBODY_UID = "00000000-0000-0000-0000-000000000000"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def other_namespace(stack: Stack) -> Iterator[Kubectl]:
-    """A second fresh namespace (B), deleted after the test."""
-    name = f"t-{secrets.token_hex(5)}"
-    admin = Kubectl(stack, "default")
-    admin.run("create", "namespace", name)
-    yield Kubectl(stack, name)
-    admin.run("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Point-in-time Restores end to end: the operator process recovers an archive in the stack's S3
-(a base backup and WAL of a private PostgreSQL, put there by hand until the WalArchive kind lands)
-on a private server, and moves the database into a stack database: to a time before a DROP TABLE,
-as a drill to the archive's end, and refused past the archive's end with the target untouched."""
+(a base backup and WAL of a private PostgreSQL, put there by hand: an archive whose WAL carries no
+commit times, so a target past its end is caught by the recovery itself; test_pitr_chain.py has
+a WalArchive write one) on a private server, and moves the database into a stack database: to a
+time before a DROP TABLE, as a drill to the archive's end, and refused past the archive's end with
+the target untouched."""
 
 from __future__ import annotations
 

@@ -21,13 +21,16 @@ from tests.conftest import database_uri
 from tests.e2e.conftest import OperatorProcess, service_account_kubeconfig
 from tests.e2e.helpers import (
     NEVER_IN_THIS_TEST,
+    S3_SECRET,
     backup,
     condition,
+    create_s3_secret,
     events,
     finished,
     restore,
     run_by_hand,
     runs_of,
+    s3_storage,
     seed,
     wait_for,
     wait_phase,
@@ -36,31 +39,6 @@ from tests.e2e.helpers import (
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
-
-S3_SECRET = "habitat-s3"
-
-
-def s3_storage(stack: Stack, prefix: str, endpoint: str | None = None) -> dict[str, Any]:
-    return {
-        "s3": {
-            "bucket": stack.s3_bucket,
-            "prefix": prefix,
-            "endpoint": endpoint or stack.s3_endpoint,
-            "forcePathStyle": True,
-            "credentialsSecretRef": {"name": S3_SECRET},
-        }
-    }
-
-
-def create_s3_secret(kubectl: Kubectl, stack: Stack, secret_key: str | None = None) -> None:
-    kubectl.run(
-        "create",
-        "secret",
-        "generic",
-        S3_SECRET,
-        f"--from-literal=accessKeyId={stack.s3_access_key}",
-        f"--from-literal=secretAccessKey={secret_key or stack.s3_secret_key}",
-    )
 
 
 def s3_client(stack: Stack, endpoint: str | None = None, ca: Path | None = None) -> Any:

@@ -23,22 +23,19 @@ import pytest
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason
 from habitat_operator.engines.artifacts.codec import ArtifactSink
-from habitat_operator.engines.artifacts.s3 import Bucket, S3Location
+from habitat_operator.engines.artifacts.s3 import Bucket
 from habitat_operator.engines.postgres import restore
 from habitat_operator.engines.postgres.migrations import MigrationSession, Timeouts
-from habitat_operator.engines.postgres.recovery import (
-    BaseBackup,
-    RecoveryRequest,
-    RecoveryTarget,
-    newest_base_backup,
-    recovered_dump,
-)
+from habitat_operator.engines.postgres.recovery import RecoveryRequest, recovered_dump
 from habitat_operator.engines.postgres.restore import RestoreRequest
 from habitat_operator.engines.postgres.uri import ConnectionTarget
-from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry
+from habitat_operator.engines.wal.catalog import RecoveryPlan, RecoveryTarget, plan_recovery
+from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore
 from habitat_operator.errors import OperationError
 from tests.harness import Stack
+from tests.integration.helpers import fresh_location
 from tests.integration.wal_source import SourceServer
 
 pytestmark = pytest.mark.integration
@@ -58,14 +55,7 @@ class Archived:
 
 @pytest.fixture(scope="module")
 def archived(stack: Stack) -> Iterator[Archived]:
-    location = S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-pitr-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
+    location = fresh_location(stack, "it-pitr")
     with ExitStack() as cleanup:
         bucket = cleanup.enter_context(Bucket(location))
         store, layout = BucketStore(bucket, location.key("pitr")), ArchiveLayout("source")
@@ -101,13 +91,15 @@ async def _restore_point(uri: str, name: str) -> None:
         assert await session.create_restore_point(name)
 
 
+LATEST = RecoveryTarget(latest=True)
+
+
 def _request(archived: Archived, target: RecoveryTarget) -> RecoveryRequest:
-    base = newest_base_backup(archived.store, archived.layout, target)
+    """Recovery to `target` as the catalog plans it."""
     return RecoveryRequest(
         store=archived.store,
         layout=archived.layout,
-        base_backup=base,
-        target=target,
+        plan=plan_recovery(archived.store, archived.layout, target),
         database="app",
         encryption_key=KEY,
         scratch_dir=archived.scratch,
@@ -134,7 +126,7 @@ def _failure(request: RecoveryRequest) -> OperationError:
 
     async def run() -> None:
         async with recovered_dump(request):
-            pytest.fail(f"recovered {request.target.describe()}")
+            pytest.fail(f"recovered {request.plan.target.describe()}")
 
     with pytest.raises(OperationError) as failure:
         asyncio.run(run())
@@ -151,7 +143,9 @@ def test_recovery_to_a_time_restores_exactly_the_rows_committed_by_then(
 
 
 def test_recovery_to_an_lsn(archived: Archived, fresh_database: str) -> None:
-    ids, _ = _recover_into(_request(archived, RecoveryTarget(lsn=archived.lsn_after_first)), fresh_database)
+    ids, _ = _recover_into(
+        _request(archived, RecoveryTarget(lsn=parse_lsn(archived.lsn_after_first))), fresh_database
+    )
     assert ids == list(range(FIRST))
 
 
@@ -162,7 +156,7 @@ def test_recovery_to_a_restore_point(archived: Archived, fresh_database: str) ->
 
 def test_recovery_to_the_end_of_the_archive_sees_the_drop(archived: Archived, fresh_database: str) -> None:
     into = fresh_database
-    ids, point = _recover_into(_request(archived, RecoveryTarget()), into)
+    ids, point = _recover_into(_request(archived, LATEST), into)
     assert ids is None  # dropped
     assert point.lsn  # type: ignore[attr-defined]
     with psycopg.connect(into) as conn:
@@ -170,8 +164,10 @@ def test_recovery_to_the_end_of_the_archive_sees_the_drop(archived: Archived, fr
 
 
 def test_a_target_past_the_archive_fails_and_says_where_the_archive_ends(archived: Archived) -> None:
+    """The recovery's own guard, for an archive whose end the catalog could not place."""
     future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    request = _request(archived, RecoveryTarget(time=future))
+    request = _request(archived, LATEST)
+    request = replace(request, plan=replace(request.plan, target=RecoveryTarget(time=future)))
 
     error = _failure(request)
     assert error.reason is RestoreReason.RECOVERY_TARGET_NOT_REACHED
@@ -187,7 +183,7 @@ def test_a_restore_point_that_does_not_exist_is_not_reached(archived: Archived) 
 
 
 def test_cancellation_stops_the_server_and_removes_its_files(archived: Archived) -> None:
-    request = _request(archived, RecoveryTarget())
+    request = _request(archived, LATEST)
 
     async def run() -> None:
         recovering = asyncio.ensure_future(_hold(request))
@@ -211,8 +207,11 @@ async def _hold(request: RecoveryRequest) -> None:
 
 
 def test_a_base_backup_of_a_version_without_its_server_is_refused(archived: Archived) -> None:
-    request = _request(archived, RecoveryTarget())
-    request = replace(request, base_backup=replace(request.base_backup, server_version=130009))
+    request = _request(archived, LATEST)
+    request = replace(
+        request,
+        plan=replace(request.plan, base_backup=replace(request.plan.base_backup, server_version=130009)),
+    )
 
     error = _failure(request)
     assert error.reason is RestoreReason.SERVER_VERSION_UNSUPPORTED
@@ -225,7 +224,7 @@ def test_a_scratch_folder_the_server_user_cannot_reach_is_refused_clearly(
 ) -> None:
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)
-    request = replace(_request(archived, RecoveryTarget()), scratch_dir=hidden)
+    request = replace(_request(archived, LATEST), scratch_dir=hidden)
 
     error = _failure(request)
     assert error.reason is RestoreReason.RECOVERY_FAILED
@@ -249,7 +248,7 @@ def test_a_copy_whose_superuser_is_not_named_postgres_is_dumped_as_its_own(
         source.archive_wal(archived.store, layout, KEY)
     finally:
         source.stop()
-    request = replace(_request(replace(archived, layout=layout), RecoveryTarget()), database="app")
+    request = replace(_request(replace(archived, layout=layout), LATEST), database="app")
     ids, point = _recover_into(request, fresh_database)
     assert ids == [1, 2, 3, 4, 5]
     assert point.lsn and point.time  # type: ignore[attr-defined]  # from the log: nobody could ask
@@ -280,8 +279,12 @@ def _folder_archive(tmp_path: Path, scratch: Path, tar: bytes, sha256: str | Non
         sink = ArtifactSink(out, None, zstd=True)
         sink.write(tar)
         sink.finish()
-    base = BaseBackup("20261207T000000Z", 0x1000028, 1, 150004, sha256 or sink.sha256.hexdigest())
-    return RecoveryRequest(store, layout, base, RecoveryTarget(), "app", scratch_dir=scratch)
+    at = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    base = BaseBackupEntry(
+        "20261207T000000Z", 0x1000028, 0x1000100, 1, at, at, 150004, "7", len(tar),
+        sha256 or sink.sha256.hexdigest(), False, "zstd",
+    )  # fmt: skip
+    return RecoveryRequest(store, layout, RecoveryPlan(base, (), LATEST), "app", scratch_dir=scratch)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from habitat_operator.engines.artifacts.s3 import Bucket
-from habitat_operator.engines.wal import records
+from habitat_operator.engines.wal import catalog, records
 from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
 from habitat_operator.engines.wal.store import BucketStore
 from tests.harness import Stack
@@ -29,10 +29,10 @@ def store(stack: Stack) -> Iterator[BucketStore]:
 
 
 def test_records_round_trip_and_a_missing_one_is_none(store: BucketStore) -> None:
-    assert records.read_identity(store, LAYOUT) is None
+    assert catalog.read_identity(store, LAYOUT) is None
     identity = {"systemIdentifier": "7300000000000000001", "segmentSize": SEGMENT}
-    records.write_identity(store, LAYOUT, identity)
-    assert records.read_identity(store, LAYOUT) == identity
+    records.write_json(store, LAYOUT.identity, identity)
+    assert catalog.read_identity(store, LAYOUT) == identity
 
 
 def test_the_reach_and_the_holes_come_from_the_keys(store: BucketStore) -> None:
@@ -44,5 +44,13 @@ def test_the_reach_and_the_holes_come_from_the_keys(store: BucketStore) -> None:
     assert records.unexplained_holes(store, LAYOUT, SEGMENT) == [
         (parse_lsn("0/3000000"), parse_lsn("0/5000000"))
     ]
-    records.write_gap(store, LAYOUT, "20261207T171500Z", {"fromLsn": "0/3000000", "toLsn": "0/5000000"})
+    gap = {
+        "detectedAt": "2026-12-07T17:15:00Z",
+        "reason": "SegmentMissing",
+        "fromLsn": "0/3000000",
+        "toLsn": "0/5000000",
+        "timeline": 1,
+        "message": "the archive has no WAL from 0/3000000 to 0/5000000",
+    }
+    records.write_json(store, LAYOUT.gap("20261207T171500Z"), gap)
     assert records.unexplained_holes(store, LAYOUT, SEGMENT) == []

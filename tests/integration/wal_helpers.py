@@ -17,6 +17,7 @@ from habitat_operator.engines.wal.fetch import FetchSource
 from habitat_operator.engines.wal.layout import ArchiveLayout
 from habitat_operator.engines.wal.store import BucketStore
 from tests.harness import Stack
+from tests.integration.helpers import fresh_location
 
 
 def role_uri(admin_uri: str, role: str, password: str) -> str:
@@ -84,14 +85,7 @@ ARCHIVE = ArchiveLayout("ledger")
 @pytest.fixture
 def archive_location(stack: Stack) -> S3Location:
     """A fresh prefix of the stack's bucket."""
-    return S3Location(
-        bucket=stack.s3_bucket,
-        prefix=f"it-wal-{secrets.token_hex(4)}",
-        endpoint=stack.s3_endpoint,
-        force_path_style=True,
-        access_key_id=stack.s3_access_key,
-        secret_access_key=stack.s3_secret_key,
-    )
+    return fresh_location(stack, "it-wal")
 
 
 @pytest.fixture

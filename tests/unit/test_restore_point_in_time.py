@@ -72,17 +72,21 @@ def world(fake_kube: FakeKube, config: OperatorConfig, postgres: FakePostgres, t
     return Harness(fake_kube, config, postgres, FakeRecovery(tmp_path / "recovered.dump"))
 
 
-def _archive(kube: FakeKube, config: OperatorConfig, server_version: int = 150004) -> None:
-    """A WalArchive `db` on the backup volume with one base backup completed at BEFORE."""
+def _archive(kube: FakeKube, config: OperatorConfig, server_version: int = 150004) -> Path:
+    """A WalArchive `db` on the backup volume with one base backup completed at BEFORE and its
+    segment; returns the archive's folder."""
     kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
-    kube.objects[("walarchives", NS, "db")] = {  # the kind is not in this branch's fake apiserver yet
+    kube.objects[("walarchives", NS, "db")] = {
         "apiVersion": "ops.habitat.dev/v1alpha1",
         "kind": "WalArchive",
         "metadata": {"name": "db", "namespace": NS, "uid": "wal-uid"},
-        "spec": {"storage": {"filesystem": {"path": "wal"}}},
+        "spec": {"database": {"secretRef": {"name": DB_SECRET}}, "storage": {"filesystem": {"path": "wal"}}},
     }
-    base = ArtifactStore(config.backup_root).namespace_directory("wal", NS) / "db" / "base"
+    archive = ArtifactStore(config.backup_root).namespace_directory("wal", NS) / "db"
+    base, wal = archive / "base", archive / "wal"
     base.mkdir(parents=True)
+    wal.mkdir()
+    (wal / "000000010000000000000002").write_bytes(b"segment")
     entry = {
         "id": "20240601T085500Z",
         "startLsn": "0/2000028",
@@ -98,6 +102,7 @@ def _archive(kube: FakeKube, config: OperatorConfig, server_version: int = 15000
         "compression": "zstd",
     }
     (base / "20240601T085500Z.json").write_text(json.dumps(entry))
+    return archive
 
 
 def _body(target: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
@@ -129,8 +134,9 @@ def test_recovers_then_restores_the_dump_like_any_restore(world: Harness) -> Non
     assert REGISTRY.get_sample_value("habitat_restore_time_to_recover_seconds", labels) == 2.5
     assert status["restoredFrom"]["uri"].endswith("/db/base/20240601T085500Z.tar")
     [request] = world.recovery.requests
-    assert (request.database, request.base_backup.id) == ("app", "20240601T085500Z")
-    assert request.target.time == dt.datetime(2024, 6, 1, 9, 30, tzinfo=dt.UTC)
+    assert (request.database, request.plan.base_backup.id) == ("app", "20240601T085500Z")
+    assert request.plan.target.time == dt.datetime(2024, 6, 1, 9, 30, tzinfo=dt.UTC)
+    assert request.plan.segments == ("000000010000000000000002",)  # the catalog's plan
     # The dump is restored as a checked artifact: no checksum of its own, no key.
     assert world.postgres.operations() == [
         "database_exists",
@@ -181,8 +187,41 @@ def test_a_postgresql_version_the_operator_cannot_run_is_refused_at_once(world: 
 def test_a_target_before_the_first_base_backup_is_refused(world: Harness) -> None:
     _archive(world.kube, world.config)
     status = world.restore(_body({"time": "2024-06-01T08:00:00Z"}))
-    assert conditions(status)["Stalled"] == ("True", "BaseBackupNotFound")
-    assert "ends before time 2024-06-01T08:00:00Z" in status["message"]
+    assert conditions(status)["Stalled"] == ("True", "TargetNotRecoverable")
+    assert (
+        "cannot recover to time 2024-06-01T08:00:00Z: it is before the oldest base backup, which"
+        " completed at 2024-06-01T09:00:00Z" in status["message"]
+    )
+    assert world.postgres.operations() == [] and world.recovery.requests == []
+
+
+def test_a_target_inside_a_gap_is_refused_before_any_recovery(world: Harness) -> None:
+    archive = _archive(world.kube, world.config)
+    (archive / "gaps").mkdir()
+    gap = {
+        "detectedAt": "2024-06-01T09:10:00Z",
+        "reason": "SlotDropped",
+        "fromLsn": "0/3000000",
+        "toLsn": None,
+        "timeline": 1,
+        "message": "the slot was dropped",
+    }
+    (archive / "gaps" / "20240601T091000Z.json").write_text(json.dumps(gap))
+    (archive / "wal" / "000000010000000000000003").write_bytes(b"segment")  # past the gap: unused
+    world.postgres.databases.add("app")
+    status = world.restore(_body({"time": "2024-06-01T09:20:00Z"}))
+    assert conditions(status)["Stalled"] == ("True", "TargetNotRecoverable")
+    assert "it is inside the gap detected at 2024-06-01T09:10:00Z (SlotDropped" in status["message"]
+    assert world.postgres.operations() == [] and world.recovery.requests == []
+
+
+def test_a_missing_segment_is_refused_before_any_recovery(world: Harness) -> None:
+    archive = _archive(world.kube, world.config)
+    (archive / "wal" / "000000010000000000000002").unlink()
+    status = world.restore(_body())
+    assert conditions(status)["Stalled"] == ("True", "TargetNotRecoverable")
+    assert "segment 000000010000000000000002 is missing from the archive" in status["message"]
+    assert world.recovery.requests == []
 
 
 def test_a_missing_walarchive_is_waited_for(world: Harness) -> None:

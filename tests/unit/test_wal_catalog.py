@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.wal import catalog
 from habitat_operator.engines.wal.basebackup import BaseBackupEntry, write_entry
 from habitat_operator.engines.wal.catalog import RecoveryTarget, plan_recovery, read_catalog, recovery_window
 from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, parse_lsn, segment_name
-from habitat_operator.engines.wal.reasons import ArchiveReason
 from habitat_operator.engines.wal.store import FolderStore
 from habitat_operator.errors import PermanentError
 
@@ -96,7 +96,7 @@ def with_a_gap(archive: Archive) -> None:
 def refusal(archive: Archive, target: RecoveryTarget) -> str:
     with pytest.raises(PermanentError) as caught:
         plan_recovery(archive.store, LAYOUT, target)
-    assert caught.value.reason is ArchiveReason.TARGET_NOT_RECOVERABLE
+    assert caught.value.reason is WalReason.TARGET_NOT_RECOVERABLE
     return caught.value.message
 
 
@@ -178,8 +178,8 @@ def test_a_time_before_the_oldest_backup_is_refused(archive: Archive) -> None:
     archive.segments(2, 3, {3: 10})
     message = refusal(archive, RecoveryTarget(time=at(0.5)))
     assert message == (
-        "cannot recover to 2026-12-07T10:00:30Z: it is before the oldest base backup, which completed at "
-        "2026-12-07T10:01:00Z"
+        "cannot recover to time 2026-12-07T10:00:30Z: it is before the oldest base backup,"
+        " which completed at 2026-12-07T10:01:00Z"
     )
 
 
@@ -205,7 +205,7 @@ def test_a_time_inside_a_gap_is_refused(archive: Archive) -> None:
     assert before_gap.segments == tuple(segment_name(1, n * SEGMENT) for n in (2, 3, 4))
     message = refusal(archive, RecoveryTarget(time=at(25)))
     assert message == (
-        "cannot recover to 2026-12-07T10:25:00Z: it is inside the gap detected at 2026-12-07T10:30:00Z "
+        "cannot recover to time 2026-12-07T10:25:00Z: it is inside the gap detected at 2026-12-07T10:30:00Z "
         "(SlotMissing: WAL from 0/5000000 was lost); recoverable again from 2026-12-07T10:32:00Z"
     )
     assert "inside the gap" in refusal(archive, RecoveryTarget(time=at(31.5)))
@@ -228,7 +228,7 @@ def test_an_lsn_is_planned_up_to_its_segment(archive: Archive) -> None:
     plan = plan_recovery(archive.store, LAYOUT, RecoveryTarget(lsn=parse_lsn("0/4000010")))
     assert plan.segments == tuple(segment_name(1, n * SEGMENT) for n in (2, 3, 4))
     assert refusal(archive, RecoveryTarget(lsn=parse_lsn("0/2000030"))) == (
-        "cannot recover to 0/2000030: it is before the end of the oldest base backup, 0/2000100"
+        "cannot recover to LSN 0/2000030: it is before the end of the oldest base backup, 0/2000100"
     )
     assert refusal(archive, RecoveryTarget(lsn=parse_lsn("0/7000001"))).endswith(
         "the archive ends at 2026-12-07T10:20:00Z (0/7000000)"

@@ -19,24 +19,22 @@ from kopf._cogs.aiokits.aioenums import FlagSetter
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import API_VERSION, Reason
+from habitat_operator.api.wal import WalReason
 from habitat_operator.api.walarchive import WalArchiveSpec
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.walarchive import metrics
-from habitat_operator.controllers.walarchive.engines import (
-    Archive,
-    BaseBackup,
-    PostgresWal,
-    ServerIdentity,
-    SlotState,
-    Uploaded,
-)
-from habitat_operator.controllers.walarchive.run import SPOOL_FOLDER, WalArchiveRun, slot_name
+from habitat_operator.controllers.walarchive.engines import Archive, PostgresWal
+from habitat_operator.controllers.walarchive.run import SPOOL_FOLDER, WalArchiveRun
 from habitat_operator.controllers.walarchive.streams import Streams
+from habitat_operator.engines.postgres.replication import ServerIdentity, SlotState
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry
+from habitat_operator.engines.wal.catalog import RecoveryWindow
 from habitat_operator.engines.wal.layout import parse_lsn
-from habitat_operator.errors import PermanentError, RetryableError
+from habitat_operator.engines.wal.uploader import PartialUpload, UploadResult
+from habitat_operator.errors import OperationError, PermanentError, RetryableError
 from habitat_operator.handlers import walarchive as handler
 from habitat_operator.handlers.driver import Shared, Wakeups
 from tests.unit.bodies import DB_SECRET, NS, conditions, restore_body
@@ -65,12 +63,21 @@ def archive_body(**spec: Any) -> JsonDict:
     }
 
 
+def new_slot(slot: str) -> SlotState:
+    """A slot just created: it has reserved no WAL yet."""
+    return SlotState(slot, None, False, 0, None)
+
+
+def base_backup_entry(backup_id: str, lsn: int, at: datetime, size: int) -> BaseBackupEntry:
+    return BaseBackupEntry(backup_id, lsn, lsn, 1, at, at, 150004, SYSTEM_ID, size, "0" * 64, False, "zstd")
+
+
 class FakeReceiver:
     def __init__(self, target: ConnectionTarget, slot: str, application_name: str, synchronous: bool) -> None:
         self.target, self.slot = target, slot
         self.application_name, self.synchronous = application_name, synchronous
         self._running = False
-        self._error: str | None = None
+        self._error: OperationError | None = None
         self.stopped = False
 
     @property
@@ -78,11 +85,11 @@ class FakeReceiver:
         return self._running
 
     @property
-    def last_error(self) -> str | None:
+    def last_error(self) -> OperationError | None:
         return self._error
 
     def fail(self, error: str) -> None:
-        self._running, self._error = False, error
+        self._running, self._error = False, RetryableError(WalReason.REPLICATION_REFUSED, error)
 
     async def start(self) -> None:
         self._running = True
@@ -109,7 +116,7 @@ class FakeWal(PostgresWal):
         self.retained = 0
         self.window: tuple[datetime | None, datetime | None] = (None, None)
         self.retention_runs = 0
-        self.catalog_newest: BaseBackup | None = None
+        self.catalog_newest: BaseBackupEntry | None = None
         self.catalog_reads = 0
 
     def _maybe_fail(self, name: str) -> None:
@@ -125,15 +132,16 @@ class FakeWal(PostgresWal):
         found = self.slots.get(slot)
         if found is None:
             return None
-        return SlotState(self.archived_lsn, True, self.retained)
+        return SlotState(slot, self.archived_lsn, True, self.retained, "reserved")
 
-    async def create_slot(self, target: ConnectionTarget, slot: str) -> None:
+    async def create_slot(self, target: ConnectionTarget, slot: str) -> bool:
         self.created.append(slot)
-        self.slots[slot] = SlotState(None, False, 0)
+        self.slots[slot] = new_slot(slot)
+        return True
 
-    async def drop_slot(self, target: ConnectionTarget, slot: str) -> None:
+    async def drop_slot(self, target: ConnectionTarget, slot: str) -> bool:
         self.dropped.append(slot)
-        self.slots.pop(slot, None)
+        return self.slots.pop(slot, None) is not None
 
     def receiver(
         self, target: ConnectionTarget, slot: str, spool: Path, application_name: str, synchronous: bool
@@ -142,32 +150,34 @@ class FakeWal(PostgresWal):
         self.receivers.append(made)
         return made
 
-    async def upload_ready(self, spool: Path, archive: Archive) -> Uploaded:
+    async def upload_ready(self, spool: Path, archive: Archive) -> UploadResult:
         self.uploading.set()
         if self.gate is not None:
             await self.gate.wait()
         self._maybe_fail("upload_ready")
-        return Uploaded(1, SEGMENT, self.archived_lsn, None)
+        return UploadResult(1, SEGMENT, self.archived_lsn, None)
 
-    async def upload_partial(self, spool: Path, archive: Archive) -> Uploaded | None:
+    async def upload_partial(
+        self, spool: Path, archive: Archive, previous: PartialUpload | None
+    ) -> PartialUpload | None:
         return None
 
     async def take_base_backup(
         self, target: ConnectionTarget, archive: Archive, backup_id: str
-    ) -> BaseBackup:
+    ) -> BaseBackupEntry:
         self.base_backups.append(backup_id)
         self._maybe_fail("take_base_backup")
         now = timestamps.now()
-        return BaseBackup(backup_id, self.archived_lsn, self.archived_lsn, 1, now, now, 5 << 20)
+        return base_backup_entry(backup_id, self.archived_lsn, now, 5 << 20)
 
-    async def newest_base_backup(self, archive: Archive) -> BaseBackup | None:
+    async def newest_base_backup(self, archive: Archive) -> BaseBackupEntry | None:
         self.catalog_reads += 1
         return self.catalog_newest
 
-    async def recovery_window(self, archive: Archive) -> tuple[datetime | None, datetime | None]:
-        return self.window
+    async def recovery_window(self, archive: Archive) -> RecoveryWindow:
+        return RecoveryWindow(*self.window)
 
-    async def apply_retention(self, archive: Archive, window: Any, now: datetime) -> int:
+    async def apply_retention(self, archive: Archive, keep_since: datetime) -> int:
         self.retention_runs += 1
         return 0
 
@@ -292,11 +302,6 @@ def test_the_first_look_creates_the_slot_streams_and_takes_the_first_base_backup
     assert "hunter2" not in json.dumps(fake_kube.status(ARCHIVES, NS, NAME))
 
 
-def test_the_default_slot_name_is_a_valid_identifier() -> None:
-    assert slot_name("Team-A", "orders.eu") == "habitat_team_a_orders_eu"
-    assert len(slot_name("n" * 63, "o" * 253)) == 63
-
-
 def test_the_schedule_takes_the_next_base_backup(daemon: Daemon, wal: FakeWal, clock: Clock) -> None:
     async def scenario() -> None:
         await daemon.look()
@@ -363,7 +368,7 @@ def test_a_base_backup_in_the_archive_counts_when_status_does_not_know_it(
     daemon: Daemon, wal: FakeWal, clock: Clock
 ) -> None:
     started = timestamps.now()
-    wal.catalog_newest = BaseBackup("20240601T100000Z", 0, 0, 1, started, started, 7 << 20)
+    wal.catalog_newest = base_backup_entry("20240601T100000Z", 0, started, 7 << 20)
     clock.advance(60)
 
     async def scenario() -> None:
@@ -622,7 +627,7 @@ def test_a_slot_that_resumes_past_the_archive_and_the_spool_is_a_gap(
     daemon: Daemon, wal: FakeWal, config: OperatorConfig
 ) -> None:
     put_segment(config, "000000010000000000000002")  # reaches 0/3000000
-    wal.slots[SLOT] = SlotState(None, False, 0)
+    wal.slots[SLOT] = new_slot(SLOT)
     wal.archived_lsn = parse_lsn("0/5000100")  # the slot's restart_lsn: its segment starts at 0/5000000
 
     async def scenario() -> None:
@@ -642,7 +647,7 @@ def test_wal_still_in_the_spool_is_no_gap(daemon: Daemon, wal: FakeWal, config: 
     spool.mkdir(parents=True)
     (spool / "000000010000000000000004").write_bytes(b"")  # reaches 0/5000000
     (spool / "000000010000000000000005.partial").write_bytes(b"")
-    wal.slots[SLOT] = SlotState(None, False, 0)
+    wal.slots[SLOT] = new_slot(SLOT)
     wal.archived_lsn = parse_lsn("0/5000100")
 
     async def scenario() -> None:
@@ -680,7 +685,7 @@ def test_a_hole_between_archived_segments_is_a_gap_found_with_retention(
 ) -> None:
     put_segment(config, "000000010000000000000002")
     put_segment(config, "000000010000000000000005")  # 0/3000000 to 0/5000000 missing
-    wal.slots[SLOT] = SlotState(None, False, 0)
+    wal.slots[SLOT] = new_slot(SLOT)
 
     async def scenario() -> None:
         await daemon.look()

@@ -54,7 +54,6 @@ class RestoreReason(StrEnum):
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
     # A point-in-time source.
-    BASE_BACKUP_NOT_FOUND = "BaseBackupNotFound"
     SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
     RECOVERY_FAILED = "RecoveryFailed"
     RECOVERY_TARGET_NOT_REACHED = "RecoveryTargetNotReached"

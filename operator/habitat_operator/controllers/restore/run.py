@@ -201,8 +201,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         request = RecoveryRequest(
             store=archive.store,
             layout=archive.layout,
-            base_backup=archive.base_backup,
-            target=archive.target,
+            plan=archive.plan,
             database=archive.database or database,
             encryption_key=source.encryption_key,
             scratch_dir=self.config.scratch_dir,
@@ -215,10 +214,10 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             except OperationError as error:
                 raise _untouched(error) from None
             self._recovered_to = RecoveredTo(
-                target=archive.target.describe(),
+                target=archive.plan.target.describe(),
                 lsn=recovered.point.lsn,
                 last_commit_time=recovered.point.time,
-                base_backup=archive.base_backup.id,
+                base_backup=archive.plan.base_backup.id,
                 recovery_seconds=round(recovered.recovery_seconds, 3),
             )
             yield replace(source, stored=recovered.path, encryption_key=None, sha256=None)

@@ -31,6 +31,7 @@ from habitat_operator.api.restore import (
     RestoreSource,
     StorageSource,
 )
+from habitat_operator.api.walarchive import WAL_ARCHIVE, WalArchiveSpec
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
@@ -39,30 +40,26 @@ from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket, recency
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
-from habitat_operator.engines.postgres.recovery import (
-    BaseBackup,
-    RecoveryTarget,
-    newest_base_backup,
-    server_binary,
-)
+from habitat_operator.engines.postgres.recovery import server_binary
 from habitat_operator.engines.threads import in_thread
-from habitat_operator.engines.wal.layout import ArchiveLayout
+from habitat_operator.engines.wal.catalog import RecoveryPlan, RecoveryTarget, plan_recovery
+from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import OperationError, PermanentError, WaitingError, WaitingOnProgress
 
 BACKUPS = BACKUP.plural
-WALARCHIVES = "walarchives"  # api.walarchive's WALARCHIVE.plural, once that kind is merged
+WALARCHIVES = WAL_ARCHIVE.plural
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
 class ArchiveSource:
-    """What a point-in-time recovery reads: the archive, its base backup, and where to stop."""
+    """What a point-in-time recovery reads: the archive, and the catalog's plan (its base backup, its
+    WAL and where to stop)."""
 
     store: ObjectStore = field(repr=False)
     layout: ArchiveLayout
-    base_backup: BaseBackup
-    target: RecoveryTarget
+    plan: RecoveryPlan
     database: str | None  # of the recovered server; None: the target's database name
 
 
@@ -296,44 +293,46 @@ async def _from_archive(
             raise WaitingError(
                 RestoreReason.WAL_ARCHIVE_NOT_FOUND, f"WalArchive {namespace}/{archive} not found"
             )
-        spec = found.get("spec") or {}
-        storage = spec.get("storage") or {}
-        ref = (spec.get("encryption") or {}).get("keySecretRef") or {}
-        key = (
-            await read_secret_value(namespace, ref["name"], ref.get("key", "key"))
-            if ref.get("name")
-            else None
-        )
-        if "s3" in storage:
-            bucket = await open_bucket(namespace, S3Storage.model_validate(storage["s3"]))
+        spec = WalArchiveSpec.model_validate(found.get("spec") or {})
+        storage = spec.storage.model_dump(by_alias=True, exclude_none=True)
+        key = await _secret_key(namespace, spec.encryption.key_secret_ref if spec.encryption else None)
+        if spec.storage.s3 is not None:
+            bucket = await open_bucket(namespace, spec.storage.s3)
             store = BucketStore(bucket, bucket.location.key(namespace))
         else:
-            path = str((storage.get("filesystem") or {}).get("path", ""))
+            assert spec.storage.filesystem is not None  # the CRD requires exactly one of them
+            path = spec.storage.filesystem.path
             store = FolderStore(await in_thread(artifacts.namespace_directory, path, namespace))
-    layout, target = ArchiveLayout(archive), _recovery_target(source.target)
+    layout = ArchiveLayout(archive)
     try:
-        base = await in_thread(newest_base_backup, store, layout, target)
-        server_binary(base.major)
+        # Refused here, before any server starts: no base backup before the target, a target
+        # inside a gap or past the archive's end, a missing segment, a version this operator lacks.
+        plan = await in_thread(plan_recovery, store, layout, _recovery_target(source.target))
+        server_binary(plan.base_backup.major)
     except BaseException:
         if bucket is not None:
             await in_thread(bucket.close)
         raise
     return SourceArtifact(
         stored=Path(),  # replaced by the recovered database's dump
-        uri=store.uri(layout.base_backup(base.id)),
+        uri=store.uri(layout.base_backup(plan.base_backup.id)),
         format=BackupFormat.CUSTOM,
-        sha256=base.sha256,
+        sha256=plan.base_backup.sha256,
         encryption_key=key,
         backup=None,
         storage=storage,
         bucket=bucket,
-        archive=ArchiveSource(store, layout, base, target, source.database),
+        archive=ArchiveSource(store, layout, plan, source.database),
     )
 
 
 def _recovery_target(target: PointInTimeTarget) -> RecoveryTarget:
     return RecoveryTarget(
-        time=target.time, lsn=target.lsn, restore_point=target.restore_point, inclusive=target.inclusive
+        time=target.time,
+        lsn=parse_lsn(target.lsn) if target.lsn is not None else None,
+        restore_point=target.restore_point,
+        latest=bool(target.latest),
+        inclusive=target.inclusive,
     )
 
 

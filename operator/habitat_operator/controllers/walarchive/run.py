@@ -63,16 +63,14 @@ from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, Edit
 from habitat_operator.controllers.scheduling.cron import expected_interval_seconds, next_run
 from habitat_operator.controllers.walarchive import metrics
-from habitat_operator.controllers.walarchive.engines import (
-    Archive,
-    BaseBackup,
-    SlotState,
-    WalEngines,
-)
+from habitat_operator.controllers.walarchive.engines import Archive, WalEngines
 from habitat_operator.controllers.walarchive.streams import Stream, Streams
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
+from habitat_operator.engines.postgres.replication import SlotState, application_name, default_slot_name
 from habitat_operator.engines.threads import in_thread
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry
+from habitat_operator.engines.wal.catalog import identity_segment_size
 from habitat_operator.engines.wal.layout import DEFAULT_SEGMENT_SIZE, ArchiveLayout, format_lsn
 from habitat_operator.engines.wal.store import BucketStore, FolderStore, ObjectStore
 from habitat_operator.errors import OperationError, RetryableError, one_line
@@ -92,22 +90,10 @@ MAX_PARTIAL_UPLOAD_INTERVAL = 3600.0
 # Under the backup root (a persistent volume): a spool that survives a restart keeps the slot's
 # promise; a lost one is a gap, detected on the next start.
 SPOOL_FOLDER = ".habitat-wal-spool"
-IDENTIFIER_LIMIT = 63  # NAMEDATALEN - 1: slot names and application_name
 
 SLOT_OVER_BUDGET = "SlotOverBudget"
 # Failures of credentials that live in the stream: the next look opens it again with the Secrets.
 REOPEN_ON = frozenset({Reason.STORAGE_AUTH_FAILED, Reason.KEY_INVALID})
-
-
-def slot_name(namespace: str, name: str) -> str:
-    """habitat_<namespace>_<name>, lower case, [a-z0-9_] only, at most 63 bytes."""
-    raw = f"habitat_{namespace}_{name}".lower()
-    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in raw)[:IDENTIFIER_LIMIT]
-
-
-def application_name(namespace: str, name: str) -> str:
-    """What the server sees (and what synchronous_standby_names lists), at most 63 bytes."""
-    return f"habitat-walarchive-{namespace}-{name}"[:IDENTIFIER_LIMIT]
 
 
 def backup_id(moment: datetime) -> str:
@@ -118,7 +104,7 @@ async def _nothing_to_close() -> None:
     pass
 
 
-def _shows(done: BaseBackup) -> Edit[WalArchiveStatus]:
+def _shows(done: BaseBackupEntry) -> Edit[WalArchiveStatus]:
     """Status' lastBaseBackup is `done`."""
 
     def taken(status: WalArchiveStatus) -> None:
@@ -241,7 +227,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             key=_stream_key(spec),
             engines=self.engines,
             target=target,
-            slot=spec.slot.name or slot_name(self.namespace, self.name),
+            slot=spec.slot.name or default_slot_name(self.namespace, self.name),
             spool=self.spool,
             archive=archive,
             close_storage=close,
@@ -314,9 +300,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         changed = recorded is not None and str(recorded.get("systemIdentifier")) != identity.system_identifier
         if changed:
             assert recorded is not None
-            reach = await engines.archived_end(
-                archive, int(recorded.get("segmentSize") or DEFAULT_SEGMENT_SIZE)
-            )
+            reach = await engines.archived_end(archive, identity_segment_size(recorded))
             await self._gap(
                 stream,
                 GapReason.SYSTEM_IDENTIFIER_CHANGED,
@@ -382,12 +366,17 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
     async def _upload(self, stream: Stream) -> None:
         labels = (self.namespace, self.name)
         ready = await self.engines.upload_ready(stream.spool, stream.archive)
-        partial = await self.engines.upload_partial(stream.spool, stream.archive)
+        partial = stream.partial = await self.engines.upload_partial(
+            stream.spool, stream.archive, stream.partial
+        )
         metrics.ARCHIVED_SEGMENTS.labels(*labels).inc(ready.segments)
-        metrics.ARCHIVED_BYTES.labels(*labels).inc(ready.bytes)
-        for upload in (ready, partial):
-            if upload is not None and upload.archived_lsn is not None:
-                stream.archived_lsn = max(stream.archived_lsn or 0, upload.archived_lsn)
+        metrics.ARCHIVED_BYTES.labels(*labels).inc(ready.bytes + (partial.uploaded_bytes if partial else 0))
+        reached = (ready.archived_lsn, partial.end_lsn if partial else None)
+        for lsn in (lsn for lsn in reached if lsn is not None):
+            stream.archived_lsn = max(stream.archived_lsn or 0, lsn)
+        committed = (ready.last_commit_at, partial.last_commit_at if partial else None)
+        for moment in (moment for moment in committed if moment is not None):
+            advance(metrics.LAST_ARCHIVED_COMMIT, *labels, moment.timestamp())
 
     async def _check_slot(self, stream: Stream, spec: WalArchiveSpec) -> SlotState | None:
         """The slot as the server sees it now; missing or over budget with `drop`: a gap, and a new
@@ -405,7 +394,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             await self.engines.create_slot(stream.target, stream.slot)
             return None
         budget = parse_byte_size(spec.slot.max_retained_wal)
-        retained = slot.retained_bytes or 0
+        retained = slot.retained_bytes
         metrics.SLOT_RETAINED_BYTES.labels(self.namespace, self.name).set(retained)
         over = retained > budget
         if over and not stream.over_budget:
@@ -533,14 +522,14 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         self.reporter.carry(_shows(newest))
         return newest.started_at
 
-    async def _take_base_backup(self, stream: Stream, backup: str) -> BaseBackup:
+    async def _take_base_backup(self, stream: Stream, backup: str) -> BaseBackupEntry:
         async def queued(_: str) -> None:
             pass  # status says BaseBackupRunning; the slot only bounds the server's load
 
         async with self.slots.hold(stream.target.display, queued):
             return await self.engines.take_base_backup(stream.target, stream.archive, backup)
 
-    async def _base_backup_done(self, stream: Stream, done: BaseBackup) -> None:
+    async def _base_backup_done(self, stream: Stream, done: BaseBackupEntry) -> None:
         labels = (self.namespace, self.name)
         elapsed = (done.completed_at - done.started_at).total_seconds()
         stream.last_base_backup_started = done.started_at
@@ -583,7 +572,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             window = spec.base_backup.retention.recovery_window
             try:
                 deleted = await self.engines.apply_retention(
-                    stream.archive, parse_duration(window), timestamps.now()
+                    stream.archive, timestamps.now() - parse_duration(window)
                 )
             except OperationError as error:
                 log.warning("retention failed", namespace=self.namespace, name=self.name, error=error.message)
@@ -637,7 +626,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         metrics.STREAMING.labels(*labels).set(1 if streaming else 0)
         archived = stream.archived_lsn
         current = None
-        if slot is not None and slot.restart_lsn is not None and slot.retained_bytes is not None:
+        if slot is not None and slot.restart_lsn is not None:
             current = slot.restart_lsn + slot.retained_bytes
         lag = None if current is None or archived is None else max(0, current - archived)
         if lag is not None:
@@ -666,7 +655,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         last = stream.last_base_backup_started
         failing = f"; {stream.base_backup_error}" if stream.base_backup_error else ""
         if receiver is not None and _refused(stream):
-            error = stream.target.redact(receiver.last_error or "")
+            error = stream.target.redact(receiver.last_error.message if receiver.last_error else "")
             await self.stall(
                 WalArchivePhase.STALLED,
                 WalArchiveReason.REPLICATION_REFUSED,
@@ -743,7 +732,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             await self.streams.close(self.uid, drop_slot=True)
             return
         slot = str(((self.body.get("spec") or {}).get("slot") or {}).get("name") or "")
-        slot = slot or slot_name(self.namespace, self.name)
+        slot = slot or default_slot_name(self.namespace, self.name)
         try:  # never streamed by this process (suspended, or stalled before): drop the slot anyway
             spec = WalArchiveSpec.model_validate(self.body.get("spec") or {})
             target = await read_connection(self.namespace, spec.database.secret_ref)

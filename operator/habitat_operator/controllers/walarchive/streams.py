@@ -20,15 +20,12 @@ from pathlib import Path
 
 import structlog
 
-from habitat_operator.controllers.walarchive.engines import (
-    POSTGRES_WAL,
-    Archive,
-    BaseBackup,
-    Receiver,
-    ServerIdentity,
-    WalEngines,
-)
+from habitat_operator.controllers.walarchive.engines import POSTGRES_WAL, Archive, Receiver, WalEngines
+from habitat_operator.engines.postgres.replication import ServerIdentity
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.wal.basebackup import BaseBackupEntry
+from habitat_operator.engines.wal.catalog import RecoveryWindow
+from habitat_operator.engines.wal.uploader import PartialUpload
 from habitat_operator.errors import OperationError
 
 log = structlog.get_logger(__name__)
@@ -49,15 +46,16 @@ class Stream:
     identity: ServerIdentity | None = None
     receiver: Receiver | None = None
     archived_lsn: int | None = None
+    partial: PartialUpload | None = None  # the growing segment as last archived
     catalog_read: bool = False  # the newest base backup looked up (once per stream)
     last_base_backup_started: datetime | None = None
-    base_backup: asyncio.Task[BaseBackup] | None = None
+    base_backup: asyncio.Task[BaseBackupEntry] | None = None
     base_backup_failures: int = 0
     base_backup_error: str | None = None  # the last attempt's, until one succeeds
     base_backup_retry_at: float = 0.0  # monotonic
     retention_at: float = 0.0  # monotonic: when retention runs next
     window_at: float = 0.0  # monotonic: when the recovery window is read next
-    window: tuple[datetime | None, datetime | None] = (None, None)
+    window: RecoveryWindow = field(default_factory=lambda: RecoveryWindow(None, None))
     progress_written: float = -math.inf  # monotonic: when status last got the LSNs
     over_budget: bool = False
     storage_stale: bool = False  # its keys were refused: read the Secrets again

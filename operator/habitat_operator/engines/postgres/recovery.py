@@ -5,10 +5,11 @@ of its databases: what a point-in-time Restore moves into its target.
 cancellation, and swept at start-up after a crash, like every restore's scratch folder):
 
 1. the base backup's tar is read through the codec (checked against its SHA-256) into `data/`;
-2. the archive's WAL from the base backup's start segment on (history files, completed segments,
-   and a `.partial` where no completed segment exists) is read through the codec into `wal/`; the
-   server's `restore_command` only copies from there, so it needs no credentials, no network and no
-   Python of the operator's (which a server run as another user could not execute);
+2. the WAL of the recovery plan (`catalog.plan_recovery`: history files and every segment from the
+   base backup to the target) is fetched with `wal fetch`'s own `fetch` (checksums, a segment's
+   `.partial` when it is not archived whole) into `wal/`; the server's `restore_command` only copies
+   from there, so it needs no credentials, no network and no Python of the operator's (which a
+   server run as another user could not execute);
 3. the configuration is the operator's, not the copied server's (no archive_command, no extensions
    to preload, no TCP): `listen_addresses = ''`, a socket in the scratch folder, `trust` for that
    socket alone, `recovery.signal` with `recovery_target_*`, `recovery_target_timeline = latest`
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import grp
-import json
 import os
 import pwd
 import re
@@ -38,7 +38,7 @@ import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,21 +50,16 @@ import psycopg
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RestoreReason
-from habitat_operator.engines.artifacts.codec import PlaintextReader, Readable
+from habitat_operator.api.wal import WalReason
+from habitat_operator.engines.artifacts.codec import PlaintextReader
 from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, disk_errors, scratch_folder
 from habitat_operator.engines.artifacts.tarball import PlaintextStream
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
-from habitat_operator.engines.wal.layout import (
-    HISTORY_NAME,
-    PARTIAL_SUFFIX,
-    SEGMENT_NAME,
-    ArchiveLayout,
-    format_lsn,
-    parse_lsn,
-    segment_name,
-)
+from habitat_operator.engines.wal.catalog import RecoveryPlan, RecoveryTarget
+from habitat_operator.engines.wal.fetch import fetch
+from habitat_operator.engines.wal.layout import PARTIAL_SUFFIX, ArchiveLayout, format_lsn
 from habitat_operator.engines.wal.store import ObjectStore
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
@@ -74,7 +69,7 @@ SOCKET_PORT = 5432  # names the socket file; the socket folder is private, so no
 SUPERUSER = "postgres"
 POLL_SECONDS = 0.2
 COPY_SIZE = 1 << 20
-MAX_ENTRY_BYTES = 64 << 10
+MAX_PRINTED_BYTES = 64 << 10
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _LAST_COMMIT = re.compile(r"last completed transaction was at log time ([0-9: .+-]+)")
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -83,59 +78,24 @@ _NOT_REACHED = "recovery ended before configured recovery target was reached"
 _REFUSED = ("does not exist", "authentication", "no pg_hba.conf entry")
 
 
-@dataclass(frozen=True)
-class RecoveryTarget:
-    """Where recovery stops: `time`, `lsn` or `restore_point`, or (none of them) the archive's end."""
-
-    time: dt.datetime | None = None
-    lsn: str | None = None
-    restore_point: str | None = None
-    inclusive: bool = True
-
-    def describe(self) -> str:
-        if self.time is not None:
-            return f"time {timestamps.rfc3339(self.time)}"
-        if self.lsn is not None:
-            return f"LSN {self.lsn}"
-        if self.restore_point is not None:
-            return f"restore point {self.restore_point!r}"
-        return "the end of the archive"
-
-    def settings(self) -> dict[str, str]:
-        if self.time is not None:
-            chosen = {"recovery_target_time": self.time.astimezone(dt.UTC).isoformat(sep=" ")}
-        elif self.lsn is not None:
-            chosen = {"recovery_target_lsn": format_lsn(parse_lsn(self.lsn))}
-        elif self.restore_point is not None:
-            return {"recovery_target_name": self.restore_point}
-        else:
-            return {}
-        return chosen | {"recovery_target_inclusive": "on" if self.inclusive else "off"}
-
-
-@dataclass(frozen=True)
-class BaseBackup:
-    """The base backup recovery starts from, as its archive entry describes it."""
-
-    id: str
-    start_lsn: int
-    timeline: int
-    server_version: int  # server_version_num, e.g. 150004
-    sha256: str | None
-    completed_at: dt.datetime | None = None
-    end_lsn: int | None = None
-
-    @property
-    def major(self) -> int:
-        return self.server_version // 10000
+def target_settings(target: RecoveryTarget) -> dict[str, str]:
+    """The recovery_target_* settings of `target`; none for the archive's end (`latest`)."""
+    if target.time is not None:
+        chosen = {"recovery_target_time": target.time.astimezone(dt.UTC).isoformat(sep=" ")}
+    elif target.lsn is not None:
+        chosen = {"recovery_target_lsn": format_lsn(target.lsn)}
+    elif target.restore_point is not None:
+        return {"recovery_target_name": target.restore_point}
+    else:
+        return {}
+    return chosen | {"recovery_target_inclusive": "on" if target.inclusive else "off"}
 
 
 @dataclass(frozen=True)
 class RecoveryRequest:
     store: ObjectStore = field(repr=False)
     layout: ArchiveLayout
-    base_backup: BaseBackup
-    target: RecoveryTarget
+    plan: RecoveryPlan  # the base backup and WAL to read, and the target
     database: str
     encryption_key: bytes | None = field(default=None, repr=False)
     scratch_dir: Path | None = None
@@ -176,30 +136,11 @@ def server_binary(major: int, server_root: Path = SERVER_ROOT) -> Path:
     )
 
 
-def newest_base_backup(store: ObjectStore, layout: ArchiveLayout, target: RecoveryTarget) -> BaseBackup:
-    """The newest complete base backup (one with its entry) that ends before `target`; for a
-    restore point, whose place only the WAL knows, the oldest, so that the name is found wherever
-    in the archive it lies. Blocking."""
-    entries = []
-    for stored in store.list(layout.base_prefix):
-        if stored.key.endswith(".json"):
-            with closing(store.open(stored.key)) as raw:
-                entries.append(_base_backup(json.loads(_read_small(raw, stored.key))))
-    usable = [entry for entry in entries if _before(entry, target)]
-    if not usable:
-        raise PermanentError(
-            RestoreReason.BASE_BACKUP_NOT_FOUND,
-            f"no base backup in {store.uri(layout.base_prefix)} ends before {target.describe()}",
-        )
-    choose = min if target.restore_point is not None else max
-    return choose(usable, key=lambda entry: entry.id)
-
-
 @asynccontextmanager
 async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDump]:
     """The requested database of the base backup recovered to the target, as a dump in a scratch
     folder that is removed on leaving. Raises OperationError (see the module's docstring)."""
-    binary = server_binary(request.base_backup.major, request.server_root)
+    binary = server_binary(request.plan.base_backup.major, request.server_root)
     owner = server_user()
     started = time.monotonic()
     async with scratch_folder(request.scratch_dir, SCRATCH_FOLDER_PREFIX) as folder:
@@ -208,12 +149,12 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
         data, wal, socket = folder / "data", folder / "wal", folder / "socket"
         await in_stoppable_thread(partial(_extract_base_backup, request, data))
         await in_stoppable_thread(partial(_fetch_wal, request, wal))
-        await in_thread(_configure, data, wal, socket, request.target)
+        await in_thread(_configure, data, wal, socket, request.plan.target)
         if owner is not None:
             await in_thread(_chown_tree, folder, owner)
         argv, dump = [str(binary), "-D", str(data)], folder / "database.dump"
         async with ClientTool.start(argv, None, user=owner) as server:
-            point = await _await_promotion(server, socket, request.target, SUPERUSER)
+            point = await _await_promotion(server, socket, request.plan.target, SUPERUSER)
             if point is not None:
                 await _dump(_socket_target(socket, request.database, SUPERUSER), dump)
             else:  # promoted, but the copy has no role "postgres": stop it and ask for its superuser
@@ -222,7 +163,7 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
         if not dump.exists():
             role = await _bootstrap_superuser(binary, data, owner)
             async with ClientTool.start(argv, None, user=owner) as server:
-                await _await_promotion(server, socket, request.target, role)
+                await _await_promotion(server, socket, request.plan.target, role)
                 await _dump(_socket_target(socket, request.database, role), dump)
         yield RecoveredDump(dump, point, time.monotonic() - started)
 
@@ -244,47 +185,11 @@ def server_user() -> int | None:
 # ---------------------------------------------------------------- the scratch copy
 
 
-def _before(entry: BaseBackup, target: RecoveryTarget) -> bool:
-    if target.time is not None:
-        return entry.completed_at is not None and entry.completed_at <= target.time
-    if target.lsn is not None:
-        return entry.end_lsn is not None and entry.end_lsn <= parse_lsn(target.lsn)
-    return True
-
-
-def _read_small(raw: Readable, key: str) -> bytes:
-    """An entry's bytes, refused past MAX_ENTRY_BYTES: an entry is a few hundred bytes."""
-    data = bytearray()
-    while chunk := raw.read(COPY_SIZE):
-        data += chunk
-        if len(data) > MAX_ENTRY_BYTES:
-            raise PermanentError(RestoreReason.BASE_BACKUP_NOT_FOUND, f"base backup entry {key} is too large")
-    return bytes(data)
-
-
-def _base_backup(entry: object) -> BaseBackup:
-    if not isinstance(entry, dict):
-        raise PermanentError(RestoreReason.BASE_BACKUP_NOT_FOUND, "a base backup entry is not an object")
-    try:
-        return BaseBackup(
-            id=str(entry["id"]),
-            start_lsn=parse_lsn(str(entry["startLsn"])),
-            end_lsn=parse_lsn(str(entry["endLsn"])),
-            timeline=int(entry["timeline"]),
-            server_version=int(entry["serverVersion"]),
-            sha256=entry.get("sha256"),
-            completed_at=timestamps.parse(str(entry["completedAt"])),
-        )
-    except (KeyError, ValueError, TypeError) as error:
-        raise PermanentError(
-            RestoreReason.BASE_BACKUP_NOT_FOUND, f"base backup entry {entry.get('id')!r} is invalid: {error}"
-        ) from None
-
-
 def _extract_base_backup(request: RecoveryRequest, data: Path, stop: threading.Event) -> None:
     """The base backup's tar, through the codec, into `data` (created 0700): plain files and folders
     only, nothing outside `data`; then its SHA-256, which must match the entry's."""
-    key = request.layout.base_backup(request.base_backup.id)
+    backup = request.plan.base_backup
+    key = request.layout.base_backup(backup.id)
     data.mkdir(mode=0o700)
     reader = PlaintextReader(request.store.open(key), request.encryption_key)
     try:
@@ -300,40 +205,27 @@ def _extract_base_backup(request: RecoveryRequest, data: Path, stop: threading.E
         raise _corrupt(key, str(error) or type(error).__name__) from None
     finally:
         reader.close()
-    expected = request.base_backup.sha256
-    if expected and reader.sha256.hexdigest() != expected:
+    if reader.sha256.hexdigest() != backup.sha256:
         raise PermanentError(
             Reason.CHECKSUM_MISMATCH, f"{request.store.uri(key)} does not match its entry's SHA-256"
         )
     version = (data / "PG_VERSION").read_text().strip() if (data / "PG_VERSION").is_file() else "?"
-    if version != str(request.base_backup.major):
-        raise _corrupt(key, f"it holds PostgreSQL {version}, its entry says {request.base_backup.major}")
+    if version != str(backup.major):
+        raise _corrupt(key, f"it holds PostgreSQL {version}, its entry says {backup.major}")
 
 
 def _fetch_wal(request: RecoveryRequest, wal: Path, stop: threading.Event) -> None:
-    """The WAL recovery may read, plaintext, into `wal`: every history file, and each segment from
-    the base backup's start on (its completed object, else its `.partial`, under the segment's name)."""
+    """The plan's WAL, plaintext, into `wal` under the names restore_command asks for (a partial
+    segment under its segment's name: `fetch` falls back to it when the segment is not whole)."""
     wal.mkdir(mode=0o700)
-    # A segment's name after its timeline is its position, so names compare as positions do.
-    first = segment_name(request.base_backup.timeline, request.base_backup.start_lsn)[8:]
-    wanted: dict[str, str] = {}
-    for stored in request.store.list(request.layout.wal_prefix):
-        name = stored.key.removeprefix(request.layout.wal_prefix)
-        base = name.removesuffix(PARTIAL_SUFFIX)
-        if HISTORY_NAME.match(name):
-            wanted[name] = stored.key
-        elif SEGMENT_NAME.match(base) and base[8:] >= first and (name == base or base not in wanted):
-            wanted[base] = stored.key  # a completed segment wins over its .partial
-    for name, key in wanted.items():
-        reader = PlaintextReader(request.store.open(key), request.encryption_key)
-        try:
-            with disk_errors(wal), (wal / name).open("xb") as out:
-                while chunk := reader.read():
-                    if stop.is_set():
-                        raise RetryableError(Reason.CANCELLED, "stopped")
-                    out.write(chunk)
-        finally:
-            reader.close()
+    names = dict.fromkeys(name.removesuffix(PARTIAL_SUFFIX) for name in request.plan.segments)
+    for name in names:
+        if stop.is_set():
+            raise RetryableError(Reason.CANCELLED, "stopped")
+        if not fetch(request.store, request.layout, name, wal / name, request.encryption_key):
+            raise PermanentError(
+                WalReason.SEGMENT_MISSING, f"{request.store.uri(request.layout.wal(name))} is not archived"
+            )
 
 
 def _configure(data: Path, wal: Path, socket: Path, target: RecoveryTarget) -> None:
@@ -358,7 +250,7 @@ def _configure(data: Path, wal: Path, socket: Path, target: RecoveryTarget) -> N
         "restore_command": f"cp {shlex.quote(str(wal))}/%f %p",
         "recovery_target_timeline": "latest",
         "recovery_target_action": "promote",
-        **target.settings(),
+        **target_settings(target),
     }
     conf = "".join(f"{name} = {_quoted(value)}\n" for name, value in settings.items())
     (data / "postgresql.conf").write_text(conf)
@@ -469,7 +361,7 @@ async def _bootstrap_superuser(binary: Path, data: Path, owner: int | None) -> s
         await backend.close_stdin()
         assert backend.process.stdout is not None
         printed = bytearray()
-        while (chunk := await backend.process.stdout.read(COPY_SIZE)) and len(printed) < MAX_ENTRY_BYTES:
+        while (chunk := await backend.process.stdout.read(COPY_SIZE)) and len(printed) < MAX_PRINTED_BYTES:
             printed += chunk
         await backend.check(lambda log: PermanentError(RestoreReason.RECOVERY_FAILED, meaningful_line(log)))
     found = re.search(r'rolname = "([^"]+)"', printed.decode(errors="replace"))

@@ -27,7 +27,9 @@ from habitat_operator.errors import OperationError, PermanentError, RetryableErr
 NAME_LIMIT = 63  # NAMEDATALEN - 1: PostgreSQL truncates application_name and refuses longer slot names
 SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _NOT_SLOT_CHARACTERS = re.compile(r"[^a-z0-9_]")
-_REFUSED = re.compile(
+# The server's refusal to replicate to a role (no REPLICATION, no pg_hba.conf line), as psycopg,
+# pg_receivewal and pg_basebackup report it.
+REPLICATION_REFUSED = re.compile(
     r"must be superuser or replication role|permission denied to start WAL sender"
     r"|must be superuser or have replication role|to use replication slots"
     r"|no pg_hba\.conf entry for replication connection|pg_hba\.conf rejects replication connection",
@@ -74,7 +76,7 @@ def check_slot_name(slot: str) -> str:
 
 def _failure(error: psycopg.Error, target: ConnectionTarget) -> OperationError:
     text = str(error)
-    if _REFUSED.search(text):
+    if REPLICATION_REFUSED.search(text):
         return PermanentError(
             WalReason.REPLICATION_REFUSED,
             f"{target.display} refuses replication to this role: {meaningful_line(target.redact(text))}",

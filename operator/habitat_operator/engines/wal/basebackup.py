@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Literal, cast
 
-import psycopg
-
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import (
     READ_SIZE,
     ArtifactSink,
@@ -44,10 +43,10 @@ from habitat_operator.engines.artifacts.codec import (
 from habitat_operator.engines.artifacts.tarball import PlaintextStream
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.dump import OutputPipe, copy_output
+from habitat_operator.engines.postgres.replication import REPLICATION_REFUSED, server_identity
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
 from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn, parse_lsn
-from habitat_operator.engines.wal.reasons import ArchiveReason
 from habitat_operator.engines.wal.store import ObjectStore
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 
@@ -117,6 +116,11 @@ class BaseBackupEntry:
             compression=cast("Compression", compression),
         )
 
+    @property
+    def major(self) -> int:
+        """The PostgreSQL major version (server_version_num 150004 is 15)."""
+        return self.server_version // 10000
+
 
 def utc(text: str) -> dt.datetime:
     """An RFC 3339 time; one without a zone (hand-written) is taken as UTC, as Kubernetes does."""
@@ -153,7 +157,7 @@ async def take_base_backup(
     if not _BACKUP_ID.match(backup_id):
         raise PermanentError(Reason.INVALID_REQUEST, f"not a base backup id: {backup_id[:70]!r}")
     key = layout.base_backup(backup_id)
-    system_identifier, server_version = await in_thread(_identify, target)
+    identity = await server_identity(target)
     started_at = timestamps.now().replace(microsecond=0)
     sink = await _upload(target, store, key, encryption_key, zstd, backup_id)
     completed_at = _whole_second_after(timestamps.now())
@@ -167,7 +171,7 @@ async def take_base_backup(
         if error.reason not in _BAD_OBJECT:
             raise
         await in_thread(store.delete, key)
-        raise RetryableError(ArchiveReason.BASE_BACKUP_FAILED, error.message) from None
+        raise RetryableError(WalReason.BASE_BACKUP_FAILED, error.message) from None
     entry = BaseBackupEntry(
         id=backup_id,
         start_lsn=facts.start_lsn,
@@ -175,8 +179,8 @@ async def take_base_backup(
         timeline=facts.timeline,
         started_at=started_at,
         completed_at=completed_at,
-        server_version=server_version,
-        system_identifier=system_identifier,
+        server_version=identity.server_version,
+        system_identifier=identity.system_identifier,
         size_bytes=sink.size,
         sha256=sink.sha256.hexdigest(),
         encrypted=encryption_key is not None,
@@ -201,21 +205,6 @@ def write_entry(store: ObjectStore, layout: ArchiveLayout, entry: BaseBackupEntr
     ) as out:
         out.write(body)
         out.sync()
-
-
-def _identify(target: ConnectionTarget) -> tuple[str, int]:
-    """(system identifier, server_version_num) over a replication connection, the one privilege a
-    base backup needs; blocking."""
-    try:
-        with psycopg.connect(target.conninfo(), replication="true", autocommit=True) as conn:
-            answer = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
-            if answer.status != psycopg.pq.ExecStatus.TUPLES_OK or answer.ntuples != 1:
-                message = (answer.error_message or b"no answer").decode(errors="replace")
-                raise _failed(target, message, "IDENTIFY_SYSTEM")
-            system_identifier = (answer.get_value(0, 0) or b"").decode()
-            return system_identifier, conn.pgconn.server_version
-    except psycopg.Error as error:
-        raise _failed(target, str(error), "PostgreSQL") from None
 
 
 def _argv(backup_id: str) -> list[str]:
@@ -260,21 +249,19 @@ async def _upload(
 # What another attempt cannot fix: more than one tablespace (one tar stream holds only the main
 # one), a server pg_basebackup cannot speak to.
 _PERMANENT = re.compile(r"tablespace|incompatible server version")
-# The server's refusal to replicate: a role without REPLICATION, or no pg_hba.conf line for it.
-_REFUSED = re.compile(r"must be superuser or replication role|no pg_hba\.conf entry for replication")
 
 
 def _failed(target: ConnectionTarget, stderr: str, tool: str = "pg_basebackup") -> OperationError:
-    """pg_basebackup's (or the identifying connection's) failure, one redacted line with a reason:
-    ReplicationRefused, the connection's reasons, else BaseBackupFailed (retryable but for
-    _PERMANENT: the server may have restarted mid-way)."""
-    if _REFUSED.search(stderr.lower()):
+    """pg_basebackup's failure, one redacted line with a reason: ReplicationRefused, the
+    connection's reasons, else BaseBackupFailed (retryable but for _PERMANENT: the server may have
+    restarted mid-way)."""
+    if REPLICATION_REFUSED.search(stderr):
         line = meaningful_line(target.redact(stderr))
         return RetryableError(
-            ArchiveReason.REPLICATION_REFUSED, f"replication refused by {target.display}: {line}"
+            WalReason.REPLICATION_REFUSED, f"{target.display} refuses replication to this role: {line}"
         )
-    error = classify_failure(tool, stderr, target, failed_reason=ArchiveReason.BASE_BACKUP_FAILED)
-    if error.reason is ArchiveReason.BASE_BACKUP_FAILED and not _PERMANENT.search(stderr.lower()):
+    error = classify_failure(tool, stderr, target, failed_reason=WalReason.BASE_BACKUP_FAILED)
+    if error.reason is WalReason.BASE_BACKUP_FAILED and not _PERMANENT.search(stderr.lower()):
         return RetryableError(error.reason, error.message)
     return error
 

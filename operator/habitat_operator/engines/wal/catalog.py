@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.wal.basebackup import BaseBackupEntry, utc
 from habitat_operator.engines.wal.layout import (
     DEFAULT_SEGMENT_SIZE,
@@ -39,7 +40,6 @@ from habitat_operator.engines.wal.layout import (
     segment_name,
     segment_start,
 )
-from habitat_operator.engines.wal.reasons import ArchiveReason
 from habitat_operator.engines.wal.store import ObjectStore
 from habitat_operator.errors import OperationError, PermanentError
 
@@ -143,9 +143,9 @@ class RecoveryTarget:
 
     def describe(self) -> str:
         if self.time is not None:
-            return timestamps.rfc3339(self.time)
+            return f"time {timestamps.rfc3339(self.time)}"
         if self.lsn is not None:
-            return format_lsn(self.lsn)
+            return f"LSN {format_lsn(self.lsn)}"
         if self.restore_point is None:
             return "latest"
         at = f" at {format_lsn(self.restore_point_lsn)}" if self.restore_point_lsn is not None else ""
@@ -173,8 +173,8 @@ class RecoveryPlan:
 
 def read_catalog(store: ObjectStore, layout: ArchiveLayout) -> Catalog:
     """The archive's base backups, WAL, gaps and the commit times at its stretches' ends."""
-    identity = _read_json(store, layout.identity)
-    segment_size = _segment_size(identity)
+    identity = read_identity(store, layout)
+    segment_size = identity_segment_size(identity)
     entries = base_backups(store, layout)
     found_gaps = gaps(store, layout)
     wal = segments(store, layout, segment_size)
@@ -244,6 +244,16 @@ def gaps(store: ObjectStore, layout: ArchiveLayout) -> list[Gap]:
     return sorted(found, key=lambda gap: gap.detected_at)
 
 
+def read_identity(store: ObjectStore, layout: ArchiveLayout) -> dict[str, object] | None:
+    """The archive's `archive.json`; None when there is none, or it is not one (logged): a WalArchive
+    then writes it again from its server."""
+    try:
+        return _read_json(store, layout.identity)
+    except ValueError:
+        log.warning("ignoring %s: not an archive identity", store.uri(layout.identity))
+        return None
+
+
 def recovery_window(store: ObjectStore, layout: ArchiveLayout) -> RecoveryWindow:
     return window_of(read_catalog(store, layout))
 
@@ -273,7 +283,8 @@ def _read_json(store: ObjectStore, key: str) -> dict[str, object] | None:
     return data
 
 
-def _segment_size(identity: dict[str, object] | None) -> int:
+def identity_segment_size(identity: dict[str, object] | None) -> int:
+    """The segment size an identity records; the default for none (or a wrong one)."""
     size = identity.get("segmentSize") if identity else None
     if isinstance(size, int) and size > 0 and size & (size - 1) == 0:
         return size
@@ -454,6 +465,4 @@ def _inside_gap(catalog: Catalog, gap: Gap, detail: str) -> str:
 
 
 def _refused(target: RecoveryTarget, why: str) -> PermanentError:
-    return PermanentError(
-        ArchiveReason.TARGET_NOT_RECOVERABLE, f"cannot recover to {target.describe()}: {why}"
-    )
+    return PermanentError(WalReason.TARGET_NOT_RECOVERABLE, f"cannot recover to {target.describe()}: {why}")

@@ -22,7 +22,12 @@ from pathlib import Path
 
 from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
-from habitat_operator.engines.postgres.replication import check_slot_name, create_slot, slot_state
+from habitat_operator.engines.postgres.replication import (
+    REPLICATION_REFUSED,
+    check_slot_name,
+    create_slot,
+    slot_state,
+)
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
@@ -36,10 +41,6 @@ STOP_GRACE_SECONDS = 10.0
 _SLOT_MISSING = re.compile(r'replication slot "[^"]*" does not exist')
 _WAL_REMOVED = re.compile(
     r"has already been removed|can no longer get changes from replication slot|slot has been invalidated"
-)
-_REFUSED = re.compile(
-    r"must be superuser or replication role|permission denied to start wal sender"
-    r"|no pg_hba\.conf entry for replication connection|pg_hba\.conf rejects replication connection"
 )
 
 
@@ -170,7 +171,7 @@ class WalReceiver:
             return PermanentError(
                 WalReason.SEGMENT_MISSING, f"{display} no longer has WAL the slot {self.slot} needs: {line}"
             )
-        if _REFUSED.search(lowered):
+        if REPLICATION_REFUSED.search(lowered):
             return PermanentError(
                 WalReason.REPLICATION_REFUSED, f"{display} refuses replication to this role: {line}"
             )
