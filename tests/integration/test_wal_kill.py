@@ -17,7 +17,7 @@ import pytest
 
 from habitat_operator.engines.artifacts.s3 import S3Location
 from habitat_operator.engines.wal.fetch import fetch
-from habitat_operator.engines.wal.layout import SEGMENT_NAME, segment_start
+from habitat_operator.engines.wal.layout import SEGMENT_NAME, parse_lsn, segment_name, segment_start
 from habitat_operator.engines.wal.store import BucketStore
 from tests.integration.wal_helpers import (
     ARCHIVE,
@@ -80,10 +80,14 @@ def receivers(admin_uri: str) -> int:
 
 
 def current_segment(admin_uri: str) -> str:
+    """The segment being written. Not pg_walfile_name(): right after a switch the position is a
+    segment's first byte, which it names as the end of the segment before."""
     with psycopg.connect(admin_uri) as conn:
-        row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        row = conn.execute(
+            "SELECT timeline_id, pg_current_wal_lsn()::text FROM pg_control_checkpoint()"
+        ).fetchone()
     assert row is not None
-    return str(row[0])
+    return segment_name(int(row[0]), parse_lsn(row[1]))
 
 
 def test_a_killed_archiver_loses_no_wal(

@@ -30,9 +30,11 @@ from habitat_operator.controllers.walarchive.run import SPOOL_FOLDER, WalArchive
 from habitat_operator.controllers.walarchive.streams import Streams
 from habitat_operator.engines.postgres.replication import ServerIdentity, SlotState
 from habitat_operator.engines.postgres.uri import ConnectionTarget
+from habitat_operator.engines.wal import catalog
 from habitat_operator.engines.wal.basebackup import BaseBackupEntry
 from habitat_operator.engines.wal.catalog import RecoveryWindow
-from habitat_operator.engines.wal.layout import parse_lsn
+from habitat_operator.engines.wal.layout import ArchiveLayout, parse_lsn
+from habitat_operator.engines.wal.store import FolderStore
 from habitat_operator.engines.wal.uploader import PartialUpload, UploadResult
 from habitat_operator.errors import OperationError, PermanentError, RetryableError
 from habitat_operator.handlers import walarchive as handler
@@ -106,7 +108,7 @@ class FakeWal(PostgresWal):
         self.identity = ServerIdentity(SYSTEM_ID, 150004, 1, SEGMENT)
         self.slots: dict[str, SlotState] = {}
         self.receivers: list[FakeReceiver] = []
-        self.archived_lsn = parse_lsn("0/3000000")
+        self.archived_lsn: int | None = parse_lsn("0/3000000")
         self.created: list[str] = []
         self.dropped: list[str] = []
         self.fail: dict[str, BaseException] = {}  # the next call of that name raises it
@@ -168,7 +170,7 @@ class FakeWal(PostgresWal):
         self.base_backups.append(backup_id)
         self._maybe_fail("take_base_backup")
         now = timestamps.now()
-        return base_backup_entry(backup_id, self.archived_lsn, now, 5 << 20)
+        return base_backup_entry(backup_id, self.archived_lsn or 0, now, 5 << 20)
 
     async def newest_base_backup(self, archive: Archive) -> BaseBackupEntry | None:
         self.catalog_reads += 1
@@ -656,6 +658,23 @@ def test_wal_still_in_the_spool_is_no_gap(daemon: Daemon, wal: FakeWal, config: 
 
     play(scenario)
     assert gap_entries(config) == []
+
+
+def test_a_slot_lost_before_any_wal_was_archived_is_a_gap_the_catalog_reads(
+    daemon: Daemon, wal: FakeWal, config: OperatorConfig
+) -> None:
+    wal.archived_lsn = None  # nothing uploaded yet
+
+    async def scenario() -> None:
+        await daemon.look()
+        wal.slots.clear()
+        await daemon.look()
+        [gap] = daemon.status()["gaps"]
+        assert gap["reason"] == "SlotMissing" and gap["fromLsn"] == "0/0"  # everything before is lost
+
+    play(scenario)
+    [found] = catalog.gaps(FolderStore(config.backup_root / "wal" / NS), ArchiveLayout(NAME))
+    assert (found.reason, found.from_lsn) == ("SlotMissing", 0)
 
 
 def test_another_server_behind_the_same_uri_is_a_gap(

@@ -437,7 +437,8 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         now = timestamps.now()
         newest = self.status.gaps[-1] if self.status.gaps else None
         last = stream.last_base_backup_started
-        from_text = None if from_lsn is None else format_lsn(from_lsn)
+        # Nothing archived yet: all WAL before the gap is missing (the catalog needs a position).
+        from_text = format_lsn(from_lsn or 0)
         if (
             newest is not None
             and (newest.reason, newest.from_lsn) == (reason, from_text)
