@@ -235,7 +235,28 @@ def children(parent: int, command: str) -> list[int]:
     return found
 
 
-def test_a_killed_operator_loses_no_wal_and_lists_no_unfinished_base_backup(
+def no_wal_lost(archive: Archive, found: dict[str, Any]) -> None:
+    assert not found.get("gaps"), found.get("gaps")
+    assert records.holes(archive.segments(), 16 << 20) == []
+
+
+def test_an_operator_killed_mid_stream_loses_no_wal(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    private_server: PrivateServer,
+    archive_of: tuple[Archive, dict[str, Any]],
+) -> None:
+    archive, body = archive_of
+    kubectl.apply(body)
+    streaming(kubectl, operator_alive)
+    switched = write_and_switch(private_server)
+    operator_alive.kill()
+    switched = max(switched, write_and_switch(private_server))
+    operator_alive.start()
+    no_wal_lost(archive, archived_past(kubectl, switched, operator_alive))
+
+
+def test_an_operator_killed_mid_base_backup_lists_no_unfinished_one_and_loses_no_wal(
     operator_alive: OperatorProcess,
     kubectl: Kubectl,
     private_server: PrivateServer,
@@ -245,22 +266,12 @@ def test_a_killed_operator_loses_no_wal_and_lists_no_unfinished_base_backup(
     body["spec"]["baseBackup"] = {"schedule": "* * * * *"}  # one a minute, to kill the operator in one
     kubectl.apply(body)
     streaming(kubectl, operator_alive)
-    switched = write_and_switch(private_server)
-
-    operator_alive.kill()  # mid-stream
-    switched = max(switched, write_and_switch(private_server))
-    operator_alive.start()
-    archived_past(kubectl, switched, operator_alive)
-
     assert operator_alive.process is not None
     pid = operator_alive.process.pid
-    wait_for("a base backup to run", lambda: children(pid, "pg_basebackup"), 90, operator_alive)
-    operator_alive.kill()  # during a base backup
+    wait_for("a scheduled base backup to run", lambda: children(pid, "pg_basebackup"), 90, operator_alive)
+    operator_alive.kill()
     operator_alive.start()
     switched = write_and_switch(private_server)
-    found = archived_past(kubectl, switched, operator_alive)
-
-    assert not found.get("gaps"), found.get("gaps")
-    assert records.holes(archive.segments(), 16 << 20) == []
+    no_wal_lost(archive, archived_past(kubectl, switched, operator_alive))
     for key in (key for key in archive.listing("base/") if key.endswith(".json")):
         archive.check_entry(key)  # every base backup listed has its whole tar
