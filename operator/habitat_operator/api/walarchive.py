@@ -64,19 +64,16 @@ ByteSize = Annotated[
 
 
 class WalArchiveReason(StrEnum):
-    """Condition and Event reasons of WalArchive's own; the shared ones are in `Reason`."""
+    """Condition and Event reasons of WalArchive's own; the shared ones are in `Reason`, and those of
+    its engines (SlotMissing, ReplicationRefused, BaseBackupFailed, ...) in `api.wal.WalReason`."""
 
     STREAMING = "Streaming"
-    SLOT_MISSING = "SlotMissing"
-    SLOT_DROPPED = "SlotDropped"
     GAP_DETECTED = "GapDetected"
     STORAGE_UNREACHABLE = "StorageUnreachable"
-    REPLICATION_REFUSED = "ReplicationRefused"
     SLOT_RETENTION_EXCEEDED = "SlotRetentionExceeded"
     SLOT_RETENTION_WITHIN_BUDGET = "SlotRetentionWithinBudget"
     BASE_BACKUP_RUNNING = "BaseBackupRunning"
     BASE_BACKUP_SUCCEEDED = "BaseBackupSucceeded"
-    BASE_BACKUP_FAILED = "BaseBackupFailed"
     RETENTION_APPLIED = "RetentionApplied"
     RETENTION_FAILED = "RetentionFailed"
 

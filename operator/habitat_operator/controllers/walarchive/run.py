@@ -37,6 +37,7 @@ import structlog
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
 from habitat_operator.api.restore import RESTORE
+from habitat_operator.api.wal import WalReason
 from habitat_operator.api.walarchive import (
     MAX_GAPS_LISTED,
     WAL_ARCHIVE,
@@ -556,7 +557,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         message = f"base backup failed: {error.message}; trying again in {delay:.0f}s"
         stream.base_backup_error = message
         log.warning("base backup failed", namespace=self.namespace, name=self.name, error=error.message)
-        await kube.event(self.body, "Warning", WalArchiveReason.BASE_BACKUP_FAILED, message)
+        await kube.event(self.body, "Warning", WalReason.BASE_BACKUP_FAILED, message)
 
     # ---------------------------------------------------------------- retention, window, status
 
@@ -659,7 +660,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             error = stream.target.redact(receiver.last_error.message if receiver.last_error else "")
             await self.stall(
                 WalArchivePhase.STALLED,
-                WalArchiveReason.REPLICATION_REFUSED,
+                WalReason.REPLICATION_REFUSED,
                 f"pg_receivewal on slot {stream.slot} is not running: {error}; it is restarted with backoff",
                 *edits,
                 flags=flags,
@@ -667,7 +668,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         elif last is None and stream.base_backup_error:
             await self.stall(
                 WalArchivePhase.PENDING,
-                WalArchiveReason.BASE_BACKUP_FAILED,
+                WalReason.BASE_BACKUP_FAILED,
                 f"streaming, but nothing is recoverable until a base backup succeeds{failing}",
                 *edits,
                 flags=flags,
