@@ -154,6 +154,13 @@ def operator_alive(operator: OperatorProcess) -> OperatorProcess:
 
 
 @pytest.fixture
+def shared_operator_stopped(operator: OperatorProcess) -> None:
+    """The shared operator (every namespace) stopped, for a test whose own operator must be alone
+    with its objects: two operators would both take them. `operator_alive` starts it again."""
+    operator.stop()
+
+
+@pytest.fixture
 def other_namespace(stack: Stack) -> Iterator[Kubectl]:
     """A second fresh namespace (B), deleted after the test."""
     name = f"t-{secrets.token_hex(5)}"

@@ -37,7 +37,8 @@ from tests.e2e.helpers import (
 )
 from tests.harness import Kubectl, Stack
 
-pytestmark = pytest.mark.e2e
+# These tests run operators of their own, whose scratch folder the recovery server may reach.
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("shared_operator_stopped")]
 
 NAME = "ledger"
 PARTIAL_UPLOAD_SECONDS = 5  # the WalArchive default

@@ -30,7 +30,8 @@ from tests.e2e.helpers import finished, restore, wait_for
 from tests.harness import Kubectl, Stack
 from tests.integration.wal_source import SourceServer
 
-pytestmark = pytest.mark.e2e
+# These tests run operators of their own, whose scratch folder the recovery server may reach.
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("shared_operator_stopped")]
 
 KEY = secrets.token_hex(32)
 ARCHIVE = "ledger-db"
