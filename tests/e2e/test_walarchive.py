@@ -263,12 +263,18 @@ def test_an_operator_killed_mid_base_backup_lists_no_unfinished_one_and_loses_no
     archive_of: tuple[Archive, dict[str, Any]],
 ) -> None:
     archive, body = archive_of
-    body["spec"]["baseBackup"] = {"schedule": "* * * * *"}  # one a minute, to kill the operator in one
+    # About 150 MB of data, so that a base backup lasts seconds, not a fraction of one that polling
+    # misses; the checkpoint keeps its WAL out of what the new slot streams.
+    private_server.execute(
+        "CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((-g)::text) AS filler"
+        " FROM generate_series(1, 1500000) g"
+    )
+    private_server.execute("CHECKPOINT")
+    body["spec"]["baseBackup"] = {"schedule": "* * * * *"}  # and one a minute after the first
     kubectl.apply(body)
-    streaming(kubectl, operator_alive)
     assert operator_alive.process is not None
     pid = operator_alive.process.pid
-    wait_for("a scheduled base backup to run", lambda: children(pid, "pg_basebackup"), 90, operator_alive)
+    wait_for("a base backup to run", lambda: children(pid, "pg_basebackup"), 120, operator_alive)
     operator_alive.kill()
     operator_alive.start()
     switched = write_and_switch(private_server)
