@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -30,6 +30,15 @@ def write_tar(directory: Path, write: Callable[[bytes], None], stop: threading.E
             tar.add(path, arcname=path.name, recursive=False, filter=_anonymous)
 
 
+def stream_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a stream-mode tar, one at a time and none kept: tarfile keeps every member it
+    read in an undocumented list, memory per file (14 MiB for 20,000 files).
+    Guard: tests/unit/test_wal_basebackup_check.py::test_memory_does_not_grow_with_the_number_of_files"""
+    while (member := tar.next()) is not None:
+        yield member
+        tar.members.clear()  # type: ignore[attr-defined]
+
+
 def extract_tar(reader: PlaintextReader, directory: Path, stop: threading.Event) -> None:
     """Unpack the tar stream `reader` yields into `directory` (created, empty), then read the
     reader to its end, so that its SHA-256 is complete and every encrypted chunk authenticated."""
@@ -37,7 +46,7 @@ def extract_tar(reader: PlaintextReader, directory: Path, stop: threading.Event)
     try:
         source = cast("IO[bytes]", PlaintextStream(reader, stop))  # stream mode only reads: no seek, no tell
         with tarfile.open(fileobj=source, mode="r|", bufsize=READ_SIZE) as tar:
-            for member in tar:
+            for member in stream_members(tar):
                 if not member.isfile() or "/" in member.name or member.name in ("", ".", ".."):
                     raise _not_an_artifact(f"unexpected entry {member.name!r}")
                 tar.extract(member, directory, filter="data")

@@ -53,7 +53,7 @@ from habitat_operator.api.restore import RestoreReason
 from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import PlaintextReader
 from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, disk_errors, scratch_folder
-from habitat_operator.engines.artifacts.tarball import PlaintextStream
+from habitat_operator.engines.artifacts.tarball import PlaintextStream, stream_members
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
@@ -195,7 +195,7 @@ def _extract_base_backup(request: RecoveryRequest, data: Path, stop: threading.E
     try:
         source = cast("IO[bytes]", PlaintextStream(reader, stop))  # stream mode only reads: no seek, no tell
         with tarfile.open(fileobj=source, mode="r|", bufsize=COPY_SIZE) as tar:
-            for member in tar:
+            for member in stream_members(tar):
                 if not (member.isfile() or member.isdir()):
                     raise _corrupt(key, f"unexpected entry {member.name!r}")
                 with disk_errors(data):

@@ -40,7 +40,7 @@ from habitat_operator.engines.artifacts.codec import (
     Readable,
     Writable,
 )
-from habitat_operator.engines.artifacts.tarball import PlaintextStream
+from habitat_operator.engines.artifacts.tarball import PlaintextStream, stream_members
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.dump import OutputPipe, copy_output
 from habitat_operator.engines.postgres.replication import REPLICATION_REFUSED, server_identity
@@ -285,11 +285,8 @@ def read_back(
             with tarfile.open(
                 fileobj=cast("IO[bytes]", PlaintextStream(reader, stop)), mode="r|", bufsize=READ_SIZE
             ) as tar:
-                while (member := tar.next()) is not None:
+                for member in stream_members(tar):
                     check.member(tar, member, stop)
-                    # tarfile keeps every member it read (memory per file) in this undocumented list;
-                    # guard: test_memory_does_not_grow_with_the_number_of_files
-                    tar.members.clear()  # type: ignore[attr-defined]
         except (tarfile.TarError, EOFError) as error:
             raise _not_verified(f"not a readable tar: {error or type(error).__name__}") from None
         reader.drain()
