@@ -19,7 +19,7 @@ def test_registry() -> None:
 
 def test_defaults() -> None:
     parsed = BackupSpec.model_validate(spec())
-    assert parsed.database.secret_ref.key == "uri"
+    assert parsed.database is not None and parsed.database.secret_ref.key == "uri"
     assert parsed.format is BackupFormat.CUSTOM
     assert parsed.jobs == 1
     assert parsed.schedule is None
@@ -61,7 +61,7 @@ def test_full_spec_round_trips_in_camel_case() -> None:
 
 def test_snake_case_names_are_accepted_too() -> None:
     parsed = BackupSpec.model_validate(spec(database={"secret_ref": {"name": "db", "key": "dsn"}}))
-    assert parsed.database.secret_ref.key == "dsn"
+    assert parsed.database is not None and parsed.database.secret_ref.key == "dsn"
 
 
 def test_encryption_key_defaults_to_key() -> None:

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     parsed = RestoreSpec.model_validate(spec())
     assert parsed.source.backup_ref is not None and parsed.source.backup_ref.run == "latest"
     assert parsed.source.artifact is None
-    assert parsed.target.database.secret_ref.key == "uri"
+    assert parsed.target.database is not None and parsed.target.database.secret_ref.key == "uri"
     assert (parsed.mode.create_database, parsed.mode.clean, parsed.mode.force) == (False, False, False)
     assert parsed.pre_restore_backup is None
     assert parsed.safety_backup_storage is None
@@ -117,7 +117,7 @@ def test_scheduled_drill() -> None:
             },
             "encryption is supported with format: custom only",
         ),
-        ({"target": {}}, "Field required"),
+        ({"target": {}}, "target needs exactly one of database or rabbitmq"),
         ({"jobs": 0}, "greater than or equal to 1"),
         ({"jobs": 17}, "less than or equal to 16"),
         ({"timeout": "1 hour"}, "should match pattern"),

@@ -195,7 +195,7 @@ def test_backup_crd_shape() -> None:
 def test_backup_schema_details() -> None:
     properties = openapi_schema(BACKUP)["properties"]
     spec, status = properties["spec"], properties["status"]
-    assert spec["required"] == ["database", "storage"]
+    assert spec["required"] == ["storage"]  # and exactly one of database or rabbitmq, by CEL
     assert spec["properties"]["retry"]["default"] == {"limit": 3, "backoff": "30s"}
     assert spec["properties"]["database"]["properties"]["secretRef"]["properties"]["key"]["default"] == "uri"
     assert spec["properties"]["retention"]["properties"]["keepLast"]["minimum"] == 0

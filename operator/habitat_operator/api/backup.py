@@ -17,8 +17,10 @@ from habitat_operator.api.common import (
     PrinterColumn,
     RetryPolicy,
     ScheduledStatus,
+    exactly_one_of,
     one_shot_spec_rules,
 )
+from habitat_operator.api.rabbitmq_definitions import ArtifactKind, RabbitMQDefinitionsSource
 
 # pg_dump -n/-t patterns; bounded so the apiserver's CEL cost estimate stays finite.
 ObjectPatterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)]
@@ -104,9 +106,27 @@ class BackupSpec(ApiModel):
             ),
         ),
         *one_shot_spec_rules("Backup"),
+        exactly_one_of("spec", "database", "rabbitmq"),
+        CelRule(
+            "!has(self.rabbitmq) || ((!has(self.format) || self.format == 'custom')"
+            " && (!has(self.jobs) || self.jobs <= 1) && !has(self.include) && !has(self.exclude))",
+            "rabbitmq takes no format, jobs, include or exclude",
+            lambda spec: (
+                spec.rabbitmq is None
+                or (
+                    spec.format is BackupFormat.CUSTOM
+                    and spec.jobs <= 1
+                    and not spec.include
+                    and not spec.exclude
+                )
+            ),
+        ),
     )
 
-    database: DatabaseRef = Field(description="The database to back up.")
+    database: DatabaseRef | None = Field(None, description="The database to back up.")
+    rabbitmq: RabbitMQDefinitionsSource | None = Field(
+        None, description="A RabbitMQ broker whose definitions to export, instead of a database."
+    )
     storage: BackupStorage = Field(description="Where to write the artifact.")
     format: BackupFormat = Field(BackupFormat.CUSTOM, description="pg_dump format: custom or directory.")
     jobs: int = Field(1, ge=1, le=16, description="Parallel pg_dump jobs; above 1 needs format: directory.")
@@ -147,12 +167,18 @@ class Artifact(ApiModel):
     encrypted: bool | None = Field(None, description="Whether the artifact is encrypted.")
     compression: Compression | None = Field(None, description="How the artifact is compressed.")
     pg_version: str | None = Field(None, description="Server version of the dumped database.")
+    kind: ArtifactKind | None = Field(
+        None, description="What the artifact holds: database (a pg_dump; when unset) or rabbitmqDefinitions."
+    )
 
 
 class BackupStatus(ScheduledStatus):
     """Observed state of a backup or of a backup schedule."""
 
     database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
+    broker: str | None = Field(
+        None, description="host:port (and vhost) whose RabbitMQ definitions were exported (no credentials)."
+    )
     artifact: Artifact | None = Field(None, description="The artifact of the last successful run.")
     verification: Verification | None = Field(None, description="Result of verifying the artifact.")
 

@@ -22,6 +22,7 @@ from habitat_operator.api.common import (
     exactly_one_of,
     one_shot_spec_rules,
 )
+from habitat_operator.api.rabbitmq_definitions import DefinitionsImport, RabbitMQTarget
 
 LATEST_RUN = "latest"
 MAX_VERIFICATION_QUERIES = 20
@@ -237,9 +238,14 @@ class RestoreSource(ApiModel):
 
 
 class RestoreTarget(ApiModel):
-    """Where to restore."""
+    """Where to restore: exactly one of database or rabbitmq."""
 
-    database: DatabaseRef = Field(description="The database to restore into.")
+    cel_rules = (exactly_one_of("target", "database", "rabbitmq"),)
+
+    database: DatabaseRef | None = Field(None, description="The database to restore into.")
+    rabbitmq: RabbitMQTarget | None = Field(
+        None, description="A RabbitMQ broker to import a Backup's definitions into."
+    )
 
 
 class RestoreMode(ApiModel):
@@ -346,6 +352,35 @@ class RestoreSpec(ApiModel):
             ),
         ),
         *one_shot_spec_rules("Restore"),
+        CelRule(
+            "!has(self.target.rabbitmq) || (!self.drill && !has(self.schedule) && !self.mode.clean"
+            " && !self.mode.createDatabase && !has(self.preRestoreBackup) && self.jobs <= 1"
+            " && (!has(self.verify.queries) || size(self.verify.queries) == 0)"
+            " && !has(self.source.pointInTime)"
+            " && (!has(self.source.storage) || has(self.source.storage.key)))",
+            "target.rabbitmq imports a definitions artifact once (source backupRef, artifact or"
+            " storage.key): drill, schedule, mode.clean, mode.createDatabase, preRestoreBackup, jobs and"
+            " verify.queries do not apply",
+            lambda spec: (
+                spec.target.rabbitmq is None
+                or (
+                    not spec.drill
+                    and spec.schedule is None
+                    and not spec.mode.clean
+                    and not spec.mode.create_database
+                    and spec.pre_restore_backup is None
+                    and spec.jobs <= 1
+                    and not spec.verify.queries
+                    and spec.source.point_in_time is None
+                    and (spec.source.storage is None or spec.source.storage.key is not None)
+                )
+            ),
+        ),
+        CelRule(
+            "!self.dryRun || has(self.target.rabbitmq)",
+            "dryRun is supported with target.rabbitmq",
+            lambda spec: not spec.dry_run or spec.target.rabbitmq is not None,
+        ),
     )
 
     source: RestoreSource = Field(description="The artifact to restore: a Backup's, or one given by URI.")
@@ -391,6 +426,13 @@ class RestoreSpec(ApiModel):
     )
     suspend: bool = Field(False, description="Pause the drill schedule; a drill already started finishes.")
     history_limit: int = Field(10, ge=1, le=100, description="How many scheduled drill runs to keep.")
+    dry_run: bool = Field(
+        False,
+        description=(
+            "With target.rabbitmq: show in status and an Event what the import would create and update, "
+            "without changing anything."
+        ),
+    )
 
 
 class RestoredFrom(ApiModel):
@@ -441,6 +483,9 @@ class RestoreStatus(ScheduledStatus):
     )
     verification_summary: str | None = Field(
         None, description='Verification at a glance, e.g. "3/3 passed" or "checksum only".'
+    )
+    definitions: DefinitionsImport | None = Field(
+        None, description="For target.rabbitmq: what the import changed, or in a dry run would change."
     )
     waiting_for: str | None = Field(
         None,

@@ -38,11 +38,51 @@ MAX_BODY_BYTES = 16 * 2**20  # a query result is a few KB, a busy queue more; th
 def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | None = None) -> Any:
     """GET `url` and decode its JSON body; failures raise with `reason` (`bad_response`, if given,
     for an HTTP error status or a body that is not JSON) and the host only."""
+    body = call_json("GET", url, timeout, reason, bad_response)
+    if body is None:
+        raise RetryableError(bad_response or reason, f"{display(url)} answered an empty body")
+    return body
+
+
+class BodyTooLarge(RetryableError):
+    """The server's answer is longer than the caller's bound; nothing past the bound was read."""
+
+
+class HttpStatusError(RetryableError):
+    """The server answered an error status; `detail` is the start of its body (bounded), which the
+    caller may show once it has made sure that nothing secret is in it."""
+
+    def __init__(self, reason: StrEnum, message: str, status: int, detail: bytes) -> None:
+        super().__init__(reason, message)
+        self.status = status
+        self.detail = detail
+
+
+ERROR_DETAIL_BYTES = 4096
+
+
+def call_json(
+    method: str,
+    url: str,
+    timeout: float,
+    reason: StrEnum,
+    bad_response: StrEnum | None = None,
+    *,
+    payload: bytes | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+) -> Any:
+    """`method` on `url` (with `payload` as a JSON body, if given) and its JSON answer decoded (None
+    for an empty one), read no further than `max_bytes`; failures as in get_json, an error status
+    as HttpStatusError."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PermanentError(reason, f"{display(url)} is not an http(s) URL")
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    request = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=netloc)), data=payload, method=method
+    )
+    if payload is not None:
+        request.add_header("Content-Type", "application/json")
     if parts.username is not None:
         user = urllib.parse.unquote(parts.username)
         password = urllib.parse.unquote(parts.password or "")
@@ -50,14 +90,15 @@ def get_json(url: str, timeout: float, reason: StrEnum, bad_response: StrEnum | 
         request.add_header("Authorization", f"Basic {token}")
     try:
         with _OPENER.open(request, timeout=timeout) as response:
-            body = response.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:  # read no further: a hostile server's body is not ours to hold
-            raise RetryableError(
-                bad_response or reason, f"{display(url)} answered more than {MAX_BODY_BYTES} bytes"
-            )
-        return json.loads(body)
+            body = response.read(max_bytes + 1)
+        if len(body) > max_bytes:  # read no further: a hostile server's body is not ours to hold
+            raise BodyTooLarge(bad_response or reason, f"{display(url)} answered more than {max_bytes} bytes")
+        return json.loads(body) if body.strip() else None
     except urllib.error.HTTPError as error:
-        raise RetryableError(bad_response or reason, f"{display(url)} answered HTTP {error.code}") from None
+        body = error.read(ERROR_DETAIL_BYTES)
+        raise HttpStatusError(
+            bad_response or reason, f"{display(url)} answered HTTP {error.code}", error.code, body
+        ) from None
     except ValueError as error:  # not JSON
         detail = type(error).__name__
         raise RetryableError(bad_response or reason, f"{display(url)} unreadable: {detail}") from None

@@ -19,6 +19,7 @@ from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSp
 from habitat_operator.api.common import Phase, Reason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
+from habitat_operator.controllers.backup.definitions import export_definitions
 from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
@@ -84,11 +85,12 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         return series_name(self.body)
 
     async def execute(self, spec: BackupSpec) -> RetryLater | None:
+        if spec.rabbitmq is not None:
+            await export_definitions(self, spec, spec.rabbitmq, await self._encryption_key(spec))
+            return None
+        assert spec.database is not None  # the CRD requires exactly one of them
         target = await read_connection(self.namespace, spec.database.secret_ref)
-        key = None
-        if spec.encryption:
-            key_ref = spec.encryption.key_secret_ref
-            key = await read_secret_value(self.namespace, key_ref.name, key_ref.key)
+        key = await self._encryption_key(spec)
         async with self._storage(spec, key) as dump, self.slot(target.display):
             database = target.display
 
@@ -115,6 +117,12 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
         await self._succeed(result)
         return None
 
+    async def _encryption_key(self, spec: BackupSpec) -> bytes | None:
+        if spec.encryption is None:
+            return None
+        key_ref = spec.encryption.key_secret_ref
+        return await read_secret_value(self.namespace, key_ref.name, key_ref.key)
+
     @asynccontextmanager
     async def _storage(self, spec: BackupSpec, key: bytes | None) -> AsyncIterator[Dumper]:
         """How this Backup dumps: into a file under the backup root, or into its bucket."""
@@ -140,32 +148,34 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             await in_thread(bucket.close)
 
     async def _succeed(self, result: BackupResult) -> None:
-        elapsed = self.elapsed
-        size = human_size(result.size_bytes)
-        verified = "verified" if result.verified else "not verified"
-        message = f"{size} in {elapsed:.1f}s, {verified}"
-        metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
-        metrics.note_backup_success(
-            self.namespace, self.series, timestamps.now().timestamp(), result.size_bytes
+        artifact = Artifact(
+            uri=result.uri,
+            size_bytes=result.size_bytes,
+            sha256=result.sha256,
+            format=BackupFormat(result.format),
+            encrypted=result.encrypted,
+            compression=Compression(result.compression),
+            pg_version=result.pg_version,
         )
+        await self.succeed_with(artifact, result.verified)
+
+    async def succeed_with(self, artifact: Artifact, verified: bool) -> None:
+        """Ends the run with `artifact` (its `size` filled in here) in status, metrics and an Event."""
+        elapsed = self.elapsed
+        size_bytes = artifact.size_bytes or 0
+        size = human_size(size_bytes)
+        message = f"{size} in {elapsed:.1f}s, {'verified' if verified else 'not verified'}"
+        metrics.BACKUP_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        metrics.note_backup_success(self.namespace, self.series, timestamps.now().timestamp(), size_bytes)
         completed = timestamps.now()
 
         def dumped(status: BackupStatus) -> None:
-            status.artifact = Artifact(
-                uri=result.uri,
-                size_bytes=result.size_bytes,
-                size=size,
-                sha256=result.sha256,
-                format=BackupFormat(result.format),
-                encrypted=result.encrypted,
-                compression=Compression(result.compression),
-                pg_version=result.pg_version,
-            )
-            status.verification = Verification.VERIFIED if result.verified else Verification.NOT_VERIFIED
+            status.artifact = artifact.model_copy(update={"size": size})
+            status.verification = Verification.VERIFIED if verified else Verification.NOT_VERIFIED
             status.last_successful_time = completed
             status.duration = format_duration(elapsed)
 
-        await self.succeed(message, dumped, event_message=f"{message}: {result.uri}")
+        await self.succeed(message, dumped, event_message=f"{message}: {artifact.uri}")
 
     def record_failure(self, error: OperationError, elapsed: float | None) -> None:
         if elapsed is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat
 from habitat_operator.api.common import Phase, Reason, qualified
+from habitat_operator.api.rabbitmq_definitions import ArtifactKind, DefinitionsReason
 from habitat_operator.api.restore import (
     RESTORE,
     QueryResult,
@@ -34,6 +35,7 @@ from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit
 from habitat_operator.controllers.restore import metrics
+from habitat_operator.controllers.restore.definitions import restore_definitions
 from habitat_operator.controllers.restore.engines import POSTGRES, RestoreEngines
 from habitat_operator.controllers.restore.scratch import sweep_orphans
 from habitat_operator.controllers.restore.source import ArchiveSource, SourceArtifact, resolve
@@ -101,6 +103,16 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             await source.close()
 
     async def _execute(self, spec: RestoreSpec, source: SourceArtifact) -> RetryLater | None:
+        if spec.target.rabbitmq is not None:
+            await restore_definitions(self, spec, spec.target.rabbitmq, source)
+            return None
+        if source.kind is ArtifactKind.RABBITMQ_DEFINITIONS:
+            raise PermanentError(
+                DefinitionsReason.ARTIFACT_KIND_MISMATCH,
+                f"{source.uri} holds RabbitMQ definitions, not a database dump;"
+                " restore it into target.rabbitmq",
+            )
+        assert spec.target.database is not None  # the CRD requires exactly one of them
         target = await read_connection(self.namespace, spec.target.database.secret_ref)
         if self.resumed and spec.jobs > 1 and not spec.drill:
             # A parallel restore is not one transaction: the target may hold part of the artifact.
@@ -145,7 +157,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
 
     async def clean_up_interrupted(self, spec: RestoreSpec) -> None:
         """A drill cut off mid-restore leaves its scratch database behind: drop it before anything else."""
-        if not spec.drill:
+        if not spec.drill or spec.target.database is None:
             return
         target = await read_connection(self.namespace, spec.target.database.secret_ref)
         await self.engines.restore.drop_database(self._scratch(target))
@@ -302,6 +314,12 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             self._verified(elapsed),
         )
 
+    async def succeed_with(self, message: str, *edits: Edit[RestoreStatus]) -> None:
+        """Ends a run that restored no database (a definitions import), with its duration."""
+        elapsed = self.elapsed
+        metrics.RESTORE_DURATION.labels(self.namespace, self.series).observe(elapsed)
+        await self.succeed(message, self._verified(elapsed), *edits)
+
     async def _prepare_target(
         self, spec: RestoreSpec, target: ConnectionTarget, source: SourceArtifact
     ) -> RetryLater | None:
@@ -346,6 +364,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             (RestoreReason.SAFETY_BACKUP, f"backing up the target first: Backup {name}"),
             RestoreReason.SAFETY_BACKUP_FAILED,
         )
+        assert spec.target.database is not None  # a definitions restore takes no safety backup
         database = {"secretRef": spec.target.database.secret_ref.model_dump(by_alias=True)}
         if await owned_backup.await_backup(self.body, safety, database, storage):
             return None

@@ -21,6 +21,7 @@ from habitat_operator import timestamps
 from habitat_operator.api.artifacts import BackupFormat, S3Storage
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import EncryptionKeySecretRef, Phase, Reason
+from habitat_operator.api.rabbitmq_definitions import ArtifactKind
 from habitat_operator.api.restore import (
     LATEST_RUN,
     SHA256_PATTERN,
@@ -78,6 +79,7 @@ class SourceArtifact:
     skipped: tuple[str, ...] = ()  # catalog entries passed over, each naming its key and why
     # A point-in-time source: `stored` is the dump of the recovered database, once recovered.
     archive: ArchiveSource | None = None
+    kind: ArtifactKind | None = None  # as its Backup's status or its catalog entry says; None: unknown
 
     async def close(self) -> None:
         if self.bucket is not None:
@@ -146,6 +148,7 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
         "encryption_key": key,
         "backup": name,
         "storage": storage,
+        "kind": _artifact_kind(artifact.get("kind") or ArtifactKind.DATABASE, f"Backup {name}"),
     }
     if "s3" not in storage:
         return SourceArtifact(stored=store.path_for(artifact["uri"], scope), **fields)
@@ -187,7 +190,20 @@ async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) 
         key=key,
         checksum_required=source.latest_of is not None,
         skipped=skipped,
+        kind=_artifact_kind(entry.get("kind") or ("database" in entry and ArtifactKind.DATABASE), key),
     )
+
+
+def _artifact_kind(recorded: object, where: str) -> ArtifactKind | None:
+    """The kind an artifact's record names (None: it names none); an unknown one is refused."""
+    if not recorded:
+        return None
+    try:
+        return ArtifactKind(str(recorded))
+    except ValueError:
+        raise PermanentError(
+            Reason.VERIFICATION_FAILED, f"{where} records an unknown kind of artifact: {str(recorded)[:64]!r}"
+        ) from None
 
 
 def _catalog_entry(
