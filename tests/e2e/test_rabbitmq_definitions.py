@@ -212,3 +212,30 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     for text in (json.dumps(statuses), json.dumps(events(kubectl)), operator_alive.log_text()):
         for secret in (broker.password, *hashes):
             assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            backup("both", rabbitmq={"managementSecretRef": {"name": "m"}}),
+            "exactly one of database or rabbitmq",
+        ),
+        (
+            definitions_backup(
+                "users", rabbitmq={"managementSecretRef": {"name": "m"}, "vhost": "v", "includeUsers": True}
+            ),
+            "includeUsers needs the whole broker",
+        ),
+        (
+            definitions_restore("drill", "b", drill=True),
+            "target.rabbitmq imports a definitions artifact once",
+        ),
+        (restore("dry", dryRun=True), "dryRun is supported with target.rabbitmq"),
+    ],
+)
+def test_invalid_definitions_specs_are_rejected_at_apply_time(
+    installed: None, kubectl: Kubectl, document: dict[str, Any], message: str
+) -> None:
+    result = kubectl.apply(document, check=False)
+    assert result.returncode != 0 and message in result.stderr

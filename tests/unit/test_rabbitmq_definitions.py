@@ -1,0 +1,302 @@
+"""RabbitMQ definitions: stripping hashes, what an import carries and changes (a dry run's plan), the
+size bounds against a hostile broker or artifact, and the API's rules for spec.rabbitmq."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from habitat_operator.api.backup import BackupSpec
+from habitat_operator.api.rabbitmq_definitions import MAX_CHANGED_NAMES
+from habitat_operator.api.restore import RestoreSpec
+from habitat_operator.engines.rabbitmq.definitions import (
+    MAX_DEFINITIONS_BYTES,
+    artifact_document,
+    decode,
+    describe_plan,
+    encode,
+    has_topology,
+    import_body,
+    plan,
+    redact,
+    unwrap,
+)
+from habitat_operator.engines.rabbitmq.definitions_artifact import MAX_PLAINTEXT_BYTES, read_plaintext, seal
+from habitat_operator.engines.rabbitmq.management import ManagementApi
+from habitat_operator.errors import OperationError
+from tests.unit.helpers import backup_spec, restore_spec
+
+HASH = "kI6ttHu2WCOMsn2IU2bZ7zAfjWlQ7J2p8OeSPsaVvm3Zvts+"
+
+
+def export(**extra: Any) -> dict[str, Any]:
+    return {
+        "rabbit_version": "3.10.8",
+        "users": [
+            {
+                "name": "app",
+                "password_hash": HASH,
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+        ],
+        "vhosts": [{"name": "/"}],
+        "permissions": [{"user": "app", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [
+            {"name": "habitat.ledger", "vhost": "/", "type": "topic", "durable": True, "arguments": {}}
+        ],
+        "queues": [{"name": "habitat.ledger.demo", "vhost": "/", "durable": True, "arguments": {}}],
+        "bindings": [
+            {
+                "source": "habitat.ledger",
+                "vhost": "/",
+                "destination": "habitat.ledger.demo",
+                "destination_type": "queue",
+                "routing_key": "period.close.#",
+                "arguments": {},
+            }
+        ],
+        **extra,
+    }
+
+
+def by_type(changes: list[Any]) -> dict[str, Any]:
+    return {change.type: change for change in changes}
+
+
+# ---------------------------------------------------------------- stripping
+
+
+def test_hashes_are_stripped_unless_asked_for() -> None:
+    stripped = artifact_document(export(), None, keep_hashes=False)
+    assert HASH not in json.dumps(stripped)
+    assert stripped["users"] == [
+        {"name": "app", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}
+    ]
+    assert HASH in json.dumps(artifact_document(export(), None, keep_hashes=True))
+
+
+def test_the_document_records_its_vhost_and_unwraps_to_the_export() -> None:
+    document = artifact_document(export(), "ledger", keep_hashes=False)
+    definitions, vhost = unwrap(decode(encode(document), "it"), "it")
+    assert vhost == "ledger"
+    assert "habitat_export" not in definitions and definitions["queues"] == export()["queues"]
+
+
+def test_a_document_without_its_record_is_not_definitions() -> None:
+    with pytest.raises(OperationError, match="are not RabbitMQ definitions: it has no habitat_export record"):
+        unwrap(export(), "the definitions of x")
+
+
+# ---------------------------------------------------------------- what an import carries and changes
+
+
+def test_users_without_a_hash_and_their_orphaned_permissions_are_left_out() -> None:
+    artifact = artifact_document(export(), None, keep_hashes=False)
+    body, skipped = import_body(artifact, {"users": [{"name": "someone-else"}]})
+    assert body["users"] == [] and body["permissions"] == []
+    assert skipped == {"users": 1, "permissions": 1}
+
+
+def test_permissions_of_a_user_the_broker_has_are_kept() -> None:
+    body, skipped = import_body(artifact_document(export(), None, keep_hashes=False), export())
+    assert body["permissions"] == export()["permissions"] and skipped == {"users": 1}
+
+
+def test_users_with_a_hash_are_imported() -> None:
+    body, skipped = import_body(artifact_document(export(), None, keep_hashes=True), {})
+    assert [user["name"] for user in body["users"]] == ["app"] and not skipped
+
+
+def test_the_plan_counts_creations_updates_and_unchanged() -> None:
+    current = export()
+    del current["bindings"]
+    current["queues"] = [{**current["queues"][0], "arguments": {"x-max-length": 10}}]
+    changes = by_type(plan(export(), current, {}))
+    assert (changes["exchanges"].unchanged, changes["exchanges"].create) == (1, 0)
+    assert (changes["queues"].update, changes["queues"].names) == (1, ["/: habitat.ledger.demo"])
+    assert changes["bindings"].create == 1
+    assert changes["bindings"].names == ["/: habitat.ledger -> queue habitat.ledger.demo (period.close.#)"]
+    summary = describe_plan(changes.values())
+    assert "exchanges: 1 unchanged" in summary and "bindings: 1 to create" in summary
+
+
+def test_bindings_differing_in_arguments_are_different_bindings() -> None:
+    current = export()
+    current["bindings"] = [{**current["bindings"][0], "arguments": {"x-match": "all"}}]
+    assert by_type(plan(export(), current, {}))["bindings"].create == 1
+
+
+def test_the_plan_names_at_most_a_bounded_number_per_type() -> None:
+    queues = [{"name": f"q{i}", "vhost": "/"} for i in range(500)]
+    change = by_type(plan({"queues": queues}, {}, {}))["queues"]
+    assert change.create == 500 and len(change.names) == MAX_CHANGED_NAMES
+
+
+def test_default_exchanges_do_not_make_a_vhost_occupied() -> None:
+    defaults = {"exchanges": [{"name": "amq.topic"}, {"name": ""}], "queues": []}
+    assert not has_topology(defaults)
+    assert has_topology({**defaults, "exchanges": [{"name": "habitat.ledger"}]})
+    assert has_topology({"queues": [{"name": "q"}]})
+
+
+def test_a_brokers_error_never_shows_a_hash_that_was_sent() -> None:
+    text = f"user app: invalid password_hash {HASH}"
+    assert HASH not in redact(text, export())
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_a_document_over_the_bound_is_refused_before_parsing() -> None:
+    with pytest.raises(OperationError, match="larger than") as caught:
+        decode(b" " * (MAX_DEFINITIONS_BYTES + 1), "the definitions of x")
+    assert caught.value.reason == "DefinitionsTooLarge"
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"PGDMP\x01\x0e", "it is not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"queues": {}}', "queues are not"),
+    ],
+)
+def test_what_is_not_definitions_says_so(body: bytes, why: str) -> None:
+    with pytest.raises(OperationError, match=why):
+        decode(body, "the definitions of x")
+
+
+def test_sealed_documents_read_back_encrypted_and_compressed() -> None:
+    key = os.urandom(32)
+    plaintext = encode(artifact_document(export(), None, keep_hashes=True))
+    sealed = seal(plaintext, key, zstd=True)
+    assert HASH.encode() not in sealed.data
+    assert read_plaintext(io.BytesIO(sealed.data), key, "it") == (plaintext, sealed.sha256)
+
+
+def test_a_small_artifact_that_decompresses_past_the_bound_is_refused() -> None:
+    sealed = seal(b" " * (MAX_PLAINTEXT_BYTES + 1), None, zstd=True)
+    assert len(sealed.data) < 1 << 16
+    with pytest.raises(OperationError, match="larger than"):
+        read_plaintext(io.BytesIO(sealed.data), None, "the definitions of x")
+
+
+class _Broker(BaseHTTPRequestHandler):
+    status = 200
+    body = b"{}"
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer()
+
+    def _answer(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def broker() -> Iterator[tuple[type[_Broker], str]]:
+    handler = type("Broker", (_Broker,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield handler, f"http://admin:s3cret-pw@127.0.0.1:{server.server_port}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_hostile_brokers_oversized_export_is_refused(broker: tuple[type[_Broker], str]) -> None:
+    handler, url = broker
+    handler.body = b'{"queues": [' + b" " * MAX_DEFINITIONS_BYTES + b"]}"
+    with pytest.raises(OperationError, match="larger than") as caught:
+        ManagementApi(url).export("ledger")
+    assert caught.value.reason == "DefinitionsTooLarge" and "s3cret-pw" not in caught.value.message
+
+
+def test_a_refused_import_says_why_without_hashes_or_password(broker: tuple[type[_Broker], str]) -> None:
+    handler, url = broker
+    handler.status = 400
+    handler.body = json.dumps({"error": "bad_request", "reason": f"bad hash {HASH}"}).encode()
+    with pytest.raises(OperationError) as caught:
+        ManagementApi(url).import_definitions(export(), None)
+    message = caught.value.message
+    assert caught.value.reason == "BrokerRefused" and "HTTP 400: bad hash <redacted>" in message
+    assert HASH not in message and "s3cret-pw" not in message and "127.0.0.1" in message
+
+
+def test_a_malformed_management_url_is_refused_without_showing_it() -> None:
+    with pytest.raises(OperationError, match="must be http") as caught:
+        ManagementApi("amqp://admin:s3cret-pw@host/")
+    assert "s3cret-pw" not in caught.value.message
+
+
+# ---------------------------------------------------------------- the API's rules
+
+
+def rabbitmq(**extra: Any) -> dict[str, Any]:
+    return {"managementSecretRef": {"name": "rabbitmq-management"}, **extra}
+
+
+def test_a_backup_of_definitions() -> None:
+    spec = BackupSpec.model_validate(
+        {"storage": backup_spec()["storage"], "rabbitmq": rabbitmq(vhost="ledger")}
+    )
+    assert spec.database is None and spec.rabbitmq is not None
+    assert spec.rabbitmq.management_secret_ref.key == "uri" and spec.rabbitmq.include_users is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rabbitmq": rabbitmq()}, "spec needs exactly one of database or rabbitmq"),
+        (
+            {"database": None, "rabbitmq": rabbitmq(vhost="v", includeUsers=True)},
+            "includeUsers needs the whole",
+        ),
+        (
+            {"database": None, "rabbitmq": rabbitmq(), "jobs": 2, "format": "directory"},
+            "rabbitmq takes no format",
+        ),
+    ],
+)
+def test_invalid_definitions_backups(overrides: dict[str, Any], message: str) -> None:
+    spec = {k: v for k, v in backup_spec(**overrides).items() if v is not None}
+    with pytest.raises(ValidationError, match=message):
+        BackupSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"drill": True}, "target.rabbitmq imports a definitions artifact once"),
+        ({"mode": {"createDatabase": True}}, "target.rabbitmq imports a definitions artifact once"),
+        ({"target": {"database": {"secretRef": {"name": "db"}}}, "dryRun": True}, "dryRun is supported with"),
+    ],
+)
+def test_invalid_definitions_restores(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RestoreSpec.model_validate(restore_spec(**{"target": {"rabbitmq": rabbitmq()}, **overrides}))
+
+
+def test_a_dry_run_of_definitions() -> None:
+    spec = RestoreSpec.model_validate(restore_spec(target={"rabbitmq": rabbitmq()}, dryRun=True))
+    assert spec.dry_run and spec.target.rabbitmq is not None and spec.target.database is None
