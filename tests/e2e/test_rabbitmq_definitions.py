@@ -21,7 +21,16 @@ import pika
 import pytest
 
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.helpers import backup, condition, events, finished, restore, wait_ready
+from tests.e2e.helpers import (
+    backup,
+    condition,
+    create_s3_secret,
+    events,
+    finished,
+    restore,
+    s3_storage,
+    wait_ready,
+)
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -123,12 +132,14 @@ def definitions_backup(name: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
-def definitions_restore(name: str, source: str, **spec: Any) -> dict[str, Any]:
+def definitions_restore(name: str, backup_name: str, **spec: Any) -> dict[str, Any]:
     return restore(
         name,
-        source={"backupRef": {"name": source}},
-        target={"rabbitmq": {"managementSecretRef": {"name": "rabbitmq-management"}}},
-        **spec,
+        **{
+            "source": {"backupRef": {"name": backup_name}},
+            "target": {"rabbitmq": {"managementSecretRef": {"name": "rabbitmq-management"}}},
+            **spec,
+        },
     )
 
 
@@ -159,7 +170,9 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     kubectl.apply(
         definitions_backup("ledger", rabbitmq={**rabbitmq, "vhost": broker.vhost}, encryption=sealed)
     )
-    kubectl.apply(definitions_backup("broker", rabbitmq=rabbitmq))
+    create_s3_secret(kubectl, stack)
+    offsite = s3_storage(stack, f"defs-{secrets.token_hex(4)}")
+    kubectl.apply(definitions_backup("broker", rabbitmq=rabbitmq, storage=offsite))
     exported = wait_ready(kubectl, "ledger", operator_alive)
     artifact = exported["status"]["artifact"]
     assert artifact["kind"] == "rabbitmqDefinitions" and artifact["encrypted"] is True
@@ -170,8 +183,11 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     kubectl.apply(definitions_restore("plan", "ledger", dryRun=True))
     kubectl.apply(definitions_restore("refused", "ledger"))
     kubectl.apply(restore("into-a-database", source={"backupRef": {"name": "ledger"}}))
-    wait_ready(kubectl, "broker", operator_alive)
-    kubectl.apply(definitions_restore("broker-plan", "broker", dryRun=True))
+    # The whole broker's, off site: found again by its key alone, as after a disaster.
+    uri = wait_ready(kubectl, "broker", operator_alive)["status"]["artifact"]["uri"]
+    key = uri.removeprefix(f"s3://{stack.s3_bucket}/")
+    in_bucket = {"storage": {"s3": offsite["s3"], "key": key}}
+    kubectl.apply(definitions_restore("broker-plan", "broker", dryRun=True, source=in_bucket))
     planned = finished(kubectl, "plan", operator_alive)
     assert planned["status"]["phase"] == "Succeeded", planned["status"]
     assert changes(planned)["exchanges"]["unchanged"] == 1 and changes(planned)["queues"]["create"] == 0
@@ -183,6 +199,7 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     whole = finished(kubectl, "broker-plan", operator_alive)
     assert whole["status"]["phase"] == "Succeeded", whole["status"]
     assert changes(whole)["users"]["skipped"] >= 2  # no hashes without includeUsers: left as they are
+    assert whole["status"]["restoredFrom"]["uri"] == uri
 
     delete_topology(connection)
     kubectl.apply(definitions_restore("ledger-back", "ledger"))

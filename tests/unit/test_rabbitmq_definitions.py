@@ -300,3 +300,8 @@ def test_invalid_definitions_restores(overrides: dict[str, Any], message: str) -
 def test_a_dry_run_of_definitions() -> None:
     spec = RestoreSpec.model_validate(restore_spec(target={"rabbitmq": rabbitmq()}, dryRun=True))
     assert spec.dry_run and spec.target.rabbitmq is not None and spec.target.database is None
+
+
+def test_types_without_entries_are_left_out_of_the_plan() -> None:
+    changes = plan({"queues": [], "topic_permissions": [], "exchanges": [{"name": "x"}]}, {}, {"users": 2})
+    assert [change.type for change in changes] == ["users", "exchanges"]

@@ -135,10 +135,11 @@ def import_body(artifact: Definitions, current: Definitions) -> tuple[Definition
 
 def plan(body: Definitions, current: Definitions, skipped: Mapping[str, int]) -> list[DefinitionChanges]:
     """Per type, what importing `body` into a broker holding `current` creates, updates and leaves
-    as it is (an import never deletes), with the first MAX_CHANGED_NAMES names created or updated."""
+    as it is (an import never deletes), with the first MAX_CHANGED_NAMES names created or updated;
+    types the import carries nothing of are left out."""
     changes = []
     for kind, identity in IDENTITY.items():
-        if kind not in body and not skipped.get(kind):
+        if not body.get(kind) and not skipped.get(kind):
             continue
         existing = {_identity(entry, identity): entry for entry in current.get(kind, [])}
         change = DefinitionChanges(type=kind, skipped=skipped.get(kind, 0))
