@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="comma-separated host patterns (globs, host or host:port) that a ScalePolicy's Prometheus "
-        "serverAddress and RabbitMQ URLs must match, e.g. '*.monitoring.svc,prometheus.example:9090'; "
+        "serverAddress and RabbitMQ URLs, and the management URL of a RabbitMQ definitions Backup or "
+        "Restore, must match, e.g. '*.monitoring.svc,prometheus.example:9090'; "
         "others are refused (default: any; repeatable)",
     )
     run.add_argument(

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from habitat_operator.api.backup import BackupSpec
 from habitat_operator.api.rabbitmq_definitions import MAX_CHANGED_NAMES
 from habitat_operator.api.restore import RestoreSpec
+from habitat_operator.config import OperatorConfig
 from habitat_operator.engines.rabbitmq.definitions import (
     MAX_DEFINITIONS_BYTES,
     artifact_document,
@@ -32,6 +33,9 @@ from habitat_operator.engines.rabbitmq.definitions import (
 from habitat_operator.engines.rabbitmq.definitions_artifact import MAX_PLAINTEXT_BYTES, read_plaintext, seal
 from habitat_operator.engines.rabbitmq.management import ManagementApi
 from habitat_operator.errors import OperationError
+from tests.unit.bodies import NS, backup_body, reconcile_backup
+from tests.unit.fake_engines import FakeDump
+from tests.unit.fake_kube import FakeKube
 from tests.unit.helpers import backup_spec, restore_spec
 
 HASH = "kI6ttHu2WCOMsn2IU2bZ7zAfjWlQ7J2p8OeSPsaVvm3Zvts+"
@@ -193,8 +197,10 @@ def test_a_small_artifact_that_decompresses_past_the_bound_is_refused() -> None:
 class _Broker(BaseHTTPRequestHandler):
     status = 200
     body = b"{}"
+    requests = 0
 
     def do_GET(self) -> None:
+        type(self).requests += 1
         self._answer()
 
     def do_POST(self) -> None:
@@ -305,3 +311,55 @@ def test_a_dry_run_of_definitions() -> None:
 def test_types_without_entries_are_left_out_of_the_plan() -> None:
     changes = plan({"queues": [], "topic_permissions": [], "exchanges": [{"name": "x"}]}, {}, {"users": 2})
     assert [change.type for change in changes] == ["users", "exchanges"]
+
+
+# ---------------------------------------------------------------- the Backup's run
+
+
+def definitions_backup(kube: FakeKube, url: str) -> None:
+    kube.put_secret(NS, "rabbitmq-management", {"uri": url})
+    body = backup_body("definitions", rabbitmq=rabbitmq())
+    del body["spec"]["database"]
+    kube.add("backups", body)
+
+
+def test_a_broker_outside_the_allowed_endpoints_is_never_asked(
+    fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig, broker: tuple[type[_Broker], str]
+) -> None:
+    handler, url = broker
+    definitions_backup(fake_kube, url)
+    allowed = OperatorConfig(backup_root=config.backup_root, allowed_metrics_endpoints=("rabbitmq.internal",))
+    reconcile_backup(fake_kube, allowed, dump, "definitions")
+    status = fake_kube.status("backups", NS, "definitions")
+    assert status["phase"] == "Failed" and handler.requests == 0
+    assert status["message"].endswith("is not among the operator's --allowed-metrics-endpoints")
+    assert "s3cret-pw" not in json.dumps(status)
+
+
+def test_an_oversized_export_fails_the_backup_and_stores_nothing(
+    fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig, broker: tuple[type[_Broker], str]
+) -> None:
+    handler, url = broker
+    handler.body = b'{"queues": [' + b" " * MAX_DEFINITIONS_BYTES + b"]}"
+    definitions_backup(fake_kube, url)
+    reconcile_backup(fake_kube, config, dump, "definitions")
+    status = fake_kube.status("backups", NS, "definitions")
+    assert status["phase"] == "Failed" and "larger than" in status["message"]
+    assert not [path for path in config.backup_root.rglob("*") if path.is_file()]
+
+
+def test_a_backup_of_definitions_stores_them_without_hashes(
+    fake_kube: FakeKube, dump: FakeDump, config: OperatorConfig, broker: tuple[type[_Broker], str]
+) -> None:
+    handler, url = broker
+    handler.body = json.dumps(export()).encode()
+    definitions_backup(fake_kube, url)
+    reconcile_backup(fake_kube, config, dump, "definitions")
+    status = fake_kube.status("backups", NS, "definitions")
+    assert status["phase"] == "Succeeded", status
+    assert status["artifact"]["kind"] == "rabbitmqDefinitions" and status["broker"].startswith("127.0.0.1:")
+    stored = config.backup_root.resolve() / "app" / NS / "definitions.definitions"
+    assert status["artifact"]["uri"] == stored.as_uri()
+    plaintext, sha256 = read_plaintext(stored.open("rb"), None, "it")
+    assert sha256 == status["artifact"]["sha256"] and HASH.encode() not in plaintext
+    assert unwrap(decode(plaintext, "it"), "it")[0]["queues"] == export()["queues"]

@@ -10,12 +10,13 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from habitat_operator.api.scalepolicy import Fallback, ScalePolicySpec, ScheduleTrigger
+from habitat_operator.controllers.base.endpoints import endpoint_allowed
 from habitat_operator.controllers.scalepolicy import metrics, windows
 from habitat_operator.controllers.scalepolicy.conflicts import Autoscaler, autoscaled_target, standoff
 from habitat_operator.controllers.scalepolicy.decision import PolicyState, Reading, decide
 from habitat_operator.controllers.scalepolicy.formula import Formula
 from habitat_operator.controllers.scalepolicy.run import target_key
-from habitat_operator.controllers.scalepolicy.sources import check_endpoints, endpoint_allowed
+from habitat_operator.controllers.scalepolicy.sources import check_endpoints
 from tests.scalepolicy_cases import REFUSED, REFUSED_IDS, window
 
 NOON = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)

@@ -29,6 +29,7 @@ class DefinitionsReason(StrEnum):
     DEFINITIONS_TOO_LARGE = "DefinitionsTooLarge"
     VHOST_NOT_EMPTY = "VhostNotEmpty"
     ARTIFACT_KIND_MISMATCH = "ArtifactKindMismatch"
+    ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 
 
 class ManagementSecretRef(SecretKeyRef):

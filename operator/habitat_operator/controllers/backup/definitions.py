@@ -22,12 +22,11 @@ from habitat_operator.api.rabbitmq_definitions import (
 )
 from habitat_operator.controllers.base import names
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
-from habitat_operator.controllers.base.credentials import read_secret_text
+from habitat_operator.controllers.base.endpoints import management_api
 from habitat_operator.durations import parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.rabbitmq import definitions_artifact as artifact
 from habitat_operator.engines.rabbitmq.definitions import artifact_document, describe_counts, encode
-from habitat_operator.engines.rabbitmq.management import ManagementApi
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import RetryableError
 
@@ -40,8 +39,9 @@ MAX_FILE_STEM = 200  # as a dump's: the name, the suffix and a partial's prefix 
 async def export_definitions(
     run: BackupRun, spec: BackupSpec, source: RabbitMQDefinitionsSource, encryption_key: bytes | None
 ) -> None:
-    ref = source.management_secret_ref
-    api = ManagementApi(await read_secret_text(run.namespace, ref.name, ref.key))
+    api = await management_api(
+        run.namespace, source.management_secret_ref, run.config.allowed_metrics_endpoints
+    )
     broker = api.display + (f" vhost {source.vhost}" if source.vhost is not None else "")
     compression = Compression.NONE if spec.compression is Compression.NONE else Compression.ZSTD
     timeout = parse_duration(spec.timeout).total_seconds()

@@ -24,7 +24,7 @@ from habitat_operator.api.rabbitmq_definitions import (
     RabbitMQTarget,
 )
 from habitat_operator.api.restore import RestoredFrom, RestoreSpec, RestoreStatus
-from habitat_operator.controllers.base.credentials import read_secret_text
+from habitat_operator.controllers.base.endpoints import management_api
 from habitat_operator.controllers.restore.source import SourceArtifact
 from habitat_operator.engines.artifacts.codec import Readable
 from habitat_operator.engines.rabbitmq.definitions import (
@@ -37,7 +37,6 @@ from habitat_operator.engines.rabbitmq.definitions import (
     unwrap,
 )
 from habitat_operator.engines.rabbitmq.definitions_artifact import read_plaintext
-from habitat_operator.engines.rabbitmq.management import ManagementApi
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, PermanentError, one_line
 
@@ -55,8 +54,9 @@ async def restore_definitions(
             DefinitionsReason.ARTIFACT_KIND_MISMATCH,
             f"{source.uri} is a database dump, not RabbitMQ definitions; restore it into target.database",
         )
-    ref = target.management_secret_ref
-    api = ManagementApi(await read_secret_text(run.namespace, ref.name, ref.key))
+    api = await management_api(
+        run.namespace, target.management_secret_ref, run.config.allowed_metrics_endpoints
+    )
     definitions, vhost = await _read_artifact(spec, source)
     where = api.display + (f" vhost {vhost}" if vhost is not None else "")
     async with run.slot(api.display):

@@ -11,14 +11,13 @@ logged.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
-import urllib.parse
 
 import structlog
 
 from habitat_operator.api.scalepolicy import QueueSource, ScalePolicyReason, ScalePolicySpec, Trigger
 from habitat_operator.controllers.base.credentials import read_secret_text
+from habitat_operator.controllers.base.endpoints import endpoint_allowed
 from habitat_operator.controllers.scalepolicy import metrics
 from habitat_operator.controllers.scalepolicy.decision import Reading, metric_triggers
 from habitat_operator.engines.http import display
@@ -36,16 +35,6 @@ MAX_TIMEOUT_SECONDS = 10.0
 def timeout_for(spec: ScalePolicySpec) -> float:
     """A source gets 80% of the interval (at most 10 s), so a slow one never delays the next poll."""
     return min(spec.polling_interval * 0.8, MAX_TIMEOUT_SECONDS)
-
-
-def endpoint_allowed(url: str, patterns: tuple[str, ...]) -> bool:
-    """Whether `url`'s host (or host:port) matches one of the glob `patterns`; any, without patterns."""
-    if not patterns:
-        return True
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").lower()
-    names = (host, f"{host}:{parts.port}" if parts.port else host)
-    return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in patterns for name in names)
 
 
 def check_endpoints(spec: ScalePolicySpec, allowed: tuple[str, ...]) -> None:
