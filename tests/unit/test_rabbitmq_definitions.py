@@ -30,11 +30,16 @@ from habitat_operator.engines.rabbitmq.definitions import (
     redact,
     unwrap,
 )
-from habitat_operator.engines.rabbitmq.definitions_artifact import MAX_PLAINTEXT_BYTES, read_plaintext, seal
+from habitat_operator.engines.rabbitmq.definitions_artifact import (
+    MAX_PLAINTEXT_BYTES,
+    read_plaintext,
+    seal,
+    write_file,
+)
 from habitat_operator.engines.rabbitmq.management import ManagementApi
 from habitat_operator.errors import OperationError
-from tests.unit.bodies import NS, backup_body, reconcile_backup
-from tests.unit.fake_engines import FakeDump
+from tests.unit.bodies import NS, backup_body, reconcile_backup, reconcile_restore, restore_body
+from tests.unit.fake_engines import FakeDump, FakeLock, FakePostgres
 from tests.unit.fake_kube import FakeKube
 from tests.unit.helpers import backup_spec, restore_spec
 
@@ -198,13 +203,14 @@ class _Broker(BaseHTTPRequestHandler):
     status = 200
     body = b"{}"
     requests = 0
+    posted: list[bytes] = []  # noqa: RUF012 - each test's handler class gets a list of its own
 
     def do_GET(self) -> None:
         type(self).requests += 1
         self._answer()
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posted = [*type(self).posted, self.rfile.read(int(self.headers["Content-Length"]))]
         self._answer()
 
     def _answer(self) -> None:
@@ -363,3 +369,89 @@ def test_a_backup_of_definitions_stores_them_without_hashes(
     plaintext, sha256 = read_plaintext(stored.open("rb"), None, "it")
     assert sha256 == status["artifact"]["sha256"] and HASH.encode() not in plaintext
     assert unwrap(decode(plaintext, "it"), "it")[0]["queues"] == export()["queues"]
+
+
+# ---------------------------------------------------------------- the Restore's run
+
+
+def backed_up(kube: FakeKube, config: OperatorConfig, url: str) -> None:
+    """A Backup of one vhost's definitions, Succeeded, its artifact on disk; the Secret of the broker."""
+    kube.put_secret(NS, "rabbitmq-management", {"uri": url})
+    body = backup_body("definitions", rabbitmq=rabbitmq(vhost="ledger"))
+    del body["spec"]["database"]
+    kube.add("backups", body)
+    sealed = seal(encode(artifact_document(export(), "ledger", keep_hashes=False)), None, zstd=True)
+    path = config.backup_root.resolve() / "app" / NS / "definitions.definitions"
+    artifact = {"uri": write_file(path, sealed), "sha256": sealed.sha256, "kind": "rabbitmqDefinitions"}
+    kube.set_status("backups", NS, "definitions", {"phase": "Succeeded", "artifact": artifact})
+
+
+def definitions_restore(kube: FakeKube, **spec: Any) -> None:
+    target = {"rabbitmq": rabbitmq()}
+    kube.add("restores", restore_body(source={"backupRef": {"name": "definitions"}}, target=target, **spec))
+
+
+def test_an_occupied_vhost_is_refused_and_left_as_it_was(
+    fake_kube: FakeKube,
+    config: OperatorConfig,
+    postgres: FakePostgres,
+    lock: FakeLock,
+    broker: tuple[type[_Broker], str],
+) -> None:
+    handler, url = broker
+    handler.body = json.dumps(export()).encode()  # the vhost has its queue already
+    backed_up(fake_kube, config, url)
+    definitions_restore(fake_kube)
+    reconcile_restore(fake_kube, config, postgres, lock, "restore")
+    status = fake_kube.status("restores", NS, "restore")
+    assert status["phase"] == "Failed" and "set mode.force" in status["message"]
+    assert handler.posted == []
+
+
+def test_a_run_resumed_mid_import_imports_again_without_refusing(
+    fake_kube: FakeKube,
+    config: OperatorConfig,
+    postgres: FakePostgres,
+    lock: FakeLock,
+    broker: tuple[type[_Broker], str],
+) -> None:
+    handler, url = broker
+    handler.body = json.dumps(export()).encode()  # what the interrupted attempt imported already
+    backed_up(fake_kube, config, url)
+    definitions_restore(fake_kube, retry={"limit": 2, "backoff": "1s"})
+    fake_kube.set_status("restores", NS, "restore", {"phase": "Running", "attempts": 1})
+    reconcile_restore(fake_kube, config, postgres, lock, "restore")  # counts the interrupted attempt
+    reconcile_restore(fake_kube, config, postgres, lock, "restore")
+    status = fake_kube.status("restores", NS, "restore")
+    assert status["phase"] == "Succeeded", status
+    (posted,) = handler.posted
+    assert json.loads(posted)["queues"] == export()["queues"] and "habitat_export" not in json.loads(posted)
+    assert HASH.encode() not in posted and status["definitions"]["vhost"] == "ledger"
+
+
+def test_a_dry_run_changes_nothing(
+    fake_kube: FakeKube,
+    config: OperatorConfig,
+    postgres: FakePostgres,
+    lock: FakeLock,
+    broker: tuple[type[_Broker], str],
+) -> None:
+    handler, url = broker
+    handler.body = b'{"exchanges": [{"name": "amq.topic"}]}'
+    backed_up(fake_kube, config, url)
+    definitions_restore(fake_kube, dryRun=True)
+    reconcile_restore(fake_kube, config, postgres, lock, "restore")
+    status = fake_kube.status("restores", NS, "restore")
+    assert status["phase"] == "Succeeded" and handler.posted == []
+    planned = {change["type"]: change for change in status["definitions"]["changes"]}
+    assert planned["queues"] == {
+        "type": "queues",
+        "create": 1,
+        "update": 0,
+        "unchanged": 0,
+        "skipped": 0,
+        "names": ["/: habitat.ledger.demo"],
+    }
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")["message"]
+    assert ready.startswith("dry run into 127.0.0.1:") and "queues: 1 to create" in ready
+    assert fake_kube.reasons("restore")[-1] == "Succeeded"

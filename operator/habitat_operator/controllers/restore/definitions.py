@@ -5,8 +5,10 @@ decryption, its shape) before the broker is asked anything; the broker's current
 read next, and what the import would create and update is computed from both. A dry run ends
 there, with that plan in status and an Event. Otherwise a broker (or the artifact's vhost) that
 holds queues or exchanges of its own is refused without `mode.force`, and only then is the import
-posted. Users the artifact has no password hash for are left out (RabbitMQ would clear the password
-of an existing user imported without one), and so are permissions of users the broker will not have.
+posted (a run resumed after the operator died mid-import was past that check, and posts again:
+an import is idempotent). Users the artifact has no password hash for are left out (RabbitMQ would
+clear the password of an existing user imported without one), and so are permissions of users the
+broker will not have.
 """
 
 from __future__ import annotations
@@ -60,26 +62,30 @@ async def restore_definitions(
     definitions, vhost = await _read_artifact(spec, source)
     where = api.display + (f" vhost {vhost}" if vhost is not None else "")
     async with run.slot(api.display):
-        reason = DefinitionsReason.DRY_RUN if spec.dry_run else DefinitionsReason.IMPORTING
-        await run.start(
-            reason, f"reading the definitions of {where}", _edit(source, where, vhost, [], spec.dry_run)
-        )
+        if spec.dry_run:
+            await run.start(DefinitionsReason.DRY_RUN, f"planning the import into {where}")
         current = await in_thread(api.export, vhost)
         body, skipped = import_body(definitions, current)
         changes = plan(body, current, skipped)
         summary = describe_plan(changes)
-        occupied = has_topology(current)
+        occupied = has_topology(current) and not spec.mode.force
         if spec.dry_run:
-            refusal = "; a real run would be refused: it holds queues or exchanges (set mode.force)"
-            note = refusal if occupied and not spec.mode.force else ""
-            await _succeed(run, spec, source, where, vhost, changes, f"dry run into {where}: {summary}{note}")
+            note = "; a real run would be refused: it holds queues or exchanges (set mode.force)"
+            message = f"dry run into {where}: {summary}{note if occupied else ''}"
+            await _succeed(run, spec, source, where, vhost, changes, message)
             return
-        if occupied and not spec.mode.force:
+        # A resumed run passed this check before it started importing: what it finds now may be its own.
+        if occupied and not run.resumed:
             raise PermanentError(
                 DefinitionsReason.VHOST_NOT_EMPTY,
                 f"{where} already holds queues or exchanges; set mode.force to import into it anyway"
                 " (the broker was not changed)",
             )
+        await run.start(
+            DefinitionsReason.IMPORTING,
+            f"importing into {where}",
+            _edit(source, where, vhost, changes, False),
+        )
         await in_thread(api.import_definitions, body, vhost)
     await _succeed(run, spec, source, where, vhost, changes, f"imported into {where}: {summary}")
 
