@@ -59,7 +59,8 @@ def test_invalid_spec_fails_naming_the_field(
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"database": None}, "spec.database"),
+        ({"database": {"secretRef": {}}}, "spec.database.secretRef.name"),
+        ({"database": None}, "spec"),  # exactly one of database or rabbitmq
         ({"retry": {"limit": 99}}, "spec.retry.limit"),
         ({"timeout": "soon"}, "spec.timeout"),
         ({"unknownField": 1}, "spec.unknownField"),

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ from habitat_operator.api.backup import BackupSpec
 from habitat_operator.api.rabbitmq_definitions import MAX_CHANGED_NAMES
 from habitat_operator.api.restore import RestoreSpec
 from habitat_operator.config import OperatorConfig
+from habitat_operator.controllers.base.kube import JsonDict
 from habitat_operator.engines.rabbitmq.definitions import (
     MAX_DEFINITIONS_BYTES,
     artifact_document,
@@ -386,63 +388,65 @@ def backed_up(kube: FakeKube, config: OperatorConfig, url: str) -> None:
     kube.set_status("backups", NS, "definitions", {"phase": "Succeeded", "artifact": artifact})
 
 
-def definitions_restore(kube: FakeKube, **spec: Any) -> None:
-    target = {"rabbitmq": rabbitmq()}
-    kube.add("restores", restore_body(source={"backupRef": {"name": "definitions"}}, target=target, **spec))
+@dataclass
+class Restoring:
+    """A broker with its handler, a Backup of its definitions, and one Restore of them to run."""
+
+    kube: FakeKube
+    config: OperatorConfig
+    postgres: FakePostgres
+    lock: FakeLock
+    handler: type[_Broker]
+
+    def apply(self, **spec: Any) -> None:
+        target = {"rabbitmq": rabbitmq()}
+        self.kube.add(
+            "restores", restore_body(source={"backupRef": {"name": "definitions"}}, target=target, **spec)
+        )
+
+    def run(self) -> JsonDict:
+        reconcile_restore(self.kube, self.config, self.postgres, self.lock, "restore")
+        return self.kube.status("restores", NS, "restore")
 
 
-def test_an_occupied_vhost_is_refused_and_left_as_it_was(
+@pytest.fixture
+def restoring(
     fake_kube: FakeKube,
     config: OperatorConfig,
     postgres: FakePostgres,
     lock: FakeLock,
     broker: tuple[type[_Broker], str],
-) -> None:
+) -> Restoring:
     handler, url = broker
-    handler.body = json.dumps(export()).encode()  # the vhost has its queue already
     backed_up(fake_kube, config, url)
-    definitions_restore(fake_kube)
-    reconcile_restore(fake_kube, config, postgres, lock, "restore")
-    status = fake_kube.status("restores", NS, "restore")
+    return Restoring(fake_kube, config, postgres, lock, handler)
+
+
+def test_an_occupied_vhost_is_refused_and_left_as_it_was(restoring: Restoring) -> None:
+    restoring.handler.body = json.dumps(export()).encode()  # the vhost has its queue already
+    restoring.apply()
+    status = restoring.run()
     assert status["phase"] == "Failed" and "set mode.force" in status["message"]
-    assert handler.posted == []
+    assert restoring.handler.posted == []
 
 
-def test_a_run_resumed_mid_import_imports_again_without_refusing(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    broker: tuple[type[_Broker], str],
-) -> None:
-    handler, url = broker
-    handler.body = json.dumps(export()).encode()  # what the interrupted attempt imported already
-    backed_up(fake_kube, config, url)
-    definitions_restore(fake_kube, retry={"limit": 2, "backoff": "1s"})
-    fake_kube.set_status("restores", NS, "restore", {"phase": "Running", "attempts": 1})
-    reconcile_restore(fake_kube, config, postgres, lock, "restore")  # counts the interrupted attempt
-    reconcile_restore(fake_kube, config, postgres, lock, "restore")
-    status = fake_kube.status("restores", NS, "restore")
+def test_a_run_resumed_mid_import_imports_again_without_refusing(restoring: Restoring) -> None:
+    restoring.handler.body = json.dumps(export()).encode()  # what the interrupted attempt imported already
+    restoring.apply(retry={"limit": 2, "backoff": "1s"})
+    restoring.kube.set_status("restores", NS, "restore", {"phase": "Running", "attempts": 1})
+    restoring.run()  # counts the interrupted attempt
+    status = restoring.run()
     assert status["phase"] == "Succeeded", status
-    (posted,) = handler.posted
+    (posted,) = restoring.handler.posted
     assert json.loads(posted)["queues"] == export()["queues"] and "habitat_export" not in json.loads(posted)
     assert HASH.encode() not in posted and status["definitions"]["vhost"] == "ledger"
 
 
-def test_a_dry_run_changes_nothing(
-    fake_kube: FakeKube,
-    config: OperatorConfig,
-    postgres: FakePostgres,
-    lock: FakeLock,
-    broker: tuple[type[_Broker], str],
-) -> None:
-    handler, url = broker
-    handler.body = b'{"exchanges": [{"name": "amq.topic"}]}'
-    backed_up(fake_kube, config, url)
-    definitions_restore(fake_kube, dryRun=True)
-    reconcile_restore(fake_kube, config, postgres, lock, "restore")
-    status = fake_kube.status("restores", NS, "restore")
-    assert status["phase"] == "Succeeded" and handler.posted == []
+def test_a_dry_run_changes_nothing(restoring: Restoring) -> None:
+    restoring.handler.body = b'{"exchanges": [{"name": "amq.topic"}]}'
+    restoring.apply(dryRun=True)
+    status = restoring.run()
+    assert status["phase"] == "Succeeded" and restoring.handler.posted == []
     planned = {change["type"]: change for change in status["definitions"]["changes"]}
     assert planned["queues"] == {
         "type": "queues",
@@ -454,4 +458,17 @@ def test_a_dry_run_changes_nothing(
     }
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")["message"]
     assert ready.startswith("dry run into 127.0.0.1:") and "queues: 1 to create" in ready
-    assert fake_kube.reasons("restore")[-1] == "Succeeded"
+    assert restoring.kube.reasons("restore")[-1] == "Succeeded"
+
+
+def test_a_database_dump_is_not_imported_into_a_broker(restoring: Restoring) -> None:
+    status = restoring.kube.status("backups", NS, "definitions")
+    restoring.kube.set_status(
+        "backups", NS, "definitions", {**status, "artifact": {**status["artifact"], "kind": "database"}}
+    )
+    restoring.apply()
+    status = restoring.run()
+    assert status["phase"] == "Failed" and status["message"].endswith(
+        "is a database dump, not RabbitMQ definitions; restore it into target.database"
+    )
+    assert restoring.handler.requests == 0 and restoring.handler.posted == []
