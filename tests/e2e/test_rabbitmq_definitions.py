@@ -22,13 +22,18 @@ import pytest
 
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import (
+    NEVER_IN_THIS_TEST,
+    artifact_path,
     backup,
     condition,
     create_s3_secret,
     events,
     finished,
     restore,
+    run_by_hand,
+    runs_of,
     s3_storage,
+    wait_for,
     wait_ready,
 )
 from tests.harness import Kubectl, Stack
@@ -229,6 +234,34 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     for text in (json.dumps(statuses), json.dumps(events(kubectl)), operator_alive.log_text()):
         for secret in (broker.password, *hashes):
             assert secret not in text
+
+
+def test_scheduled_definitions_backups_are_retained_like_any(
+    operator_alive: OperatorProcess, kubectl: Kubectl, broker: Broker
+) -> None:
+    kubectl.run(
+        "create", "secret", "generic", "rabbitmq-management", f"--from-literal=uri={broker.management_url}"
+    )
+    spec = {"rabbitmq": {"managementSecretRef": {"name": "rabbitmq-management"}, "vhost": broker.vhost}}
+    kubectl.apply(
+        definitions_backup("hourly", schedule=NEVER_IN_THIS_TEST, retention={"keepLast": 1}, **spec)
+    )
+    parent = kubectl.get("backup", "hourly")
+    paths = []
+    for run in ("hourly-20200101000000", "hourly-20200102000000"):
+        child = run_by_hand(run, parent, **spec)
+        del child["spec"]["database"]
+        kubectl.apply(child)
+        paths.append(artifact_path(wait_ready(kubectl, run, operator_alive)))
+    wait_for(
+        "the older run to expire",
+        lambda: [r["metadata"]["name"] for r in runs_of(kubectl, "hourly")] == ["hourly-20200102000000"],
+        timeout=60,
+        operator=operator_alive,
+    )
+    assert (
+        not paths[0].exists() and paths[1].exists() and paths[1].name == "hourly-20200102000000.definitions"
+    )
 
 
 @pytest.mark.parametrize(
