@@ -9,7 +9,9 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,8 @@ from habitat_operator.engines.rabbitmq.definitions import (
 )
 from habitat_operator.engines.rabbitmq.definitions_artifact import (
     MAX_PLAINTEXT_BYTES,
+    Sealed,
+    check_stored,
     read_plaintext,
     seal,
     write_file,
@@ -199,6 +203,17 @@ def test_a_small_artifact_that_decompresses_past_the_bound_is_refused() -> None:
     assert len(sealed.data) < 1 << 16
     with pytest.raises(OperationError, match="larger than"):
         read_plaintext(io.BytesIO(sealed.data), None, "the definitions of x")
+
+
+def test_an_artifact_that_fails_its_check_is_never_put_in_place(tmp_path: Path) -> None:
+    sealed = seal(b"{}", None, zstd=False)
+    destination = tmp_path / "ns" / "b.definitions"
+    tampered = Sealed(sealed.data, "0" * 64)  # as if the disk returned other bytes than were written
+    with pytest.raises(OperationError, match="do not match what was written"):
+        write_file(destination, sealed, partial(check_stored, tampered, None, "it"))
+    assert list(tmp_path.rglob("*.definitions*")) == []
+    write_file(destination, sealed, partial(check_stored, sealed, None, "it"))
+    assert destination.read_bytes() == sealed.data
 
 
 class _Broker(BaseHTTPRequestHandler):

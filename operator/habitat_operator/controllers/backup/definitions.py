@@ -9,6 +9,7 @@ and the catalog show its host and port.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from habitat_operator import timestamps
@@ -93,25 +94,17 @@ async def _store(
     """The sealed artifact in the Backup's storage, checked if `verify`; its URI."""
     stem = names.fit(run.name, MAX_FILE_STEM) + artifact.SUFFIX
     what = f"the definitions artifact of Backup {run.name}"
+    check = partial(artifact.check_stored, sealed, encryption_key, what) if spec.verify else None
     if spec.storage.s3 is None:
         assert spec.storage.filesystem is not None  # the CRD requires exactly one of them
         store = ArtifactStore(run.config.backup_root)
         path = store.namespace_directory(spec.storage.filesystem.path, run.namespace) / stem
-        uri = await in_thread(artifact.write_file, path, sealed)
-        if spec.verify:
-            await in_thread(artifact.check_stored, lambda: path.open("rb"), sealed, encryption_key, what)
-        return uri
+        return await in_thread(artifact.write_file, path, sealed, check)
     created = timestamps.now()
     bucket = await open_bucket(run.namespace, spec.storage.s3)
     try:
         key = bucket.location.key(run.namespace, stem)
-        uri = await in_thread(artifact.upload, bucket, key, sealed)
-        if spec.verify:
-            try:
-                await in_thread(artifact.check_stored, lambda: bucket.open(key), sealed, encryption_key, what)
-            except BaseException:
-                await in_thread(bucket.delete_artifact, key)
-                raise
+        uri = await in_thread(artifact.upload, bucket, key, sealed, check)
         entry = {
             "kind": ArtifactKind.RABBITMQ_DEFINITIONS.value,
             "namespace": run.namespace,

@@ -24,6 +24,10 @@ SUFFIX = ".definitions"
 MAX_PLAINTEXT_BYTES = MAX_DEFINITIONS_BYTES + (1 << 20)
 
 
+Check = Callable[[Callable[[], Readable]], None]
+"""Reads an artifact back through the opener it is given, and raises if it is not what was written."""
+
+
 @dataclass(frozen=True)
 class Sealed:
     """The stored bytes of a document, and their SHA-256."""
@@ -65,26 +69,39 @@ def read_plaintext(raw: Readable, encryption_key: bytes | None, what: str) -> tu
     return bytes(plaintext), reader.sha256.hexdigest()
 
 
-def write_file(destination: Path, sealed: Sealed) -> str:
-    """The sealed bytes at `destination`, all or nothing; their URI."""
+def write_file(destination: Path, sealed: Sealed, check: Check | None = None) -> str:
+    """The sealed bytes at `destination`, all or nothing, once `check` (if given) accepts what was
+    written under the temporary name; their URI."""
     with AtomicFile(destination) as out:
         out.write(sealed.data)
+        if check is not None:
+            out.sync()
+            temp_path = out.temp_path
+            check(lambda: temp_path.open("rb"))
     return file_uri(destination)
 
 
-def upload(bucket: Bucket, key: str, sealed: Sealed) -> str:
-    """The sealed bytes as object `key` (an interrupted upload aborted first); its URI."""
+def upload(bucket: Bucket, key: str, sealed: Sealed, check: Check | None = None) -> str:
+    """The sealed bytes as object `key` (an interrupted upload aborted first), deleted again when
+    `check` (if given) does not accept what the bucket holds; its URI."""
     bucket.abort_uploads(key)
     with bucket.upload(key) as out:
         out.write(sealed.data)
         out.complete()
+    if check is not None:
+        try:
+            check(lambda: bucket.open(key))
+        except BaseException:
+            bucket.delete_artifact(key)
+            raise
     return bucket.uri(key)
 
 
 def check_stored(
-    open_stored: Callable[[], Readable], sealed: Sealed, encryption_key: bytes | None, what: str
+    sealed: Sealed, encryption_key: bytes | None, what: str, open_stored: Callable[[], Readable]
 ) -> None:
-    """Reads back what was just written: the same SHA-256, and the same plaintext once decrypted."""
+    """Reads back what was just written: the same SHA-256, and a plaintext once decrypted (with
+    functools.partial, a Check)."""
     plaintext, sha256 = read_plaintext(open_stored(), encryption_key, what)
     if sha256 != sealed.sha256:
         raise RetryableError(
