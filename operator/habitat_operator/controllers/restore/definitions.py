@@ -14,6 +14,7 @@ broker will not have.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,6 @@ from habitat_operator.api.rabbitmq_definitions import (
 from habitat_operator.api.restore import RestoredFrom, RestoreSpec, RestoreStatus
 from habitat_operator.controllers.base.endpoints import management_api
 from habitat_operator.controllers.restore.source import SourceArtifact
-from habitat_operator.engines.artifacts.codec import Readable
 from habitat_operator.engines.rabbitmq.definitions import (
     Definitions,
     decode,
@@ -40,7 +40,7 @@ from habitat_operator.engines.rabbitmq.definitions import (
 )
 from habitat_operator.engines.rabbitmq.definitions_artifact import read_plaintext
 from habitat_operator.engines.threads import in_thread
-from habitat_operator.errors import OperationError, PermanentError, one_line
+from habitat_operator.errors import PermanentError, one_line
 
 if TYPE_CHECKING:
     from habitat_operator.controllers.restore.run import RestoreRun
@@ -61,18 +61,17 @@ async def restore_definitions(
     )
     definitions, vhost = await _read_artifact(spec, source)
     where = api.display + (f" vhost {vhost}" if vhost is not None else "")
+    landing = _Landing(source, api.display, where, vhost)
     async with run.slot(api.display):
         if spec.dry_run:
             await run.start(DefinitionsReason.DRY_RUN, f"planning the import into {where}")
         current = await in_thread(api.export, vhost)
-        body, skipped = import_body(definitions, current)
-        changes = plan(body, current, skipped)
-        summary = describe_plan(changes)
-        occupied = has_topology(current) and not spec.mode.force
+        body, changes, summary, occupied = await in_thread(_prepare, definitions, current)
+        occupied = occupied and not spec.mode.force
         if spec.dry_run:
             note = "; a real run would be refused: it holds queues or exchanges (set mode.force)"
             message = f"dry run into {where}: {summary}{note if occupied else ''}"
-            await _succeed(run, spec, source, where, vhost, changes, message)
+            await _succeed(run, spec, landing, changes, message)
             return
         # A resumed run passed this check before it started importing: what it finds now may be its own.
         if occupied and not run.resumed:
@@ -84,17 +83,27 @@ async def restore_definitions(
         await run.start(
             DefinitionsReason.IMPORTING,
             f"importing into {where}",
-            _edit(source, where, vhost, changes, False),
+            landing.edit(changes, dry_run=False),
         )
         await in_thread(api.import_definitions, body, vhost)
-    await _succeed(run, spec, source, where, vhost, changes, f"imported into {where}: {summary}")
+    await _succeed(run, spec, landing, changes, f"imported into {where}: {summary}")
+
+
+def _prepare(
+    definitions: Definitions, current: Definitions
+) -> tuple[Definitions, list[DefinitionChanges], str, bool]:
+    """What to post, its plan (and in one line), and whether the broker holds topology; blocking
+    (every entry is compared as JSON)."""
+    body, skipped = import_body(definitions, current)
+    changes = plan(body, current, skipped)
+    return body, changes, describe_plan(changes), has_topology(current)
 
 
 async def _read_artifact(spec: RestoreSpec, source: SourceArtifact) -> tuple[Definitions, str | None]:
     """The artifact's definitions and vhost, once its stored bytes match its SHA-256."""
     what = f"the definitions of {source.uri}"
     try:
-        plaintext, sha256 = await in_thread(read_plaintext, _open(source), source.encryption_key, what)
+        plaintext, sha256 = await in_thread(_read, source, what)
         expected = source.sha256 if spec.verify.checksum or source.checksum_required else None
         if expected is not None and sha256 != expected:
             raise PermanentError(
@@ -102,36 +111,41 @@ async def _read_artifact(spec: RestoreSpec, source: SourceArtifact) -> tuple[Def
             )
         document = await in_thread(decode, plaintext, what)
         return unwrap(document, what)
-    except OperationError as error:
+    except PermanentError as error:  # a retryable one (the bucket unreachable) is retried as it is
         raise PermanentError(error.reason, f"{error.message}; the broker was not changed") from None
 
 
-def _open(source: SourceArtifact) -> Readable:
+def _read(source: SourceArtifact, what: str) -> tuple[bytes, str]:
+    """Blocking: opening an object of a bucket is a request."""
     stored = source.stored
-    return stored.open("rb") if isinstance(stored, Path) else stored()
+    raw = stored.open("rb") if isinstance(stored, Path) else stored()
+    return read_plaintext(raw, source.encryption_key, what)
+
+
+@dataclass(frozen=True)
+class _Landing:
+    """Where the definitions go, as status shows it."""
+
+    source: SourceArtifact
+    broker: str
+    where: str
+    vhost: str | None
+
+    def edit(self, changes: list[DefinitionChanges], *, dry_run: bool) -> Callable[[RestoreStatus], None]:
+        def imported(status: RestoreStatus) -> None:
+            status.target = self.where
+            status.restored_from = RestoredFrom(
+                backup=self.source.backup, uri=self.source.uri, sha256=self.source.sha256
+            )
+            status.definitions = DefinitionsImport(
+                broker=self.broker, vhost=self.vhost, dry_run=dry_run, changes=changes
+            )
+            status.verification_summary = "dry run" if dry_run else "checksum only"
+
+        return imported
 
 
 async def _succeed(
-    run: RestoreRun,
-    spec: RestoreSpec,
-    source: SourceArtifact,
-    where: str,
-    vhost: str | None,
-    changes: list[DefinitionChanges],
-    message: str,
+    run: RestoreRun, spec: RestoreSpec, landing: _Landing, changes: list[DefinitionChanges], message: str
 ) -> None:
-    await run.succeed_with(
-        one_line(message, MESSAGE_LIMIT), _edit(source, where, vhost, changes, spec.dry_run)
-    )
-
-
-def _edit(
-    source: SourceArtifact, where: str, vhost: str | None, changes: list[DefinitionChanges], dry_run: bool
-) -> Callable[[RestoreStatus], None]:
-    def imported(status: RestoreStatus) -> None:
-        status.target = where
-        status.restored_from = RestoredFrom(backup=source.backup, uri=source.uri, sha256=source.sha256)
-        status.definitions = DefinitionsImport(broker=where, vhost=vhost, dry_run=dry_run, changes=changes)
-        status.verification_summary = "dry run" if dry_run else "checksum only"
-
-    return imported
+    await run.succeed_with(one_line(message, MESSAGE_LIMIT), landing.edit(changes, dry_run=spec.dry_run))
