@@ -181,6 +181,7 @@ def test_a_document_over_the_bound_is_refused_before_parsing() -> None:
     ("body", "why"),
     [
         (b"PGDMP\x01\x0e", "it is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "it is not JSON"),
         (b"[]", "not a JSON object"),
         (b'{"queues": {}}', "queues are not"),
     ],
@@ -259,6 +260,13 @@ def test_a_hostile_brokers_oversized_export_is_refused(broker: tuple[type[_Broke
     with pytest.raises(OperationError, match="larger than") as caught:
         ManagementApi(url).export("ledger")
     assert caught.value.reason == "DefinitionsTooLarge" and "s3cret-pw" not in caught.value.message
+
+
+def test_a_brokers_answer_nested_too_deep_is_refused(broker: tuple[type[_Broker], str]) -> None:
+    handler, url = broker
+    handler.body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(OperationError, match="unreadable: RecursionError"):
+        ManagementApi(url).export(None)
 
 
 def test_a_refused_import_says_why_without_hashes_or_password(broker: tuple[type[_Broker], str]) -> None:

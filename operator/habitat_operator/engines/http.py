@@ -99,7 +99,7 @@ def call_json(
         raise HttpStatusError(
             bad_response or reason, f"{display(url)} answered HTTP {error.code}", error.code, body
         ) from None
-    except ValueError as error:  # not JSON
+    except (ValueError, RecursionError) as error:  # not JSON, or nested deeper than Python parses
         detail = type(error).__name__
         raise RetryableError(bad_response or reason, f"{display(url)} unreadable: {detail}") from None
     except OSError as error:  # refused, timed out, TLS

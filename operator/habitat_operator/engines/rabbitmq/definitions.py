@@ -47,7 +47,7 @@ def decode(body: bytes, what: str) -> Definitions:
         raise too_large(what)
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile document may nest deeper than Python parses
         raise _not_definitions(what, "it is not JSON") from None
     return check_shape(document, what)
 
