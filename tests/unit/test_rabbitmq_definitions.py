@@ -126,6 +126,13 @@ def test_permissions_of_a_user_the_broker_has_are_kept() -> None:
     assert body["permissions"] == export()["permissions"] and skipped == {"users": 1}
 
 
+def test_a_hostile_brokers_odd_names_are_compared_as_text() -> None:
+    body, skipped = import_body(
+        artifact_document(export(), None, keep_hashes=False), {"users": [{"name": ["app"]}]}
+    )
+    assert skipped == {"users": 1, "permissions": 1}
+
+
 def test_users_with_a_hash_are_imported() -> None:
     body, skipped = import_body(artifact_document(export(), None, keep_hashes=True), {})
     assert [user["name"] for user in body["users"]] == ["app"] and not skipped

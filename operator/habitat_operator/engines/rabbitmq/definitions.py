@@ -118,9 +118,8 @@ def import_body(artifact: Definitions, current: Definitions) -> tuple[Definition
     """What to POST: the artifact without users it has no hash for, and without permissions of users
     neither imported nor on the broker; and how many entries of each type were left out."""
     users = [user for user in artifact.get("users", []) if user.get(HASH_FIELD)]
-    known_users = {user.get("name") for user in users} | {
-        user.get("name") for user in current.get("users", [])
-    }
+    # Names as text: a hostile document's name may be a list, which no set can hold.
+    known_users = {str(user.get("name")) for user in [*users, *current.get("users", [])]}
     body = dict(artifact)
     skipped: dict[str, int] = {}
     if "users" in artifact:
@@ -128,7 +127,7 @@ def import_body(artifact: Definitions, current: Definitions) -> tuple[Definition
         skipped["users"] = len(artifact["users"]) - len(users)
     for kind in ("permissions", "topic_permissions"):
         if kind in artifact:
-            body[kind] = [entry for entry in artifact[kind] if entry.get("user") in known_users]
+            body[kind] = [entry for entry in artifact[kind] if str(entry.get("user")) in known_users]
             skipped[kind] = len(artifact[kind]) - len(body[kind])
     return body, {kind: n for kind, n in skipped.items() if n}
 
