@@ -210,6 +210,7 @@ def test_definitions_backed_up_deleted_restored_and_routed(
     kubectl.apply(definitions_restore("ledger-back", "ledger"))
     restored = finished(kubectl, "ledger-back", operator_alive)
     assert restored["status"]["phase"] == "Succeeded", restored["status"]
+    assert restored["status"]["verificationSummary"] == "checksum checked"
     done = changes(restored)
     assert (done["exchanges"]["create"], done["queues"]["create"], done["bindings"]["create"]) == (1, 2, 2)
     assert EXCHANGE in done["exchanges"]["names"]

@@ -477,6 +477,7 @@ def test_a_dry_run_changes_nothing(restoring: Restoring) -> None:
     restoring.apply(dryRun=True)
     status = restoring.run()
     assert status["phase"] == "Succeeded" and restoring.handler.posted == []
+    assert status["verificationSummary"] == "dry run, checksum checked"
     planned = {change["type"]: change for change in status["definitions"]["changes"]}
     assert planned["queues"] == {
         "type": "queues",

@@ -61,7 +61,8 @@ async def restore_definitions(
     )
     definitions, vhost = await _read_artifact(spec, source)
     where = api.display + (f" vhost {vhost}" if vhost is not None else "")
-    landing = _Landing(source, api.display, where, vhost)
+    checked = source.sha256 is not None and (spec.verify.checksum or source.checksum_required)
+    landing = _Landing(source, api.display, where, vhost, checked)
     async with run.slot(api.display):
         if spec.dry_run:
             await run.start(DefinitionsReason.DRY_RUN, f"planning the import into {where}")
@@ -130,6 +131,7 @@ class _Landing:
     broker: str
     where: str
     vhost: str | None
+    checked: bool  # against its recorded SHA-256
 
     def edit(self, changes: list[DefinitionChanges], *, dry_run: bool) -> Callable[[RestoreStatus], None]:
         def imported(status: RestoreStatus) -> None:
@@ -140,7 +142,8 @@ class _Landing:
             status.definitions = DefinitionsImport(
                 broker=self.broker, vhost=self.vhost, dry_run=dry_run, changes=changes
             )
-            status.verification_summary = "dry run" if dry_run else "checksum only"
+            checksum = "checksum checked" if self.checked else "checksum not checked"
+            status.verification_summary = f"dry run, {checksum}" if dry_run else checksum
 
         return imported
 
