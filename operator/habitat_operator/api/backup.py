@@ -16,9 +16,9 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     RetryPolicy,
-    ScheduledStatus,
     one_shot_spec_rules,
 )
+from habitat_operator.api.objectives import Objectives, RecoverableScheduleStatus, objectives_rule
 
 # pg_dump -n/-t patterns; bounded so the apiserver's CEL cost estimate stays finite.
 ObjectPatterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)]
@@ -103,6 +103,12 @@ class BackupSpec(ApiModel):
                 or spec.storage.s3 is not None
             ),
         ),
+        CelRule(
+            "!has(self.objectives) || has(self.schedule)",
+            "objectives requires a schedule",
+            lambda spec: spec.objectives is None or spec.schedule is not None,
+        ),
+        objectives_rule("Backup", "rpo", "the Restore drill of its artifacts"),
         *one_shot_spec_rules("Backup"),
     )
 
@@ -132,6 +138,9 @@ class BackupSpec(ApiModel):
     )
     include: ObjectSelection | None = Field(None, description="Dump only these schemas/tables.")
     exclude: ObjectSelection | None = Field(None, description="Leave out these schemas/tables.")
+    objectives: Objectives | None = Field(
+        None, description="Recovery point objective of the schedule (rpo); needs a schedule."
+    )
 
 
 class Artifact(ApiModel):
@@ -149,7 +158,7 @@ class Artifact(ApiModel):
     pg_version: str | None = Field(None, description="Server version of the dumped database.")
 
 
-class BackupStatus(ScheduledStatus):
+class BackupStatus(RecoverableScheduleStatus):
     """Observed state of a backup or of a backup schedule."""
 
     database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
@@ -169,6 +178,7 @@ BACKUP = KindInfo(
         PrinterColumn("Verified", ".status.verification", priority=1),
         PrinterColumn("Duration", ".status.duration", priority=1),
         PrinterColumn("Schedule", ".spec.schedule"),
+        PrinterColumn("RPO", ".status.recoverability.rpo"),
         PrinterColumn("Last-Success", ".status.lastSuccessfulTime", type="date", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
     ),

@@ -17,11 +17,11 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     RetryPolicy,
-    ScheduledStatus,
     Timestamp,
     exactly_one_of,
     one_shot_spec_rules,
 )
+from habitat_operator.api.objectives import Objectives, RecoverableScheduleStatus, objectives_rule
 
 LATEST_RUN = "latest"
 MAX_VERIFICATION_QUERIES = 20
@@ -53,6 +53,7 @@ class RestoreReason(StrEnum):
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
+    CORRUPTION_FOUND = "CorruptionFound"
     # A point-in-time source.
     SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
     RECOVERY_FAILED = "RecoveryFailed"
@@ -319,6 +320,13 @@ class RestoreVerification(ApiModel):
     queries: VerificationQueries = Field(
         default_factory=list, description="Queries run against the restored database; all must pass."
     )
+    amcheck: bool = Field(
+        False,
+        description=(
+            "Check the drill's scratch database with pg_amcheck (heap and B-tree indexes); any "
+            "corruption found fails the drill. Needs drill: true."
+        ),
+    )
 
 
 class RestoreSpec(ApiModel):
@@ -345,6 +353,17 @@ class RestoreSpec(ApiModel):
                 or spec.source.point_in_time.target.latest is not None
             ),
         ),
+        CelRule(
+            "!self.verify.amcheck || self.drill",
+            "verify.amcheck checks a drill's scratch database; it needs drill: true",
+            lambda spec: not spec.verify.amcheck or spec.drill,
+        ),
+        CelRule(
+            "!has(self.objectives) || has(self.schedule)",
+            "objectives requires a drill schedule",
+            lambda spec: spec.objectives is None or spec.schedule is not None,
+        ),
+        objectives_rule("Restore drill", "rto", "the scheduled Backup or the WalArchive it restores"),
         *one_shot_spec_rules("Restore"),
     )
 
@@ -391,6 +410,9 @@ class RestoreSpec(ApiModel):
     )
     suspend: bool = Field(False, description="Pause the drill schedule; a drill already started finishes.")
     history_limit: int = Field(10, ge=1, le=100, description="How many scheduled drill runs to keep.")
+    objectives: Objectives | None = Field(
+        None, description="Recovery time objective the drills prove (rto); needs a schedule."
+    )
 
 
 class RestoredFrom(ApiModel):
@@ -400,6 +422,9 @@ class RestoredFrom(ApiModel):
     uri: str | None = Field(None, description="URI of the restored artifact.")
     sha256: str | None = Field(None, description="SHA-256 of the restored artifact (hex).")
     archive: str | None = Field(None, description="The archive recovered from, for a point-in-time source.")
+    size_bytes: int | None = Field(
+        None, ge=0, description="Size of the restored artifact.", json_schema_extra={"format": "int64"}
+    )
 
 
 class RecoveredTo(ApiModel):
@@ -425,7 +450,7 @@ class QueryResult(ApiModel):
     message: str | None = Field(None, description="Why the check failed, one line.")
 
 
-class RestoreStatus(ScheduledStatus):
+class RestoreStatus(RecoverableScheduleStatus):
     """Observed state of a restore, or of a drill schedule."""
 
     target: str | None = Field(None, description="host:port/dbname restored into (no credentials).")
@@ -462,6 +487,7 @@ RESTORE = KindInfo(
         PrinterColumn("Target", ".status.target"),
         PrinterColumn("Verified", ".status.verificationSummary"),
         PrinterColumn("Duration", ".status.duration", priority=1),
+        PrinterColumn("RTO", ".status.recoverability.measuredRto"),
         PrinterColumn("Schedule", ".spec.schedule", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
     ),

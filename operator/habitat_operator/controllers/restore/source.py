@@ -78,6 +78,7 @@ class SourceArtifact:
     skipped: tuple[str, ...] = ()  # catalog entries passed over, each naming its key and why
     # A point-in-time source: `stored` is the dump of the recovered database, once recovered.
     archive: ArchiveSource | None = None
+    size_bytes: int | None = None  # as stored: the artifact, or the base backup recovered from
 
     async def close(self) -> None:
         if self.bucket is not None:
@@ -146,6 +147,7 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
         "encryption_key": key,
         "backup": name,
         "storage": storage,
+        "size_bytes": artifact.get("sizeBytes"),
     }
     if "s3" not in storage:
         return SourceArtifact(stored=store.path_for(artifact["uri"], scope), **fields)
@@ -187,6 +189,7 @@ async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) 
         key=key,
         checksum_required=source.latest_of is not None,
         skipped=skipped,
+        size_bytes=entry.get("sizeBytes"),
     )
 
 
@@ -323,6 +326,7 @@ async def _from_archive(
         storage=storage,
         bucket=bucket,
         archive=ArchiveSource(store, layout, plan, source.database),
+        size_bytes=plan.base_backup.size_bytes,
     )
 
 
