@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -67,8 +68,8 @@ class Archive:
     before_drop: dt.datetime
 
 
-@pytest.fixture
-def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]:
+def _bucket(stack: Stack, kubectl: Kubectl) -> tuple[S3Location, dict[str, Any]]:
+    """A fresh prefix of the stack's bucket, the Secrets to read it, and the Restore's storage source."""
     prefix = f"e2e-pitr-{secrets.token_hex(4)}"
     location = S3Location(
         bucket=stack.s3_bucket,
@@ -87,6 +88,23 @@ def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]
         f"--from-literal=secretAccessKey={stack.s3_secret_key}",
     )
     kubectl.run("create", "secret", "generic", "archive-key", f"--from-literal=key={KEY}")
+    storage = {
+        "s3": {
+            "bucket": stack.s3_bucket,
+            "prefix": prefix,
+            "endpoint": stack.s3_endpoint,
+            "forcePathStyle": True,
+            "credentialsSecretRef": {"name": "archive-s3"},
+        },
+        "archive": ARCHIVE,
+        "encryptionKeySecretRef": {"name": "archive-key"},
+    }
+    return location, storage
+
+
+@pytest.fixture
+def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]:
+    location, storage = _bucket(stack, kubectl)
     server = SourceServer()
     try:
         with Bucket(location) as bucket:
@@ -104,18 +122,43 @@ def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]
                 conn.execute("INSERT INTO ledger VALUES (99, clock_timestamp())")
                 conn.execute("DROP TABLE ledger")
             server.archive_wal(store, layout, KEY.encode())
-        storage = {
-            "s3": {
-                "bucket": stack.s3_bucket,
-                "prefix": prefix,
-                "endpoint": stack.s3_endpoint,
-                "forcePathStyle": True,
-                "credentialsSecretRef": {"name": "archive-s3"},
-            },
-            "archive": ARCHIVE,
-            "encryptionKeySecretRef": {"name": "archive-key"},
-        }
         yield Archive({"storage": storage, "database": "app"}, before_drop)
+    finally:
+        server.stop()
+
+
+def _corrupt_index_order(relation: Path, block: int = 1, item: int = 10) -> None:
+    """Overwrites one key of a B-tree leaf page of an int4 index on disk with the largest int4, so
+    that the page's keys are out of order: what bt_index_check reports. PostgreSQL reads the page
+    as it is (the test servers have no data checksums)."""
+    with relation.open("r+b") as file:
+        file.seek(block * 8192)
+        page = file.read(8192)
+        line_pointer = struct.unpack_from("<I", page, 24 + 4 * (item - 1))[0]
+        offset = line_pointer & 0x7FFF  # lp_off; the tuple's key follows its 8-byte header
+        file.seek(block * 8192 + offset + 8)
+        file.write(struct.pack("<i", 2**31 - 1))
+
+
+@pytest.fixture
+def corrupted_archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[dict[str, Any]]:
+    """An archive whose base backup holds the source's B-tree index as the source had it on disk:
+    corrupted (on purpose, before the backup) while every query on the source still answers."""
+    location, storage = _bucket(stack, kubectl)
+    server = SourceServer()
+    try:
+        with Bucket(location) as bucket:
+            store, layout = BucketStore(bucket, location.key(namespace)), ArchiveLayout(ARCHIVE)
+            app = server.database("app")
+            with psycopg.connect(app, autocommit=True) as conn:
+                conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+                conn.execute("INSERT INTO ledger SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+                conn.execute("CHECKPOINT")  # the index's pages on disk, where the backup reads them
+                path = conn.execute("SELECT pg_relation_filepath('ledger_pkey')").fetchone()[0]  # type: ignore[index]
+            _corrupt_index_order(server.data / path)
+            server.base_backup(store, layout, KEY.encode())
+            server.archive_wal(store, layout, KEY.encode())
+        yield {"storage": storage, "database": "app"}
     finally:
         server.stop()
 
@@ -234,3 +277,24 @@ def test_an_operator_killed_mid_recovery_leaves_no_server_behind_and_the_restore
     finally:
         with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_drill_with_amcheck_fails_on_an_index_corrupted_in_the_source(
+    recovering_operator: OperatorProcess,
+    kubectl: Kubectl,
+    corrupted_archive: dict[str, Any],
+    db_secret: str,
+    fresh_database: str,
+) -> None:
+    source = {"pointInTime": {**corrupted_archive, "target": {"latest": True}}}
+    target = {"database": {"secretRef": {"name": db_secret}}}
+    kubectl.apply(restore("checked", source=source, drill=True, target=target, verify={"amcheck": True}))
+    status = finished(kubectl, "checked", recovering_operator)["status"]
+    assert status["phase"] == "Failed", status
+    failed = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert failed["reason"] == "CorruptionFound", failed
+    assert "pg_amcheck found corruption in" in status["message"]
+    assert 'btree index "app.public.ledger_pkey"' in status["message"], status["message"]
+    # Without the check the same archive restores: pg_dump reads the table, not the index.
+    kubectl.apply(restore("unchecked", source=source, drill=True, target=target))
+    assert finished(kubectl, "unchecked", recovering_operator)["status"]["phase"] == "Succeeded"
