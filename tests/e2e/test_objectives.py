@@ -55,7 +55,7 @@ def test_a_drill_over_its_rto_fires_until_the_objective_is_raised(
     kubectl.apply(backup("source"))
     wait_ready(kubectl, "source", operator_alive, timeout=180)
     schedule = drill("weekly", "source")
-    schedule["spec"] |= {"schedule": "* * * * *", "objectives": {"rto": "1s"}}
+    schedule["spec"] |= {"schedule": "* * * * *", "objectives": {"rto": "1s"}, "verify": {"amcheck": True}}
     kubectl.apply(schedule)
     over = wait_for(
         "the first drill to report RTOExceeded",
@@ -67,7 +67,9 @@ def test_a_drill_over_its_rto_fires_until_the_objective_is_raised(
     assert measured["objectivesMet"] is False
     assert measured["measuredRtoSeconds"] >= 1 and measured["restoredSizeBytes"] > 0
     newest = measured["drills"][0]
-    assert kubectl.get("restore", newest["run"])["status"]["phase"] == "Succeeded"  # verified all the same
+    run = kubectl.get("restore", newest["run"])["status"]
+    assert run["phase"] == "Succeeded"  # verified all the same
+    assert run["verificationSummary"] == "no queries; amcheck clean"  # the scratch copy checked
     assert "over the RTO objective 1s" in condition(over, "ObjectivesMet")["message"]
     wait_for(
         "HabitatRTOObjectiveMissed to fire",
