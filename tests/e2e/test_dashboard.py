@@ -67,7 +67,11 @@ def objects(queue: str) -> list[tuple[dict[str, Any], str, set[str]]]:
             "replayjob",
             {"Succeeded"},
         ),
-        (walarchive("wal", objectives={"rpo": "1h"}), "walarchive", {"Ready"}),  # the stack's server allows replication
+        (
+            walarchive("wal", objectives={"rpo": "1h"}),
+            "walarchive",
+            {"Ready"},
+        ),  # the stack's server allows replication
         (
             policy("workers", "workers", [daytime, queue_trigger("jobs", queue)]),
             "",

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import backup, condition, drill, seed, wait_for, wait_ready
-from tests.e2e.prometheus import get, scraping
+from tests.e2e.prometheus import firing, scraping
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.e2e
 def prometheus(stack: Stack, operator_alive: OperatorProcess) -> Iterator[Stack]:
     with scraping(stack, operator_alive):
         yield stack
-
-
-def firing(stack: Stack, alert: str, **labels: str) -> bool:
-    return any(
-        a["labels"].get("alertname") == alert
-        and a["state"] == "firing"
-        and all(a["labels"].get(k) == v for k, v in labels.items())
-        for a in get(stack, "/api/v1/alerts")["alerts"]
-    )
 
 
 def objectives(kubectl: Kubectl, kind: str, name: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,27 @@ class Archive:
     before_drop: dt.datetime
 
 
-def _bucket(stack: Stack, kubectl: Kubectl) -> tuple[S3Location, dict[str, Any]]:
-    """A fresh prefix of the stack's bucket, the Secrets to read it, and the Restore's storage source."""
+@dataclass(frozen=True)
+class Source:
+    """A private server, database `app` on it, and the archive of it in the stack's bucket."""
+
+    server: SourceServer
+    app: str  # the database's URI
+    store: BucketStore
+    layout: ArchiveLayout
+    storage: dict[str, Any]  # spec.source.pointInTime.storage
+
+    def base_backup(self) -> None:
+        self.server.base_backup(self.store, self.layout, KEY.encode())
+
+    def archive_wal(self) -> None:
+        self.server.archive_wal(self.store, self.layout, KEY.encode())
+
+
+@contextmanager
+def _archived(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Source]:
+    """A fresh prefix of the stack's bucket with the Secrets to read it, and a private server to
+    archive there; the server is removed on leaving."""
     prefix = f"e2e-pitr-{secrets.token_hex(4)}"
     location = S3Location(
         bucket=stack.s3_bucket,
@@ -99,32 +119,31 @@ def _bucket(stack: Stack, kubectl: Kubectl) -> tuple[S3Location, dict[str, Any]]
         "archive": ARCHIVE,
         "encryptionKeySecretRef": {"name": "archive-key"},
     }
-    return location, storage
+    server = SourceServer()
+    try:
+        with Bucket(location) as bucket:
+            store = BucketStore(bucket, location.key(namespace))
+            yield Source(server, server.database("app"), store, ArchiveLayout(ARCHIVE), storage)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]:
-    location, storage = _bucket(stack, kubectl)
-    server = SourceServer()
-    try:
-        with Bucket(location) as bucket:
-            store, layout = BucketStore(bucket, location.key(namespace)), ArchiveLayout(ARCHIVE)
-            app = server.database("app")
-            with psycopg.connect(app, autocommit=True) as conn:
-                conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz NOT NULL)")
-            server.base_backup(store, layout, KEY.encode())
-            with psycopg.connect(app, autocommit=True) as conn:
-                for n in range(10):
-                    conn.execute("INSERT INTO ledger VALUES (%s, clock_timestamp())", [n])
-                time.sleep(1.2)
-                before_drop = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-                time.sleep(1.2)
-                conn.execute("INSERT INTO ledger VALUES (99, clock_timestamp())")
-                conn.execute("DROP TABLE ledger")
-            server.archive_wal(store, layout, KEY.encode())
-        yield Archive({"storage": storage, "database": "app"}, before_drop)
-    finally:
-        server.stop()
+    with _archived(stack, kubectl, namespace) as source:
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz NOT NULL)")
+        source.base_backup()
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            for n in range(10):
+                conn.execute("INSERT INTO ledger VALUES (%s, clock_timestamp())", [n])
+            time.sleep(1.2)
+            before_drop = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            time.sleep(1.2)
+            conn.execute("INSERT INTO ledger VALUES (99, clock_timestamp())")
+            conn.execute("DROP TABLE ledger")
+        source.archive_wal()
+        yield Archive({"storage": source.storage, "database": "app"}, before_drop)
 
 
 def _corrupt_index_order(relation: Path, block: int = 1, item: int = 10) -> None:
@@ -144,23 +163,16 @@ def _corrupt_index_order(relation: Path, block: int = 1, item: int = 10) -> None
 def corrupted_archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[dict[str, Any]]:
     """An archive whose base backup holds the source's B-tree index as the source had it on disk:
     corrupted (on purpose, before the backup) while every query on the source still answers."""
-    location, storage = _bucket(stack, kubectl)
-    server = SourceServer()
-    try:
-        with Bucket(location) as bucket:
-            store, layout = BucketStore(bucket, location.key(namespace)), ArchiveLayout(ARCHIVE)
-            app = server.database("app")
-            with psycopg.connect(app, autocommit=True) as conn:
-                conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
-                conn.execute("INSERT INTO ledger SELECT g, 'n' || g FROM generate_series(1, 2000) g")
-                conn.execute("CHECKPOINT")  # the index's pages on disk, where the backup reads them
-                path = conn.execute("SELECT pg_relation_filepath('ledger_pkey')").fetchone()[0]  # type: ignore[index]
-            _corrupt_index_order(server.data / path)
-            server.base_backup(store, layout, KEY.encode())
-            server.archive_wal(store, layout, KEY.encode())
-        yield {"storage": storage, "database": "app"}
-    finally:
-        server.stop()
+    with _archived(stack, kubectl, namespace) as source:
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+            conn.execute("INSERT INTO ledger SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+            conn.execute("CHECKPOINT")  # the index's pages on disk, where the backup reads them
+            path = conn.execute("SELECT pg_relation_filepath('ledger_pkey')").fetchone()[0]  # type: ignore[index]
+        _corrupt_index_order(source.server.data / path)
+        source.base_backup()
+        source.archive_wal()
+        yield {"storage": source.storage, "database": "app"}
 
 
 def _target_secret(kubectl: Kubectl, pg_admin_uri: str) -> str:

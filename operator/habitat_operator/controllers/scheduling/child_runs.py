@@ -106,8 +106,8 @@ class ScheduledKind(Generic[SpecT]):
     prune: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Awaitable[Children]]
     # The kind's metrics after a tick.
     observe: Callable[[SpecT, kube.JsonDict, Tick], None]
-    # The verdict on spec.objectives from the schedule's status, its succeeded runs (newest first)
-    # and the time; None for a schedule without objectives.
+    # The verdict on spec.objectives from the schedule (its status holds the figures last written),
+    # its succeeded runs (newest first) and the time; None for a schedule without objectives.
     assess: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Verdict | None] = lambda *_: None
 
 
