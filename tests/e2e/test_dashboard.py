@@ -14,6 +14,7 @@ from sample_database import create_events
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import (
     backup,
+    condition,
     deployment,
     drill,
     inline,
@@ -107,4 +108,7 @@ def test_every_panel_query_runs_and_returns_data(
         while (empty := empty_panels(stack, namespace)) and time.monotonic() < deadline:
             time.sleep(1)
         assert not empty, f"panels without data: {empty}"
+    wal = kubectl.get("walarchive", "wal")  # its RPO objective of an hour holds
+    assert condition(wal, "ObjectivesMet")["status"] == "True", wal["status"]
+    assert wal["status"]["recoverability"]["objectivesMet"] is True
     kubectl.run("delete", "walarchive", "wal", "--wait=true", "--timeout=60s")  # its slot goes with it
