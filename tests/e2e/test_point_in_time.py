@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,27 @@ class Archive:
     before_drop: dt.datetime
 
 
-@pytest.fixture
-def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]:
+@dataclass(frozen=True)
+class Source:
+    """A private server, database `app` on it, and the archive of it in the stack's bucket."""
+
+    server: SourceServer
+    app: str  # the database's URI
+    store: BucketStore
+    layout: ArchiveLayout
+    storage: dict[str, Any]  # spec.source.pointInTime.storage
+
+    def base_backup(self) -> None:
+        self.server.base_backup(self.store, self.layout, KEY.encode())
+
+    def archive_wal(self) -> None:
+        self.server.archive_wal(self.store, self.layout, KEY.encode())
+
+
+@contextmanager
+def _archived(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Source]:
+    """A fresh prefix of the stack's bucket with the Secrets to read it, and a private server to
+    archive there; the server is removed on leaving."""
     prefix = f"e2e-pitr-{secrets.token_hex(4)}"
     location = S3Location(
         bucket=stack.s3_bucket,
@@ -87,37 +108,71 @@ def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]
         f"--from-literal=secretAccessKey={stack.s3_secret_key}",
     )
     kubectl.run("create", "secret", "generic", "archive-key", f"--from-literal=key={KEY}")
+    storage = {
+        "s3": {
+            "bucket": stack.s3_bucket,
+            "prefix": prefix,
+            "endpoint": stack.s3_endpoint,
+            "forcePathStyle": True,
+            "credentialsSecretRef": {"name": "archive-s3"},
+        },
+        "archive": ARCHIVE,
+        "encryptionKeySecretRef": {"name": "archive-key"},
+    }
     server = SourceServer()
     try:
         with Bucket(location) as bucket:
-            store, layout = BucketStore(bucket, location.key(namespace)), ArchiveLayout(ARCHIVE)
-            app = server.database("app")
-            with psycopg.connect(app, autocommit=True) as conn:
-                conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz NOT NULL)")
-            server.base_backup(store, layout, KEY.encode())
-            with psycopg.connect(app, autocommit=True) as conn:
-                for n in range(10):
-                    conn.execute("INSERT INTO ledger VALUES (%s, clock_timestamp())", [n])
-                time.sleep(1.2)
-                before_drop = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-                time.sleep(1.2)
-                conn.execute("INSERT INTO ledger VALUES (99, clock_timestamp())")
-                conn.execute("DROP TABLE ledger")
-            server.archive_wal(store, layout, KEY.encode())
-        storage = {
-            "s3": {
-                "bucket": stack.s3_bucket,
-                "prefix": prefix,
-                "endpoint": stack.s3_endpoint,
-                "forcePathStyle": True,
-                "credentialsSecretRef": {"name": "archive-s3"},
-            },
-            "archive": ARCHIVE,
-            "encryptionKeySecretRef": {"name": "archive-key"},
-        }
-        yield Archive({"storage": storage, "database": "app"}, before_drop)
+            store = BucketStore(bucket, location.key(namespace))
+            yield Source(server, server.database("app"), store, ArchiveLayout(ARCHIVE), storage)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[Archive]:
+    with _archived(stack, kubectl, namespace) as source:
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz NOT NULL)")
+        source.base_backup()
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            for n in range(10):
+                conn.execute("INSERT INTO ledger VALUES (%s, clock_timestamp())", [n])
+            time.sleep(1.2)
+            before_drop = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            time.sleep(1.2)
+            conn.execute("INSERT INTO ledger VALUES (99, clock_timestamp())")
+            conn.execute("DROP TABLE ledger")
+        source.archive_wal()
+        yield Archive({"storage": source.storage, "database": "app"}, before_drop)
+
+
+def _corrupt_index_order(relation: Path, block: int = 1, item: int = 10) -> None:
+    """Overwrites one key of a B-tree leaf page of an int4 index on disk with the largest int4, so
+    that the page's keys are out of order: what bt_index_check reports. PostgreSQL reads the page
+    as it is (the test servers have no data checksums)."""
+    with relation.open("r+b") as file:
+        file.seek(block * 8192)
+        page = file.read(8192)
+        line_pointer = struct.unpack_from("<I", page, 24 + 4 * (item - 1))[0]
+        offset = line_pointer & 0x7FFF  # lp_off; the tuple's key follows its 8-byte header
+        file.seek(block * 8192 + offset + 8)
+        file.write(struct.pack("<i", 2**31 - 1))
+
+
+@pytest.fixture
+def corrupted_archive(stack: Stack, kubectl: Kubectl, namespace: str) -> Iterator[dict[str, Any]]:
+    """An archive whose base backup holds the source's B-tree index as the source had it on disk:
+    corrupted (on purpose, before the backup) while every query on the source still answers."""
+    with _archived(stack, kubectl, namespace) as source:
+        with psycopg.connect(source.app, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+            conn.execute("INSERT INTO ledger SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+            conn.execute("CHECKPOINT")  # the index's pages on disk, where the backup reads them
+            path = conn.execute("SELECT pg_relation_filepath('ledger_pkey')").fetchone()[0]  # type: ignore[index]
+        _corrupt_index_order(source.server.data / path)
+        source.base_backup()
+        source.archive_wal()
+        yield {"storage": source.storage, "database": "app"}
 
 
 def _target_secret(kubectl: Kubectl, pg_admin_uri: str) -> str:
@@ -234,3 +289,24 @@ def test_an_operator_killed_mid_recovery_leaves_no_server_behind_and_the_restore
     finally:
         with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_drill_with_amcheck_fails_on_an_index_corrupted_in_the_source(
+    recovering_operator: OperatorProcess,
+    kubectl: Kubectl,
+    corrupted_archive: dict[str, Any],
+    db_secret: str,
+    fresh_database: str,
+) -> None:
+    source = {"pointInTime": {**corrupted_archive, "target": {"latest": True}}}
+    target = {"database": {"secretRef": {"name": db_secret}}}
+    kubectl.apply(restore("checked", source=source, drill=True, target=target, verify={"amcheck": True}))
+    status = finished(kubectl, "checked", recovering_operator)["status"]
+    assert status["phase"] == "Failed", status
+    failed = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert failed["reason"] == "CorruptionFound", failed
+    assert "pg_amcheck found corruption in" in status["message"]
+    assert 'btree index "app.public.ledger_pkey"' in status["message"], status["message"]
+    # Without the check the same archive restores: pg_dump reads the table, not the index.
+    kubectl.apply(restore("unchecked", source=source, drill=True, target=target))
+    assert finished(kubectl, "unchecked", recovering_operator)["status"]["phase"] == "Succeeded"

@@ -180,7 +180,7 @@ def test_spec_updates(old: dict[str, Any], new: dict[str, Any], message: str | N
 
 def test_printer_columns() -> None:
     columns = {column.name: column for column in RESTORE.printer_columns}
-    assert list(columns) == ["Phase", "Source", "Target", "Verified", "Duration", "Schedule", "Age"]
+    assert list(columns) == ["Phase", "Source", "Target", "Verified", "Duration", "RTO", "Schedule", "Age"]
     assert columns["Verified"].json_path == ".status.verificationSummary"
     duration = columns["Duration"]
     assert (duration.json_path, duration.type, duration.priority) == (".status.duration", "string", 1)

@@ -184,6 +184,7 @@ def test_backup_crd_shape() -> None:
         {"name": "Verified", "type": "string", "jsonPath": ".status.verification", "priority": 1},
         {"name": "Duration", "type": "string", "jsonPath": ".status.duration", "priority": 1},
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "RPO", "type": "string", "jsonPath": ".status.recoverability.rpo"},
         {"name": "Last-Success", "type": "date", "jsonPath": ".status.lastSuccessfulTime", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -878,3 +878,33 @@ def test_the_operator_stopping_stops_the_receiver_and_keeps_the_slot(
     assert wal.receivers[0].stopped
     assert wal.dropped == []
     assert daemon.streams.get(daemon.uid) is None
+
+
+def test_an_rpo_objective_is_measured_from_the_newest_archived_commit(
+    daemon: Daemon, wal: FakeWal, fake_kube: FakeKube, clock: Clock
+) -> None:
+    fake_kube.edit_spec(ARCHIVES, NS, NAME, objectives={"rpo": "1m"})
+
+    async def scenario() -> None:
+        await daemon.look()  # nothing recoverable before the base backup: counts from creation
+        assert conditions(daemon.status())["ObjectivesMet"] == ("True", "ObjectivesMet")
+        commit = timestamps.now()
+        wal.window = (commit, commit)
+        wal.retained = 1 << 20  # WAL waits to be archived: what is lost is after the newest commit
+        await daemon.look()
+        assert daemon.status()["phase"] == "Ready"
+        clock.advance(90)
+        await daemon.look()
+        status = daemon.status()
+        assert conditions(status)["ObjectivesMet"] == ("False", "RPOExceeded")
+        assert status["recoverability"]["recoveryPoint"] == timestamps.rfc3339(commit)
+        assert status["recoverability"]["objectivesMet"] is False
+        wal.retained = 0  # caught up: an idle server has nothing to lose
+        await daemon.look()
+        assert conditions(daemon.status())["ObjectivesMet"] == ("True", "ObjectivesMet")
+        patches = len(fake_kube.patches)
+        clock.advance(5)
+        await daemon.look()
+        assert len(fake_kube.patches) == patches  # a look every few seconds writes no figure alone
+
+    play(scenario)

@@ -16,10 +16,10 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     RetryPolicy,
-    ScheduledStatus,
     exactly_one_of,
     one_shot_spec_rules,
 )
+from habitat_operator.api.objectives import Objectives, RecoverableScheduleStatus, objectives_rule
 from habitat_operator.api.rabbitmq_definitions import ArtifactKind, RabbitMQDefinitionsSource
 
 # pg_dump -n/-t patterns; bounded so the apiserver's CEL cost estimate stays finite.
@@ -105,6 +105,12 @@ class BackupSpec(ApiModel):
                 or spec.storage.s3 is not None
             ),
         ),
+        CelRule(
+            "!has(self.objectives) || has(self.schedule)",
+            "objectives requires a schedule",
+            lambda spec: spec.objectives is None or spec.schedule is not None,
+        ),
+        objectives_rule("Backup", "rpo", "the Restore drill of its artifacts"),
         *one_shot_spec_rules("Backup"),
         exactly_one_of("spec", "database", "rabbitmq"),
         CelRule(
@@ -152,6 +158,9 @@ class BackupSpec(ApiModel):
     )
     include: ObjectSelection | None = Field(None, description="Dump only these schemas/tables.")
     exclude: ObjectSelection | None = Field(None, description="Leave out these schemas/tables.")
+    objectives: Objectives | None = Field(
+        None, description="Recovery point objective of the schedule (rpo); needs a schedule."
+    )
 
 
 class Artifact(ApiModel):
@@ -172,7 +181,7 @@ class Artifact(ApiModel):
     )
 
 
-class BackupStatus(ScheduledStatus):
+class BackupStatus(RecoverableScheduleStatus):
     """Observed state of a backup or of a backup schedule."""
 
     database: str | None = Field(None, description="host:port/dbname that was backed up (no credentials).")
@@ -195,6 +204,7 @@ BACKUP = KindInfo(
         PrinterColumn("Verified", ".status.verification", priority=1),
         PrinterColumn("Duration", ".status.duration", priority=1),
         PrinterColumn("Schedule", ".spec.schedule"),
+        PrinterColumn("RPO", ".status.recoverability.rpo"),
         PrinterColumn("Last-Success", ".status.lastSuccessfulTime", type="date", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
     ),

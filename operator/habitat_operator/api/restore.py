@@ -17,11 +17,11 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     RetryPolicy,
-    ScheduledStatus,
     Timestamp,
     exactly_one_of,
     one_shot_spec_rules,
 )
+from habitat_operator.api.objectives import Objectives, RecoverableScheduleStatus, objectives_rule
 from habitat_operator.api.rabbitmq_definitions import DefinitionsImport, RabbitMQTarget
 
 LATEST_RUN = "latest"
@@ -54,6 +54,7 @@ class RestoreReason(StrEnum):
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
+    CORRUPTION_FOUND = "CorruptionFound"
     # A point-in-time source.
     SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
     RECOVERY_FAILED = "RecoveryFailed"
@@ -325,6 +326,13 @@ class RestoreVerification(ApiModel):
     queries: VerificationQueries = Field(
         default_factory=list, description="Queries run against the restored database; all must pass."
     )
+    amcheck: bool = Field(
+        False,
+        description=(
+            "Check the drill's scratch database with pg_amcheck (heap and B-tree indexes); any "
+            "corruption found fails the drill. Needs drill: true."
+        ),
+    )
 
 
 class RestoreSpec(ApiModel):
@@ -351,6 +359,17 @@ class RestoreSpec(ApiModel):
                 or spec.source.point_in_time.target.latest is not None
             ),
         ),
+        CelRule(
+            "!self.verify.amcheck || self.drill",
+            "verify.amcheck checks a drill's scratch database; it needs drill: true",
+            lambda spec: not spec.verify.amcheck or spec.drill,
+        ),
+        CelRule(
+            "!has(self.objectives) || has(self.schedule)",
+            "objectives requires a drill schedule",
+            lambda spec: spec.objectives is None or spec.schedule is not None,
+        ),
+        objectives_rule("Restore drill", "rto", "the scheduled Backup or the WalArchive it restores"),
         *one_shot_spec_rules("Restore"),
         CelRule(
             "!has(self.target.rabbitmq) || (!self.drill && !has(self.schedule) && !self.mode.clean"
@@ -433,6 +452,9 @@ class RestoreSpec(ApiModel):
             "without changing anything."
         ),
     )
+    objectives: Objectives | None = Field(
+        None, description="Recovery time objective the drills prove (rto); needs a schedule."
+    )
 
 
 class RestoredFrom(ApiModel):
@@ -442,6 +464,9 @@ class RestoredFrom(ApiModel):
     uri: str | None = Field(None, description="URI of the restored artifact.")
     sha256: str | None = Field(None, description="SHA-256 of the restored artifact (hex).")
     archive: str | None = Field(None, description="The archive recovered from, for a point-in-time source.")
+    size_bytes: int | None = Field(
+        None, ge=0, description="Size of the restored artifact.", json_schema_extra={"format": "int64"}
+    )
 
 
 class RecoveredTo(ApiModel):
@@ -467,7 +492,7 @@ class QueryResult(ApiModel):
     message: str | None = Field(None, description="Why the check failed, one line.")
 
 
-class RestoreStatus(ScheduledStatus):
+class RestoreStatus(RecoverableScheduleStatus):
     """Observed state of a restore, or of a drill schedule."""
 
     target: str | None = Field(None, description="host:port/dbname restored into (no credentials).")
@@ -507,6 +532,7 @@ RESTORE = KindInfo(
         PrinterColumn("Target", ".status.target"),
         PrinterColumn("Verified", ".status.verificationSummary"),
         PrinterColumn("Duration", ".status.duration", priority=1),
+        PrinterColumn("RTO", ".status.recoverability.measuredRto"),
         PrinterColumn("Schedule", ".spec.schedule", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", type="date"),
     ),

@@ -26,6 +26,7 @@ from habitat_operator.api.common import (
     Timestamp,
     TransitionRule,
 )
+from habitat_operator.api.objectives import Objectives, Recoverability, objectives_rule
 
 # pg_receivewal's segments: a budget smaller than one cannot hold even the segment being written.
 MIN_RETAINED_WAL = 16 << 20
@@ -159,6 +160,7 @@ class WalArchiveSpec(ApiModel):
             "slot.name cannot be changed; delete the WalArchive (which drops its slot) and create a new one",
             lambda old, new: _slot_name_of(old) == _slot_name_of(new),
         ),
+        objectives_rule("WalArchive", "rpo", "a Restore drill of the archive"),
     )
 
     database: DatabaseRef = Field(
@@ -191,6 +193,7 @@ class WalArchiveSpec(ApiModel):
     suspend: bool = Field(
         False, description="Stop streaming; the slot stays and keeps WAL on the server until resumed."
     )
+    objectives: Objectives | None = Field(None, description="Recovery point objective of the archive (rpo).")
 
 
 class RecoveryWindow(ApiModel):
@@ -265,6 +268,7 @@ class WalArchiveStatus(ResourceStatus):
     gaps: list[Gap] | None = Field(
         None, max_length=MAX_GAPS_LISTED, description="The last few gaps, newest last (all are in storage)."
     )
+    recoverability: Recoverability | None = Field(None, description="Live RPO against spec.objectives.")
 
 
 WAL_ARCHIVE = KindInfo(
@@ -276,6 +280,7 @@ WAL_ARCHIVE = KindInfo(
         PrinterColumn("Window-From", ".status.recoveryWindow.from", type="date"),
         PrinterColumn("Window-To", ".status.recoveryWindow.to", type="date"),
         PrinterColumn("Lag", ".status.lagBytes", type="integer"),
+        PrinterColumn("RPO", ".status.recoverability.rpo"),
         PrinterColumn("Phase", ".status.phase"),
         PrinterColumn("Slot", ".status.slot", priority=1),
         PrinterColumn("Last-Base-Backup", ".status.lastBaseBackup.completedAt", type="date", priority=1),

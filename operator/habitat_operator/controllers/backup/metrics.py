@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from habitat_operator.controllers.base import recoverability_metrics
 from habitat_operator.metrics import LONG_BUCKETS, advance, forget
 
 BACKUP_RUNS = Counter(
@@ -57,3 +58,4 @@ def forget_backup(namespace: str, backup: str) -> None:
         namespace,
         backup,
     )
+    recoverability_metrics.forget("Backup", namespace, backup)

@@ -11,11 +11,13 @@ import structlog
 
 from habitat_operator.api.backup import BACKUP, BackupReason, BackupSpec, BackupStatus
 from habitat_operator.api.common import Phase
+from habitat_operator.api.objectives import RecoverableScheduleStatus
 from habitat_operator.api.restore import RESTORE, RestoreStatus
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
-from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base import kube, recoverability_metrics
 from habitat_operator.controllers.base.buckets import object_key, open_bucket
+from habitat_operator.controllers.base.objectives import Verdict, rpo_verdict
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, read_status
 from habitat_operator.controllers.scheduling import child_runs, cron, retention
 from habitat_operator.durations import parse_duration
@@ -23,13 +25,32 @@ from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, one_line
 
-SCHEDULE_FIELDS = ("schedule", "suspend", "retention")
+SCHEDULE_FIELDS = ("schedule", "suspend", "retention", "objectives")
 
 log = structlog.get_logger(__name__)
 
 
 def kind(config: OperatorConfig) -> child_runs.ScheduledKind[BackupSpec]:
-    return child_runs.ScheduledKind(BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe)
+    return child_runs.ScheduledKind(
+        BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe, _assess
+    )
+
+
+def recovery_point(run: kube.JsonDict) -> dt.datetime | None:
+    """The time a run's artifact holds the database as of: pg_dump's snapshot, taken as it starts."""
+    status = read_status(BackupStatus, run)
+    return status.started_at or status.completed_at
+
+
+def _assess(
+    spec: BackupSpec, body: kube.JsonDict, succeeded: child_runs.Children, now: dt.datetime
+) -> Verdict | None:
+    """The live RPO: now minus the newest succeeded (so verified, when spec.verify) run's point."""
+    if spec.objectives is None or spec.objectives.rpo is None:
+        return None
+    point = recovery_point(succeeded[0]) if succeeded else None
+    previous = read_status(RecoverableScheduleStatus, body).recoverability
+    return rpo_verdict(spec.objectives.rpo, point, child_runs.created_at(body), now, previous)
 
 
 def _observe(spec: BackupSpec, body: kube.JsonDict, seen: child_runs.Tick) -> None:
@@ -43,6 +64,12 @@ def _observe(spec: BackupSpec, body: kube.JsonDict, seen: child_runs.Tick) -> No
     when = last.completed_at if last and last.completed_at else seen.created
     size = last.artifact.size_bytes if last and last.artifact and last.artifact.size_bytes else 0
     metrics.note_backup_success(namespace, name, when.timestamp(), size)
+    series = None
+    if seen.verdict is not None and spec.objectives is not None and spec.objectives.rpo is not None:
+        point = seen.verdict.recoverability.recovery_point or seen.created
+        objective = parse_duration(spec.objectives.rpo).total_seconds()
+        series = recoverability_metrics.RpoSeries(point.timestamp(), objective)
+    recoverability_metrics.set_rpo(BACKUP.kind, namespace, name, series)
 
 
 async def _apply_retention(

@@ -213,6 +213,7 @@ class Run(ABC, Generic[SpecT, StatusT]):
         message: str,
         *edits: Edit[StatusT],
         flags: tuple[Flag, ...] = (),
+        drop: tuple[str, ...] = (),
     ) -> None:
         """Stalled in `phase`, with an Event and a log line when the stall is news (not again on each
         step that finds the same reason for the same generation)."""
@@ -223,7 +224,7 @@ class Run(ABC, Generic[SpecT, StatusT]):
             and self.reporter.condition_reason(STALLED) == reason
             and self.status.observed_generation == self.reporter.generation
         )
-        await self.reporter.write("stalled", phase, reason, message, *edits, flags=flags)
+        await self.reporter.write("stalled", phase, reason, message, *edits, flags=flags, drop=drop)
         if news:
             self.log.warning(f"{self.info.kind.lower()} {phase.lower()}", reason=reason.value, error=message)
             await kube.event(self.body, "Warning", reason, message)

@@ -107,11 +107,13 @@ class StatusReporter(Generic[StatusT]):
         summary: str,
         *edits: Edit[StatusT],
         flags: Sequence[Flag] = (),
+        drop: Sequence[str] = (),
     ) -> bool:
-        """Sets the phase, the conditions (`summary` is their message, `flags` the kind's own) and
-        whatever `edits` change; True when it wrote (nothing is written when nothing changed)."""
+        """Sets the phase, the conditions (`summary` is their message, `flags` the kind's own, `drop`
+        the types of the kind's own that no longer apply) and whatever `edits` change; True when it
+        wrote (nothing is written when nothing changed)."""
         for _ in range(CONFLICT_RETRIES):
-            updated = self._updated(state, phase, reason, summary, edits, flags)
+            updated = self._updated(state, phase, reason, summary, edits, flags, drop)
             wire = self._dump(updated)
             if wire == self._wire:
                 return False  # nothing changed: no write, no watch event, no churn
@@ -138,12 +140,14 @@ class StatusReporter(Generic[StatusT]):
         summary: str,
         edits: Sequence[Edit[StatusT]],
         flags: Sequence[Flag],
+        drop: Sequence[str] = (),
     ) -> StatusT:
         draft = self.status.model_copy(deep=True)
         for edit in (*self._carried, *edits):
             edit(draft)
+        kept = [c for c in self.status.conditions or [] if c.type not in drop]
         conditions = standard_conditions(
-            self.status.conditions or [], state, reason, summary, self.generation, timestamps.now(), flags
+            kept, state, reason, summary, self.generation, timestamps.now(), flags
         )
         # Validated whole again: an edit may set a value the schema refuses (a negative count).
         return self.model.model_validate(

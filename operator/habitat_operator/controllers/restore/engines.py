@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from habitat_operator.api.restore import VerificationQuery
-from habitat_operator.engines.postgres import recovery, restore, scratch
+from habitat_operator.engines.postgres import amcheck, recovery, restore, scratch
 from habitat_operator.engines.postgres.dump import ArtifactFormat
 from habitat_operator.engines.postgres.locks import Locker, database_lock
 from habitat_operator.engines.postgres.recovery import RecoveredDump, RecoveryRequest
@@ -54,12 +54,19 @@ class Recoverer(Protocol):
     def recovered_dump(self, request: RecoveryRequest) -> AbstractAsyncContextManager[RecoveredDump]: ...
 
 
+class Checker(Protocol):
+    """pg_amcheck of a database of the operator's own, as `engines.postgres.amcheck` offers it."""
+
+    async def check_database(self, target: ConnectionTarget) -> None: ...
+
+
 @dataclass(frozen=True)
 class RestoreEngines:
     restore: Restorer
     scratch: ScratchMarks
     lock: Locker
     recovery: Recoverer = recovery
+    amcheck: Checker = amcheck
 
 
 POSTGRES = RestoreEngines(restore=restore, scratch=scratch, lock=database_lock)

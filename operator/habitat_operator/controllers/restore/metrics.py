@@ -6,6 +6,7 @@ import datetime as dt
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from habitat_operator.controllers.base import recoverability_metrics
 from habitat_operator.metrics import LONG_BUCKETS, forget
 
 RESTORE_RUNS = Counter(
@@ -65,3 +66,4 @@ def forget_restore(namespace: str, restore: str) -> None:
         namespace,
         restore,
     )
+    recoverability_metrics.forget("Restore", namespace, restore)

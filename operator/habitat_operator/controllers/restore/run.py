@@ -65,6 +65,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
     spec_model = RestoreSpec
     status_model = RestoreStatus
     drill = False
+    amcheck = False
     _query_results: list[QueryResult] | None = None
     _query_summary: str | None = None
     # The target is missing and mode.createDatabase: it is created once the source is checked.
@@ -91,6 +92,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
 
     async def execute(self, spec: RestoreSpec) -> RetryLater | None:
         self.drill = spec.drill
+        self.amcheck = spec.verify.amcheck
         source = await resolve(
             spec.source,
             self.namespace,
@@ -217,6 +219,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             database=archive.database or database,
             encryption_key=source.encryption_key,
             scratch_dir=self.config.scratch_dir,
+            amcheck=self.amcheck,
         )
         async with AsyncExitStack() as recovering:
             try:
@@ -260,7 +263,11 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             status.scratch_database = into.dbname if spec.drill else None
             status.waiting_for = None
             status.restored_from = RestoredFrom(
-                backup=source.backup, uri=source.uri, sha256=source.sha256, archive=archive
+                backup=source.backup,
+                uri=source.uri,
+                sha256=source.sha256,
+                archive=archive,
+                size_bytes=source.size_bytes,
             )
             status.recovered_to = recovered_to
 
@@ -293,6 +300,9 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         if passed < len(outcomes):
             failed = ", ".join(o.name for o in outcomes if not o.passed)
             raise PermanentError(Reason.VERIFICATION_FAILED, f"verification queries failed: {failed}")
+        if spec.verify.amcheck:
+            await self.engines.amcheck.check_database(into)
+            summary = self._query_summary = f"{summary}; amcheck clean"
         return summary
 
     async def _succeed(

@@ -80,6 +80,7 @@ class SourceArtifact:
     # A point-in-time source: `stored` is the dump of the recovered database, once recovered.
     archive: ArchiveSource | None = None
     kind: ArtifactKind | None = None  # as its Backup's status or its catalog entry says; None: unknown
+    size_bytes: int | None = None  # as stored: the artifact, or the base backup recovered from
 
     async def close(self) -> None:
         if self.bucket is not None:
@@ -149,6 +150,7 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
         "backup": name,
         "storage": storage,
         "kind": _artifact_kind(artifact.get("kind") or ArtifactKind.DATABASE, f"Backup {name}"),
+        "size_bytes": artifact.get("sizeBytes"),
     }
     if "s3" not in storage:
         return SourceArtifact(stored=store.path_for(artifact["uri"], scope), **fields)
@@ -191,6 +193,7 @@ async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) 
         checksum_required=source.latest_of is not None,
         skipped=skipped,
         kind=_artifact_kind(entry.get("kind") or ("database" in entry and ArtifactKind.DATABASE), key),
+        size_bytes=entry.get("sizeBytes"),
     )
 
 
@@ -339,6 +342,7 @@ async def _from_archive(
         storage=storage,
         bucket=bucket,
         archive=ArchiveSource(store, layout, plan, source.database),
+        size_bytes=plan.base_backup.size_bytes,
     )
 
 

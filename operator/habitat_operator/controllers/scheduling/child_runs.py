@@ -33,8 +33,10 @@ from habitat_operator.api.common import (
     ScheduledStatus,
     qualified,
 )
+from habitat_operator.api.objectives import OBJECTIVES_MET, RecoverableScheduleStatus
 from habitat_operator.controllers.base import kube, names
 from habitat_operator.controllers.base.core import Recheck
+from habitat_operator.controllers.base.objectives import Verdict
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, StatusReporter, read_status
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.controllers.scheduling import cron
@@ -91,6 +93,7 @@ class Tick:
     last_success: kube.JsonDict | None
     delay: float
     progress: Progress
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class ScheduledKind(Generic[SpecT]):
     prune: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Awaitable[Children]]
     # The kind's metrics after a tick.
     observe: Callable[[SpecT, kube.JsonDict, Tick], None]
+    # The verdict on spec.objectives from the schedule (its status holds the figures last written),
+    # its succeeded runs (newest first) and the time; None for a schedule without objectives.
+    assess: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Verdict | None] = lambda *_: None
 
 
 def series_name(body: kube.JsonDict) -> str:
@@ -118,6 +124,10 @@ def phase(obj: kube.JsonDict) -> str | None:
 def completed_at(obj: kube.JsonDict) -> dt.datetime | None:
     stamp = (obj.get("status") or {}).get("completedAt")
     return timestamps.parse(stamp) if stamp else None
+
+
+def created_at(obj: kube.JsonDict) -> dt.datetime:
+    return timestamps.parse(obj["metadata"]["creationTimestamp"])
 
 
 def child_name(parent: str, scheduled: dt.datetime) -> str:
@@ -246,7 +256,7 @@ async def tick(
     assert expression is not None  # the daemon runs only for objects with a schedule
     status = read_status(ScheduledStatus, body)
     now = timestamps.now()
-    created = timestamps.parse(body["metadata"]["creationTimestamp"])
+    created = created_at(body)
     children = list(children)
     active = [c for c in children if phase(c) not in TERMINAL_PHASES]
     progress = Progress(status.last_schedule_time, status.missed_runs or 0).newer_of(recorded)
@@ -289,16 +299,27 @@ async def tick(
     next_time = None if suspend else cron.next_run(expression, now)
     recent = [c["metadata"]["name"] for c in children[:RECENT_RUNS]]
 
-    def observed(status: ScheduledStatus) -> None:
+    reporter = StatusReporter(kind.info.plural, body, RecoverableScheduleStatus)
+    verdict = kind.assess(spec, body, succeeded, now)
+
+    def observed(status: RecoverableScheduleStatus) -> None:
         status.last_schedule_time, status.next_schedule_time = last_schedule, next_time
         status.last_successful_time = completed_at(succeeded[0]) if succeeded else None
         status.missed_runs, status.recent_runs = missed, recent
         status.active_run = active[0]["metadata"]["name"] if active else None
+        status.recoverability = verdict.recoverability if verdict else None
 
-    reporter = StatusReporter(kind.info.plural, body, ScheduledStatus)
+    flags = (verdict.flag,) if verdict else ()
+    drop = () if verdict else (OBJECTIVES_MET,)
     if suspend:
         await reporter.write(
-            "ready", Phase.SUSPENDED, Reason.SUSPENDED, "schedule is suspended; no new runs start", observed
+            "ready",
+            Phase.SUSPENDED,
+            Reason.SUSPENDED,
+            "schedule is suspended; no new runs start",
+            observed,
+            flags=flags,
+            drop=drop,
         )
     elif finished and phase(finished[0]) == Phase.FAILED:
         failed = finished[0]
@@ -309,21 +330,34 @@ async def tick(
             Reason.LAST_RUN_FAILED,
             f"run {failed['metadata']['name']} failed: {why}",
             observed,
+            flags=flags,
+            drop=drop,
         )
     else:
         next_text = timestamps.rfc3339(next_time) if next_time else "never"
-        await reporter.write("ready", Phase.SCHEDULED, Reason.SCHEDULED, f"next run at {next_text}", observed)
+        await reporter.write(
+            "ready",
+            Phase.SCHEDULED,
+            Reason.SCHEDULED,
+            f"next run at {next_text}",
+            observed,
+            flags=flags,
+            drop=drop,
+        )
 
     delay = (
         IDLE_RECHECK_SECONDS
         if next_time is None
         else min(IDLE_RECHECK_SECONDS, (next_time - timestamps.now()).total_seconds() + DUE_MARGIN_SECONDS)
     )
+    if verdict is not None and verdict.recheck_seconds is not None:  # time alone turns the verdict
+        delay = min(delay, verdict.recheck_seconds + DUE_MARGIN_SECONDS)
     return Tick(
         created=created,
         last_success=succeeded[0] if succeeded else None,
         delay=max(DUE_MARGIN_SECONDS, delay),
         progress=Progress(last_schedule, missed),
+        verdict=verdict,
     )
 
 

@@ -36,6 +36,7 @@ import structlog
 
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
+from habitat_operator.api.objectives import OBJECTIVES_MET
 from habitat_operator.api.restore import RESTORE
 from habitat_operator.api.wal import WalReason
 from habitat_operator.api.walarchive import (
@@ -54,12 +55,13 @@ from habitat_operator.api.walarchive import (
     parse_byte_size,
 )
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.base import kube
+from habitat_operator.controllers.base import kube, recoverability_metrics
 from habitat_operator.controllers.base.buckets import open_bucket
 from habitat_operator.controllers.base.conditions import Flag
 from habitat_operator.controllers.base.convergent import ConvergentRun
 from habitat_operator.controllers.base.core import Recheck, RetryLater, unexpected
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
+from habitat_operator.controllers.base.objectives import rpo_verdict
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, Edit
 from habitat_operator.controllers.scheduling.cron import expected_interval_seconds, next_run
@@ -192,11 +194,16 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         if spec.suspend:
             await self.streams.close(self.uid)
             metrics.STREAMING.labels(*labels).set(0)
+            window = self.status.recovery_window
+            edits, flags, drop = self._objectives(spec, window.to if window else None, force=True)
             await self.reporter.write(
                 "paused",
                 WalArchivePhase.SUSPENDED,
                 Reason.SUSPENDED,
                 "suspended: not streaming; the slot keeps the server's WAL until resumed",
+                *edits,
+                flags=flags,
+                drop=drop,
             )
             return Recheck(SUSPENDED_SECONDS)
         stream = await self._stream(spec)
@@ -649,12 +656,17 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 status.recovery_window = RecoveryWindow(from_=start, to=end)
 
         edits: list[Edit[WalArchiveStatus]] = []
-        if time.monotonic() - stream.progress_written >= PROGRESS_SECONDS:
+        due = time.monotonic() - stream.progress_written >= PROGRESS_SECONDS
+        if due:
             edits.append(progress)
             stream.progress_written = time.monotonic()
-        flags = (self._budget_flag(stream, spec),)
-        gap = self._newest_gap()
         last = stream.last_base_backup_started
+        # Nothing waits to be archived: the archive holds everything up to now.
+        point = None if last is None else timestamps.now() if lag == 0 else end
+        objectives, objective_flags, drop = self._objectives(spec, point, force=due)
+        edits.extend(objectives)
+        flags = (self._budget_flag(stream, spec), *objective_flags)
+        gap = self._newest_gap()
         failing = f"; {stream.base_backup_error}" if stream.base_backup_error else ""
         if receiver is not None and _refused(stream):
             error = stream.target.redact(receiver.last_error.message if receiver.last_error else "")
@@ -664,6 +676,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 f"pg_receivewal on slot {stream.slot} is not running: {error}; it is restarted with backoff",
                 *edits,
                 flags=flags,
+                drop=drop,
             )
         elif last is None and stream.base_backup_error:
             await self.stall(
@@ -672,6 +685,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 f"streaming, but nothing is recoverable until a base backup succeeds{failing}",
                 *edits,
                 flags=flags,
+                drop=drop,
             )
         elif last is None:
             await self.reporter.write(
@@ -681,6 +695,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 "streaming; taking the first base backup (nothing is recoverable before it)",
                 *edits,
                 flags=flags,
+                drop=drop,
             )
         elif gap is not None and gap > last:
             await self.reporter.write(
@@ -691,6 +706,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 f"recovery window restarts{failing}",
                 *edits,
                 flags=flags,
+                drop=drop,
             )
         else:
             where = stream.archive.store.uri(stream.archive.layout.archive)
@@ -701,7 +717,38 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
                 f"streaming WAL on slot {stream.slot} into {where}{failing}",
                 *edits,
                 flags=flags,
+                drop=drop,
             )
+
+    def _objectives(
+        self, spec: WalArchiveSpec, point: datetime | None, force: bool
+    ) -> tuple[list[Edit[WalArchiveStatus]], tuple[Flag, ...], tuple[str, ...]]:
+        """The RPO's condition, and its figures in status when `force` (the progress period) or
+        the verdict turned: a look every few seconds must not write status for a figure alone."""
+        objective = spec.objectives.rpo if spec.objectives else None
+        series = None
+        if objective is None:
+            recoverability_metrics.set_rpo(WAL_ARCHIVE.kind, self.namespace, self.name, None)
+
+            def cleared(status: WalArchiveStatus) -> None:
+                status.recoverability = None
+
+            return [cleared], (), (OBJECTIVES_MET,)
+        created = timestamps.parse(self.body["metadata"]["creationTimestamp"])
+        previous = self.status.recoverability
+        verdict = rpo_verdict(objective, point, created, timestamps.now(), previous)
+        series = recoverability_metrics.RpoSeries(
+            (point or created).timestamp(), parse_duration(objective).total_seconds()
+        )
+        recoverability_metrics.set_rpo(WAL_ARCHIVE.kind, self.namespace, self.name, series)
+        edits: list[Edit[WalArchiveStatus]] = []
+        if force or previous is None or previous.objectives_met != verdict.met:
+
+            def measured(status: WalArchiveStatus) -> None:
+                status.recoverability = verdict.recoverability
+
+            edits.append(measured)
+        return edits, (verdict.flag,), ()
 
     @staticmethod
     def _budget_flag(stream: Stream, spec: WalArchiveSpec) -> Flag:
@@ -730,6 +777,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             await self.streams.close(self.uid)
             return
         metrics.forget_archive(self.namespace, self.name)
+        recoverability_metrics.forget(WAL_ARCHIVE.kind, self.namespace, self.name)
         if self.streams.get(self.uid) is not None:
             await self.streams.close(self.uid, drop_slot=True)
             return

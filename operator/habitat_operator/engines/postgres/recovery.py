@@ -54,6 +54,7 @@ from habitat_operator.api.wal import WalReason
 from habitat_operator.engines.artifacts.codec import PlaintextReader
 from habitat_operator.engines.artifacts.store import SCRATCH_FOLDER_PREFIX, disk_errors, scratch_folder
 from habitat_operator.engines.artifacts.tarball import PlaintextStream, stream_members
+from habitat_operator.engines.postgres.amcheck import check_database
 from habitat_operator.engines.postgres.client_tools import ClientTool, classify_failure, meaningful_line
 from habitat_operator.engines.postgres.uri import ConnectionTarget
 from habitat_operator.engines.threads import in_stoppable_thread, in_thread
@@ -100,6 +101,7 @@ class RecoveryRequest:
     encryption_key: bytes | None = field(default=None, repr=False)
     scratch_dir: Path | None = None
     server_root: Path = SERVER_ROOT
+    amcheck: bool = False  # pg_amcheck the recovered copy, the physical one, before dumping it
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
         async with ClientTool.start(argv, None, user=owner) as server:
             point = await _await_promotion(server, socket, request.plan.target, SUPERUSER)
             if point is not None:
-                await _dump(_socket_target(socket, request.database, SUPERUSER), dump)
+                await _dump(_socket_target(socket, request.database, SUPERUSER), dump, request.amcheck)
             else:  # promoted, but the copy has no role "postgres": stop it and ask for its superuser
                 os.kill(server.process.pid, signal.SIGINT)  # a fast shutdown
                 point = _point_in(await server.output())
@@ -164,7 +166,7 @@ async def recovered_dump(request: RecoveryRequest) -> AsyncIterator[RecoveredDum
             role = await _bootstrap_superuser(binary, data, owner)
             async with ClientTool.start(argv, None, user=owner) as server:
                 await _await_promotion(server, socket, request.plan.target, role)
-                await _dump(_socket_target(socket, request.database, role), dump)
+                await _dump(_socket_target(socket, request.database, role), dump, request.amcheck)
         yield RecoveredDump(dump, point, time.monotonic() - started)
 
 
@@ -386,8 +388,12 @@ def _recovery_failed(log: str, target: RecoveryTarget) -> OperationError:
     return PermanentError(RestoreReason.RECOVERY_FAILED, f"recovery failed: {meaningful_line(log)}")
 
 
-async def _dump(source: ConnectionTarget, path: Path) -> None:
-    """pg_dump (custom format) of the recovered database into `path`."""
+async def _dump(source: ConnectionTarget, path: Path, amcheck: bool) -> None:
+    """pg_dump (custom format) of the recovered database into `path`; with `amcheck`, pg_amcheck
+    first: the base backup's pages are the source's own, so corruption the source had shows here,
+    where a restore of the dump would rebuild every index afresh."""
+    if amcheck:
+        await check_database(source)
     argv = ["pg_dump", "--no-password", "--format=custom", f"--file={path}"]
     async with ClientTool.start(argv, source) as dump:
         await dump.check(
