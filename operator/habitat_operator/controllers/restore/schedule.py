@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from habitat_operator.api.restore import RESTORE, RestoreSpec
+from habitat_operator.api.restore import RESTORE, SCHEDULE_FIELDS, RestoreSpec
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.status import TERMINAL_PHASES
 from habitat_operator.controllers.restore import metrics
 from habitat_operator.controllers.scheduling import child_runs
 from habitat_operator.metrics import advance
-
-SCHEDULE_FIELDS = ("schedule", "suspend", "historyLimit")
 
 
 def _observe(spec: RestoreSpec, body: kube.JsonDict, seen: child_runs.Tick) -> None:
