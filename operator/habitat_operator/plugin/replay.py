@@ -1,0 +1,134 @@
+"""`kubectl habitat replay`: writes the ReplayJob for a workflow's events (api/replayjob.py).
+
+Built with the API models, so it is valid by construction. `--dry-run` prints it as YAML for Git and
+creates nothing; `--count-only` is the ReplayJob's own dry run (count and sample, publish nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from habitat_operator import timestamps
+from habitat_operator.api.common import DatabaseRef, SecretKeyRef
+from habitat_operator.api.replayjob import (
+    REPLAYJOB,
+    AmqpSecretRef,
+    EventSelector,
+    EventSource,
+    ExchangeTarget,
+    QueueTarget,
+    RabbitMqRef,
+    ReplayJobSpec,
+    ReplayTarget,
+)
+from habitat_operator.plugin import waiting
+from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.writing import (
+    UsageError,
+    create_or_print,
+    manifest,
+    refused,
+    secret_key_ref,
+    timestamped_name,
+)
+
+
+def replay_spec(args: argparse.Namespace) -> ReplayJobSpec:
+    """The ReplayJob's spec; raises UsageError or pydantic's ValidationError on flags that do not fit."""
+    if not (args.to_exchange or args.to_queue):
+        raise UsageError("say where the events go: --to-exchange NAME or --to-queue NAME")
+    selector = EventSelector(
+        correlation_ids=args.correlation_id or None,
+        types=args.type or None,
+        **{"from": _time(args.since)},
+        to=_time(args.until),
+    )
+    target = ReplayTarget(
+        rabbitmq=RabbitMqRef(secret_ref=AmqpSecretRef(**secret_key_ref(args.broker, "uri"))),
+        exchange=ExchangeTarget(name=args.to_exchange, routing_key=args.routing_key)
+        if args.to_exchange
+        else None,
+        queue=QueueTarget(name=args.to_queue) if args.to_queue else None,
+    )
+    source = EventSource(
+        database=DatabaseRef(secret_ref=SecretKeyRef(**secret_key_ref(args.events_database, "uri"))),
+        table=args.table,
+    )
+    return ReplayJobSpec(
+        source=source, selector=selector, target=target, rate_limit=args.rate_limit, dry_run=args.count_only
+    )
+
+
+def _time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return timestamps.parse(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not an RFC 3339 time, e.g. 2026-12-07T10:00:00Z") from None
+
+
+def default_name(args: argparse.Namespace) -> str:
+    """<first correlation id>-<UTC time>, or replay-<UTC time> when the id cannot start a name."""
+    return timestamped_name((args.correlation_id or ["replay"])[0], "replay")
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "replay",
+        help="write a ReplayJob: republish a workflow's events",
+        description=(
+            "Write a ReplayJob for you, valid by construction: the events of --correlation-id (and the "
+            "other criteria, all of which must match) republished to --to-exchange or --to-queue. With "
+            "--dry-run it prints the YAML (for Git) and creates nothing."
+        ),
+    )
+    parser.add_argument(
+        "--correlation-id", action="append", metavar="ID", help="a workflow's events (repeat for more)"
+    )
+    parser.add_argument(
+        "--type", action="append", metavar="TYPE", help="events of this type (repeat for more)"
+    )
+    parser.add_argument("--since", metavar="TIME", help="events that occurred at or after this RFC 3339 time")
+    parser.add_argument("--until", metavar="TIME", help="events that occurred before this RFC 3339 time")
+    to = parser.add_mutually_exclusive_group()
+    to.add_argument("--to-exchange", metavar="EXCHANGE", help="publish to this exchange (its bound queues)")
+    to.add_argument("--to-queue", metavar="QUEUE", help="publish to this queue alone")
+    parser.add_argument(
+        "--routing-key", help="with --to-exchange: one routing key for all (default: each event's)"
+    )
+    parser.add_argument(
+        "--events-database",
+        required=True,
+        metavar="SECRET[/KEY]",
+        help="Secret (key, default uri) of the event store's URI",
+    )
+    parser.add_argument("--table", default="events", help="the events table (default events)")
+    parser.add_argument(
+        "--broker",
+        required=True,
+        metavar="SECRET[/KEY]",
+        help="Secret (key, default uri) of the broker's amqp:// URI",
+    )
+    parser.add_argument(
+        "--rate-limit", type=int, metavar="PER_SECOND", help="at most this many events a second"
+    )
+    parser.add_argument(
+        "--count-only", action="store_true", help="the ReplayJob counts and samples; publishes nothing"
+    )
+    parser.add_argument("--name", help="name of the ReplayJob (default: <correlation id>-<UTC time>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the ReplayJob as YAML; create nothing")
+    waiting.add_flags(parser, "the replay")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
+    try:
+        spec = replay_spec(args)
+    except (UsageError, ValidationError) as error:
+        return refused("replay", error)
+    body = manifest(REPLAYJOB, args.name or default_name(args), kubectl.namespace, spec)
+    return create_or_print(kubectl, body, args, REPLAYJOB.plural)

@@ -1,0 +1,217 @@
+"""`kubectl habitat restore`: writes the Restore a user would, from a few flags.
+
+The spec is built with the API models (api/restore.py), so what is printed or created passes the
+CRD's schema and CEL rules by construction; `--dry-run` prints it as YAML for Git instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pydantic import ValidationError
+
+from habitat_operator.api.artifacts import S3CredentialsSecretRef, S3Storage
+from habitat_operator.api.backup import BACKUP
+from habitat_operator.api.common import (
+    DatabaseRef,
+    EncryptionKeySecretRef,
+    SecretKeyRef,
+)
+from habitat_operator.api.restore import (
+    LATEST_RUN,
+    RESTORE,
+    ArchiveInStorage,
+    BackupRef,
+    LatestOf,
+    PointInTimeSource,
+    PointInTimeTarget,
+    RestoreMode,
+    RestoreSource,
+    RestoreSpec,
+    RestoreTarget,
+    StorageSource,
+    WalArchiveRef,
+)
+from habitat_operator.api.walarchive import WAL_ARCHIVE
+from habitat_operator.plugin import completion, waiting
+from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.writing import (
+    UsageError,
+    create_or_print,
+    manifest,
+    refused,
+    resource,
+    secret_key_ref,
+    timestamped_name,
+)
+
+
+def restore_spec(args: argparse.Namespace) -> RestoreSpec:
+    """The Restore's spec; raises UsageError or pydantic's ValidationError on flags that do not fit."""
+    target = RestoreTarget(
+        database=DatabaseRef(secret_ref=SecretKeyRef(**secret_key_ref(args.to_database, "uri")))
+    )
+    return RestoreSpec(
+        source=_source(args),
+        target=target,
+        drill=args.drill,
+        mode=RestoreMode(create_database=args.create_database),
+    )
+
+
+def _source(args: argparse.Namespace) -> RestoreSource:
+    point_in_time = args.time is not None or args.lsn is not None or args.restore_point is not None
+    key = (
+        EncryptionKeySecretRef(**secret_key_ref(args.encryption_key, "key")) if args.encryption_key else None
+    )
+    kind, _, name = (args.source or "").rpartition("/")
+    if args.source and args.from_bucket:
+        raise UsageError("give a source (a Backup or walarchive/NAME) or --from-bucket, not both")
+    if args.source and kind.split(".", 1)[0] in _WAL_ARCHIVE_NAMES:
+        if not (point_in_time or args.latest):
+            raise UsageError(
+                f"{args.source}: say where recovery stops with --time, --lsn, --restore-point or --latest"
+            )
+        return RestoreSource(
+            point_in_time=PointInTimeSource(
+                wal_archive_ref=WalArchiveRef(name=name), target=_target(args), database=args.database
+            )
+        )
+    if args.source:
+        if kind and kind.split(".", 1)[0] not in _BACKUP_NAMES:
+            raise UsageError(
+                f"{args.source}: the source is a Backup (NAME or backup/NAME) or walarchive/NAME"
+            )
+        if point_in_time:
+            raise UsageError(
+                "--time, --lsn and --restore-point need a point-in-time source: walarchive/NAME or --archive"
+            )
+        return RestoreSource(backup_ref=BackupRef(name=name, run=args.backup_run or LATEST_RUN))
+    if not args.from_bucket:
+        raise UsageError("name a source: a Backup, walarchive/NAME, or --from-bucket BUCKET")
+    if not args.credentials:
+        raise UsageError("--from-bucket needs --credentials SECRET (its access keys)")
+    bucket = S3Storage(
+        bucket=args.from_bucket,
+        prefix=args.prefix,
+        endpoint=args.endpoint,
+        region=args.region,
+        force_path_style=args.path_style,
+        credentials_secret_ref=S3CredentialsSecretRef(name=args.credentials),
+    )
+    if args.archive:
+        if not (point_in_time or args.latest):
+            raise UsageError(
+                "--archive: say where recovery stops with --time, --lsn, --restore-point or --latest"
+            )
+        archive = ArchiveInStorage(
+            s3=bucket, archive=args.archive, namespace=args.source_namespace, encryption_key_secret_ref=key
+        )
+        return RestoreSource(
+            point_in_time=PointInTimeSource(storage=archive, target=_target(args), database=args.database)
+        )
+    if point_in_time:
+        raise UsageError(
+            "--time, --lsn and --restore-point need --archive (a WalArchive's archive in the bucket)"
+        )
+    if args.key:
+        return RestoreSource(storage=StorageSource(s3=bucket, key=args.key, encryption_key_secret_ref=key))
+    if not args.database:
+        raise UsageError("--from-bucket needs --key KEY, or --database NAME for its newest verified artifact")
+    latest = LatestOf(database=args.database, namespace=args.source_namespace)
+    return RestoreSource(storage=StorageSource(s3=bucket, latest_of=latest, encryption_key_secret_ref=key))
+
+
+def _target(args: argparse.Namespace) -> PointInTimeTarget:
+    return PointInTimeTarget(
+        time=args.time, lsn=args.lsn, restore_point=args.restore_point, latest=True if args.latest else None
+    )
+
+
+_WAL_ARCHIVE_NAMES = {WAL_ARCHIVE.singular, WAL_ARCHIVE.plural, *WAL_ARCHIVE.short_names}
+_BACKUP_NAMES = {BACKUP.singular, BACKUP.plural, *BACKUP.short_names}
+
+
+def default_name(args: argparse.Namespace) -> str:
+    """<source>-<UTC time>: the Backup's, the archive's or the database's name."""
+    return timestamped_name(
+        (args.source or "").rpartition("/")[2] or args.archive or args.database or "restore", "restore"
+    )
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "restore",
+        help="write a Restore: from a Backup, a WalArchive or a bucket",
+        description=(
+            "Write a Restore for you, valid by construction. SOURCE is a Backup (NAME or backup/NAME) or "
+            "walarchive/NAME (point in time); --from-bucket restores from a bucket alone. With --dry-run "
+            "it prints the YAML (for Git) and creates nothing."
+        ),
+    )
+    parser.add_argument(
+        "source", nargs="?", metavar="SOURCE", help="a Backup (NAME or backup/NAME) or walarchive/NAME"
+    ).completer = completion.resource_names(
+        resource(BACKUP.plural), resource(WAL_ARCHIVE.plural), qualified=True
+    )
+    parser.add_argument(
+        "--to-database",
+        required=True,
+        metavar="SECRET[/KEY]",
+        help="Secret (key, default uri) of the target's libpq URI",
+    )
+    parser.add_argument(
+        "--run",
+        dest="backup_run",
+        help="for a scheduled Backup: which run (default: its newest Succeeded one)",
+    )
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--time", help="point in time: recover transactions committed up to this RFC 3339 time")
+    when.add_argument("--lsn", help="point in time: recover up to this WAL position, e.g. 16/B374D848")
+    when.add_argument("--restore-point", help="point in time: recover up to this named restore point")
+    when.add_argument(
+        "--latest",
+        action="store_true",
+        help="everything the archive holds; from a bucket without --archive: the newest verified artifact",
+    )
+    bucket = parser.add_argument_group("from a bucket alone (disaster recovery)")
+    bucket.add_argument(
+        "--from-bucket", metavar="BUCKET", help="the S3 bucket, as a Backup's storage.s3 names it"
+    )
+    bucket.add_argument("--credentials", metavar="SECRET", help="Secret with accessKeyId and secretAccessKey")
+    bucket.add_argument("--endpoint", help="URL of an S3-compatible server")
+    bucket.add_argument("--region", default="us-east-1")
+    bucket.add_argument("--prefix", default="", help="key prefix inside the bucket")
+    bucket.add_argument("--path-style", action="store_true", help="address the bucket in the path")
+    bucket.add_argument("--key", help="the artifact's key in the bucket")
+    bucket.add_argument(
+        "--archive", metavar="WALARCHIVE", help="a WalArchive's archive in the bucket (point in time)"
+    )
+    bucket.add_argument(
+        "--source-namespace", metavar="NS", help="namespace whose Backups or WalArchive wrote it"
+    )
+    bucket.add_argument(
+        "--encryption-key", metavar="SECRET[/KEY]", help="Secret (key, default key) of the artifact's key"
+    )
+    parser.add_argument(
+        "--database", help="the database backed up (newest artifact), or to take from a recovered server"
+    )
+    parser.add_argument(
+        "--drill", action="store_true", help="restore into a scratch database, verify, drop it"
+    )
+    parser.add_argument(
+        "--create-database", action="store_true", help="create the target database if missing"
+    )
+    parser.add_argument("--name", help="name of the Restore (default: <source>-<UTC time>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the Restore as YAML; create nothing")
+    waiting.add_flags(parser, "the restore")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
+    try:
+        spec = restore_spec(args)
+    except (UsageError, ValidationError) as error:
+        return refused("restore", error)
+    body = manifest(RESTORE, args.name or default_name(args), kubectl.namespace, spec)
+    return create_or_print(kubectl, body, args, RESTORE.plural)

@@ -1,0 +1,85 @@
+"""What the commands that write an object share: print it for Git (`--dry-run`) or create it, and
+follow it with `--wait`; flags that cannot make a valid object are refused in one line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from habitat_operator import names, timestamps
+from habitat_operator.api.common import API_VERSION, DNS_SUBDOMAIN_PATTERN, GROUP, ApiModel, KindInfo
+from habitat_operator.plugin import waiting
+from habitat_operator.plugin.exit_codes import ExitCode
+from habitat_operator.plugin.kubectl import Kubectl
+
+MAX_NAME = 253
+TIMESTAMP_CHARS = len("-20240101000000")
+
+
+class UsageError(ValueError):
+    """Flags that do not make one object; the message names them."""
+
+
+def describe(error: UsageError | ValidationError) -> str:
+    """One line: the flags' problem, or the first field the API models refused and why."""
+    if isinstance(error, UsageError):
+        return str(error)
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
+
+
+def secret_key_ref(text: str, default_key: str) -> dict[str, str]:
+    """`SECRET` or `SECRET/KEY` (neither a Secret's name nor a key may hold a slash)."""
+    name, _, key = text.partition("/")
+    return {"name": name, "key": key or default_key}
+
+
+def refused(command: str, error: UsageError | ValidationError) -> int:
+    print(f"kubectl habitat {command}: {describe(error)}", file=sys.stderr)
+    return ExitCode.COULD_NOT_CHECK
+
+
+def create_or_print(kubectl: Kubectl, body: Mapping[str, Any], args: argparse.Namespace, plural: str) -> int:
+    """`--dry-run`: the object as YAML on stdout, nothing created. Else created (the apiserver validates
+    it once more), then followed with `--wait`."""
+    if args.dry_run:
+        sys.stdout.write(yaml.safe_dump(dict(body), sort_keys=False))
+        return ExitCode.OK
+    kubectl.run("create", "-f", "-", input=json.dumps(body))
+    name = body["metadata"]["name"]
+    print(f"{plural.removesuffix('s')}/{name} created")
+    if args.wait:
+        return waiting.until_finished(kubectl, plural, name, args.wait_timeout)
+    return ExitCode.OK
+
+
+def manifest(kind: KindInfo, name: str, namespace: str, spec: ApiModel) -> dict[str, Any]:
+    """The whole object, with only the fields the user set (the CRD defaults the rest)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind.kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+    }
+
+
+def timestamped_name(stem: str, fallback: str) -> str:
+    """<stem>-<UTC time>, like a schedule's runs; `fallback` when `stem` cannot start a name."""
+    stem = stem.lower()
+    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, stem):
+        stem = fallback
+    return f"{names.fit(stem, MAX_NAME - TIMESTAMP_CHARS)}-{timestamps.now():%Y%m%d%H%M%S}"
+
+
+def resource(plural: str) -> str:
+    """A kind's resource as kubectl takes it, qualified by the group so no other CRD's plural clashes."""
+    return f"{plural}.{GROUP}"
