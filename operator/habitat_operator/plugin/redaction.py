@@ -25,10 +25,11 @@ MIN_NEEDLE = 4
 
 _SENSITIVE = r"(?:password|passwd|pwd|secret|token|credential|api[-_]?key|access[-_]?key|private[-_]?key)"
 SENSITIVE_KEY = re.compile(rf"{_SENSITIVE}", re.IGNORECASE)
-# A key=value or "key": "value" in free text (logs, messages); spaces only within a line.
+# A key=value or "key": "value" in free text (logs, messages), on one line. An unquoted value runs to
+# the next space or quote, & and ; included: redacting a query string's tail is the safe mistake.
 _KEY_VALUE = re.compile(
     rf"""(?P<key>[\w.-]*{_SENSITIVE}[\w.-]*)(?P<sep>["']?[ \t]*[=:][ \t]*)"""
-    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&"'{}\[\]]+)""",
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|(?![{\[])[^\s"']+)""",
     re.IGNORECASE,
 )
 # A URI's authority and what follows, up to whitespace or a quote; the userinfo ends at its last @.

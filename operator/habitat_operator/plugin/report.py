@@ -197,4 +197,7 @@ def _add_log(kubectl: Kubectl, report: Report, deployment: Mapping[str, Any], li
     if result.returncode != 0:
         report.problems.append(f"log of {meta['namespace']}/{meta['name']} not read: {result.stderr.strip()}")
         return
+    if not result.stdout.strip():
+        report.problems.append(f"log of {meta['namespace']}/{meta['name']} is empty: no container has run")
+        return
     report.add_text(name, result.stdout)
