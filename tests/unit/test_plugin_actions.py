@@ -165,8 +165,10 @@ def test_replay_of_a_workflow_to_an_exchange() -> None:
     }
     ReplayJobSpec.model_validate(body["spec"])
     assert replay.default_name(args).startswith("order-42-")
-    assert replay.default_name(parse("replay", "--correlation-id", "Ω/42", "--to-queue", "q",
-                                     "--events-database", "e", "--broker", "b")).startswith("replay-")  # fmt: skip
+    odd = parse(
+        "replay", "--correlation-id", "Ω/42", "--to-queue", "q", "--events-database", "e", "--broker", "b"
+    )
+    assert replay.default_name(odd).startswith("replay-")
 
 
 def test_replay_needs_a_destination_and_a_selection() -> None:
