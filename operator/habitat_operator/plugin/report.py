@@ -122,12 +122,12 @@ def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
     report = Report(redactor)
     scope = kubectl.scope() if kubectl.all_namespaces else ["--namespace", kubectl.namespace]
     # Secrets first: their values are the needles every later file is searched for.
-    secrets = _secrets(kubectl, scope, report)
-    deployments = kubectl.json("get", "deployments", "--all-namespaces", "-l", OPERATOR_SELECTOR)["items"]
+    secrets = _listed(kubectl, report, "secrets", *scope)
+    deployments = _listed(kubectl, report, "deployments", "--all-namespaces", "-l", OPERATOR_SELECTOR)
     operator_namespaces = sorted({d["metadata"]["namespace"] for d in deployments})
     for namespace in operator_namespaces:
         if kubectl.all_namespaces or namespace != kubectl.namespace:
-            secrets += _secrets(kubectl, ["--namespace", namespace], report)
+            secrets += _listed(kubectl, report, "secrets", "--namespace", namespace)
     for secret in secrets:
         redactor.add_secret(secret)
 
@@ -144,12 +144,10 @@ def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
         summaries = [secret_summary(s) for s in secrets_by_namespace.get(namespace, [])]
         report.add_yaml(f"namespaces/{namespace}/secrets.yaml", summaries)
 
-    crds = [
-        c for c in kubectl.json("get", "customresourcedefinitions")["items"] if c["spec"]["group"] == GROUP
-    ]
+    crds = [c for c in _listed(kubectl, report, "customresourcedefinitions") if c["spec"]["group"] == GROUP]
     report.add_yaml("crds.yaml", [crd_versions(c) for c in crds])
     report.add_yaml("operator/deployments.yaml", [without_noise(d) for d in deployments])
-    pods = kubectl.json("get", "pods", "--all-namespaces", "-l", OPERATOR_SELECTOR)["items"]
+    pods = _listed(kubectl, report, "pods", "--all-namespaces", "-l", OPERATOR_SELECTOR)
     report.add_yaml("operator/pods.yaml", [without_noise(p) for p in pods])
     if not deployments:
         report.problems.append(f"no operator Deployment found (label {OPERATOR_SELECTOR})")
@@ -169,14 +167,13 @@ def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
     return ExitCode.OK
 
 
-def _secrets(kubectl: Kubectl, scope: list[str], report: Report) -> list[dict[str, Any]]:
-    """The Secrets in `scope`; without the right to read them, the report relies on the patterns."""
+def _listed(kubectl: Kubectl, report: Report, resource: str, *flags: str) -> list[dict[str, Any]]:
+    """What the report can do without: a user allowed to read only some of it still gets a report,
+    which says what it could not read (without the Secrets, only the patterns redact)."""
     try:
-        items: list[dict[str, Any]] = kubectl.json("get", "secrets", *scope)["items"]
+        items: list[dict[str, Any]] = kubectl.json("get", resource, *flags)["items"]
     except KubectlError as error:
-        report.problems.append(
-            f"Secrets not read ({error}): only URI passwords and password fields are redacted"
-        )
+        report.problems.append(f"{resource} not read: {error}")
         return []
     return items
 
