@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from pydantic import ValidationError
-
 from habitat_operator import timestamps
 from habitat_operator.api.common import DatabaseRef, SecretKeyRef
 from habitat_operator.api.replayjob import (
@@ -24,13 +22,9 @@ from habitat_operator.api.replayjob import (
     ReplayJobSpec,
     ReplayTarget,
 )
-from habitat_operator.plugin import waiting
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin import writing
 from habitat_operator.plugin.writing import (
     UsageError,
-    create_or_print,
-    manifest,
-    refused,
     secret_key_ref,
     timestamped_name,
 )
@@ -119,16 +113,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument(
         "--count-only", action="store_true", help="the ReplayJob counts and samples; publishes nothing"
     )
-    parser.add_argument("--name", help="name of the ReplayJob (default: <correlation id>-<UTC time>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the ReplayJob as YAML; create nothing")
-    waiting.add_flags(parser, "the replay")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    try:
-        spec = replay_spec(args)
-    except (UsageError, ValidationError) as error:
-        return refused("replay", error)
-    body = manifest(REPLAYJOB, args.name or default_name(args), kubectl.namespace, spec)
-    return create_or_print(kubectl, body, args, REPLAYJOB.plural)
+    writing.add_flags(parser, REPLAYJOB, "<correlation id>-<UTC time>")
+    parser.set_defaults(run=writing.writer(REPLAYJOB, replay_spec, default_name))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import ValidationError
-
 from habitat_operator.api.artifacts import S3CredentialsSecretRef, S3Storage
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.common import (
@@ -33,13 +31,9 @@ from habitat_operator.api.restore import (
     WalArchiveRef,
 )
 from habitat_operator.api.walarchive import WAL_ARCHIVE
-from habitat_operator.plugin import completion, waiting
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin import completion, writing
 from habitat_operator.plugin.writing import (
     UsageError,
-    create_or_print,
-    manifest,
-    refused,
     resource,
     secret_key_ref,
     timestamped_name,
@@ -202,16 +196,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument(
         "--create-database", action="store_true", help="create the target database if missing"
     )
-    parser.add_argument("--name", help="name of the Restore (default: <source>-<UTC time>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the Restore as YAML; create nothing")
-    waiting.add_flags(parser, "the restore")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    try:
-        spec = restore_spec(args)
-    except (UsageError, ValidationError) as error:
-        return refused("restore", error)
-    body = manifest(RESTORE, args.name or default_name(args), kubectl.namespace, spec)
-    return create_or_print(kubectl, body, args, RESTORE.plural)
+    writing.add_flags(parser, RESTORE, "<source>-<UTC time>")
+    parser.set_defaults(run=writing.writer(RESTORE, restore_spec, default_name))

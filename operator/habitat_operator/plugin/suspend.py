@@ -64,18 +64,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ).completer = completion.resource_names(
             *(resource(kind.plural) for kind in SUSPENDABLE), qualified=True
         )
-        parser.set_defaults(run=run, suspend=suspend, verb=verb)
+        parser.set_defaults(run=run, suspend=suspend)
 
 
 def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
     try:
         kind, name = suspendable_kind(args.target)
     except UsageError as error:
-        return refused(args.verb, error)
+        return refused(args.command, error)
     body = kubectl.json("get", resource(kind.plural), name)
     why = refusal(kind, body)
     if why:
-        print(f"kubectl habitat {args.verb}: {why}", file=sys.stderr)
+        print(f"kubectl habitat {args.command}: {why}", file=sys.stderr)
         return ExitCode.COULD_NOT_CHECK
     done = "suspended" if args.suspend else "resumed"
     if bool((body.get("spec") or {}).get("suspend")) == args.suspend:

@@ -7,7 +7,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -41,6 +41,36 @@ def secret_key_ref(text: str, default_key: str) -> dict[str, str]:
     """`SECRET` or `SECRET/KEY` (neither a Secret's name nor a key may hold a slash)."""
     name, _, key = text.partition("/")
     return {"name": name, "key": key or default_key}
+
+
+def add_flags(parser: argparse.ArgumentParser, kind: KindInfo, default_name: str) -> None:
+    """--name, --dry-run and the --wait flags of a command that writes a `kind`."""
+    parser.add_argument("--name", help=f"name of the {kind.kind} (default: {default_name})")
+    parser.add_argument(
+        "--dry-run", action="store_true", help=f"print the {kind.kind} as YAML; create nothing"
+    )
+    waiting.add_flags(parser, f"the {kind.singular}")
+
+
+Command = Callable[[argparse.Namespace, Kubectl], int]
+
+
+def writer(
+    kind: KindInfo,
+    spec_of: Callable[[argparse.Namespace], ApiModel],
+    name_of: Callable[[argparse.Namespace], str],
+) -> Command:
+    """The command that builds a `kind`'s spec from the flags, then prints or creates it."""
+
+    def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
+        try:
+            spec = spec_of(args)
+        except (UsageError, ValidationError) as error:
+            return refused(args.command, error)
+        body = manifest(kind, args.name or name_of(args), kubectl.namespace, spec)
+        return create_or_print(kubectl, body, args, kind.plural)
+
+    return run
 
 
 def refused(command: str, error: UsageError | ValidationError) -> int:
