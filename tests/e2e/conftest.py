@@ -173,12 +173,13 @@ def other_namespace(stack: Stack) -> Iterator[Kubectl]:
 
 @pytest.fixture
 def habitat(stack: Stack, namespace: str) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`kubectl habitat ARGS -n <the test's namespace>`, run by the stack's kubectl, which finds
+    """`kubectl habitat ARGS -n <the test's namespace>` (unless ARGS has -A), run by the stack's kubectl, which finds
     `kubectl-habitat` through PATH (the venv's bin) as it would on a user's machine."""
     env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack.env['PATH']}"}
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        argv = [stack.kubectl_path, "habitat", *args, "-n", namespace]
+        scope = [] if "-A" in args else ["-n", namespace]
+        argv = [stack.kubectl_path, "habitat", *args, *scope]
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
     return run

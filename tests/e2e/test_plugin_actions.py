@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import zipfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -23,7 +24,7 @@ from psycopg import sql
 
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import NEVER_IN_THIS_TEST, backup, snapshot, wait_for, wait_phase
-from tests.harness import Kubectl
+from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -209,7 +210,7 @@ def test_report_holds_the_resources_and_no_trace_of_a_password(
     namespace: str,
     role_uri: str,
     operator_alive: OperatorProcess,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
     raw_uri = role_uri.replace(quote(PASSWORD, safe=""), PASSWORD)  # not a valid URI: the operator says so
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={role_uri}")
@@ -288,3 +289,41 @@ def test_report_holds_the_resources_and_no_trace_of_a_password(
     assert index["namespaces"] == [namespace]
     # The stack runs no containers, so the log is empty: the report says so instead of failing.
     assert any("log of" in problem for problem in index["problems"])
+
+    everywhere = habitat("report", "-A", "-o", str(tmp_path / "all.zip"))
+    assert everywhere.returncode == 0, said(everywhere)
+    with zipfile.ZipFile(tmp_path / "all.zip") as archive:
+        assert f"namespaces/{namespace}/backups.yaml" in archive.namelist()
+        assert not any(
+            form.encode() in archive.read(name) for name in archive.namelist() for form in encodings(PASSWORD)
+        )
+
+
+def test_report_for_a_user_who_may_read_only_the_habitat_resources(
+    habitat: Habitat, kubectl: Kubectl, stack: Stack, namespace: str, tmp_path: Path
+) -> None:
+    kubectl.apply(backup("nightly", schedule=NEVER_IN_THIS_TEST))
+    kubectl.run("create", "serviceaccount", "reader")
+    kubectl.run(
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=backups.ops.habitat.dev,restores.ops.habitat.dev,migrations.ops.habitat.dev,replayjobs.ops.habitat.dev,scalepolicies.ops.habitat.dev,walarchives.ops.habitat.dev,events",
+    )
+    kubectl.run("create", "rolebinding", "reader", "--role=reader", f"--serviceaccount={namespace}:reader")
+    token = kubectl.run("create", "token", "reader").stdout.strip()
+    config = yaml.safe_load(Path(stack.kubeconfig).read_text())
+    config["users"] = [{"name": "reader", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "reader"
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+
+    result = habitat("report", "--kubeconfig", str(tmp_path / "kubeconfig"), "-o", str(tmp_path / "r.zip"))
+
+    assert result.returncode == 0, said(result)
+    with zipfile.ZipFile(tmp_path / "r.zip") as archive:
+        index = json.loads(archive.read("report.json"))
+        assert "nightly" in archive.read(f"namespaces/{namespace}/backups.yaml").decode()
+    not_read = " ".join(index["problems"])
+    assert "secrets not read" in not_read and "customresourcedefinitions not read" in not_read
+    assert "secrets not read" in result.stderr

@@ -74,5 +74,5 @@ def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
     name = body["metadata"]["name"]
     print(f"{BACKUP.singular}/{name} created (a manual run of {args.schedule})")
     if args.wait:
-        return waiting.until_finished(kubectl, BACKUP.plural, name, args.wait_timeout)
+        return waiting.until_finished(kubectl, BACKUP, name, args.wait_timeout)
     return ExitCode.OK

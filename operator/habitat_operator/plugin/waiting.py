@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from habitat_operator.api.common import GROUP, Phase
+from habitat_operator.api.common import GROUP, KindInfo, Phase
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.kubectl import Kubectl
 
@@ -46,25 +46,27 @@ def outcome(body: Mapping[str, Any]) -> ExitCode | None:
 
 
 def until_finished(
-    kubectl: Kubectl, plural: str, name: str, timeout: float, stream: TextIO | None = None
+    kubectl: Kubectl, kind: KindInfo, name: str, timeout: float, stream: TextIO | None = None
 ) -> ExitCode:
-    """Waits for `plural`/`name` to succeed or fail, telling each phase it passes through."""
+    """Waits for the `kind` `name` to succeed or fail, telling each phase it passes through."""
     out = stream or sys.stdout
     deadline = time.monotonic() + timeout
     shown = None
     while True:
-        body = kubectl.json("get", f"{plural}.{GROUP}", name)
+        body = kubectl.json("get", f"{kind.plural}.{GROUP}", name)
         status = body.get("status") or {}
         phase = status.get("phase")
         if phase != shown:
             message = f": {status['message']}" if status.get("message") else ""
-            out.write(f"{plural}/{name}: {phase or 'Pending'}{message}\n")
+            out.write(f"{kind.singular}/{name}: {phase or 'Pending'}{message}\n")
             out.flush()
             shown = phase
         done = outcome(body)
         if done is not None:
             return done
         if time.monotonic() > deadline:
-            out.write(f"{plural}/{name}: still {phase or 'Pending'} after {timeout:g}s; stopped waiting\n")
+            out.write(
+                f"{kind.singular}/{name}: still {phase or 'Pending'} after {timeout:g}s; stopped waiting\n"
+            )
             return ExitCode.COULD_NOT_CHECK
         time.sleep(POLL_SECONDS)

@@ -68,7 +68,7 @@ def writer(
         except (UsageError, ValidationError) as error:
             return refused(args.command, error)
         body = manifest(kind, args.name or name_of(args), kubectl.namespace, spec)
-        return create_or_print(kubectl, body, args, kind.plural)
+        return create_or_print(kubectl, body, args, kind)
 
     return run
 
@@ -78,7 +78,9 @@ def refused(command: str, error: UsageError | ValidationError) -> int:
     return ExitCode.COULD_NOT_CHECK
 
 
-def create_or_print(kubectl: Kubectl, body: Mapping[str, Any], args: argparse.Namespace, plural: str) -> int:
+def create_or_print(
+    kubectl: Kubectl, body: Mapping[str, Any], args: argparse.Namespace, kind: KindInfo
+) -> int:
     """`--dry-run`: the object as YAML on stdout, nothing created. Else created (the apiserver validates
     it once more), then followed with `--wait`."""
     if args.dry_run:
@@ -86,9 +88,9 @@ def create_or_print(kubectl: Kubectl, body: Mapping[str, Any], args: argparse.Na
         return ExitCode.OK
     kubectl.run("create", "-f", "-", input=json.dumps(body))
     name = body["metadata"]["name"]
-    print(f"{plural.removesuffix('s')}/{name} created")
+    print(f"{kind.singular}/{name} created")
     if args.wait:
-        return waiting.until_finished(kubectl, plural, name, args.wait_timeout)
+        return waiting.until_finished(kubectl, kind, name, args.wait_timeout)
     return ExitCode.OK
 
 
