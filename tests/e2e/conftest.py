@@ -173,8 +173,8 @@ def other_namespace(stack: Stack) -> Iterator[Kubectl]:
 
 @pytest.fixture
 def habitat(stack: Stack, namespace: str) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`kubectl habitat ARGS -n <the test's namespace>` (unless ARGS has -A), run by the stack's kubectl, which finds
-    `kubectl-habitat` through PATH (the venv's bin) as it would on a user's machine."""
+    """`kubectl habitat ARGS -n <the test's namespace>` (unless ARGS has -A), run by the stack's
+    kubectl, which finds `kubectl-habitat` through PATH (the venv's bin) as on a user's machine."""
     env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack.env['PATH']}"}
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

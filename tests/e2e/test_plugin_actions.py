@@ -22,6 +22,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from habitat_operator.api import ALL_KINDS
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import NEVER_IN_THIS_TEST, backup, snapshot, wait_for, wait_phase
 from tests.harness import Kubectl, Stack
@@ -299,6 +300,9 @@ def test_report_holds_the_resources_and_no_trace_of_a_password(
         )
 
 
+HABITAT_RESOURCES = ",".join(kind.crd_name for kind in ALL_KINDS)
+
+
 def test_report_for_a_user_who_may_read_only_the_habitat_resources(
     habitat: Habitat, kubectl: Kubectl, stack: Stack, namespace: str, tmp_path: Path
 ) -> None:
@@ -309,7 +313,7 @@ def test_report_for_a_user_who_may_read_only_the_habitat_resources(
         "role",
         "reader",
         "--verb=get,list",
-        "--resource=backups.ops.habitat.dev,restores.ops.habitat.dev,migrations.ops.habitat.dev,replayjobs.ops.habitat.dev,scalepolicies.ops.habitat.dev,walarchives.ops.habitat.dev,events",
+        f"--resource={HABITAT_RESOURCES},events",
     )
     kubectl.run("create", "rolebinding", "reader", "--role=reader", f"--serviceaccount={namespace}:reader")
     token = kubectl.run("create", "token", "reader").stdout.strip()
