@@ -211,3 +211,21 @@ def test_only_a_scheduled_backup_or_restore_can_be_suspended() -> None:
     )
     replay_kind, _ = suspend.suspendable_kind("replayjob/r")
     assert suspend.refusal(replay_kind, {"metadata": {"name": "r"}, "spec": {}}) is None
+
+
+# ---------------------------------------------------------------- numbers a flag takes
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("report", "--log-lines", "-1"),  # kubectl's "every line": unbounded
+        ("report", "--log-lines", "1000000"),
+        ("backup", "nightly", "--wait", "--wait-timeout", "0"),
+        ("restore", "nightly", "--to-database", "t", "--wait-timeout", "nan"),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused_by_the_parser(argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse(*argv)
+    assert refused.value.code == 2

@@ -22,12 +22,14 @@ import yaml
 from habitat_operator import timestamps
 from habitat_operator.api import ALL_KINDS, GROUP
 from habitat_operator.plugin.exit_codes import ExitCode
+from habitat_operator.plugin.flag_types import bounded
 from habitat_operator.plugin.kubectl import Kubectl, KubectlError
 from habitat_operator.plugin.redaction import Redactor, secret_summary
 from habitat_operator.plugin.writing import resource
 
 OPERATOR_SELECTOR = "app.kubernetes.io/name=habitat-operator"
 DEFAULT_LOG_LINES = 2000
+MAX_LOG_LINES = 100_000  # the report is built in memory
 
 
 class Report:
@@ -108,7 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--logs", action="store_true", help="add the operator's recent log")
     parser.add_argument(
         "--log-lines",
-        type=int,
+        type=bounded(int, 1, MAX_LOG_LINES),
         default=DEFAULT_LOG_LINES,
         metavar="N",
         help=f"with --logs, the last N lines of each container (default {DEFAULT_LOG_LINES})",
@@ -160,7 +162,11 @@ def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
         "namespaces": sorted(by_namespace(objects)) if kubectl.all_namespaces else [kubectl.namespace],
         "redaction": "Secrets: names, types and keys only; Secret values and URI passwords: REDACTED",
     }
-    report.write(path, summary)
+    try:
+        report.write(path, summary)
+    except OSError as error:
+        print(f"kubectl habitat report: cannot write {path}: {error.strerror}", file=sys.stderr)
+        return ExitCode.COULD_NOT_CHECK
     for problem in report.problems:
         print(f"kubectl habitat report: {problem}", file=sys.stderr)
     print(f"wrote {path} ({len(report.files)} files)")

@@ -14,10 +14,12 @@ from typing import Any, TextIO
 
 from habitat_operator.api.common import GROUP, KindInfo, Phase
 from habitat_operator.plugin.exit_codes import ExitCode
+from habitat_operator.plugin.flag_types import bounded
 from habitat_operator.plugin.kubectl import Kubectl
 
 POLL_SECONDS = 1.0
 DEFAULT_WAIT_SECONDS = 3600.0
+MAX_WAIT_SECONDS = 7 * 24 * 3600.0
 
 
 def add_flags(parser: argparse.ArgumentParser, what: str) -> None:
@@ -28,7 +30,7 @@ def add_flags(parser: argparse.ArgumentParser, what: str) -> None:
     )
     parser.add_argument(
         "--wait-timeout",
-        type=float,
+        type=bounded(float, 1, MAX_WAIT_SECONDS),
         default=DEFAULT_WAIT_SECONDS,
         metavar="SECONDS",
         help=f"with --wait, give up (exit 2) after this long (default {DEFAULT_WAIT_SECONDS:g})",
