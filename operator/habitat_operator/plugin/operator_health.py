@@ -23,7 +23,7 @@ from habitat_operator.plugin.checks import Check, failed, passed, warned
 from habitat_operator.plugin.kubectl import Kubectl, KubectlError
 
 NAME_LABEL = "app.kubernetes.io/name=habitat-operator"
-BUILD_METRIC = "habitat_operator_build"
+BUILD_METRIC = "habitat_operator_build_info"  # an Info metric, exposed as a gauge
 _INSTALL_HINT = "install it (docs/operations.md), or give --operator-url if it runs outside the cluster"
 
 
