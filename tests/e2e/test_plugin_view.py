@@ -7,7 +7,6 @@ listens on, a wrong password, a certificate expiring in three days, a Stalled Ba
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -17,10 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from dev_stack.common import free_port
 from tests.e2e.conftest import OperatorProcess
@@ -35,6 +30,7 @@ from tests.e2e.helpers import (
     wait_for,
 )
 from tests.harness import Kubectl, Stack
+from tests.unit.helpers import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -60,26 +56,10 @@ def checks_of(result: subprocess.CompletedProcess[str]) -> list[dict[str, str]]:
 
 def tls_secret(kubectl: Kubectl, name: str, days: int, tmp_path: Path) -> None:
     """A kubernetes.io/tls Secret whose self-signed certificate expires in `days`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "habitat.example")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed_certificate(days)
     cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_file.write_bytes(cert)
+    key_file.write_bytes(key)
     kubectl.run("create", "secret", "tls", name, f"--cert={cert_file}", f"--key={key_file}")
 
 
