@@ -112,7 +112,7 @@ def secret_checks(uses: Iterable[SecretUse], data: SecretData) -> list[Check]:
     checks: list[Check] = []
     for (namespace, name), named in sorted(by_secret.items()):
         target = f"secret {namespace}/{name}"
-        users = ", ".join(sorted({use.resource for use in named}))
+        users = _some(sorted({use.resource for use in named}))
         if (namespace, name) not in data:
             checks.append(
                 failed(
@@ -231,6 +231,12 @@ def firing(alerts: Iterable[Mapping[str, Any]], namespace: str | None, where: st
             else warned("alerts", subject, summary, hint)
         )
     return checks or [passed("alerts", where, "no Habitat alert firing")]
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """A few names, and how many more: a schedule's runs all name its Secrets."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _parallel(tries: list[Callable[[], Check | list[Check]]]) -> list[Check]:
