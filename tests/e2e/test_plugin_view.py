@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dev_stack.common import free_port
+from habitat_operator.plugin.completion import resource_names
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import (
     NEVER_IN_THIS_TEST,
@@ -38,13 +39,18 @@ Habitat = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def habitat(stack: Stack, namespace: str) -> Habitat:
+def plugin_env(stack: Stack) -> dict[str, str]:
+    """The stack's environment with the venv's bin on PATH, where kubectl finds kubectl-habitat."""
+    return {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack.env['PATH']}"}
+
+
+@pytest.fixture
+def habitat(stack: Stack, namespace: str, plugin_env: dict[str, str]) -> Habitat:
     """`kubectl habitat ARGS -n <the test's namespace>`, run by the stack's kubectl from PATH."""
-    env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack.env['PATH']}"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [stack.kubectl_path, "habitat", *args, "-n", namespace]
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(argv, env=plugin_env, capture_output=True, text=True, timeout=120, check=False)
 
     return run
 
@@ -80,6 +86,30 @@ def test_the_plugin_is_found_by_kubectl_and_every_command_has_help(habitat: Habi
         result = habitat(*([command] if command else []), "--help")
         assert result.returncode == 0, result.stderr
         assert "usage: kubectl habitat" in result.stdout
+
+
+def test_kubectl_completes_the_plugins_commands_flags_and_resource_names(
+    stack: Stack,
+    namespace: str,
+    kubectl: Kubectl,
+    plugin_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def complete(*words: str) -> list[str]:
+        """What `kubectl habitat WORDS<TAB>` offers: kubectl runs kubectl_complete-habitat."""
+        argv = [stack.kubectl_path, "__complete", "habitat", *words]
+        result = subprocess.run(argv, env=plugin_env, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    assert complete("diag") == ["diagnose", ":4"]
+    assert namespace in complete("status", "-n", namespace[:4])
+    kubectl.apply(backup("nightly", schedule=NEVER_IN_THIS_TEST, suspend=True))
+    monkeypatch.setenv("PATH", plugin_env["PATH"])  # the completer runs kubectl from PATH
+    names = resource_names("backups", qualified=True)
+    assert names("", argparse.Namespace(namespace=namespace, context=None, kubeconfig=stack.kubeconfig)) == [
+        "backup/nightly"
+    ]
 
 
 def test_status_shows_the_newest_verified_backup_then_a_stalled_one_first_with_exit_1(
