@@ -128,3 +128,23 @@ def test_only_unfinished_or_failed_replays_are_listed() -> None:
         ("going", "10/40", None),
         ("broken", None, "MessageReturned"),
     ]
+
+
+def test_a_wal_archive_shows_its_window_lag_and_live_rpo() -> None:
+    archive = obj(
+        "WalArchive",
+        "wal",
+        {"objectives": {"rpo": "1m"}},
+        phase="Ready",
+        recoveryWindow={"from": "2026-12-07T03:00:00Z", "to": "2026-12-07T11:59:58Z"},
+        lagBytes=3 * 1024 * 1024,
+        recoverability={"rpo": "2s", "rpoSeconds": 2},
+        lastBaseBackup={"completedAt": "2026-12-07T03:00:00Z"},
+    )
+    [row] = build([archive], NOW)["walArchives"]
+    assert (row["windowTo"], row["lag"], row["rpo"], row["baseBackupAge"]) == (
+        "2026-12-07T11:59:58Z",
+        "3.0 MiB",
+        "2s / 1m",
+        "9h",
+    )

@@ -201,6 +201,9 @@ def wal_archive(item: Obj, now: dt.datetime) -> Row:
         "windowFrom": window.get("from"),
         "windowTo": window.get("to"),
         "lag": human_size(lag) if isinstance(lag, int) else None,
+        "rpo": _versus(
+            (status.get("recoverability") or {}).get("rpo"), (_spec(item).get("objectives") or {}).get("rpo")
+        ),
         "baseBackupAge": _age((status.get("lastBaseBackup") or {}).get("completedAt"), now),
     }
 
