@@ -14,7 +14,7 @@ from typing import Any
 
 import argcomplete
 
-from habitat_operator.plugin import backup, completion, replay, report, restore, suspend
+from habitat_operator.plugin import backup, completion, diagnose, replay, report, restore, status, suspend
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.kubectl import DEFAULT_TIMEOUT_SECONDS, Kubectl, KubectlError
 from habitat_operator.plugin.output import FORMATS
@@ -24,6 +24,8 @@ PROG = "kubectl habitat"
 # One module per command; each adds its subparser with register(commands), one line each so that
 # branches adding commands do not collide.
 COMMAND_MODULES: list[ModuleType] = [
+    status,
+    diagnose,
     backup,
     restore,
     replay,

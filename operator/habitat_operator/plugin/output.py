@@ -34,6 +34,17 @@ def render(data: Sequence[Row] | Row, output: str, stream: TextIO | None = None)
         out.write(table(data))
 
 
+def render_sections(sections: Mapping[str, Sequence[Row]], output: str, stream: TextIO | None = None) -> None:
+    """Several tables, each under its title ("scalePolicies" -> "SCALE POLICIES"); empty ones left out.
+    JSON and YAML hold every section, empty ones too, so scripts find each key."""
+    out = stream or sys.stdout
+    if output != "table":
+        render(sections, output, out)
+        return
+    shown = [f"{header_of(title)}\n{table(rows)}" for title, rows in sections.items() if rows]
+    out.write("\n".join(shown))
+
+
 def table(rows: Sequence[Row]) -> str:
     """The rows in columns (the union of their keys, in first-seen order); "" when there are none."""
     if not rows:
