@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -79,3 +81,14 @@ def test_render_json_yaml_and_sections() -> None:
     out = io.StringIO()
     render_sections({"problems": [], "scalePolicies": rows}, "json", out)
     assert json.loads(out.getvalue())["problems"] == []  # but kept for scripts
+
+
+def test_starting_the_plugin_imports_no_heavy_library() -> None:
+    """`kubectl habitat status -A` answers in under 2 s: the drivers and models load only for the
+    command that uses them."""
+    heavy = ("psycopg", "boto3", "botocore", "pika", "cryptography", "pydantic", "prometheus_client")
+    code = f"import sys, habitat_operator.plugin.cli; print(*sorted(set({heavy!r}) & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.split() == []

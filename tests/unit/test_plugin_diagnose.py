@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from habitat_operator.plugin.checks import Result
-from habitat_operator.plugin.diagnose import firing, secret_checks
+from habitat_operator.plugin.diagnosis import firing, secret_checks
 from habitat_operator.plugin.operator_health import (
     deployment_check,
     deployment_version,

@@ -22,7 +22,8 @@ from habitat_operator.plugin.output import FORMATS
 PROG = "kubectl habitat"
 
 # One module per command; each adds its subparser with register(commands), one line each so that
-# branches adding commands do not collide.
+# branches adding commands do not collide. A command module imports only what its parser needs and
+# the rest inside its run(): every invocation imports them all (tests/unit/test_plugin_cli.py).
 COMMAND_MODULES: list[ModuleType] = [
     status,
     diagnose,
