@@ -10,12 +10,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from habitat_operator.api import ALL_KINDS, GROUP
 from habitat_operator.api.backup import BackupSpec
 from habitat_operator.api.children import TRIGGER_LABEL, Trigger, child_body
 from habitat_operator.api.common import SCHEDULE_LABEL
 from habitat_operator.api.replayjob import REPLAYJOB, ReplayJobSpec
 from habitat_operator.api.restore import RESTORE, RestoreSpec
-from habitat_operator.plugin import backup, cli, replay, restore, suspend
+from habitat_operator.plugin import (
+    cli,
+    flags,
+    manual_run,
+    replay_manifest,
+    restore_manifest,
+    suspend,
+    suspension,
+)
 from habitat_operator.plugin.writing import UsageError, describe, manifest
 
 NOW = dt.datetime(2026, 12, 7, 10, 30, 5, tzinfo=dt.UTC)
@@ -46,7 +55,7 @@ def schedule_body(**spec: Any) -> dict[str, Any]:
 
 def test_a_manual_run_is_the_schedules_child_with_a_manual_label() -> None:
     parent = schedule_body()
-    run = backup.manual_run(parent, NOW)
+    run = manual_run.manual_run(parent, NOW)
 
     scheduled = child_body(parent, ("schedule", "suspend", "retention"), NOW)
     assert run["metadata"]["labels"] == {SCHEDULE_LABEL: "nightly", TRIGGER_LABEL: Trigger.MANUAL}
@@ -61,8 +70,8 @@ def test_a_manual_run_is_the_schedules_child_with_a_manual_label() -> None:
 def test_a_one_shot_backup_has_no_run_to_start() -> None:
     one_shot = schedule_body()
     del one_shot["spec"]["schedule"], one_shot["spec"]["retention"]
-    with pytest.raises(backup.NotASchedule, match="has no schedule"):
-        backup.manual_run(one_shot, NOW)
+    with pytest.raises(manual_run.NotASchedule, match="has no schedule"):
+        manual_run.manual_run(one_shot, NOW)
 
 
 # ---------------------------------------------------------------- restore
@@ -70,7 +79,7 @@ def test_a_one_shot_backup_has_no_run_to_start() -> None:
 
 def restore_of(*argv: str) -> dict[str, Any]:
     args = parse("restore", *argv)
-    body = manifest(RESTORE, "r", "app", restore.restore_spec(args))
+    body = manifest(RESTORE, "r", "app", restore_manifest.restore_spec(args))
     RestoreSpec.model_validate(body["spec"])  # what the apiserver's schema and CEL rules check too
     return dict(body["spec"])
 
@@ -136,15 +145,17 @@ def test_restore_flags_that_make_no_restore_are_refused_in_one_line(
     argv: tuple[str, ...], message: str
 ) -> None:
     with pytest.raises(UsageError, match=message):
-        restore.restore_spec(parse("restore", *argv))
+        restore_manifest.restore_spec(parse("restore", *argv))
 
 
 def test_a_value_the_api_models_refuse_is_named() -> None:
     with pytest.raises(ValidationError) as refused:
-        restore.restore_spec(parse("restore", "Not_A_Name", "--to-database", "t"))
+        restore_manifest.restore_spec(parse("restore", "Not_A_Name", "--to-database", "t"))
     assert describe(refused.value).startswith("name: String should match pattern")
     with pytest.raises(ValidationError) as bad_time:
-        restore.restore_spec(parse("restore", "walarchive/m", "--time", "yesterday", "--to-database", "t"))
+        restore_manifest.restore_spec(
+            parse("restore", "walarchive/m", "--time", "yesterday", "--to-database", "t")
+        )
     assert describe(bad_time.value).startswith("time: ")
 
 
@@ -156,7 +167,7 @@ def test_replay_of_a_workflow_to_an_exchange() -> None:
         "replay", "--correlation-id", "order-42", "--to-exchange", "orders",
         "--events-database", "events-db", "--broker", "mq/amqp", "--count-only",
     )  # fmt: skip
-    body = manifest(REPLAYJOB, "r", "app", replay.replay_spec(args))
+    body = manifest(REPLAYJOB, "r", "app", replay_manifest.replay_spec(args))
     assert body["spec"] == {
         "source": {"database": {"secretRef": {"name": "events-db"}}},
         "selector": {"correlationIds": ["order-42"]},
@@ -164,27 +175,32 @@ def test_replay_of_a_workflow_to_an_exchange() -> None:
         "dryRun": True,
     }
     ReplayJobSpec.model_validate(body["spec"])
-    assert replay.default_name(args).startswith("order-42-")
+    assert replay_manifest.default_name(args).startswith("order-42-")
     odd = parse(
         "replay", "--correlation-id", "Ω/42", "--to-queue", "q", "--events-database", "e", "--broker", "b"
     )
-    assert replay.default_name(odd).startswith("replay-")
+    assert replay_manifest.default_name(odd).startswith("replay-")
 
 
 def test_replay_needs_a_destination_and_a_selection() -> None:
     common = ("--events-database", "e", "--broker", "b")
     with pytest.raises(UsageError, match="--to-exchange"):
-        replay.replay_spec(parse("replay", "--correlation-id", "x", *common))
+        replay_manifest.replay_spec(parse("replay", "--correlation-id", "x", *common))
     with pytest.raises(ValidationError, match="selector needs at least one of"):
-        replay.replay_spec(parse("replay", "--to-queue", "q", *common))
+        replay_manifest.replay_spec(parse("replay", "--to-queue", "q", *common))
 
 
 # ---------------------------------------------------------------- suspend and resume
 
 
 def test_the_kinds_with_a_suspend_switch_come_from_the_api_models() -> None:
-    assert [kind.kind for kind in suspend.SUSPENDABLE] == ["Backup", "Restore", "ReplayJob", "WalArchive"]
-    assert suspend.suspendable_kind("backup/nightly")[1] == "nightly"
+    assert [kind.kind for kind in suspension.SUSPENDABLE] == ["Backup", "Restore", "ReplayJob", "WalArchive"]
+    # The parser's copy, which it keeps to build without the models.
+    assert tuple(kind.singular for kind in suspension.SUSPENDABLE) == suspend.SUSPENDABLE_KINDS
+    assert {flags.habitat_resource(f"{kind}s") for kind in suspend.SUSPENDABLE_KINDS} <= {
+        kind.crd_name for kind in ALL_KINDS
+    }
+    assert suspension.suspendable_kind("backup/nightly")[1] == "nightly"
     for reference in (
         "Backup/x",
         "backups/x",
@@ -193,27 +209,32 @@ def test_the_kinds_with_a_suspend_switch_come_from_the_api_models() -> None:
         "replayjob/x",
         "walarchive/x",
     ):
-        assert suspend.suspendable_kind(reference)[1] == "x"
+        assert suspension.suspendable_kind(reference)[1] == "x"
     with pytest.raises(UsageError, match="'migration' cannot be suspended; these kinds can: backup, restore"):
-        suspend.suspendable_kind("migration/x")
+        suspension.suspendable_kind("migration/x")
     with pytest.raises(UsageError, match="KIND/NAME"):
-        suspend.suspendable_kind("nightly")
+        suspension.suspendable_kind("nightly")
 
 
 def test_only_a_scheduled_backup_or_restore_can_be_suspended() -> None:
-    kind, _ = suspend.suspendable_kind("backup/nightly")
-    assert suspend.refusal(kind, schedule_body()) is None
+    kind, _ = suspension.suspendable_kind("backup/nightly")
+    assert suspension.refusal(kind, schedule_body()) is None
     one_shot = schedule_body()
     del one_shot["spec"]["schedule"]
     assert (
-        suspend.refusal(kind, one_shot)
+        suspension.refusal(kind, one_shot)
         == "backup/nightly has no schedule: only a scheduled Backup can be suspended"
     )
-    replay_kind, _ = suspend.suspendable_kind("replayjob/r")
-    assert suspend.refusal(replay_kind, {"metadata": {"name": "r"}, "spec": {}}) is None
+    replay_kind, _ = suspension.suspendable_kind("replayjob/r")
+    assert suspension.refusal(replay_kind, {"metadata": {"name": "r"}, "spec": {}}) is None
 
 
-# ---------------------------------------------------------------- numbers a flag takes
+# ---------------------------------------------------------------- the parsers
+
+
+def test_the_parsers_group_is_the_apis() -> None:
+    """The parsers name resources without importing the models (plugin/flags.py)."""
+    assert flags.HABITAT_GROUP == GROUP
 
 
 @pytest.mark.parametrize(

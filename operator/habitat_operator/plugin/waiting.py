@@ -6,35 +6,17 @@ only; a run ends either way and the exit code says which: 0 Succeeded, 1 Failed,
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from habitat_operator.api.common import GROUP, KindInfo, Phase
+from habitat_operator.api.common import KindInfo, Phase
 from habitat_operator.plugin.exit_codes import ExitCode
-from habitat_operator.plugin.flag_types import bounded
+from habitat_operator.plugin.flags import habitat_resource
 from habitat_operator.plugin.kubectl import Kubectl
 
 POLL_SECONDS = 1.0
-DEFAULT_WAIT_SECONDS = 3600.0
-MAX_WAIT_SECONDS = 7 * 24 * 3600.0
-
-
-def add_flags(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--wait",
-        action="store_true",
-        help=f"wait until {what} has finished: exit 0 when it succeeded, 1 when it failed",
-    )
-    parser.add_argument(
-        "--wait-timeout",
-        type=bounded(float, 1, MAX_WAIT_SECONDS),
-        default=DEFAULT_WAIT_SECONDS,
-        metavar="SECONDS",
-        help=f"with --wait, give up (exit 2) after this long (default {DEFAULT_WAIT_SECONDS:g})",
-    )
 
 
 def outcome(body: Mapping[str, Any]) -> ExitCode | None:
@@ -55,7 +37,7 @@ def until_finished(
     deadline = time.monotonic() + timeout
     shown = None
     while True:
-        body = kubectl.json("get", f"{kind.plural}.{GROUP}", name)
+        body = kubectl.json("get", habitat_resource(kind.plural), name)
         status = body.get("status") or {}
         phase = status.get("phase")
         if phase != shown:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from habitat_operator import names, timestamps
-from habitat_operator.api.common import API_VERSION, DNS_SUBDOMAIN_PATTERN, GROUP, ApiModel, KindInfo
+from habitat_operator.api.common import API_VERSION, DNS_SUBDOMAIN_PATTERN, ApiModel, KindInfo
 from habitat_operator.plugin import waiting
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.kubectl import Kubectl
@@ -41,15 +41,6 @@ def secret_key_ref(text: str, default_key: str) -> dict[str, str]:
     """`SECRET` or `SECRET/KEY` (neither a Secret's name nor a key may hold a slash)."""
     name, _, key = text.partition("/")
     return {"name": name, "key": key or default_key}
-
-
-def add_flags(parser: argparse.ArgumentParser, kind: KindInfo, default_name: str) -> None:
-    """--name, --dry-run and the --wait flags of a command that writes a `kind`."""
-    parser.add_argument("--name", help=f"name of the {kind.kind} (default: {default_name})")
-    parser.add_argument(
-        "--dry-run", action="store_true", help=f"print the {kind.kind} as YAML; create nothing"
-    )
-    waiting.add_flags(parser, f"the {kind.singular}")
 
 
 Command = Callable[[argparse.Namespace, Kubectl], int]
@@ -110,8 +101,3 @@ def timestamped_name(stem: str, fallback: str) -> str:
     if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, stem):
         stem = fallback
     return f"{names.fit(stem, MAX_NAME - TIMESTAMP_CHARS)}-{timestamps.now():%Y%m%d%H%M%S}"
-
-
-def resource(plural: str) -> str:
-    """A kind's resource as kubectl takes it, qualified by the group so no other CRD's plural clashes."""
-    return f"{plural}.{GROUP}"
