@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from habitat_operator.plugin import completion
-from habitat_operator.plugin.flags import add_wait_flags, habitat_resource
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.flags import add_wait_flags, habitat_resource, run_from
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,10 +21,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "schedule", metavar="SCHEDULED_BACKUP", help="name of a Backup with a schedule"
     ).completer = completion.resource_names(habitat_resource("backups"))
     add_wait_flags(parser, "the run")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    from habitat_operator.plugin.manual_run import start
-
-    return start(args, kubectl)
+    parser.set_defaults(run=run_from("manual_run", "start"))

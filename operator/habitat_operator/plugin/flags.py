@@ -4,12 +4,25 @@ nothing here imports the API models (`kubectl habitat status -A` answers in unde
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
+
+from habitat_operator.plugin.kubectl import Kubectl
 
 # api.common.GROUP, which the parsers cannot import without the models; a unit test keeps them equal.
 HABITAT_GROUP = "ops.habitat.dev"
 DEFAULT_WAIT_SECONDS = 3600.0
 MAX_WAIT_SECONDS = 7 * 24 * 3600.0
+
+
+def run_from(module: str, function: str) -> Callable[[argparse.Namespace, Kubectl], int]:
+    """A command's `run` that imports its work (and the models with it) only when it runs."""
+
+    def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
+        work = getattr(importlib.import_module(f"habitat_operator.plugin.{module}"), function)
+        return int(work(args, kubectl))
+
+    return run
 
 
 def habitat_resource(plural: str) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from habitat_operator.plugin.flags import add_write_flags
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.flags import add_write_flags, run_from
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,10 +51,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--count-only", action="store_true", help="the ReplayJob counts and samples; publishes nothing"
     )
     add_write_flags(parser, "ReplayJob", "<correlation id>-<UTC time>")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    from habitat_operator.plugin.replay_manifest import write
-
-    return write(args, kubectl)
+    parser.set_defaults(run=run_from("replay_manifest", "write"))

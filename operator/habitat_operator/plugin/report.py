@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from habitat_operator.plugin.flags import bounded
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.flags import bounded, run_from
 
 DEFAULT_LOG_LINES = 2000
 MAX_LOG_LINES = 100_000  # the report is built in memory
@@ -36,10 +35,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="N",
         help=f"with --logs, the last N lines of each container (default {DEFAULT_LOG_LINES})",
     )
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    from habitat_operator.plugin.support_report import write
-
-    return write(args, kubectl)
+    parser.set_defaults(run=run_from("support_report", "write"))

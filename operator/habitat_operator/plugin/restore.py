@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from habitat_operator.plugin import completion
-from habitat_operator.plugin.flags import add_write_flags, habitat_resource
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.flags import add_write_flags, habitat_resource, run_from
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,10 +72,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--create-database", action="store_true", help="create the target database if missing"
     )
     add_write_flags(parser, "Restore", "<source>-<UTC time>")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    from habitat_operator.plugin.restore_manifest import write
-
-    return write(args, kubectl)
+    parser.set_defaults(run=run_from("restore_manifest", "write"))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from habitat_operator.plugin import completion
-from habitat_operator.plugin.flags import habitat_resource
-from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.flags import habitat_resource, run_from
 
 # The kinds whose spec has `suspend` (suspension.SUSPENDABLE reads them from the API models; a unit
 # test keeps this list, which the parser uses without loading the models, the same).
@@ -30,10 +29,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         ).completer = completion.resource_names(
             *(habitat_resource(f"{kind}s") for kind in SUSPENDABLE_KINDS), qualified=True
         )
-        parser.set_defaults(run=run, suspend=suspend)
-
-
-def run(args: argparse.Namespace, kubectl: Kubectl) -> int:
-    from habitat_operator.plugin.suspension import toggle
-
-    return toggle(args, kubectl)
+        parser.set_defaults(run=run_from("suspension", "toggle"), suspend=suspend)
