@@ -109,6 +109,8 @@ def test_restore_dry_run_prints_what_the_apiserver_accepts_and_creates_nothing(
         assert result.returncode == 0, said(result)
         assert yaml.safe_load(result.stdout)["kind"] == "Restore"
         server_accepts(kubectl, result.stdout)
+    as_json = habitat("restore", "nightly", "--to-database", "target-db", "--dry-run", "-o", "json")
+    assert json.loads(as_json.stdout)["spec"]["source"] == {"backupRef": {"name": "nightly"}}, said(as_json)
     assert json.loads(kubectl.run("get", "restores", "-o", "json").stdout)["items"] == []
 
     refused = habitat("restore", "walarchive/main", "--to-database", "target-db")
@@ -171,8 +173,9 @@ def test_suspend_and_resume_a_schedule(
     assert kubectl.get("backup", "nightly")["spec"]["suspend"] is True
     wait_phase(kubectl, "backup", "nightly", {"Suspended"}, operator_alive)
 
-    resumed = habitat("resume", "backup/nightly")
-    assert resumed.returncode == 0 and "backup/nightly resumed" in resumed.stdout, said(resumed)
+    resumed = habitat("resume", "backup/nightly", "-o", "json")  # for scripts: the object, the line on stderr
+    assert resumed.returncode == 0 and "backup/nightly resumed" in resumed.stderr, said(resumed)
+    assert json.loads(resumed.stdout)["spec"]["suspend"] is False
     wait_phase(kubectl, "backup", "nightly", {"Scheduled"}, operator_alive)
 
     for refused, why in (("backup/once", "has no schedule"), ("migration/m", "cannot be suspended")):

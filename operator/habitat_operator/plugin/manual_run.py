@@ -56,7 +56,6 @@ def start(args: argparse.Namespace, kubectl: Kubectl) -> int:
                 raise
             time.sleep(1)
     name = body["metadata"]["name"]
-    print(f"{BACKUP.singular}/{name} created (a manual run of {args.schedule})")
-    if args.wait:
-        return waiting.until_finished(kubectl, BACKUP, name, args.wait_timeout)
-    return ExitCode.OK
+    return waiting.follow(
+        kubectl, BACKUP, name, f"{BACKUP.singular}/{name} created (a manual run of {args.schedule})", args
+    )

@@ -16,6 +16,7 @@ from habitat_operator.api import ALL_KINDS, GROUP, KindInfo
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.flags import habitat_resource
 from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.waiting import follow
 from habitat_operator.plugin.writing import UsageError, refused
 
 SUSPENDABLE = [kind for kind in ALL_KINDS if "suspend" in kind.spec_model.model_fields]
@@ -59,9 +60,7 @@ def toggle(args: argparse.Namespace, kubectl: Kubectl) -> int:
         return ExitCode.COULD_NOT_CHECK
     done = "suspended" if args.suspend else "resumed"
     if bool((body.get("spec") or {}).get("suspend")) == args.suspend:
-        print(f"{kind.singular}/{name} already {done}")
-        return ExitCode.OK
+        return follow(kubectl, kind, name, f"{kind.singular}/{name} already {done}", args)
     patch = json.dumps({"spec": {"suspend": args.suspend}})
     kubectl.run("patch", habitat_resource(kind.plural), name, "--type=merge", "-p", patch)
-    print(f"{kind.singular}/{name} {done}")
-    return ExitCode.OK
+    return follow(kubectl, kind, name, f"{kind.singular}/{name} {done}", args)

@@ -6,6 +6,7 @@ only; a run ends either way and the exit code says which: 0 Succeeded, 1 Failed,
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from habitat_operator.api.common import KindInfo, Phase
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.flags import habitat_resource
 from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.output import render
 
 POLL_SECONDS = 1.0
 
@@ -54,3 +56,17 @@ def until_finished(
             )
             return ExitCode.COULD_NOT_CHECK
         time.sleep(POLL_SECONDS)
+
+
+def follow(kubectl: Kubectl, kind: KindInfo, name: str, done: str, args: argparse.Namespace) -> int:
+    """Says what was done: a line for people; with -o json|yaml, the object itself on stdout (the
+    line and the progress of --wait go to stderr). With --wait, the run's outcome is the exit code."""
+    for_people = args.output == "table"
+    progress = sys.stdout if for_people else sys.stderr
+    print(done, file=progress)
+    code = ExitCode.OK
+    if getattr(args, "wait", False):
+        code = until_finished(kubectl, kind, name, args.wait_timeout, progress)
+    if not for_people:
+        render(kubectl.json("get", habitat_resource(kind.plural), name), args.output)
+    return code

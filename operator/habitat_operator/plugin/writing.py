@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from habitat_operator import names, timestamps
@@ -18,6 +17,7 @@ from habitat_operator.api.common import API_VERSION, DNS_SUBDOMAIN_PATTERN, ApiM
 from habitat_operator.plugin import waiting
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.kubectl import Kubectl
+from habitat_operator.plugin.output import render
 
 MAX_NAME = 253
 TIMESTAMP_CHARS = len("-20240101000000")
@@ -72,17 +72,14 @@ def refused(command: str, error: UsageError | ValidationError) -> int:
 def create_or_print(
     kubectl: Kubectl, body: Mapping[str, Any], args: argparse.Namespace, kind: KindInfo
 ) -> int:
-    """`--dry-run`: the object as YAML on stdout, nothing created. Else created (the apiserver validates
-    it once more), then followed with `--wait`."""
+    """`--dry-run`: the object as YAML (or -o json) on stdout, nothing created. Else created (the
+    apiserver validates it once more), then followed with `--wait`."""
     if args.dry_run:
-        sys.stdout.write(yaml.safe_dump(dict(body), sort_keys=False))
+        render(dict(body), "yaml" if args.output == "table" else args.output)
         return ExitCode.OK
     kubectl.run("create", "-f", "-", input=json.dumps(body))
     name = body["metadata"]["name"]
-    print(f"{kind.singular}/{name} created")
-    if args.wait:
-        return waiting.until_finished(kubectl, kind, name, args.wait_timeout)
-    return ExitCode.OK
+    return waiting.follow(kubectl, kind, name, f"{kind.singular}/{name} created", args)
 
 
 def manifest(kind: KindInfo, name: str, namespace: str, spec: ApiModel) -> dict[str, Any]:
