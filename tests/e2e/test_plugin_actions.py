@@ -74,21 +74,26 @@ def test_backup_starts_a_manual_run_of_a_schedule_and_waits_for_it(
     )
 
 
-def test_backup_wait_exits_1_when_the_run_fails_and_2_for_a_one_shot(
+def test_backup_wait_exits_1_when_the_run_fails_and_2_when_it_cannot_tell(
     habitat: Habitat, kubectl: Kubectl, fresh_database: str, operator_alive: OperatorProcess
 ) -> None:
     wrong = fresh_database.replace("://postgres:", "://postgres:wrong", 1)
     kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={wrong}")
     kubectl.apply(backup("nightly", schedule=NEVER_IN_THIS_TEST, retry={"limit": 0}))
     kubectl.apply(backup("once"))
+    kubectl.apply(backup("keyless", schedule=NEVER_IN_THIS_TEST, database={"secretRef": {"name": "absent"}}))
 
     failed = habitat("backup", "nightly", "--wait")
     one_shot = habitat("backup", "once")
+    waiting = habitat("backup", "keyless", "--wait", "--wait-timeout", "3")
 
     assert failed.returncode == 1, said(failed)
     assert "Failed" in failed.stdout
     assert one_shot.returncode == 2, said(one_shot)
     assert "backup/once has no schedule" in one_shot.stderr
+    # A run that waits (here for its Secret) is shown waiting, and given up on: exit 2.
+    assert waiting.returncode == 2, said(waiting)
+    assert "absent" in waiting.stdout and "stopped waiting" in waiting.stdout
 
 
 # ---------------------------------------------------------------- restore

@@ -31,22 +31,33 @@ def outcome(body: Mapping[str, Any]) -> ExitCode | None:
     return None
 
 
+def why_not_yet(status: Mapping[str, Any]) -> str | None:
+    """The run's own message, else what it waits for (a Stalled condition's message, e.g. a missing
+    Secret): --wait shows it instead of waiting in silence."""
+    if status.get("message"):
+        return str(status["message"])
+    stalled = next((c for c in status.get("conditions") or [] if c.get("type") == "Stalled"), None)
+    if stalled and stalled.get("status") == "True":
+        return str(stalled.get("message") or stalled.get("reason") or "")
+    return None
+
+
 def until_finished(
     kubectl: Kubectl, kind: KindInfo, name: str, timeout: float, stream: TextIO | None = None
 ) -> ExitCode:
     """Waits for the `kind` `name` to succeed or fail, telling each phase it passes through."""
     out = stream or sys.stdout
     deadline = time.monotonic() + timeout
-    shown = None
+    shown: tuple[str | None, str | None] | None = None
     while True:
         body = kubectl.json("get", habitat_resource(kind.plural), name)
         status = body.get("status") or {}
         phase = status.get("phase")
-        if phase != shown:
-            message = f": {status['message']}" if status.get("message") else ""
-            out.write(f"{kind.singular}/{name}: {phase or 'Pending'}{message}\n")
+        why = why_not_yet(status)
+        if (phase, why) != shown:
+            out.write(f"{kind.singular}/{name}: {phase or 'Pending'}{f': {why}' if why else ''}\n")
             out.flush()
-            shown = phase
+            shown = (phase, why)
         done = outcome(body)
         if done is not None:
             return done
