@@ -25,6 +25,7 @@ from habitat_operator.plugin import (
     suspend,
     suspension,
 )
+from habitat_operator.plugin.kubectl import Kubectl
 from habitat_operator.plugin.writing import UsageError, describe, manifest
 
 NOW = dt.datetime(2026, 12, 7, 10, 30, 5, tzinfo=dt.UTC)
@@ -250,3 +251,15 @@ def test_numbers_out_of_bounds_are_refused_by_the_parser(argv: tuple[str, ...]) 
     with pytest.raises(SystemExit) as refused:
         parse(*argv)
     assert refused.value.code == 2
+
+
+def test_a_name_the_apiserver_would_refuse_is_refused_before_anything_is_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parse("restore", "nightly", "--to-database", "t", "--name", "Nightly_Restore", "--dry-run")
+
+    assert args.run(args, Kubectl(binary="/nonexistent/kubectl")) == 2
+
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == "kubectl habitat restore: --name 'Nightly_Restore' is not a valid object name\n"

@@ -12,15 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from habitat_operator import names, timestamps
+from habitat_operator import timestamps
+from habitat_operator.api.children import MAX_NAME, child_name
 from habitat_operator.api.common import API_VERSION, DNS_SUBDOMAIN_PATTERN, ApiModel, KindInfo
 from habitat_operator.plugin import waiting
 from habitat_operator.plugin.exit_codes import ExitCode
 from habitat_operator.plugin.kubectl import Kubectl
 from habitat_operator.plugin.output import render
-
-MAX_NAME = 253
-TIMESTAMP_CHARS = len("-20240101000000")
 
 
 class UsageError(ValueError):
@@ -58,6 +56,8 @@ def writer(
             spec = spec_of(args)
         except (UsageError, ValidationError) as error:
             return refused(args.command, error)
+        if args.name is not None and not _is_name(args.name):
+            return refused(args.command, UsageError(f"--name {args.name!r} is not a valid object name"))
         body = manifest(kind, args.name or name_of(args), kubectl.namespace, spec)
         return create_or_print(kubectl, body, args, kind)
 
@@ -93,8 +93,10 @@ def manifest(kind: KindInfo, name: str, namespace: str, spec: ApiModel) -> dict[
 
 
 def timestamped_name(stem: str, fallback: str) -> str:
-    """<stem>-<UTC time>, like a schedule's runs; `fallback` when `stem` cannot start a name."""
+    """<stem>-<UTC time>, named as a schedule's runs are; `fallback` when `stem` cannot start a name."""
     stem = stem.lower()
-    if not re.fullmatch(DNS_SUBDOMAIN_PATTERN, stem):
-        stem = fallback
-    return f"{names.fit(stem, MAX_NAME - TIMESTAMP_CHARS)}-{timestamps.now():%Y%m%d%H%M%S}"
+    return child_name(stem if _is_name(stem) else fallback, timestamps.now())
+
+
+def _is_name(text: str) -> bool:
+    return len(text) <= MAX_NAME and re.fullmatch(DNS_SUBDOMAIN_PATTERN, text) is not None
