@@ -105,3 +105,18 @@ def test_short_values_are_left_to_the_patterns() -> None:
     redactor = Redactor()
     redactor.add_value("app")
     assert redactor.text("app uses approach") == "app uses approach"
+
+
+def test_json_inside_a_string_is_redacted_as_data() -> None:
+    """kubectl apply keeps the whole manifest in an annotation: its env pairs are found there too."""
+    applied = json.dumps(
+        {"spec": {"env": [{"name": "PGPASSWORD", "value": PASSWORD}, {"name": "MODE", "value": "x"}]}}
+    )
+    annotations = {"kubectl.kubernetes.io/last-applied-configuration": applied}
+
+    redacted = Redactor().data({"metadata": {"annotations": annotations}})
+
+    inner = json.loads(
+        redacted["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    )
+    assert inner["spec"]["env"] == [{"name": "PGPASSWORD", "value": REDACTED}, {"name": "MODE", "value": "x"}]

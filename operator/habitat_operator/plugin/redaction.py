@@ -136,8 +136,20 @@ class Redactor:
         if isinstance(data, list):
             return [self.data(item) for item in data]
         if isinstance(data, str):
-            return redact_patterns(data)
+            return self._string(data)
         return data
+
+    def _string(self, text: str) -> str:
+        """A string; one holding a JSON object (kubectl's last-applied-configuration annotation, a
+        structured log line) is redacted as data, so its `{name: PGPASSWORD, value: ...}` pairs are too."""
+        if text.startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                return json.dumps(self.data(parsed), separators=(",", ":"))
+        return redact_patterns(text)
 
 
 def _scalar(value: Any) -> bool:
