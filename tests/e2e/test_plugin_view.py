@@ -80,7 +80,9 @@ def suspended(name: str, **spec: Any) -> dict[str, Any]:
     return backup(name, schedule=NEVER_IN_THIS_TEST, suspend=True, **spec)
 
 
-def test_the_plugin_is_found_by_kubectl_and_every_command_has_help(habitat: Habitat) -> None:
+def test_the_plugin_is_found_by_kubectl_every_command_has_help_and_kubectl_errors_exit_2(
+    habitat: Habitat,
+) -> None:
     from habitat_operator.plugin.cli import parser
 
     [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
@@ -88,6 +90,9 @@ def test_the_plugin_is_found_by_kubectl_and_every_command_has_help(habitat: Habi
         result = habitat(*([command] if command else []), "--help")
         assert result.returncode == 0, result.stderr
         assert "usage: kubectl habitat" in result.stdout
+    unreachable = habitat("status", "--context", "no-such-context")
+    assert unreachable.returncode == 2  # could not check
+    assert unreachable.stderr.startswith("kubectl habitat: ") and "no-such-context" in unreachable.stderr
 
 
 def test_kubectl_completes_the_plugins_commands_flags_and_resource_names(
