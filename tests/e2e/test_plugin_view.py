@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from dev_stack.common import free_port
+from habitat_operator import __version__
 from habitat_operator.plugin.completion import resource_names
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import (
@@ -78,7 +80,9 @@ def suspended(name: str, **spec: Any) -> dict[str, Any]:
     return backup(name, schedule=NEVER_IN_THIS_TEST, suspend=True, **spec)
 
 
-def test_the_plugin_is_found_by_kubectl_and_every_command_has_help(habitat: Habitat) -> None:
+def test_the_plugin_is_found_by_kubectl_every_command_has_help_and_kubectl_errors_exit_2(
+    habitat: Habitat,
+) -> None:
     from habitat_operator.plugin.cli import parser
 
     [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
@@ -86,6 +90,9 @@ def test_the_plugin_is_found_by_kubectl_and_every_command_has_help(habitat: Habi
         result = habitat(*([command] if command else []), "--help")
         assert result.returncode == 0, result.stderr
         assert "usage: kubectl habitat" in result.stdout
+    unreachable = habitat("status", "--context", "no-such-context")
+    assert unreachable.returncode == 2  # could not check
+    assert unreachable.stderr.startswith("kubectl habitat: ") and "no-such-context" in unreachable.stderr
 
 
 def test_kubectl_completes_the_plugins_commands_flags_and_resource_names(
@@ -223,3 +230,76 @@ def test_diagnose_fails_each_broken_check_with_exit_1(
     assert "0/1 replicas ready" in failed[("operator", f"deployment {namespace}/habitat-operator")]["message"]
     for check in failed.values():
         assert check["hint"], check
+
+
+def host_address() -> str | None:
+    """An address of this machine the apiserver may proxy to (it refuses loopback ones)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(
+                ("10.255.255.255", 1)
+            )  # UDP: no packet is sent, this only picks the outgoing address
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_diagnose_reads_readyz_and_the_version_through_the_apiservers_service_proxy(
+    habitat: Habitat, kubectl: Kubectl, namespace: str, operator_alive: OperatorProcess
+) -> None:
+    address = host_address()
+    if address is None:
+        pytest.skip("no address but loopback: the apiserver proxies to none of those")
+    labels = {"app.kubernetes.io/name": "habitat-operator"}
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "habitat-operator-metrics", "labels": labels},
+            "spec": {"ports": [{"name": "metrics", "port": 8080, "targetPort": operator_alive.metrics_port}]},
+        }
+    )
+    # The apiserver proxies only to an endpoint backed by a Pod with that IP: without a kubelet, the
+    # Pod's status is written by hand, and the operator process serves the address.
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "habitat-operator-0", "labels": labels},
+            "spec": {"containers": [{"name": "operator", "image": "registry.invalid/habitat-operator:1"}]},
+        }
+    )
+    ip = {"podIP": address, "podIPs": [{"ip": address}]}
+    kubectl.run(
+        "patch",
+        "pod",
+        "habitat-operator-0",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": ip}),
+    )
+    pod = {"kind": "Pod", "name": "habitat-operator-0", "namespace": namespace}
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "habitat-operator-metrics"},
+            "subsets": [
+                {
+                    "addresses": [{"ip": address, "targetRef": pod}],
+                    "ports": [{"name": "metrics", "port": operator_alive.metrics_port}],
+                }
+            ],
+        }
+    )
+    operator = deployment("habitat-operator")
+    operator["metadata"]["labels"] = labels
+    kubectl.apply(operator)
+
+    checks = {(c["check"], c["target"]): c for c in checks_of(habitat("diagnose", "-o", "json"))}
+    readyz = checks[("operator", f"service {namespace}/habitat-operator-metrics /readyz")]
+    assert readyz["result"] == "PASS", readyz
+    assert checks[("version", "crds")]["message"] == f"CRDs and operator are {__version__}"
+    assert checks[("operator", f"deployment {namespace}/habitat-operator")]["result"] == "FAIL"  # no kubelet

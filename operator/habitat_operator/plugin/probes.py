@@ -52,7 +52,7 @@ def postgres(target_name: str, uri: str, timeout: float) -> Check:
             connection.execute("SELECT 1")
     except psycopg.Error as error:
         message = target.redact(one_line(str(error)))
-        if "password authentication failed" in message or "authentication failed" in message:
+        if "authentication failed" in message:
             return failed(check, where, message, "the user or password in the Secret is wrong")
         return failed(
             check, where, f"{FROM_HERE}: {message}", unreachable_hint(target.host, "the database server")
@@ -70,9 +70,7 @@ def amqp(target_name: str, uri: str, timeout: float) -> Check:
     except OperationError as error:
         return failed(check, target_name, error.message, "fix the amqp:// URI in the Secret")
     where = f"{target_name} -> {target.display}"
-    params = target.parameters
-    params.connection_attempts = 1
-    params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = timeout
+    params = _one_attempt(target, timeout)
     try:
         pika.BlockingConnection(params).close()
     except pika.exceptions.ProbableAuthenticationError:
@@ -122,11 +120,8 @@ def _amqp_queue(uri: str, name: str, timeout: float) -> tuple[int, int]:
     import pika.exceptions
 
     target = AmqpTarget(uri)
-    params = target.parameters
-    params.connection_attempts = 1
-    params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = timeout
     try:
-        connection = pika.BlockingConnection(params)
+        connection = pika.BlockingConnection(_one_attempt(target, timeout))
         try:
             method = connection.channel().queue_declare(name, passive=True).method
         finally:
@@ -141,6 +136,14 @@ def _amqp_queue(uri: str, name: str, timeout: float) -> tuple[int, int]:
             ScalePolicyReason.SOURCE_UNAVAILABLE, f"{target.display} unreachable: {type(error).__name__}"
         ) from None
     return int(method.message_count), int(method.consumer_count)
+
+
+def _one_attempt(target: AmqpTarget, timeout: float) -> Any:
+    """The target's pika parameters for one try bounded by `timeout` (pika retries and waits otherwise)."""
+    params = target.parameters
+    params.connection_attempts = 1
+    params.socket_timeout = params.stack_timeout = params.blocked_connection_timeout = timeout
+    return params
 
 
 def management(target_name: str, api_url: str, timeout: float) -> Check:
