@@ -11,9 +11,10 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,20 @@ def other_namespace(stack: Stack) -> Iterator[Kubectl]:
     admin.run("create", "namespace", name)
     yield Kubectl(stack, name)
     admin.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def habitat(stack: Stack, namespace: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`kubectl habitat ARGS -n <the test's namespace>` (unless ARGS has -A), run by the stack's
+    kubectl, which finds `kubectl-habitat` through PATH (the venv's bin) as on a user's machine."""
+    env = {**stack.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{stack.env['PATH']}"}
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        scope = [] if "-A" in args else ["-n", namespace]
+        argv = [stack.kubectl_path, "habitat", *args, *scope]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+    return run
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from habitat_operator import metrics as operator_metrics
+from habitat_operator.api import children as runs
+from habitat_operator.api.children import SCHEDULE_NAME_ANNOTATION
 from habitat_operator.api.common import SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics as backup_metrics
@@ -24,7 +26,6 @@ from habitat_operator.controllers.scheduling import child_runs
 from habitat_operator.controllers.scheduling.child_runs import (
     DUE_MARGIN_SECONDS,
     IDLE_RECHECK_SECONDS,
-    SCHEDULE_NAME_ANNOTATION,
     ScheduledKind,
     ScheduleRuns,
 )
@@ -118,7 +119,7 @@ def finished_run(
     """A Succeeded run of `parent` scheduled at `scheduled`, with its artifact on disk where a Backup
     writes it (`<root>/<path>/<namespace>/<name>.dump`, unless `directory` says otherwise); returns
     the run's name and its artifact's path."""
-    body = child_runs.child_body(backup_schedule.kind(config), parent, scheduled)
+    body = runs.child_body(parent, backup_schedule.kind(config).schedule_fields, scheduled)
     name = body["metadata"]["name"]
     kube.add(BACKUPS, body)
     where = directory or ArtifactStore(config.backup_root).namespace_directory("app", NS)
@@ -255,6 +256,33 @@ def test_no_second_child_while_one_is_active(
     status = fake_kube.status(BACKUPS, NS, "nightly")
     assert status["recentRuns"] == ["nightly-20240601130000", "nightly-20240601110000"]
     assert status["missedRuns"] == 1
+
+
+def test_a_manual_run_is_a_child_like_a_scheduled_one_and_says_it_was_manual(
+    fake_kube: FakeKube, config: OperatorConfig, clock: Clock, nightly: JsonDict
+) -> None:
+    """`kubectl habitat backup` creates this body: the schedule waits for it and counts its success."""
+    manual = runs.child_body(
+        nightly, backup_schedule.kind(config).schedule_fields, at(10, 40), runs.Trigger.MANUAL
+    )
+    assert manual["metadata"]["labels"] == {SCHEDULE_LABEL: "nightly", runs.TRIGGER_LABEL: "manual"}
+    scheduled = runs.child_body(nightly, backup_schedule.kind(config).schedule_fields, at(10, 40))
+    assert {**manual, "metadata": {**manual["metadata"], "labels": {}}} == {
+        **scheduled,
+        "metadata": {**scheduled["metadata"], "labels": {}},
+    }
+    fake_kube.add(BACKUPS, manual)
+    schedule = daemon(fake_kube, config)
+    clock.set(at(11, 0, 30))
+
+    schedule.tick()
+
+    assert children(fake_kube) == ["nightly-20240601104000"]  # 11:00 skipped: the manual run is active
+    assert fake_kube.status(BACKUPS, NS, "nightly")["activeRun"] == "nightly-20240601104000"
+    finish(fake_kube, "nightly-20240601104000", "Succeeded", at(11, 5))
+    clock.set(at(11, 10))
+    schedule.tick()
+    assert fake_kube.status(BACKUPS, NS, "nightly")["lastSuccessfulTime"] == "2024-06-01T11:05:00Z"
 
 
 def test_runs_missed_while_the_operator_was_down_start_only_the_latest(
@@ -537,7 +565,7 @@ def test_runs_of_an_earlier_schedule_of_the_same_name_are_neither_adopted_nor_wa
 ) -> None:
     earlier = {**nightly, "metadata": {**nightly["metadata"], "uid": "uid-of-an-earlier-nightly"}}
     for hour, phase in ((8, "Succeeded"), (9, "Running")):  # same name, same label, another owner
-        body = child_runs.child_body(backup_schedule.kind(config), earlier, at(hour))
+        body = runs.child_body(earlier, backup_schedule.kind(config).schedule_fields, at(hour))
         fake_kube.add(BACKUPS, body)
         finish(fake_kube, body["metadata"]["name"], phase, at(hour, 5))
     clock.set(at(11, 0, 30))
@@ -595,7 +623,7 @@ def test_last_successful_time_follows_the_newest_success_and_recent_runs_are_the
 ) -> None:
     for hour in range(9):  # 00:00 to 08:00
         finished_run(fake_kube, config, nightly, at(hour))
-    failed = child_runs.child_body(backup_schedule.kind(config), nightly, at(9))
+    failed = runs.child_body(nightly, backup_schedule.kind(config).schedule_fields, at(9))
     fake_kube.add(BACKUPS, failed)
     finish(fake_kube, failed["metadata"]["name"], "Failed", at(9, 5), message="disk full")
     schedule = daemon(fake_kube, config)
@@ -670,7 +698,7 @@ def test_a_drill_schedule_tick_sets_its_last_success_gauge(
 
     assert REGISTRY.get_sample_value(metric, labels) == START.timestamp()  # none succeeded yet
 
-    body = child_runs.child_body(restore_schedule.KIND, parent, at(9))
+    body = runs.child_body(parent, restore_schedule.KIND.schedule_fields, at(9))
     fake_kube.add("restores", body)
     fake_kube.set_status(
         "restores",
@@ -690,7 +718,7 @@ def test_drill_schedule_keeps_its_history_limit(
     fake_kube.put_secret(NS, DB_SECRET, {"uri": DB_URI})
     parent = fake_kube.add("restores", restore_body("drills", drill=True, schedule=HOURLY, historyLimit=2))
     for hour in (6, 7, 8):
-        body = child_runs.child_body(restore_schedule.KIND, parent, at(hour))
+        body = runs.child_body(parent, restore_schedule.KIND.schedule_fields, at(hour))
         assert "schedule" not in body["spec"] and "historyLimit" not in body["spec"]
         fake_kube.add("restores", body)  # validated as a one-shot drill by the fake
         fake_kube.set_status("restores", NS, body["metadata"]["name"], {"phase": "Succeeded"})

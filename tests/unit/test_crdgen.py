@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
+from habitat_operator import __version__
 from habitat_operator.api import ALL_KINDS, GROUP, VERSION, KindInfo
 from habitat_operator.api.backup import BACKUP
 from habitat_operator.api.crdgen import HEADER, crd, crd_filename, render, render_all, write_crds
@@ -162,7 +163,10 @@ def test_backup_crd_shape() -> None:
     document = crd(BACKUP)
     assert document["apiVersion"] == "apiextensions.k8s.io/v1"
     assert document["kind"] == "CustomResourceDefinition"
-    assert document["metadata"] == {"name": "backups.ops.habitat.dev"}
+    assert document["metadata"] == {  # the version label: `kubectl habitat diagnose` compares it
+        "name": "backups.ops.habitat.dev",
+        "labels": {"app.kubernetes.io/version": __version__},
+    }
     spec = document["spec"]
     assert spec["group"] == GROUP
     assert spec["scope"] == "Namespaced"

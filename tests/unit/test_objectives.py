@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from habitat_operator.api.backup import BackupSpec
+from habitat_operator.api.children import child_body
 from habitat_operator.api.restore import RestoreSpec
 from habitat_operator.api.walarchive import WalArchiveSpec
 from habitat_operator.config import OperatorConfig
@@ -141,7 +142,7 @@ def nightly(fake_kube: FakeKube) -> JsonDict:
 
 
 def succeeded_backup(kube: FakeKube, config: OperatorConfig, parent: JsonDict, scheduled: dt.datetime) -> str:
-    body = child_runs.child_body(backup_schedule.kind(config), parent, scheduled)
+    body = child_body(parent, backup_schedule.kind(config).schedule_fields, scheduled)
     kube.add("backups", body)
     name = str(body["metadata"]["name"])
     done = scheduled + minutes(5)
@@ -158,7 +159,7 @@ def test_a_backup_schedule_reports_its_live_rpo_and_wakes_when_it_is_exceeded(
     fake_kube: FakeKube, config: OperatorConfig, clock: Clock, nightly: JsonDict
 ) -> None:
     kind = backup_schedule.kind(config)
-    assert "objectives" not in child_runs.child_body(kind, nightly, START)["spec"]
+    assert "objectives" not in child_body(nightly, kind.schedule_fields, START)["spec"]
     clock.set(START + minutes(30))
     succeeded_backup(fake_kube, config, nightly, START + minutes(20))
     clock.set(START + minutes(40))
@@ -207,7 +208,7 @@ def test_a_drill_over_its_rto_reports_rto_exceeded_with_its_size_and_history(
     )
     tick(fake_kube, restore_schedule.KIND, "restores", "weekly")
     assert objectives_met(fake_kube.object("restores", NS, "weekly"))["reason"] == "NoDrill"
-    child = child_runs.child_body(restore_schedule.KIND, parent, START + minutes(60))
+    child = child_body(parent, restore_schedule.KIND.schedule_fields, START + minutes(60))
     fake_kube.add("restores", child)
     fake_kube.set_status(
         "restores",

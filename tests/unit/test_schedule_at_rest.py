@@ -13,6 +13,7 @@ import kopf
 import pytest
 from kopf._cogs.aiokits.aioenums import FlagSetter
 
+from habitat_operator.api.children import child_body
 from habitat_operator.api.common import SCHEDULE_LABEL
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import schedule as backup_schedule
@@ -150,7 +151,7 @@ def test_a_tick_on_a_body_that_does_not_show_the_last_write_yet_repeats_nothing(
 def test_a_run_deleted_while_the_watch_was_away_does_not_block_the_next(
     fake_kube: FakeKube, config: OperatorConfig, clock: Clock, nightly: JsonDict, calls: list[str]
 ) -> None:
-    gone = child_runs.run_record(child_runs.child_body(backup_schedule.kind(config), nightly, at(10)))
+    gone = child_runs.run_record(child_body(nightly, backup_schedule.kind(config).schedule_fields, at(10)))
     gone["metadata"]["uid"] = "deleted-long-ago"
     runs = ScheduleRuns(backup_schedule.kind(config), lambda: [gone])  # still in the index: active
     clock.set(at(11, 0, 30))
@@ -185,7 +186,7 @@ def test_an_active_run_still_skips_the_due_one(
 def test_runs_are_indexed_by_their_schedule_uid_without_spec(config: OperatorConfig, clock: Clock) -> None:
     parent = backup_body(schedule=HOURLY)
     parent["metadata"]["uid"] = "schedule-uid"
-    child = child_runs.child_body(backup_schedule.kind(config), parent, at(11))
+    child = child_body(parent, backup_schedule.kind(config).schedule_fields, at(11))
     child["metadata"] |= {"uid": "run-uid", "managedFields": [{"manager": "kubectl"}]}
     child["status"] = {"phase": "Running"}
     body = as_body(child)

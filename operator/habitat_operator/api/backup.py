@@ -72,6 +72,10 @@ class ObjectSelection(ApiModel):
     tables: ObjectPatterns = Field(default_factory=list, description="Table patterns (pg_dump -t / -T).")
 
 
+# The spec fields only a schedule has; each run (a child object) gets the others.
+SCHEDULE_FIELDS = ("schedule", "suspend", "retention", "objectives")
+
+
 class BackupSpec(ApiModel):
     """Desired backup: what to dump, where, how and when."""
 

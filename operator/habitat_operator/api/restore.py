@@ -335,6 +335,10 @@ class RestoreVerification(ApiModel):
     )
 
 
+# The spec fields only a schedule has; each run (a child object) gets the others.
+SCHEDULE_FIELDS = ("schedule", "suspend", "historyLimit", "objectives")
+
+
 class RestoreSpec(ApiModel):
     """Desired restore: what to restore, where, how, and for drills when."""
 

@@ -12,7 +12,7 @@ import asyncio
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from habitat_operator import timestamps
+from habitat_operator import names, timestamps
 from habitat_operator.api.artifacts import Compression
 from habitat_operator.api.backup import Artifact, BackupSpec, BackupStatus
 from habitat_operator.api.common import Reason
@@ -21,7 +21,6 @@ from habitat_operator.api.rabbitmq_definitions import (
     DefinitionsReason,
     RabbitMQDefinitionsSource,
 )
-from habitat_operator.controllers.base import names
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.endpoints import management_api
 from habitat_operator.durations import parse_duration

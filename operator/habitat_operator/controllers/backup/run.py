@@ -13,14 +13,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from habitat_operator import timestamps
+from habitat_operator import names, timestamps
 from habitat_operator.api.artifacts import BackupFormat, Compression
 from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase, Reason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.backup.definitions import export_definitions
-from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater

@@ -9,7 +9,7 @@ from functools import partial
 
 import structlog
 
-from habitat_operator.api.backup import BACKUP, BackupReason, BackupSpec, BackupStatus
+from habitat_operator.api.backup import BACKUP, SCHEDULE_FIELDS, BackupReason, BackupSpec, BackupStatus
 from habitat_operator.api.common import Phase
 from habitat_operator.api.objectives import RecoverableScheduleStatus
 from habitat_operator.api.restore import RESTORE, RestoreStatus
@@ -24,8 +24,6 @@ from habitat_operator.durations import parse_duration
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, one_line
-
-SCHEDULE_FIELDS = ("schedule", "suspend", "retention", "objectives")
 
 log = structlog.get_logger(__name__)
 

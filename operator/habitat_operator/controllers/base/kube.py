@@ -211,18 +211,6 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
     return None if config_map is None else dict(config_map.get("data") or {})
 
 
-def owner_reference(body: JsonDict) -> JsonDict:
-    """Makes the child garbage-collected with its parent (a schedule and its runs)."""
-    return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "name": body["metadata"]["name"],
-        "uid": body["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 async def event(body: JsonDict, type_: str, reason: str, message: str) -> None:
     """Posts a core/v1 Event about an object; failing to post one never fails the operation."""
     meta = body["metadata"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from habitat_operator.api.backup import BACKUP, BackupStatus
+from habitat_operator.api.children import owner_reference
 from habitat_operator.api.common import API_VERSION, Phase
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.status import read_status
@@ -40,7 +41,7 @@ async def ensure(
                 "name": name,
                 "namespace": meta["namespace"],
                 "labels": {label: meta["uid"]},
-                "ownerReferences": [kube.owner_reference(owner)],
+                "ownerReferences": [owner_reference(owner)],
             },
             "spec": {"database": database, "storage": storage},
         }

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 import structlog
 
-from habitat_operator import timestamps
+from habitat_operator import names, timestamps
 from habitat_operator.api.common import Phase, Reason, RetryPolicy, qualified
 from habitat_operator.api.migration import (
     MIGRATION,
@@ -30,7 +30,7 @@ from habitat_operator.api.migration import (
     MigrationStatus,
 )
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.base import kube, names, owned_backup
+from habitat_operator.controllers.base import kube, owned_backup
 from habitat_operator.controllers.base.convergent import STOPPED_SECONDS, ConvergentRun
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.credentials import read_connection

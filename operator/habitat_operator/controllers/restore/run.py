@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from habitat_operator import timestamps
+from habitat_operator import names, timestamps
 from habitat_operator.api.artifacts import BackupFormat
 from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.rabbitmq_definitions import ArtifactKind, DefinitionsReason
@@ -29,7 +29,7 @@ from habitat_operator.api.restore import (
     RestoreStatus,
 )
 from habitat_operator.config import OperatorConfig
-from habitat_operator.controllers.base import kube, names, owned_backup
+from habitat_operator.controllers.base import kube, owned_backup
 from habitat_operator.controllers.base.credentials import read_connection
 from habitat_operator.controllers.base.lifecycle import OneShotRun, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots

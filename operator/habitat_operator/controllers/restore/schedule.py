@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from datetime import timedelta
 
-from habitat_operator.api.restore import RESTORE, RestoreSpec, RestoreStatus
+from habitat_operator.api.restore import RESTORE, SCHEDULE_FIELDS, RestoreSpec, RestoreStatus
 from habitat_operator.controllers.base import kube, recoverability_metrics
 from habitat_operator.controllers.base.objectives import Drill, Verdict, drill_verdict
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, read_status
@@ -15,7 +15,6 @@ from habitat_operator.controllers.scheduling import child_runs, cron
 from habitat_operator.durations import parse_duration
 from habitat_operator.metrics import advance
 
-SCHEDULE_FIELDS = ("schedule", "suspend", "historyLimit", "objectives")
 # A drill older than this many of its schedule's intervals no longer proves the RTO.
 DRILL_MAX_AGE_INTERVALS = 2
 

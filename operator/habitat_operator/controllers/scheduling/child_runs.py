@@ -23,33 +23,29 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from habitat_operator import timestamps
+from habitat_operator import names, timestamps
+from habitat_operator.api.children import SCHEDULE_NAME_ANNOTATION, child_body, child_name
 from habitat_operator.api.common import (
     SCHEDULE_LABEL,
-    SCHEDULED_AT_ANNOTATION,
     KindInfo,
     Phase,
     Reason,
     ScheduledStatus,
-    qualified,
 )
 from habitat_operator.api.objectives import OBJECTIVES_MET, RecoverableScheduleStatus
-from habitat_operator.controllers.base import kube, names
+from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.core import Recheck
 from habitat_operator.controllers.base.objectives import Verdict
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, StatusReporter, read_status
 from habitat_operator.controllers.base.validation import describe_validation_error
 from habitat_operator.controllers.scheduling import cron
 
-SCHEDULE_NAME_ANNOTATION = qualified("schedule")
 # A schedule is looked at when a run is due, a child changes or its spec changes; with none of these
 # it still looks this often, as a safety net (the clock jumped, an event was lost), never as a poll.
 IDLE_RECHECK_SECONDS = 3600.0
 # Cron times are whole seconds; waking a little after one makes sure it is due when looked at.
 DUE_MARGIN_SECONDS = 0.05
 RECENT_RUNS = 10
-MAX_NAME = 253
-TIMESTAMP_CHARS = len("-20240101000000")
 
 Children = list[kube.JsonDict]
 
@@ -130,11 +126,6 @@ def created_at(obj: kube.JsonDict) -> dt.datetime:
     return timestamps.parse(obj["metadata"]["creationTimestamp"])
 
 
-def child_name(parent: str, scheduled: dt.datetime) -> str:
-    """<parent>-<UTC time>, the parent's part shortened with a hash when the whole would not fit."""
-    return f"{names.fit(parent, MAX_NAME - TIMESTAMP_CHARS)}-{scheduled.astimezone(dt.UTC):%Y%m%d%H%M%S}"
-
-
 def schedule_uid(obj: Mapping[str, Any]) -> str | None:
     """The uid of the schedule that `obj` is a run of: its controller owner, if it has the schedule label."""
     meta = obj["metadata"]
@@ -171,27 +162,6 @@ async def list_children(plural: str, parent: kube.JsonDict) -> Children:
         plural, meta["namespace"], f"{SCHEDULE_LABEL}={names.fit(meta['name'], 63)}"
     )
     return newest_first(c for c in listed if schedule_uid(c) == meta["uid"])
-
-
-def child_body(kind: ScheduledKind[Any], parent: kube.JsonDict, scheduled: dt.datetime) -> kube.JsonDict:
-    """A one-shot object with the parent's spec, minus what only a schedule has."""
-    spec = {k: v for k, v in parent["spec"].items() if k not in kind.schedule_fields}
-    name = parent["metadata"]["name"]
-    return {
-        "apiVersion": parent["apiVersion"],
-        "kind": parent["kind"],
-        "metadata": {
-            "name": child_name(name, scheduled),
-            "namespace": parent["metadata"]["namespace"],
-            "labels": {SCHEDULE_LABEL: names.fit(name, 63)},  # for `kubectl get -l`; label values fit 63
-            "annotations": {
-                SCHEDULED_AT_ANNOTATION: timestamps.rfc3339(scheduled),
-                SCHEDULE_NAME_ANNOTATION: name,
-            },
-            "ownerReferences": [kube.owner_reference(parent)],
-        },
-        "spec": spec,
-    }
 
 
 async def look(
@@ -384,7 +354,7 @@ async def _refresh_active(kind: ScheduledKind[Any], children: Children, active: 
 async def _create_child(
     kind: ScheduledKind[Any], parent: kube.JsonDict, scheduled: dt.datetime
 ) -> kube.JsonDict:
-    body = child_body(kind, parent, scheduled)
+    body = child_body(parent, kind.schedule_fields, scheduled)
     try:
         return await kube.create(kind.info.plural, parent["metadata"]["namespace"], body)
     except kube.AlreadyExists:
