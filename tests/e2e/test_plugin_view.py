@@ -21,6 +21,7 @@ import pytest
 from dev_stack.common import free_port
 from habitat_operator import __version__
 from habitat_operator.plugin.completion import resource_names
+from tests.e2e import prometheus
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import (
     NEVER_IN_THIS_TEST,
@@ -31,6 +32,7 @@ from tests.e2e.helpers import (
     queue_trigger,
     s3_storage,
     wait_for,
+    wait_phase,
 )
 from tests.harness import Kubectl, Stack
 from tests.unit.helpers import self_signed_certificate
@@ -303,3 +305,24 @@ def test_diagnose_reads_readyz_and_the_version_through_the_apiservers_service_pr
     assert readyz["result"] == "PASS", readyz
     assert checks[("version", "crds")]["message"] == f"CRDs and operator are {__version__}"
     assert checks[("operator", f"deployment {namespace}/habitat-operator")]["result"] == "FAIL"  # no kubelet
+
+
+def test_diagnose_lists_the_habitat_alerts_firing_in_the_namespace(
+    habitat: Habitat, kubectl: Kubectl, stack: Stack, pg_admin_uri: str, operator_alive: OperatorProcess
+) -> None:
+    secret(kubectl, "habitat-db", uri=pg_admin_uri.replace("postgres:", "postgres:not-", 1))
+    with prometheus.scraping(stack, operator_alive):
+        kubectl.apply(backup("doomed", retry={"limit": 0}))
+        wait_phase(kubectl, "backup", "doomed", {"Failed"}, operator_alive)
+        wait_for(
+            "HabitatBackupFailed to fire",
+            lambda: any(
+                alert["labels"].get("namespace") == kubectl.namespace and alert["state"] == "firing"
+                for alert in prometheus.get(stack, "/api/v1/alerts")["alerts"]
+            ),
+            timeout=60,
+        )
+        result = habitat("diagnose", "-o", "json", f"--prometheus-url={stack.prometheus_url}")
+    [alert] = [c for c in checks_of(result) if c["check"] == "alerts"]
+    assert (alert["result"], alert["hint"]) == ("WARN", "docs/runbooks/HabitatBackupFailed.md")  # a warning
+    assert kubectl.namespace in alert["message"]
