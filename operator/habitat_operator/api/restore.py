@@ -53,6 +53,7 @@ class RestoreReason(StrEnum):
     WAITING_FOR_SAFETY_BACKUP = "WaitingForSafetyBackup"
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
+    UNLOCKED_VERSION_IGNORED = "UnlockedVersionIgnored"
     # A point-in-time source.
     SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
     RECOVERY_FAILED = "RecoveryFailed"

@@ -166,6 +166,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         private server and dumped (of `database` unless it names its own) into a scratch folder."""
         for why in source.skipped:
             await kube.event(self.body, "Warning", RestoreReason.CATALOG_ENTRY_SKIPPED, why)
+        for what in source.ignored:
+            await kube.event(self.body, "Warning", RestoreReason.UNLOCKED_VERSION_IGNORED, what)
         if source.archive is not None:
             async with self._recovered(source, source.archive, database) as recovered:
                 yield recovered
@@ -177,7 +179,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         expected = source.sha256 if spec.verify.checksum or source.checksum_required else None
         bucket, key, checked = source.bucket, source.key, False
         try:
-            pinned = await in_thread(bucket.head, key)
+            pinned = source.pinned or await in_thread(bucket.head, key)
             if source.format is BackupFormat.DIRECTORY:
                 async with fetched_directory(
                     bucket, key, expected, source.encryption_key, self.config.scratch_dir, pinned
