@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
@@ -59,6 +59,7 @@ _AUTH_CODES = {
     "XAdminUserNotFound",  # versitygw's answer to an unknown access key id
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_NO_RETENTION_CODES = {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"}
 _NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 
@@ -318,8 +319,29 @@ class Bucket:
         found = []
         for version in reversed(versions):  # S3 lists a key's versions newest first
             version_id = version.get("VersionId")
-            found.append(self.head(key, None if version_id in (None, "null") else str(version_id)))
+            looked_up = self.head(key, None if version_id in (None, "null") else str(version_id))
+            found.append(self._with_retention(looked_up))
         return KeyHistory(key, tuple(found), tuple(markers))
+
+    def _with_retention(self, version: ObjectVersion) -> ObjectVersion:
+        """The version with its Object Lock retention asked for on its own: a HEAD of a version
+        that is no longer the current one may leave it out (versitygw 1.8 does)."""
+        pin = {"VersionId": version.version_id} if version.version_id else {}
+        with storage_errors(f"reading the retention of {self.uri(version.key)}", "get_retention"):
+            try:
+                answer = self.client.get_object_retention(
+                    Bucket=self.location.bucket,
+                    Key=version.key,
+                    **pin,  # type: ignore[arg-type]
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in _NO_RETENTION_CODES:
+                    return replace(version, lock_mode=None, retain_until=None)
+                raise
+        retention = answer.get("Retention", {})
+        return replace(
+            version, lock_mode=retention.get("Mode"), retain_until=retention.get("RetainUntilDate")
+        )
 
     def delete_version(self, version: ObjectVersion) -> None:
         """Delete that version for good (or the object, where the bucket keeps no versions)."""
@@ -352,15 +374,31 @@ class Bucket:
         if lock is not None:
             # S3 wants a content checksum on every write that carries a retention.
             locked = {**lock.request(), "IfNoneMatch": "*", "ContentMD5": _md5(body)}
-        with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
-            answer = self.client.put_object(
-                Bucket=self.location.bucket,
-                Key=key,
-                Body=body,
-                ContentType="application/json",
-                **locked,
-            )
+        try:
+            with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
+                answer = self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    **locked,
+                )
+        except OperationError as error:
+            # If-None-Match failed, or (a server that keeps no versions) the key is locked.
+            refused = (Reason.CHECKSUM_MISMATCH, Reason.STORAGE_AUTH_FAILED)
+            if lock is None or error.reason not in refused or not self._exists(key):
+                raise
+            raise PermanentError(
+                Reason.STORAGE_FAILED, f"{self.uri(key)} exists: a locked catalog entry is written once"
+            ) from None
         return _version_id(answer)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except OperationError:
+            return False
+        return True
 
     def catalog_entry(self, artifact_key: str) -> dict[str, Any] | None:
         """The catalog entry of one artifact, with its `key`; None when it has none."""
