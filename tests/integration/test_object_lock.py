@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,7 +87,9 @@ def _remove(bucket: Bucket) -> None:
     client, name = bucket.client, bucket.location.bucket
     answer = client.list_object_versions(Bucket=name)
     for item in [*answer.get("Versions", []), *answer.get("DeleteMarkers", [])]:
-        pin = {} if item.get("VersionId") in (None, "null") else {"VersionId": item["VersionId"]}
+        pin: dict[str, Any] = (
+            {} if item.get("VersionId") in (None, "null") else {"VersionId": item["VersionId"]}
+        )
         with contextlib.suppress(Exception):  # a server may refuse the bypass: the stack is disposable
             client.delete_object(Bucket=name, Key=item["Key"], BypassGovernanceRetention=True, **pin)
     with contextlib.suppress(Exception):  # left in the disposable stack
