@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -10,10 +11,15 @@ from pydantic import ValidationError
 
 from habitat_operator.api.artifacts import S3Storage
 from habitat_operator.api.backup import BackupSpec, RetentionPolicy
+from habitat_operator.api.common import Reason
 from habitat_operator.api.walarchive import WalArchiveSpec
 from habitat_operator.catalog import lock_findings, table
-from habitat_operator.controllers.backup.object_lock import retention_horizon
-from habitat_operator.engines.artifacts.s3 import BucketLock
+from habitat_operator.controllers.backup.object_lock import lock_settings, retention_horizon
+from habitat_operator.controllers.scheduling.child_runs import SCHEDULE_NAME_ANNOTATION
+from habitat_operator.engines.artifacts.s3 import BucketLock, ObjectLockSettings
+from habitat_operator.errors import PermanentError
+from tests.unit.bodies import backup_body
+from tests.unit.fake_kube import Clock, FakeKube
 
 S3: dict[str, Any] = {"bucket": "backups", "credentialsSecretRef": {"name": "s3"}}
 DAY = dt.timedelta(days=1)
@@ -123,3 +129,23 @@ def test_catalog_list_shows_the_lock_of_each_artifact() -> None:
     assert "LOCK" in header and "RETAIN-UNTIL" in header
     assert "COMPLIANCE" in locked and "2027-01-01T00:00:00Z" in locked
     assert "COMPLIANCE" not in unlocked
+
+
+LOCKED_S3 = {"s3": S3 | {"objectLock": {"mode": "GOVERNANCE", "retainFor": "retention"}}}
+
+
+def test_a_run_of_a_schedule_is_locked_for_its_schedules_retention(fake_kube: FakeKube, clock: Clock) -> None:
+    parent = backup_body("nightly", storage=LOCKED_S3, schedule="@daily", retention={"maxAge": "14d"})
+    fake_kube.add("backups", parent)
+    run = backup_body("nightly-20240601000000", storage=LOCKED_S3)
+    run["metadata"]["annotations"] = {SCHEDULE_NAME_ANNOTATION: "nightly"}
+    spec = BackupSpec.model_validate(run["spec"])
+    lock = asyncio.run(lock_settings(spec, run))
+    assert lock == ObjectLockSettings("GOVERNANCE", clock.now() + 14 * DAY)
+
+
+def test_retention_without_a_schedule_is_an_invalid_spec(fake_kube: FakeKube) -> None:
+    one_shot = backup_body("once", storage=LOCKED_S3)
+    with pytest.raises(PermanentError, match="needs a schedule whose retention") as refused:
+        asyncio.run(lock_settings(BackupSpec.model_validate(one_shot["spec"]), one_shot))
+    assert refused.value.reason is Reason.INVALID_SPEC

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from habitat_operator import timestamps
-from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.artifacts import RETAIN_FOR_RETENTION, BackupFormat
 from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.restore import (
     RESTORE,
@@ -339,6 +339,9 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             if configured
             else source.storage or {"filesystem": {"path": "safety"}}
         )
+        lock = (storage.get("s3") or {}).get("objectLock") or {}
+        if lock.get("retainFor") == RETAIN_FOR_RETENTION:  # a schedule's; a safety Backup has no retention
+            storage = {"s3": {k: v for k, v in storage["s3"].items() if k != "objectLock"}}
         safety = owned_backup.BackupFirst(
             name,
             SAFETY_FOR_LABEL,
