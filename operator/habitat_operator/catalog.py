@@ -24,6 +24,7 @@ from habitat_operator.api.backup import BackupSpec
 from habitat_operator.controllers.backup.object_lock import retention_horizon
 from habitat_operator.controllers.base.buckets import location_of
 from habitat_operator.durations import format_duration, parse_duration
+from habitat_operator.engines.artifacts.locked import locked_catalog
 from habitat_operator.engines.artifacts.s3 import Bucket, BucketLock, recency, storage_errors
 from habitat_operator.engines.wal.catalog import Catalog, archive_end, read_catalog, window_of
 from habitat_operator.engines.wal.layout import ArchiveLayout, format_lsn
@@ -231,10 +232,11 @@ def archive_tables(found: list[dict[str, Any]]) -> str:
     return "\n" + text_table(rows) + ("\n" + text_table(backups) if len(backups) > 1 else "")
 
 
-def list_catalog(storage: S3Storage, output: str, out: TextIO) -> None:
+def list_catalog(storage: S3Storage, output: str, out: TextIO, *, locked: bool = False) -> None:
+    """The catalog; `locked`: as a Restore under Object Lock reads it, the locked versions alone."""
     credentials = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     with Bucket(location_of(storage, *credentials)) as bucket:
-        entries = newest_first(bucket.catalog())
+        entries = newest_first(locked_catalog(bucket)[0] if locked else bucket.catalog())
         found = archives(bucket)
     if output == "json":
         out.write(json.dumps(entries + found, indent=2) + "\n")

@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--region")
     listing.add_argument("--force-path-style", action="store_true", default=None)
     listing.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    listing.add_argument(
+        "--locked",
+        action="store_true",
+        help="only the catalog entries and versions written under Object Lock, as a Restore with"
+        " objectLock reads them (after an attack: what newer versions and delete markers hide)",
+    )
     check = catalog_commands.add_parser(
         "check",
         help="compare the bucket's Object Lock with the retention policy; exit 1 on findings, 2 when it"
@@ -214,7 +220,8 @@ def _catalog(args: argparse.Namespace) -> int:
     try:
         if args.catalog_command == "check":
             return catalog.check_catalog(args.storage, flags, sys.stdout)
-        catalog.list_catalog(catalog.storage_from(args.storage, flags), args.output, sys.stdout)
+        storage = catalog.storage_from(args.storage, flags)
+        catalog.list_catalog(storage, args.output, sys.stdout, locked=args.locked)
     except ValidationError as error:
         print(f"habitat-operator catalog: invalid storage: {error.errors()[0]['msg']}", file=sys.stderr)
         return 2

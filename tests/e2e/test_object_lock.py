@@ -131,6 +131,9 @@ def test_an_attacker_with_the_operators_keys_cannot_hide_the_locked_backup(
     client.put_object(Bucket=lock_bucket, Key=catalog, Body=json.dumps(entry | {"sha256": "0" * 64}).encode())
     client.delete_object(Bucket=lock_bucket, Key=catalog)
     assert client.list_objects_v2(Bucket=lock_bucket, Prefix=catalog).get("KeyCount") == 0  # hidden
+    assert json.loads(catalog_cli(stack, "list", "--bucket", lock_bucket, "-o", "json").stdout) == []
+    locked = json.loads(catalog_cli(stack, "list", "--locked", "--bucket", lock_bucket, "-o", "json").stdout)
+    assert [e["sha256"] for e in locked] == [entry["sha256"]]
 
     targets = [f"lock_{secrets.token_hex(4)}" for _ in range(2)]
     sources = [
