@@ -216,8 +216,19 @@ def test_catalog_list_shows_the_newest_first(seeded_database: str, bucket: Bucke
     )
     assert [entry["key"] for entry in json.loads(listed_json.stdout)] == [newer, older]
     table = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert table[0].split() == ["DATABASE", "CREATED", "SIZE", "VERIFIED", "ENCRYPTED", "COMPRESSION", "KEY"]
-    assert table[1].split()[4:] == ["yes", "no", "zstd", newer]  # the size is two words
+    header = [
+        "DATABASE",
+        "CREATED",
+        "SIZE",
+        "VERIFIED",
+        "ENCRYPTED",
+        "COMPRESSION",
+        "LOCK",
+        "RETAIN-UNTIL",
+        "KEY",
+    ]
+    assert table[0].split() == header
+    assert table[1].split()[4:] == ["yes", "no", "zstd", "-", "-", newer]  # the size is two words
 
 
 def test_missing_bucket(seeded_database: str, location: S3Location) -> None:

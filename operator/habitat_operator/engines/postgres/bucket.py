@@ -101,8 +101,9 @@ async def run_backup_to_bucket(
         "verified": request.verify,
         "createdAt": timestamps.rfc3339(created),
         "completedAt": timestamps.rfc3339(timestamps.now()),
-        "versionId": version_id,
     }
+    if version_id is not None:  # where the bucket keeps versions
+        entry["versionId"] = version_id
     if lock is not None:
         entry["objectLock"] = {"mode": lock.mode, "retainUntil": timestamps.rfc3339(lock.retain_until)}
     catalog_version_id = await in_thread(bucket.put_catalog, key, entry, lock)
