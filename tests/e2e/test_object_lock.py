@@ -28,6 +28,7 @@ from tests.e2e.helpers import (
     restore,
     run_by_hand,
     runs_of,
+    s3_client,
     s3_storage,
     seed,
     wait_for,
@@ -37,20 +38,6 @@ from tests.e2e.helpers import (
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
-
-
-def s3_client(stack: Stack) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=stack.s3_access_key,
-        aws_secret_access_key=stack.s3_secret_key,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
 
 
 def locked_storage(stack: Stack, bucket: str, mode: str, retain_for: str) -> dict[str, Any]:
