@@ -221,5 +221,13 @@ def test_pruning_keeps_locked_runs_and_deletes_them_once_the_lock_expired(
     key = first["uri"].removeprefix(f"s3://{lock_bucket}/")
     versions = s3_client(stack).list_object_versions(Bucket=lock_bucket, Prefix=key)
     assert not versions.get("Versions") and not versions.get("DeleteMarkers")
-    status = kubectl.get("backup", "kept")["status"]
-    assert status["retainedByLock"]["count"] == 1
+    second = kubectl.get("backup", "kept-20200102000000")["status"]["artifact"]
+    wait_for(  # the pass after the third run: the second run expired, locked for an hour
+        "the second run to be retained",
+        lambda: (
+            kubectl.get("backup", "kept").get("status", {}).get("retainedByLock")
+            == {"count": 1, "until": second["retainUntil"]}
+        ),
+        timeout=60,
+        operator=operator_alive,
+    )
