@@ -94,8 +94,14 @@ def test_an_attacker_with_the_operators_keys_cannot_hide_the_locked_backup(
 ) -> None:
     seed(fresh_database, rows=300)
     before = rows(fresh_database)
+    client = s3_client(stack)
+    # An attempt cut off mid-upload (its key of its own), and another Backup's upload.
+    for left in ("nightly-20200101T000000.dump", "nightly-2-20200101T000000.dump"):
+        client.create_multipart_upload(Bucket=lock_bucket, Key=f"habitat/{namespace}/{left}")
     kubectl.apply(backup("nightly", storage=locked_storage(stack, lock_bucket, mode, "30s")))
     artifact = wait_ready(kubectl, "nightly", operator_alive)["status"]["artifact"]
+    uploads = client.list_multipart_uploads(Bucket=lock_bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [f"habitat/{namespace}/nightly-2-20200101T000000.dump"]
     assert artifact["lockMode"] == mode
     assert artifact["versionId"] and artifact["catalogVersionId"]  # the stack's lock buckets keep versions
     retain_until = dt.datetime.fromisoformat(artifact["retainUntil"])
@@ -107,7 +113,6 @@ def test_an_attacker_with_the_operators_keys_cannot_hide_the_locked_backup(
 
     # The attack, with the operator's own keys: the locked versions cannot be deleted; newer
     # versions and delete markers over them can be written.
-    client = s3_client(stack)
     catalog = f"{key}.catalog.json"
     assert refused(lambda: client.delete_object(Bucket=lock_bucket, Key=key, VersionId=artifact["versionId"]))
     assert refused(

@@ -7,6 +7,7 @@ once complete and verified, so a run is never reported Succeeded without one in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from habitat_operator.errors import OperationError
 from habitat_operator.formatting import human_size
 
 MAX_FILE_STEM = 200
+ATTEMPT_STAMP = "-%Y%m%dT%H%M%S"  # under Object Lock, an attempt's key: the name, then its start (UTC)
+ATTEMPT_KEY = r"-[0-9]{8}T[0-9]{6}[.](dump|tar)"
 
 
 def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: str) -> Path:
@@ -136,8 +139,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             stem = names.fit(self.name, MAX_FILE_STEM)
             if lock is not None:
                 await in_thread(check_bucket, bucket)
-                # A locked object is never overwritten: each attempt writes keys of its own.
-                stem = f"{names.fit(self.name, MAX_FILE_STEM - 17)}-{timestamps.now():%Y%m%dT%H%M%S}"
+                stem = await in_thread(self._attempt_stem, bucket)
             object_key = bucket.location.artifact_key(
                 self.namespace, stem, tar=spec.format is BackupFormat.DIRECTORY
             )
@@ -150,6 +152,16 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             yield lambda request: self.engines.dump_to_bucket(request, bucket, object_key, made_by, lock)
         finally:
             await in_thread(bucket.close)
+
+    def _attempt_stem(self, bucket: Bucket) -> str:
+        """A locked object is never overwritten: each attempt writes keys of its own, after
+        aborting what an earlier attempt, cut off mid-upload, left to any of them. Blocking."""
+        started = f"{timestamps.now():{ATTEMPT_STAMP}}"
+        stem = names.fit(self.name, MAX_FILE_STEM - len(started))
+        folder_and_stem = bucket.location.key(self.namespace, stem)
+        earlier = re.compile(re.escape(folder_and_stem) + ATTEMPT_KEY)
+        bucket.abort_uploads_where(folder_and_stem, earlier.fullmatch)
+        return stem + started
 
     async def _succeed(self, result: BackupResult) -> None:
         elapsed = self.elapsed

@@ -263,7 +263,7 @@ def latest_entry(
     ]
     skipped: list[str] = []
     for entry in sorted(candidates, key=recency, reverse=True):
-        why = distrust(entry, now) or _size_differs(bucket, entry)
+        why = distrust(entry, now) or _size_differs(bucket, entry, pinned=entries is not None)
         if why is None:
             return entry, tuple(skipped)
         skipped.append(f"catalog entry of {bucket.uri(entry['key'])} skipped: {why}")
@@ -289,10 +289,12 @@ def distrust(entry: dict[str, Any], now: dt.datetime) -> str | None:
     return None
 
 
-def _size_differs(bucket: Bucket, entry: dict[str, Any]) -> str | None:
+def _size_differs(bucket: Bucket, entry: dict[str, Any], *, pinned: bool = False) -> str | None:
+    """Why the artifact's object (`pinned`: the version its locked entry records) is not the size
+    its entry records, or None."""
+    version_id = entry.get("versionId") if pinned else None
     try:
-        key, version_id = str(entry["key"]), entry.get("versionId")
-        actual = bucket.head(key, str(version_id) if version_id else None).size
+        actual = bucket.head(str(entry["key"]), str(version_id) if version_id else None).size
     except OperationError as error:
         if error.reason is Reason.ARTIFACT_NOT_FOUND:
             return "its object is missing"

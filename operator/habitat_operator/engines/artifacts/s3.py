@@ -21,7 +21,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -275,11 +275,17 @@ class Bucket:
 
     def abort_uploads(self, key: str) -> int:
         """Abort the unfinished multipart uploads to exactly `key`; how many there were."""
-        with storage_errors(f"listing the unfinished uploads to {self.uri(key)}", "list_uploads"):
-            found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=key)
+        return self.abort_uploads_where(key, lambda found: found == key)
+
+    def abort_uploads_where(self, prefix: str, belongs: Callable[[str], object]) -> int:
+        """Abort the unfinished multipart uploads to the keys under `prefix` that `belongs` accepts
+        (e.g. every attempt's key of one Backup); how many there were."""
+        with storage_errors(f"listing the unfinished uploads to {self.uri(prefix)}", "list_uploads"):
+            found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=prefix)
         aborted = 0
         for upload in found.get("Uploads", []):
-            if upload.get("Key") != key:
+            key = str(upload.get("Key", ""))
+            if not belongs(key):
                 continue
             with storage_errors(f"aborting an unfinished upload to {self.uri(key)}", "abort_upload"):
                 self.client.abort_multipart_upload(
