@@ -31,7 +31,21 @@ log = structlog.get_logger(__name__)
 
 
 def kind(config: OperatorConfig) -> child_runs.ScheduledKind[BackupSpec]:
-    return child_runs.ScheduledKind(BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe)
+    return child_runs.ScheduledKind(
+        BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe, _lock_expiry
+    )
+
+
+def _lock_expiry(children: child_runs.Children, now: dt.datetime) -> dt.datetime | None:
+    """When the next Object Lock of a run's artifact expires: retention may prune the run then."""
+    ends = [
+        until
+        for child in children
+        if (artifact := read_status(BackupStatus, child).artifact)
+        and (until := artifact.retain_until)
+        and until > now
+    ]
+    return min(ends, default=None)
 
 
 def _observe(spec: BackupSpec, body: kube.JsonDict, seen: child_runs.Tick) -> None:

@@ -103,6 +103,8 @@ class ScheduledKind(Generic[SpecT]):
     prune: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Awaitable[Children]]
     # The kind's metrics after a tick.
     observe: Callable[[SpecT, kube.JsonDict, Tick], None]
+    # When pruning may have more to do (e.g. a run's Object Lock expires), if before the next run.
+    wake: Callable[[Children, dt.datetime], dt.datetime | None] | None = None
 
 
 def series_name(body: kube.JsonDict) -> str:
@@ -319,6 +321,9 @@ async def tick(
         if next_time is None
         else min(IDLE_RECHECK_SECONDS, (next_time - timestamps.now()).total_seconds() + DUE_MARGIN_SECONDS)
     )
+    wake = kind.wake(children, now) if kind.wake else None
+    if wake is not None:
+        delay = min(delay, (wake - timestamps.now()).total_seconds() + DUE_MARGIN_SECONDS)
     return Tick(
         created=created,
         last_success=succeeded[0] if succeeded else None,
