@@ -114,6 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--region")
     listing.add_argument("--force-path-style", action="store_true", default=None)
     listing.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    listing.add_argument(
+        "--locked",
+        action="store_true",
+        help="only the catalog entries and versions written under Object Lock, as a Restore with"
+        " objectLock reads them (after an attack: what newer versions and delete markers hide)",
+    )
+    check = catalog_commands.add_parser(
+        "check",
+        help="compare the bucket's Object Lock with the retention policy; exit 1 on findings, 2 when it"
+        " cannot check",
+    )
+    check.add_argument(
+        "--storage", type=Path, help="YAML file holding a Backup (its retention is compared) or an s3 block"
+    )
+    for flag in ("--bucket", "--prefix", "--endpoint", "--region"):
+        check.add_argument(flag)
+    check.add_argument("--force-path-style", action="store_true", default=None)
 
     wal = commands.add_parser("wal", help="a WalArchive's WAL, for a recovering PostgreSQL")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -202,11 +219,14 @@ def _catalog(args: argparse.Namespace) -> int:
         "forcePathStyle": args.force_path_style,
     }
     try:
-        catalog.list_catalog(catalog.storage_from(args.storage, flags), args.output, sys.stdout)
+        if args.catalog_command == "check":
+            return catalog.check_catalog(args.storage, flags, sys.stdout)
+        storage = catalog.storage_from(args.storage, flags)
+        catalog.list_catalog(storage, args.output, sys.stdout, locked=args.locked)
     except ValidationError as error:
         print(f"habitat-operator catalog: invalid storage: {error.errors()[0]['msg']}", file=sys.stderr)
         return 2
     except OperationError as error:
         print(f"habitat-operator catalog: {error.reason}: {error.message}", file=sys.stderr)
-        return 1
+        return 2 if args.catalog_command == "check" else 1
     return 0

@@ -33,9 +33,20 @@ def start_s3(state: State) -> None:
     state.s3_secret_key = state.s3_secret_key or secrets.token_hex(20)
     data = STACK_DIR / "s3"
     data.mkdir(parents=True, exist_ok=True)
+    # Buckets created with Object Lock keep versions, as on AWS; the others keep none, as before.
+    versions = STACK_DIR / "s3-versions"
+    versions.mkdir(exist_ok=True)
     state.pids["s3"] = spawn(
         "s3",
-        [state.s3_bin, "--port", f"127.0.0.1:{state.port('s3')}", "posix", str(data)],
+        [
+            state.s3_bin,
+            "--port",
+            f"127.0.0.1:{state.port('s3')}",
+            "posix",
+            "--versioning-dir",
+            str(versions),
+            str(data),
+        ],
         {"ROOT_ACCESS_KEY": state.s3_access_key, "ROOT_SECRET_KEY": state.s3_secret_key},
     )
     wait_until("s3", lambda: s3_ready(state), 30, STACK_DIR / "logs" / "s3.log")

@@ -226,6 +226,21 @@ def s3_storage(stack: Stack, prefix: str, endpoint: str | None = None) -> dict[s
     }
 
 
+def s3_client(stack: Stack, endpoint: str | None = None, ca: Path | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint or stack.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=stack.s3_access_key,
+        aws_secret_access_key=stack.s3_secret_key,
+        verify=str(ca) if ca else None,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
 def create_s3_secret(kubectl: Kubectl, stack: Stack, secret_key: str | None = None) -> None:
     kubectl.run(
         "create",

@@ -30,6 +30,7 @@ from tests.e2e.helpers import (
     restore,
     run_by_hand,
     runs_of,
+    s3_client,
     s3_storage,
     seed,
     wait_for,
@@ -39,21 +40,6 @@ from tests.e2e.helpers import (
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
-
-
-def s3_client(stack: Stack, endpoint: str | None = None, ca: Path | None = None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint or stack.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=stack.s3_access_key,
-        aws_secret_access_key=stack.s3_secret_key,
-        verify=str(ca) if ca else None,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
 
 
 def keys(client: Any, bucket: str, prefix: str) -> list[str]:

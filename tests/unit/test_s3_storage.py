@@ -209,8 +209,8 @@ class Catalog:
     def catalog_entry(self, key: str) -> dict[str, Any] | None:
         return next((e for e in self.entries if e["key"] == key), None)
 
-    def head(self, key: str) -> ObjectVersion:
-        return ObjectVersion(key, self.sizes.get(key, 100), '"etag"')
+    def head(self, key: str, version_id: str | None = None) -> ObjectVersion:
+        return ObjectVersion(key, self.sizes.get(key, 100), '"etag"', version_id)
 
     def uri(self, key: str) -> str:
         return LOCATION.uri(key)

@@ -3,9 +3,10 @@
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from habitat_operator.api.common import SECRET_KEY_PATTERN, ApiModel, CelRule, SecretName, exactly_one_of
+from habitat_operator.durations import DURATION_PATTERN, parse_duration
 
 RelativePath = Annotated[
     str,
@@ -84,6 +85,42 @@ class CaSecretRef(ApiModel):
     key: str = _secret_key("ca.crt", "the PEM CA bundle")
 
 
+class ObjectLockMode(StrEnum):
+    """S3 Object Lock's retention modes: GOVERNANCE can be lifted by an identity allowed to bypass it,
+    COMPLIANCE by nobody until the date passes."""
+
+    GOVERNANCE = "GOVERNANCE"
+    COMPLIANCE = "COMPLIANCE"
+
+
+RETAIN_FOR_RETENTION = "retention"
+
+
+def _retain_for(text: str) -> str:
+    if text != RETAIN_FOR_RETENTION:
+        parse_duration(text)  # rejects values too large for a timedelta
+    return text
+
+
+RetainFor = Annotated[
+    str,
+    Field(pattern=f"^{RETAIN_FOR_RETENTION}$|{DURATION_PATTERN}", max_length=32),
+    AfterValidator(_retain_for),
+]
+
+
+class ObjectLock(ApiModel):
+    """Write every artifact and catalog entry under S3 Object Lock, and restore only locked versions."""
+
+    mode: ObjectLockMode = Field(description="GOVERNANCE or COMPLIANCE (nobody can shorten it).")
+    retain_for: RetainFor = Field(
+        description=(
+            'How long each object stays locked from its upload, e.g. 30d; "retention": as long as'
+            " the Backup's retention policy keeps a run."
+        )
+    )
+
+
 class S3Storage(ApiModel):
     """An S3-compatible bucket: artifacts go to `<prefix>/<namespace>/<name>.dump` (`.tar` for format
     directory), a catalog beside each."""
@@ -103,6 +140,13 @@ class S3Storage(ApiModel):
     credentials_secret_ref: S3CredentialsSecretRef = Field(description="Secret holding the access keys.")
     ca_secret_ref: CaSecretRef | None = Field(
         None, description="Secret holding a private CA for the endpoint."
+    )
+    object_lock: ObjectLock | None = Field(
+        None,
+        description=(
+            "Write under S3 Object Lock (the bucket must have it enabled); a Restore then reads only"
+            " locked object versions that match their catalog entry."
+        ),
     )
 
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from habitat_operator.api.artifacts import BackupFormat, BackupStorage, Compression
+from habitat_operator.api.artifacts import BackupFormat, BackupStorage, Compression, ObjectLockMode
 from habitat_operator.api.common import (
     ApiModel,
     CelRule,
@@ -16,6 +16,7 @@ from habitat_operator.api.common import (
     KindInfo,
     PrinterColumn,
     RetryPolicy,
+    Timestamp,
     exactly_one_of,
     one_shot_spec_rules,
 )
@@ -33,6 +34,8 @@ class BackupReason(StrEnum):
     DUMP_FAILED = "DumpFailed"
     RETENTION_APPLIED = "RetentionApplied"
     RETENTION_FAILED = "RetentionFailed"
+    OBJECT_LOCK_MISSING = "ObjectLockMissing"
+    RETAINED_BY_LOCK = "RetainedByLock"
 
 
 class Verification(StrEnum):
@@ -183,6 +186,19 @@ class Artifact(ApiModel):
     kind: ArtifactKind | None = Field(
         None, description="What the artifact holds: database (a pg_dump; when unset) or rabbitmqDefinitions."
     )
+    version_id: str | None = Field(
+        None, description="The object's version id, where the bucket keeps versions."
+    )
+    catalog_version_id: str | None = Field(None, description="The version id of its catalog entry.")
+    lock_mode: ObjectLockMode | None = Field(None, description="The Object Lock mode it was written under.")
+    retain_until: Timestamp | None = Field(None, description="Until when Object Lock keeps it.")
+
+
+class RetainedByLock(ApiModel):
+    """Expired runs whose objects Object Lock still keeps: pruned on a pass after the date."""
+
+    count: int = Field(ge=0, description="How many expired runs are kept.")
+    until: Timestamp | None = Field(None, description="When the last of their locks expires.")
 
 
 class BackupStatus(RecoverableScheduleStatus):
@@ -194,6 +210,9 @@ class BackupStatus(RecoverableScheduleStatus):
     )
     artifact: Artifact | None = Field(None, description="The artifact of the last successful run.")
     verification: Verification | None = Field(None, description="Result of verifying the artifact.")
+    retained_by_lock: RetainedByLock | None = Field(
+        None, description="A schedule's expired runs that Object Lock keeps for now."
+    )
 
 
 BACKUP = KindInfo(

@@ -55,6 +55,7 @@ class RestoreReason(StrEnum):
     SCRATCH_DATABASE_DROPPED = "ScratchDatabaseDropped"
     CATALOG_ENTRY_SKIPPED = "CatalogEntrySkipped"
     CORRUPTION_FOUND = "CorruptionFound"
+    UNLOCKED_VERSION_IGNORED = "UnlockedVersionIgnored"
     # A point-in-time source.
     SERVER_VERSION_UNSUPPORTED = "ServerVersionUnsupported"
     RECOVERY_FAILED = "RecoveryFailed"

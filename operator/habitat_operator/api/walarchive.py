@@ -161,6 +161,12 @@ class WalArchiveSpec(ApiModel):
             lambda old, new: _slot_name_of(old) == _slot_name_of(new),
         ),
         objectives_rule("WalArchive", "rpo", "a Restore drill of the archive"),
+        # Its catalog and segments are rewritten as the archive grows: not append-only yet.
+        CelRule(
+            "!has(self.storage.s3) || !has(self.storage.s3.objectLock)",
+            "storage.s3.objectLock is supported by Backup, not yet by WalArchive",
+            lambda spec: spec.storage.s3 is None or spec.storage.s3.object_lock is None,
+        ),
     )
 
     database: DatabaseRef = Field(

@@ -7,19 +7,21 @@ once complete and verified, so a run is never reported Succeeded without one in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from habitat_operator import names, timestamps
-from habitat_operator.api.artifacts import BackupFormat, Compression
+from habitat_operator.api.artifacts import BackupFormat, Compression, ObjectLockMode
 from habitat_operator.api.backup import BACKUP, Artifact, BackupReason, BackupSpec, BackupStatus, Verification
 from habitat_operator.api.common import Phase, Reason
 from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.backup import metrics
 from habitat_operator.controllers.backup.definitions import export_definitions
+from habitat_operator.controllers.backup.object_lock import check_bucket, lock_settings
 from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, open_bucket
 from habitat_operator.controllers.base.credentials import read_connection, read_secret_value
@@ -28,7 +30,7 @@ from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.base.status import Edit, read_status
 from habitat_operator.controllers.scheduling.child_runs import series_name
 from habitat_operator.durations import format_duration, parse_duration
-from habitat_operator.engines.artifacts.s3 import Bucket
+from habitat_operator.engines.artifacts.s3 import Bucket, ObjectLockSettings, StoredVersions
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import CatalogSource, run_backup_to_bucket
 from habitat_operator.engines.postgres.dump import BackupRequest, BackupResult, run_backup
@@ -37,6 +39,8 @@ from habitat_operator.errors import OperationError
 from habitat_operator.formatting import human_size
 
 MAX_FILE_STEM = 200
+ATTEMPT_STAMP = "-%Y%m%dT%H%M%S"  # under Object Lock, an attempt's key: the name, then its start (UTC)
+ATTEMPT_KEY = r"-[0-9]{8}T[0-9]{6}[.](dump|tar)"
 
 
 def artifact_path(store: ArtifactStore, spec: BackupSpec, namespace: str, name: str) -> Path:
@@ -53,7 +57,12 @@ Dumper = Callable[[BackupRequest], Awaitable[BackupResult]]
 
 class DumpToBucket(Protocol):
     async def __call__(
-        self, request: BackupRequest, bucket: Bucket, key: str, source: CatalogSource
+        self,
+        request: BackupRequest,
+        bucket: Bucket,
+        key: str,
+        source: CatalogSource,
+        lock: ObjectLockSettings | None = None,
     ) -> BackupResult: ...
 
 
@@ -132,10 +141,15 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             )
             yield lambda request: self.engines.dump(replace(request, destination=destination))
             return
+        lock = await lock_settings(spec, self.body)
         bucket = await open_bucket(self.namespace, spec.storage.s3)
         try:
+            stem = names.fit(self.name, MAX_FILE_STEM)
+            if lock is not None:
+                await in_thread(check_bucket, bucket)
+                stem = await in_thread(self._attempt_stem, bucket)
             object_key = bucket.location.artifact_key(
-                self.namespace, names.fit(self.name, MAX_FILE_STEM), tar=spec.format is BackupFormat.DIRECTORY
+                self.namespace, stem, tar=spec.format is BackupFormat.DIRECTORY
             )
             made_by = CatalogSource(
                 self.namespace,
@@ -143,9 +157,19 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
                 str(self.body["metadata"].get("uid", "")),
                 encryption_key_id(key) if key is not None else None,
             )
-            yield lambda request: self.engines.dump_to_bucket(request, bucket, object_key, made_by)
+            yield lambda request: self.engines.dump_to_bucket(request, bucket, object_key, made_by, lock)
         finally:
             await in_thread(bucket.close)
+
+    def _attempt_stem(self, bucket: Bucket) -> str:
+        """A locked object is never overwritten: each attempt writes keys of its own, after
+        aborting what an earlier attempt, cut off mid-upload, left to any of them. Blocking."""
+        started = f"{timestamps.now():{ATTEMPT_STAMP}}"
+        stem = names.fit(self.name, MAX_FILE_STEM - len(started))
+        folder_and_stem = bucket.location.key(self.namespace, stem)
+        earlier = re.compile(re.escape(folder_and_stem) + ATTEMPT_KEY)
+        bucket.abort_uploads_where(folder_and_stem, earlier.fullmatch)
+        return stem + started
 
     async def _succeed(self, result: BackupResult) -> None:
         artifact = Artifact(
@@ -156,6 +180,7 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             encrypted=result.encrypted,
             compression=Compression(result.compression),
             pg_version=result.pg_version,
+            **_stored_fields(result.stored),
         )
         await self.succeed_with(artifact, result.verified)
 
@@ -194,6 +219,18 @@ class BackupRun(OneShotRun[BackupSpec, BackupStatus]):
             status.verification = Verification.VERIFICATION_FAILED
 
         return unverified
+
+
+def _stored_fields(stored: StoredVersions | None) -> dict[str, Any]:
+    if stored is None:
+        return {}
+    lock = stored.lock
+    return {
+        "version_id": stored.version_id,
+        "catalog_version_id": stored.catalog_version_id,
+        "lock_mode": ObjectLockMode(lock.mode) if lock else None,
+        "retain_until": lock.retain_until if lock else None,
+    }
 
 
 def restore_metrics(body: kube.JsonDict) -> None:

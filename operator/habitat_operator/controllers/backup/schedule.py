@@ -9,7 +9,15 @@ from functools import partial
 
 import structlog
 
-from habitat_operator.api.backup import BACKUP, SCHEDULE_FIELDS, BackupReason, BackupSpec, BackupStatus
+from habitat_operator import timestamps
+from habitat_operator.api.backup import (
+    BACKUP,
+    SCHEDULE_FIELDS,
+    BackupReason,
+    BackupSpec,
+    BackupStatus,
+    RetainedByLock,
+)
 from habitat_operator.api.common import Phase
 from habitat_operator.api.objectives import RecoverableScheduleStatus
 from habitat_operator.api.restore import RESTORE, RestoreStatus
@@ -21,6 +29,7 @@ from habitat_operator.controllers.base.objectives import Verdict, rpo_verdict
 from habitat_operator.controllers.base.status import TERMINAL_PHASES, read_status
 from habitat_operator.controllers.scheduling import child_runs, cron, retention
 from habitat_operator.durations import parse_duration
+from habitat_operator.engines.artifacts.locked import prune
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.threads import in_thread
 from habitat_operator.errors import OperationError, one_line
@@ -30,7 +39,12 @@ log = structlog.get_logger(__name__)
 
 def kind(config: OperatorConfig) -> child_runs.ScheduledKind[BackupSpec]:
     return child_runs.ScheduledKind(
-        BACKUP, SCHEDULE_FIELDS, partial(_apply_retention, config), _observe, _assess
+        BACKUP,
+        SCHEDULE_FIELDS,
+        partial(_apply_retention, config),
+        _observe,
+        assess=_assess,
+        wake=_lock_expiry,
     )
 
 
@@ -49,6 +63,18 @@ def _assess(
     point = recovery_point(succeeded[0]) if succeeded else None
     previous = read_status(RecoverableScheduleStatus, body).recoverability
     return rpo_verdict(spec.objectives.rpo, point, child_runs.created_at(body), now, previous)
+
+
+def _lock_expiry(children: child_runs.Children, now: dt.datetime) -> dt.datetime | None:
+    """When the next Object Lock of a run's artifact expires: retention may prune the run then."""
+    ends = [
+        until
+        for child in children
+        if (artifact := read_status(BackupStatus, child).artifact)
+        and (until := artifact.retain_until)
+        and until > now
+    ]
+    return min(ends, default=None)
 
 
 def _observe(spec: BackupSpec, body: kube.JsonDict, seen: child_runs.Tick) -> None:
@@ -104,9 +130,11 @@ async def _apply_retention(
             and _artifact_uri(c) not in uris_in_use
         }
     if not expired:
+        await _note_retained(parent, {})
         return children
     namespace, parent_name = parent["metadata"]["namespace"], parent["metadata"]["name"]
     kept, deleted = [], []
+    retained: dict[str, dt.datetime] = {}
     async with AsyncExitStack() as opened:
         try:
             delete = await opened.enter_async_context(_deleter(config, spec, namespace))
@@ -122,14 +150,17 @@ async def _apply_retention(
                 continue
             uri = ((child.get("status") or {}).get("artifact") or {}).get("uri")
             try:
-                if uri:
-                    await delete(uri)
+                locked_until = await delete(uri) if uri else None
             except (OperationError, OSError) as error:  # a store it cannot write must not stop the schedule
                 why = error.message if isinstance(error, OperationError) else one_line(str(error))
                 await kube.event(
                     parent, "Warning", BackupReason.RETENTION_FAILED, f"could not delete {uri}: {why}"
                 )
                 kept.append(child)
+                continue
+            if locked_until is not None:  # Object Lock keeps it: not an error, a later pass prunes it
+                kept.append(child)
+                retained[name] = locked_until
                 continue
             await kube.delete(BACKUP.plural, namespace, name)
             deleted.append(name)
@@ -143,28 +174,57 @@ async def _apply_retention(
             BackupReason.RETENTION_APPLIED,
             f"expired {len(deleted)} run(s): {', '.join(sorted(deleted))}",
         )
+    await _note_retained(parent, retained)
     return kept
+
+
+async def _note_retained(parent: kube.JsonDict, retained: dict[str, dt.datetime]) -> None:
+    """Expired runs that Object Lock keeps, in status (a count and the last lock's end) and, when
+    that changes, in an Event."""
+    now = RetainedByLock(count=len(retained), until=max(retained.values())) if retained else None
+    before = read_status(BackupStatus, parent).retained_by_lock
+    if now == before:
+        return
+    wire = now.model_dump(by_alias=True, mode="json") if now else None
+    meta = parent["metadata"]
+    await kube.patch_status(BACKUP.plural, meta["namespace"], meta["name"], {"retainedByLock": wire})
+    if now is not None:
+        until = timestamps.rfc3339(now.until) if now.until else "?"
+        await kube.event(
+            parent,
+            "Normal",
+            BackupReason.RETAINED_BY_LOCK,
+            f"{now.count} expired run(s) retained by Object Lock until {until}:"
+            f" {', '.join(sorted(retained))}",
+        )
 
 
 @asynccontextmanager
 async def _deleter(
     config: OperatorConfig, spec: BackupSpec, namespace: str
-) -> AsyncIterator[Callable[[str], Awaitable[None]]]:
+) -> AsyncIterator[Callable[[str], Awaitable[dt.datetime | None]]]:
     """Deletes artifacts of `namespace` by URI: files under the backup root, or objects and their
-    catalog entries in the schedule's bucket, opened once for the whole pass."""
+    catalog entries in the schedule's bucket, opened once for the whole pass. Under Object Lock it
+    deletes nothing still locked, and says until when instead."""
     if spec.storage.s3 is None:
         store = ArtifactStore(config.backup_root)
 
-        async def delete_file(uri: str) -> None:
+        async def delete_file(uri: str) -> dt.datetime | None:
             await in_thread(store.delete, uri, namespace)
+            return None
 
         yield delete_file
         return
     bucket = await open_bucket(namespace, spec.storage.s3)
+    locked = spec.storage.s3.object_lock is not None
     try:
 
-        async def delete_object(uri: str) -> None:
-            await in_thread(bucket.delete_artifact, object_key(bucket.location, uri, namespace))
+        async def delete_object(uri: str) -> dt.datetime | None:
+            key = object_key(bucket.location, uri, namespace)
+            if locked:  # every version, unless one is still locked
+                return await in_thread(prune, bucket, key, timestamps.now())
+            await in_thread(bucket.delete_artifact, key)
+            return None
 
         yield delete_object
     finally:

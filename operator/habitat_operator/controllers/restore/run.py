@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from habitat_operator import names, timestamps
-from habitat_operator.api.artifacts import BackupFormat
+from habitat_operator.api.artifacts import RETAIN_FOR_RETENTION, BackupFormat
 from habitat_operator.api.common import Phase, Reason, qualified
 from habitat_operator.api.rabbitmq_definitions import ArtifactKind, DefinitionsReason
 from habitat_operator.api.restore import (
@@ -180,6 +180,8 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         private server and dumped (of `database` unless it names its own) into a scratch folder."""
         for why in source.skipped:
             await kube.event(self.body, "Warning", RestoreReason.CATALOG_ENTRY_SKIPPED, why)
+        for what in source.ignored:
+            await kube.event(self.body, "Warning", RestoreReason.UNLOCKED_VERSION_IGNORED, what)
         if source.archive is not None:
             async with self._recovered(source, source.archive, database) as recovered:
                 yield recovered
@@ -191,7 +193,7 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
         expected = source.sha256 if spec.verify.checksum or source.checksum_required else None
         bucket, key, checked = source.bucket, source.key, False
         try:
-            pinned = await in_thread(bucket.head, key)
+            pinned = source.pinned or await in_thread(bucket.head, key)
             if source.format is BackupFormat.DIRECTORY:
                 async with fetched_directory(
                     bucket, key, expected, source.encryption_key, self.config.scratch_dir, pinned
@@ -365,6 +367,9 @@ class RestoreRun(OneShotRun[RestoreSpec, RestoreStatus]):
             if configured
             else source.storage or {"filesystem": {"path": "safety"}}
         )
+        lock = (storage.get("s3") or {}).get("objectLock") or {}
+        if lock.get("retainFor") == RETAIN_FOR_RETENTION:  # a schedule's; a safety Backup has no retention
+            storage = {"s3": {k: v for k, v in storage["s3"].items() if k != "objectLock"}}
         safety = owned_backup.BackupFirst(
             name,
             SAFETY_FOR_LABEL,

@@ -7,6 +7,10 @@ one namespace wrote (the Restore's own unless `latestOf.namespace` names another
 namespace's folder, and passes over an entry without a SHA-256, one completed in the future (beyond
 MAX_CLOCK_SKEW) or one whose object's size is not the size it records; the artifact chosen is then
 always checked against its SHA-256.
+
+A bucket whose storage sets `objectLock` is read as the operator wrote it (engines/artifacts/locked):
+only locked versions, the catalog entry's and the artifact's own, whatever newer versions or delete
+markers lie over them (each named in `ignored`), and the artifact always checked against its SHA-256.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from habitat_operator.controllers.base import kube
 from habitat_operator.controllers.base.buckets import encryption_key_id, object_key, open_bucket
 from habitat_operator.controllers.base.credentials import read_secret_value
 from habitat_operator.controllers.scheduling.child_runs import completed_at, list_children, phase
-from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket, recency
+from habitat_operator.engines.artifacts.locked import locked_catalog, locked_entry, original_version
+from habitat_operator.engines.artifacts.s3 import TAR_SUFFIX, Bucket, ObjectVersion, recency
 from habitat_operator.engines.artifacts.store import ArtifactStore
 from habitat_operator.engines.postgres.bucket import opener
 from habitat_operator.engines.postgres.dump import StoredBytes
@@ -77,6 +82,8 @@ class SourceArtifact:
     key: str | None = None
     checksum_required: bool = False  # chosen by the catalog: checked against its SHA-256 whatever verify says
     skipped: tuple[str, ...] = ()  # catalog entries passed over, each naming its key and why
+    pinned: ObjectVersion | None = None  # under Object Lock: the locked version to read
+    ignored: tuple[str, ...] = ()  # under Object Lock: versions and delete markers passed over
     # A point-in-time source: `stored` is the dump of the recovered database, once recovered.
     archive: ArchiveSource | None = None
     kind: ArtifactKind | None = None  # as its Backup's status or its catalog entry says; None: unknown
@@ -154,11 +161,15 @@ async def _from_backup(backup: kube.JsonDict, store: ArtifactStore, scope: str |
     }
     if "s3" not in storage:
         return SourceArtifact(stored=store.path_for(artifact["uri"], scope), **fields)
-    bucket = await open_bucket(namespace, S3Storage.model_validate(storage["s3"]))
+    s3 = S3Storage.model_validate(storage["s3"])
+    bucket = await open_bucket(namespace, s3)
     try:
         # The Backup's own namespace, whatever cross_namespace says: it names a key of this namespace.
         key_in_bucket = object_key(bucket.location, artifact["uri"], namespace)
-    except PermanentError:
+        if s3.object_lock is not None:
+            locked = await in_thread(original_version, bucket, key_in_bucket, artifact.get("versionId"))
+            fields |= {"pinned": locked.version, "ignored": locked.ignored, "checksum_required": True}
+    except BaseException:
         await in_thread(bucket.close)
         raise
     return SourceArtifact(stored=opener(bucket, key_in_bucket), bucket=bucket, key=key_in_bucket, **fields)
@@ -173,9 +184,17 @@ async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) 
         ref = source.encryption_key_secret_ref
         encryption_key = await read_secret_value(namespace, ref.name, ref.key)
     bucket = await open_bucket(namespace, source.s3)
+    locked = source.s3.object_lock is not None
     try:
-        entry, skipped = await in_thread(_catalog_entry, bucket, source, namespace, now)
+        if locked:
+            entry, skipped, ignored = await in_thread(_locked_catalog_entry, bucket, source, namespace, now)
+        else:
+            (entry, skipped), ignored = await in_thread(_catalog_entry, bucket, source, namespace, now), ()
         _check_key(entry, encryption_key, bucket.uri(entry["key"]))
+        pinned = None
+        if locked:
+            found = await in_thread(original_version, bucket, str(entry["key"]), entry.get("versionId"))
+            pinned, ignored = found.version, ignored + found.ignored
     except BaseException:
         await in_thread(bucket.close)
         raise
@@ -190,10 +209,12 @@ async def _from_bucket(source: StorageSource, namespace: str, now: dt.datetime) 
         storage={"s3": source.s3.model_dump(by_alias=True, exclude_none=True)},
         bucket=bucket,
         key=key,
-        checksum_required=source.latest_of is not None,
+        checksum_required=source.latest_of is not None or locked,
         skipped=skipped,
         kind=_artifact_kind(entry.get("kind") or ("database" in entry and ArtifactKind.DATABASE), key),
         size_bytes=entry.get("sizeBytes"),
+        pinned=pinned,
+        ignored=ignored,
     )
 
 
@@ -219,16 +240,39 @@ def _catalog_entry(
     return latest_entry(bucket, source.latest_of, namespace, now)
 
 
+def _locked_catalog_entry(
+    bucket: Bucket, source: StorageSource, namespace: str, now: dt.datetime
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+    """_catalog_entry under Object Lock: from the locked entries alone (one is required for `key`),
+    with the versions and delete markers ignored to read them."""
+    if source.key is not None:
+        entry, ignored = locked_entry(bucket, source.key)
+        if entry is None:
+            raise PermanentError(
+                Reason.ARTIFACT_NOT_FOUND,
+                f"{bucket.uri(source.key)} has no locked catalog entry: {ignored[0]}",
+            )
+        return entry, (), ignored
+    assert source.latest_of is not None  # the CRD requires exactly one of them
+    entries, ignored = locked_catalog(bucket)
+    return *latest_entry(bucket, source.latest_of, namespace, now, entries), ignored
+
+
 def latest_entry(
-    bucket: Bucket, latest: LatestOf, namespace: str, now: dt.datetime
+    bucket: Bucket,
+    latest: LatestOf,
+    namespace: str,
+    now: dt.datetime,
+    entries: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The newest trustworthy verified entry of `latest.database` written by Backups of
-    `latest.namespace` (else `namespace`), and why each newer one was passed over. Blocking."""
+    `latest.namespace` (else `namespace`), and why each newer one was passed over; among `entries`
+    if given, else the bucket's catalog. Blocking."""
     owner = latest.namespace or namespace
     folder = bucket.location.key(owner) + "/"
     candidates = [
         entry
-        for entry in bucket.catalog()
+        for entry in (bucket.catalog() if entries is None else entries)
         if entry.get("database") == latest.database
         and entry.get("namespace") == owner
         and str(entry["key"]).startswith(folder)
@@ -238,7 +282,7 @@ def latest_entry(
     ]
     skipped: list[str] = []
     for entry in sorted(candidates, key=recency, reverse=True):
-        why = distrust(entry, now) or _size_differs(bucket, entry)
+        why = distrust(entry, now) or _size_differs(bucket, entry, pinned=entries is not None)
         if why is None:
             return entry, tuple(skipped)
         skipped.append(f"catalog entry of {bucket.uri(entry['key'])} skipped: {why}")
@@ -264,9 +308,12 @@ def distrust(entry: dict[str, Any], now: dt.datetime) -> str | None:
     return None
 
 
-def _size_differs(bucket: Bucket, entry: dict[str, Any]) -> str | None:
+def _size_differs(bucket: Bucket, entry: dict[str, Any], *, pinned: bool = False) -> str | None:
+    """Why the artifact's object (`pinned`: the version its locked entry records) is not the size
+    its entry records, or None."""
+    version_id = entry.get("versionId") if pinned else None
     try:
-        actual = bucket.head(str(entry["key"])).size
+        actual = bucket.head(str(entry["key"]), str(version_id) if version_id else None).size
     except OperationError as error:
         if error.reason is Reason.ARTIFACT_NOT_FOUND:
             return "its object is missing"

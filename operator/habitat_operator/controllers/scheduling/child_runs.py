@@ -105,6 +105,8 @@ class ScheduledKind(Generic[SpecT]):
     # The verdict on spec.objectives from the schedule (its status holds the figures last written),
     # its succeeded runs (newest first) and the time; None for a schedule without objectives.
     assess: Callable[[SpecT, kube.JsonDict, Children, dt.datetime], Verdict | None] = lambda *_: None
+    # When pruning may have more to do (e.g. a run's Object Lock expires), if before the next run.
+    wake: Callable[[Children, dt.datetime], dt.datetime | None] | None = None
 
 
 def series_name(body: kube.JsonDict) -> str:
@@ -322,6 +324,9 @@ async def tick(
     )
     if verdict is not None and verdict.recheck_seconds is not None:  # time alone turns the verdict
         delay = min(delay, verdict.recheck_seconds + DUE_MARGIN_SECONDS)
+    wake = kind.wake(children, now) if kind.wake else None
+    if wake is not None:
+        delay = min(delay, (wake - timestamps.now()).total_seconds() + DUE_MARGIN_SECONDS)
     return Tick(
         created=created,
         last_success=succeeded[0] if succeeded else None,

@@ -14,14 +14,17 @@ credential: StorageAuthFailed, BucketNotFound (both permanent), StorageUnreachab
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hashlib
 import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
@@ -56,6 +59,8 @@ _AUTH_CODES = {
     "XAdminUserNotFound",  # versitygw's answer to an unknown access key id
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_NO_RETENTION_CODES = {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"}
+_NO_LOCK_CODES = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound"}
 
 
 @dataclass(frozen=True)
@@ -83,14 +88,59 @@ class S3Location:
 
 
 @dataclass(frozen=True)
+class ObjectLockSettings:
+    """The Object Lock retention an object is written with: its mode and the date it lasts until."""
+
+    mode: str  # GOVERNANCE or COMPLIANCE
+    retain_until: dt.datetime
+
+    def request(self) -> dict[str, Any]:
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": self.retain_until}
+
+
+@dataclass(frozen=True)
+class BucketLock:
+    """A bucket's Object Lock configuration: enabled, with a default retention or none."""
+
+    default_mode: str | None = None
+    default_period: dt.timedelta | None = None
+
+
+@dataclass(frozen=True)
 class ObjectVersion:
     """One object as it was when looked at: every later read of it is pinned to this (its ETag, and
-    its version id where the bucket keeps versions), so a replaced object is refused, never read."""
+    its version id where the bucket keeps versions), so a replaced object is refused, never read.
+    `lock_mode` and `retain_until` are its Object Lock retention, if any."""
 
     key: str
     size: int
     etag: str
     version_id: str | None = None
+    lock_mode: str | None = None
+    retain_until: dt.datetime | None = None
+
+    def locked_at(self, now: dt.datetime) -> bool:
+        """Whether the server refuses to delete or overwrite this version at `now`."""
+        return self.lock_mode is not None and self.retain_until is not None and self.retain_until > now
+
+
+@dataclass(frozen=True)
+class StoredVersions:
+    """What an artifact's upload left in the bucket: its and its catalog entry's version ids (None
+    where the bucket keeps no versions), and the lock both were written under."""
+
+    version_id: str | None = None
+    catalog_version_id: str | None = None
+    lock: ObjectLockSettings | None = None
+
+
+@dataclass(frozen=True)
+class KeyHistory:
+    """A key's versions, oldest first, and the version ids of the delete markers among them."""
+
+    key: str
+    versions: tuple[ObjectVersion, ...]
+    delete_markers: tuple[str, ...] = ()
 
 
 def catalog_key(artifact_key: str) -> str:
@@ -201,16 +251,41 @@ class Bucket:
     def uri(self, key: str) -> str:
         return self.location.uri(key)
 
-    def upload(self, key: str, metadata: dict[str, str] | None = None) -> MultipartUpload:
-        return MultipartUpload(self, key, metadata or {})
+    def upload(
+        self, key: str, metadata: dict[str, str] | None = None, lock: ObjectLockSettings | None = None
+    ) -> MultipartUpload:
+        return MultipartUpload(self, key, metadata or {}, lock)
+
+    def object_lock(self) -> BucketLock | None:
+        """The bucket's Object Lock configuration; None when it has none (it can only be enabled
+        when the bucket is created)."""
+        with storage_errors(f"reading the Object Lock configuration of {self.uri('')}", "get_lock"):
+            try:
+                answer = self.client.get_object_lock_configuration(Bucket=self.location.bucket)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in _NO_LOCK_CODES:
+                    return None
+                raise
+        configuration = answer.get("ObjectLockConfiguration", {})
+        if configuration.get("ObjectLockEnabled") != "Enabled":
+            return None
+        rule = configuration.get("Rule", {}).get("DefaultRetention", {})
+        days = int(rule.get("Days") or 0) + 365 * int(rule.get("Years") or 0)
+        return BucketLock(rule.get("Mode"), dt.timedelta(days=days) if days else None)
 
     def abort_uploads(self, key: str) -> int:
         """Abort the unfinished multipart uploads to exactly `key`; how many there were."""
-        with storage_errors(f"listing the unfinished uploads to {self.uri(key)}", "list_uploads"):
-            found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=key)
+        return self.abort_uploads_where(key, lambda found: found == key)
+
+    def abort_uploads_where(self, prefix: str, belongs: Callable[[str], object]) -> int:
+        """Abort the unfinished multipart uploads to the keys under `prefix` that `belongs` accepts
+        (e.g. every attempt's key of one Backup); how many there were."""
+        with storage_errors(f"listing the unfinished uploads to {self.uri(prefix)}", "list_uploads"):
+            found = self.client.list_multipart_uploads(Bucket=self.location.bucket, Prefix=prefix)
         aborted = 0
         for upload in found.get("Uploads", []):
-            if upload.get("Key") != key:
+            key = str(upload.get("Key", ""))
+            if not belongs(key):
                 continue
             with storage_errors(f"aborting an unfinished upload to {self.uri(key)}", "abort_upload"):
                 self.client.abort_multipart_upload(
@@ -219,17 +294,66 @@ class Bucket:
             aborted += 1
         return aborted
 
-    def head(self, key: str) -> ObjectVersion:
-        """What the object is now: its size, ETag and version id (HEAD, no byte of it read)."""
+    def head(self, key: str, version_id: str | None = None) -> ObjectVersion:
+        """What the object (or that version of it) is now: its size, ETag, version id and Object
+        Lock retention (HEAD, no byte of it read)."""
+        pin = {"VersionId": version_id} if version_id else {}
         with storage_errors(f"looking up {self.uri(key)}", "head"):
-            answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+            answer = self.client.head_object(Bucket=self.location.bucket, Key=key, **pin)  # type: ignore[arg-type]
         version = answer.get("VersionId")
         return ObjectVersion(
             key,
             int(answer["ContentLength"]),
             str(answer["ETag"]),
             None if version in (None, "null") else str(version),
+            answer.get("ObjectLockMode"),
+            answer.get("ObjectLockRetainUntilDate"),
         )
+
+    def history(self, key: str) -> KeyHistory:
+        """Every version of exactly `key`, oldest first, each looked up for its lock (a bucket that
+        keeps no versions shows one); empty when the key never held an object."""
+        versions: list[Any] = []
+        markers: list[str] = []
+        with storage_errors(f"listing the versions of {self.uri(key)}", "list_versions"):
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.location.bucket, Prefix=key
+            )
+            for page in pages:
+                versions += [v for v in page.get("Versions", []) if v.get("Key") == key]
+                markers += [str(m["VersionId"]) for m in page.get("DeleteMarkers", []) if m.get("Key") == key]
+        found = []
+        for version in reversed(versions):  # S3 lists a key's versions newest first
+            version_id = version.get("VersionId")
+            looked_up = self.head(key, None if version_id in (None, "null") else str(version_id))
+            found.append(self._with_retention(looked_up))
+        return KeyHistory(key, tuple(found), tuple(markers))
+
+    def _with_retention(self, version: ObjectVersion) -> ObjectVersion:
+        """The version with its Object Lock retention asked for on its own: a HEAD of a version
+        that is no longer the current one may leave it out (versitygw 1.8 does)."""
+        pin = {"VersionId": version.version_id} if version.version_id else {}
+        with storage_errors(f"reading the retention of {self.uri(version.key)}", "get_retention"):
+            try:
+                answer = self.client.get_object_retention(
+                    Bucket=self.location.bucket,
+                    Key=version.key,
+                    **pin,  # type: ignore[arg-type]
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in _NO_RETENTION_CODES:
+                    return replace(version, lock_mode=None, retain_until=None)
+                raise
+        retention = answer.get("Retention", {})
+        return replace(
+            version, lock_mode=retention.get("Mode"), retain_until=retention.get("RetainUntilDate")
+        )
+
+    def delete_version(self, version: ObjectVersion) -> None:
+        """Delete that version for good (or the object, where the bucket keeps no versions)."""
+        pin = {"VersionId": version.version_id} if version.version_id else {}
+        with storage_errors(f"deleting {self.uri(version.key)}", "delete"):
+            self.client.delete_object(Bucket=self.location.bucket, Key=version.key, **pin)  # type: ignore[arg-type]
 
     def open(self, key: str, pinned: ObjectVersion | None = None) -> Readable:
         """The object's content as a stream with `read(size)`; close it when done. With `pinned`, the
@@ -243,15 +367,44 @@ class Bucket:
             body = self.client.get_object(Bucket=self.location.bucket, Key=key, **pin)["Body"]  # type: ignore[arg-type]
         return _ErrorTranslatingStream(body, f"reading {self.uri(key)}")
 
-    def put_catalog(self, artifact_key: str, entry: dict[str, Any]) -> None:
+    def put_catalog(
+        self, artifact_key: str, entry: dict[str, Any], lock: ObjectLockSettings | None = None
+    ) -> str | None:
+        """Write the artifact's catalog entry; its version id, where the bucket keeps versions.
+
+        Under `lock` the entry is locked too, and written only if the key holds none yet
+        (If-None-Match): an entry is never rewritten, a later state would be a new object."""
         key = catalog_key(artifact_key)
-        with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
-            self.client.put_object(
-                Bucket=self.location.bucket,
-                Key=key,
-                Body=json.dumps(entry, indent=2, sort_keys=True).encode(),
-                ContentType="application/json",
-            )
+        body = json.dumps(entry, indent=2, sort_keys=True).encode()
+        locked: dict[str, Any] = {}
+        if lock is not None:
+            # S3 wants a content checksum on every write that carries a retention.
+            locked = {**lock.request(), "IfNoneMatch": "*", "ContentMD5": _md5(body)}
+        try:
+            with storage_errors(f"writing the catalog entry {self.uri(key)}", "put_catalog"):
+                answer = self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    **locked,
+                )
+        except OperationError as error:
+            # If-None-Match failed, or (a server that keeps no versions) the key is locked.
+            refused = (Reason.CHECKSUM_MISMATCH, Reason.STORAGE_AUTH_FAILED)
+            if lock is None or error.reason not in refused or not self._exists(key):
+                raise
+            raise PermanentError(
+                Reason.STORAGE_FAILED, f"{self.uri(key)} exists: a locked catalog entry is written once"
+            ) from None
+        return _version_id(answer)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except OperationError:
+            return False
+        return True
 
     def catalog_entry(self, artifact_key: str) -> dict[str, Any] | None:
         """The catalog entry of one artifact, with its `key`; None when it has none."""
@@ -263,7 +416,7 @@ class Bucket:
             if error.reason is Reason.ARTIFACT_NOT_FOUND:
                 return None
             raise
-        return _entry(body, artifact_key)
+        return parse_entry(body, artifact_key)
 
     def catalog(self) -> list[dict[str, Any]]:
         """Every catalog entry under the prefix, each with its artifact's `key`."""
@@ -279,7 +432,7 @@ class Bucket:
                 continue
             with storage_errors(f"reading the catalog entry {self.uri(key)}", "get_catalog"):
                 body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
-            entry = _entry(body, key.removesuffix(CATALOG_SUFFIX))
+            entry = parse_entry(body, key.removesuffix(CATALOG_SUFFIX))
             if entry is not None:
                 entries.append(entry)
         return entries
@@ -291,7 +444,16 @@ class Bucket:
                 self.client.delete_object(Bucket=self.location.bucket, Key=doomed)
 
 
-def _entry(body: bytes, artifact_key: str) -> dict[str, Any] | None:
+def _md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+
+def _version_id(answer: Any) -> str | None:
+    version = answer.get("VersionId")
+    return None if version in (None, "null") else str(version)
+
+
+def parse_entry(body: bytes, artifact_key: str) -> dict[str, Any] | None:
     """A catalog entry with its artifact's key; None for what is not one (hand-edited, not ours)."""
     try:
         entry = json.loads(body)
@@ -326,11 +488,15 @@ class MultipartUpload:
     aborts the upload; `complete` must be called for the object to appear.
     """
 
-    def __init__(self, bucket: Bucket, key: str, metadata: dict[str, str]) -> None:
+    def __init__(
+        self, bucket: Bucket, key: str, metadata: dict[str, str], lock: ObjectLockSettings | None = None
+    ) -> None:
         self.bucket = bucket
         self.key = key
         self.uri = bucket.uri(key)
         self._metadata = metadata
+        self._lock = lock
+        self.version_id: str | None = None  # once completed, where the bucket keeps versions
         self._buffer = bytearray()
         self._parts: list[Future[dict[str, Any]]] = []
         self._slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
@@ -340,7 +506,10 @@ class MultipartUpload:
     def __enter__(self) -> Self:
         with storage_errors(f"starting the upload of {self.uri}", "create_upload"):
             created = self.bucket.client.create_multipart_upload(
-                Bucket=self.bucket.location.bucket, Key=self.key, Metadata=self._metadata
+                Bucket=self.bucket.location.bucket,
+                Key=self.key,
+                Metadata=self._metadata,
+                **(self._lock.request() if self._lock else {}),
             )
         self.upload_id = created["UploadId"]
         return self
@@ -370,12 +539,13 @@ class MultipartUpload:
         """Make the object visible: the one step after which readers see it, all of it."""
         self.sync()
         with storage_errors(f"completing the upload of {self.uri}", "complete_upload"):
-            self.bucket.client.complete_multipart_upload(
+            answer = self.bucket.client.complete_multipart_upload(
                 Bucket=self.bucket.location.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": [part.result() for part in self._parts]},  # type: ignore[misc]
             )
+        self.version_id = _version_id(answer)
 
     def abort(self) -> None:
         """Stop uploading and discard the parts; best effort (the next attempt aborts it otherwise)."""
@@ -406,6 +576,7 @@ class MultipartUpload:
                 UploadId=self.upload_id,
                 PartNumber=number,
                 Body=body,
+                **({"ContentMD5": _md5(body)} if self._lock else {}),  # type: ignore[arg-type]
             )
         STORAGE_BYTES.labels("uploaded").inc(len(body))
         return {"PartNumber": number, "ETag": answer["ETag"]}

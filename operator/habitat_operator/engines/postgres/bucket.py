@@ -7,13 +7,17 @@ one SHA-256, one upload. The object appears only when the upload completes; veri
 it back (the checksum and `pg_restore --list` in one pass; a directory's tar is unpacked into a
 scratch folder for that) and a failed check deletes it; the catalog entry is written last. Any
 failure, timeout or cancellation before that aborts the upload.
+
+Under Object Lock both objects are written locked, the catalog entry only where none exists yet,
+and a failed check leaves the artifact (the server refuses to delete it; without a catalog entry
+nothing chooses it): a retry writes to a key of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 from habitat_operator import timestamps
 from habitat_operator.api.common import Reason
 from habitat_operator.engines.artifacts.codec import Readable
-from habitat_operator.engines.artifacts.s3 import Bucket, ObjectVersion
+from habitat_operator.engines.artifacts.s3 import Bucket, ObjectLockSettings, ObjectVersion, StoredVersions
 from habitat_operator.engines.artifacts.store import (
     SCRATCH_FOLDER_PREFIX,
     STAGING_FOLDER_PREFIX,
@@ -62,9 +66,14 @@ def opener(bucket: Bucket, key: str, pinned: ObjectVersion | None = None) -> Cal
 
 
 async def run_backup_to_bucket(
-    request: BackupRequest, bucket: Bucket, key: str, source: CatalogSource
+    request: BackupRequest,
+    bucket: Bucket,
+    key: str,
+    source: CatalogSource,
+    lock: ObjectLockSettings | None = None,
 ) -> BackupResult:
-    """Dump `request.target` into `key` of `bucket`, then catalog it; raise OperationError on failure.
+    """Dump `request.target` into `key` of `bucket`, then catalog it, both under `lock` if given;
+    raise OperationError on failure.
 
     Uploads an interrupted attempt left to `key` are aborted first.
     """
@@ -73,9 +82,9 @@ async def run_backup_to_bucket(
     async with backup_deadline(request):
         pg_version = await server_version(request.target)
         await in_thread(bucket.abort_uploads, key)
-        size, sha256 = await _upload(request, bucket, key)
+        size, sha256, version_id = await _upload(request, bucket, key, lock)
         if request.verify:
-            await _verify_uploaded(request, bucket, key, sha256)
+            await _verify_uploaded(request, bucket, key, sha256, deletable=lock is None)
     entry: dict[str, Any] = {
         "namespace": source.namespace,
         "backup": source.name,
@@ -93,8 +102,13 @@ async def run_backup_to_bucket(
         "createdAt": timestamps.rfc3339(created),
         "completedAt": timestamps.rfc3339(timestamps.now()),
     }
-    await in_thread(bucket.put_catalog, key, entry)
-    return result_of(request, bucket.uri(key), size, sha256, pg_version)
+    if version_id is not None:  # where the bucket keeps versions
+        entry["versionId"] = version_id
+    if lock is not None:
+        entry["objectLock"] = {"mode": lock.mode, "retainUntil": timestamps.rfc3339(lock.retain_until)}
+    catalog_version_id = await in_thread(bucket.put_catalog, key, entry, lock)
+    result = result_of(request, bucket.uri(key), size, sha256, pg_version)
+    return replace(result, stored=StoredVersions(version_id, catalog_version_id, lock))
 
 
 async def check_object(
@@ -170,8 +184,11 @@ def _drain(open_object: Callable[[], Readable], offset: int, sha256: Any) -> Non
         stream.close()
 
 
-async def _upload(request: BackupRequest, bucket: Bucket, key: str) -> tuple[int, str]:
-    upload = bucket.upload(key)
+async def _upload(
+    request: BackupRequest, bucket: Bucket, key: str, lock: ObjectLockSettings | None
+) -> tuple[int, str, str | None]:
+    """Its size, SHA-256 and version id (None where the bucket keeps no versions)."""
+    upload = bucket.upload(key, lock=lock)
     await in_thread(upload.__enter__)
     try:
         dump = dump_stream if request.format == "custom" else dump_directory_stream
@@ -181,18 +198,22 @@ async def _upload(request: BackupRequest, bucket: Bucket, key: str) -> tuple[int
         await in_thread(upload.__exit__, type(error), error, None)
         raise
     await in_thread(upload.__exit__, None, None, None)
-    return sink.size, sink.sha256.hexdigest()
+    return sink.size, sink.sha256.hexdigest(), upload.version_id
 
 
-async def _verify_uploaded(request: BackupRequest, bucket: Bucket, key: str, sha256: str) -> None:
-    """check_object on what we just uploaded; a bad one is deleted and worth dumping again."""
+async def _verify_uploaded(
+    request: BackupRequest, bucket: Bucket, key: str, sha256: str, *, deletable: bool
+) -> None:
+    """check_object on what we just uploaded; a bad one is deleted (unless locked) and worth dumping
+    again."""
     try:
         await _check_uploaded(request, bucket, key, sha256)
     except OperationError as error:
         bad = (Reason.VERIFICATION_FAILED, Reason.CHECKSUM_MISMATCH, Reason.DECRYPTION_FAILED)
         if error.reason not in bad:
             raise
-        await in_thread(bucket.delete_artifact, key)
+        if deletable:
+            await in_thread(bucket.delete_artifact, key)
         raise RetryableError(Reason.VERIFICATION_FAILED, error.message) from None
 
 

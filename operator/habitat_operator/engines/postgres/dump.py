@@ -27,6 +27,7 @@ from habitat_operator.engines.artifacts.codec import (
     starts_compressed,
 )
 from habitat_operator.engines.artifacts.crypto import MAGIC, is_encrypted
+from habitat_operator.engines.artifacts.s3 import StoredVersions
 from habitat_operator.engines.artifacts.store import (
     STAGING_FOLDER_PREFIX,
     AtomicDirectory,
@@ -93,6 +94,7 @@ class BackupResult:
     pg_version: str
     verified: bool
     compression: CompressionName = "gzip"
+    stored: StoredVersions | None = None  # in a bucket: the versions written and their lock
 
 
 async def run_backup(request: BackupRequest) -> BackupResult:
