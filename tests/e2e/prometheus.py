@@ -27,6 +27,16 @@ def get(stack: Stack, path: str, **params: str) -> Any:
         return json.loads(response.read())["data"]
 
 
+def firing(stack: Stack, alert: str, **labels: str) -> bool:
+    """Whether Prometheus has `alert` firing with these labels."""
+    return any(
+        a["labels"].get("alertname") == alert
+        and a["state"] == "firing"
+        and all(a["labels"].get(k) == v for k, v in labels.items())
+        for a in get(stack, "/api/v1/alerts")["alerts"]
+    )
+
+
 def _reload(stack: Stack) -> None:
     request = urllib.request.Request(stack.prometheus_url + "/-/reload", method="POST")
     urllib.request.urlopen(request, timeout=10).close()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.conftest import OperatorProcess
 from tests.e2e.helpers import backup, wait_for
-from tests.e2e.prometheus import get, scraping
+from tests.e2e.prometheus import firing, scraping
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +20,6 @@ pytestmark = pytest.mark.e2e
 def prometheus(stack: Stack, operator_alive: OperatorProcess) -> Iterator[Stack]:
     with scraping(stack, operator_alive):
         yield stack
-
-
-def firing(stack: Stack, alert: str, **labels: str) -> bool:
-    return any(
-        a["labels"].get("alertname") == alert
-        and a["state"] == "firing"
-        and all(a["labels"].get(k) == v for k, v in labels.items())
-        for a in get(stack, "/api/v1/alerts")["alerts"]
-    )
 
 
 def test_failed_backup_and_stale_schedule_fire_in_prometheus(

@@ -7,8 +7,12 @@ loses no WAL and lists no unfinished base backup; deleting the WalArchive drops 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from tests.e2e.helpers import (
     wait_for,
     walarchive,
 )
+from tests.e2e.prometheus import firing, scraping
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -281,3 +286,110 @@ def test_an_operator_killed_mid_base_backup_lists_no_unfinished_one_and_loses_no
     no_wal_lost(archive, archived_past(kubectl, switched, operator_alive))
     for key in (key for key in archive.listing("base/") if key.endswith(".json")):
         archive.check_entry(key)  # every base backup listed has its whole tar
+
+
+@contextmanager
+def stalled_receiver(operator: OperatorProcess) -> Iterator[int]:
+    """The operator's pg_receivewal stopped (SIGSTOP) as a hung archiver is: it keeps its connection
+    and the slot, which advances no more; continued on leaving (if it still runs)."""
+    assert operator.process is not None
+    pid = operator.process.pid
+    found = wait_for("pg_receivewal", lambda: children(pid, "pg_receivewal"), 30, operator)
+    os.kill(found[0], signal.SIGSTOP)
+    try:
+        yield found[0]
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(found[0], signal.SIGCONT)
+
+
+def hold_back(server: PrivateServer, segments: int) -> None:
+    """`segments` more WAL segments on the server: a row and a switch each."""
+    server.execute("CREATE TABLE IF NOT EXISTS churn (id serial PRIMARY KEY)")
+    for _ in range(segments):
+        server.execute("INSERT INTO churn DEFAULT VALUES")
+        server.execute("SELECT pg_switch_wal()")
+
+
+def budget_condition(found: dict[str, Any]) -> dict[str, Any]:
+    return condition({"status": found}, "SlotOverBudget")
+
+
+BUDGET = "48MiB"  # a fresh slot holds back up to two segments before its first one is confirmed
+
+
+def test_a_slot_over_its_budget_raises_the_alert_in_prometheus(
+    stack: Stack,
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    private_server: PrivateServer,
+    archive_of: tuple[Archive, dict[str, Any]],
+) -> None:
+    _, body = archive_of
+    body["spec"]["slot"] = {"maxRetainedWal": BUDGET}  # onExceeded: alert
+    with scraping(stack, operator_alive):
+        kubectl.apply(body)
+        streaming(kubectl, operator_alive)
+        labels = {"namespace": kubectl.namespace, "walarchive": NAME}
+        assert not firing(stack, "HabitatWalSlotRetentionOverBudget", **labels)
+        with stalled_receiver(operator_alive):
+            hold_back(private_server, 5)
+            wait_for(
+                "HabitatWalSlotRetentionOverBudget to fire",
+                lambda: firing(stack, "HabitatWalSlotRetentionOverBudget", **labels),
+                TIMEOUT,
+                operator_alive,
+            )
+            over = wait_for(
+                "the SlotOverBudget condition",
+                lambda: (found := status(kubectl)) and budget_condition(found)["status"] == "True" and found,
+                TIMEOUT,
+                operator_alive,
+            )
+    assert budget_condition(over)["reason"] == "SlotRetentionExceeded"
+    assert over["slotRetainedBytes"] > 48 << 20
+    warned = [e for e in events(kubectl) if e["reason"] == "SlotRetentionExceeded"]
+    assert warned and f"over maxRetainedWal {BUDGET}" in warned[0]["message"], warned
+    assert status(kubectl).get("gaps") is None  # alert only: the slot stays
+
+
+def test_a_slot_over_its_budget_with_on_exceeded_drop_is_dropped_and_recorded_as_a_gap(
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    private_server: PrivateServer,
+    archive_of: tuple[Archive, dict[str, Any]],
+) -> None:
+    archive, body = archive_of
+    body["spec"]["slot"] = {"maxRetainedWal": BUDGET, "onExceeded": "drop"}
+    kubectl.apply(body)
+    found = streaming(kubectl, operator_alive)
+    slot, first = found["slot"], found["lastBaseBackup"]["name"]
+    with stalled_receiver(operator_alive):
+        hold_back(private_server, 5)
+        stalled_at = parse_lsn(private_server.execute("SELECT pg_current_wal_lsn()::text")[0])
+        dropped = wait_for(
+            "a SlotDropped gap",
+            lambda: [g for g in status(kubectl).get("gaps") or [] if g["reason"] == "SlotDropped"],
+            TIMEOUT,
+            operator_alive,
+        )
+    assert f"over maxRetainedWal {BUDGET} (onExceeded: drop)" in dropped[0]["message"], dropped
+    warned = [e for e in events(kubectl) if e["reason"] == "SlotRetentionExceeded"]
+    assert warned and warned[0]["message"].endswith("; dropping it (onExceeded: drop)"), warned
+    assert condition({"status": status(kubectl)}, "Reconciling")["reason"] == "GapDetected"
+    assert archive.listing("gaps/")
+    # A new slot from the server's position then, streamed again, and a base backup after the gap.
+    renewed = wait_for(
+        "the slot created again",
+        lambda: (row := slot_of(private_server, slot)) and row[1] and parse_lsn(row[1]) >= stalled_at and row,
+        TIMEOUT,
+        operator_alive,
+    )
+    assert renewed[0]  # pg_receivewal streams on it
+    wait_for(
+        "a base backup after the gap",
+        lambda: status(kubectl).get("lastBaseBackup", {}).get("name") not in (None, first),
+        TIMEOUT,
+        operator_alive,
+    )
+    assert budget_condition(status(kubectl))["status"] == "False"
