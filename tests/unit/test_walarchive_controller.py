@@ -770,6 +770,31 @@ def test_a_slot_over_budget_with_drop_is_dropped_as_a_gap_and_streaming_starts_a
     assert [entry["reason"] for entry in gap_entries(config)] == ["SlotDropped"]
 
 
+def test_after_a_drop_the_receiver_starts_from_the_new_slot_not_from_the_spool(
+    fake_kube: FakeKube, config: OperatorConfig, wal: FakeWal, clock: Clock
+) -> None:
+    """pg_receivewal resumes where its spool's newest segment ends, and only an empty spool makes it
+    start at the slot: after a drop the spool holds WAL from before the gap that the server no
+    longer keeps, so the spool goes with the slot (the gap says that WAL is lost anyway)."""
+    fake_kube.put_secret(NS, DB_SECRET, {"uri": URI})
+    fake_kube.add(ARCHIVES, archive_body(slot={"maxRetainedWal": "1GiB", "onExceeded": "drop"}))
+    daemon = Daemon(fake_kube, config, wal)
+
+    async def scenario() -> None:
+        await daemon.look()
+        spool = daemon.run().spool
+        spool.mkdir(parents=True, exist_ok=True)
+        stale = spool / "000000010000000000000005.partial"
+        stale.write_bytes(b"WAL from before the gap")
+        wal.retained = 2 << 30
+        clock.advance(60)
+        await daemon.look()
+        assert wal.dropped == [SLOT] and wal.receiver_now.running
+        assert not stale.exists()
+
+    play(scenario)
+
+
 # ---------------------------------------------------------------- suspend and the daemon's end
 
 

@@ -417,6 +417,10 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         if stream.receiver is not None:
             await stream.receiver.stop()
         await self.engines.drop_slot(stream.target, stream.slot)
+        # pg_receivewal resumes at the spool's newest segment, WAL the server no longer keeps: an
+        # empty spool makes it start at the new slot. What the spool held is behind the gap.
+        await self.engines.remove_spool(stream.spool)
+        stream.partial = None
         stream.over_budget = False
         await self._gap(
             stream,
