@@ -4,7 +4,10 @@ once the archive has a base backup and streams, the server is SIGKILLed and its 
 and the archiving operator is SIGKILLed with it (the site is lost). A Restore to `latest` from the
 bucket alone (`pointInTime.storage`), in a fresh namespace, by a fresh operator process, into a
 database on the stack's server recovers every row committed more than partialUploadInterval + 2 s
-before the kill, as a gapless run of rows none of which is corrupted."""
+before the kill, as a gapless run of rows none of which is corrupted. With `synchronous: true` and
+the archiver named in the server's synchronous_standby_names, the server alone is lost (the
+operator lives on) and every row whose commit returned comes back. Restores of a WalArchive to an
+LSN and to a restore point stop there; one to a time inside a gap is refused."""
 
 from __future__ import annotations
 
@@ -295,6 +298,63 @@ def test_a_synchronous_archive_named_in_synchronous_standby_names_loses_no_retur
         f" of {len(committed)}; recoveredTo {status.get('recoveredTo')}"
     )
     assert set(recovered) <= committed | {max(committed) + 1}  # at most the commit cut off by the kill
+
+
+def test_restores_to_an_lsn_and_to_a_restore_point_of_a_walarchive_stop_there(
+    stack: Stack,
+    installed: None,
+    kubectl: Kubectl,
+    private_server: PrivateServer,
+    reachable_scratch: Path,
+    pg_admin_uri: str,
+    tmp_path: Path,
+) -> None:
+    """Rows 1-10, then the LSN; rows 11-20, then pg_create_restore_point; rows 21-30: a Restore to
+    the LSN has rows 1-10, one to the restore point rows 1-20."""
+    app = _ledger(private_server)
+    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={private_server.uri}")
+    create_s3_secret(kubectl, stack)
+    operator = _operator(
+        stack, tmp_path / "operator", kubectl.namespace, f"--scratch-dir={reachable_scratch}"
+    )
+    targets = {"to-lsn": f"lsn_{secrets.token_hex(4)}", "to-point": f"point_{secrets.token_hex(4)}"}
+    try:
+        kubectl.apply(walarchive(NAME, storage=s3_storage(stack, f"e2e-targets-{secrets.token_hex(4)}")))
+        _streaming_with_a_base_backup(kubectl, operator)
+        insert = "INSERT INTO ledger SELECT g, md5(g::text) FROM generate_series(%s::int, %s::int) g"
+        with psycopg.connect(app, autocommit=True) as conn:
+            conn.execute(insert, [1, 10])
+            lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+            conn.execute(insert, [11, 20])
+            conn.execute("SELECT pg_create_restore_point('before-the-damage')")
+            clock = conn.execute(insert + " RETURNING clock_timestamp()", [21, 30]).fetchone()[0]  # type: ignore[index]
+        wait_for(
+            "the last commit archived",
+            lambda: _newest_archived_commit(operator, kubectl.namespace) >= clock.timestamp(),
+            STREAM_TIMEOUT,
+            operator,
+        )
+        for name, target in zip(targets, ({"lsn": lsn}, {"restorePoint": "before-the-damage"}), strict=True):
+            secret = f"{name}-db"
+            uri = database_uri(pg_admin_uri, targets[name])
+            kubectl.run("create", "secret", "generic", secret, f"--from-literal=uri={uri}")
+            source = {"pointInTime": {"walArchiveRef": {"name": NAME}, "target": target, "database": "app"}}
+            into = {"database": {"secretRef": {"name": secret}}}
+            kubectl.apply(restore(name, source=source, target=into, mode={"createDatabase": True}))
+        recovered = {}
+        for name, database in targets.items():
+            status = finished(kubectl, name, operator, timeout=STREAM_TIMEOUT)["status"]
+            assert status["phase"] == "Succeeded", status.get("message")
+            with psycopg.connect(database_uri(pg_admin_uri, database)) as conn:
+                recovered[name] = [row[0] for row in conn.execute("SELECT id FROM ledger ORDER BY id")]
+        assert recovered == {"to-lsn": list(range(1, 11)), "to-point": list(range(1, 21))}
+    finally:
+        kubectl.run("delete", "walarchive", NAME, "--wait=false", check=False)
+        wait_for("the WalArchive's slot dropped", lambda: not _has_walarchive(kubectl), 60, operator)
+        operator.stop()
+        with psycopg.connect(pg_admin_uri, autocommit=True) as conn:
+            for database in targets.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_a_restore_to_a_time_inside_a_gap_is_refused_and_the_target_untouched(
