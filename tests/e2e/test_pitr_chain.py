@@ -99,6 +99,15 @@ def _operator(stack: Stack, folder: Path, namespace: str, *extra: str) -> Operat
     return process
 
 
+def _archiving_operator(
+    stack: Stack, kubectl: Kubectl, server: PrivateServer, folder: Path, *extra: str
+) -> OperatorProcess:
+    """The Secrets a WalArchive of `server` in the stack's S3 needs, and an operator of its own."""
+    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={server.uri}")
+    create_s3_secret(kubectl, stack)
+    return _operator(stack, folder, kubectl.namespace, *extra)
+
+
 @pytest.fixture
 def reachable_scratch() -> Iterator[Path]:
     """A scratch folder the recovery server's user (postgres: the tests run as root) may reach."""
@@ -185,9 +194,7 @@ def test_a_restore_to_latest_from_the_bucket_alone_loses_no_row_older_than_the_p
 ) -> None:
     app = _ledger(private_server)
     prefix = f"e2e-chain-{secrets.token_hex(4)}"
-    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={private_server.uri}")
-    create_s3_secret(kubectl, stack)
-    archiving = _operator(stack, tmp_path / "archiving", kubectl.namespace)
+    archiving = _archiving_operator(stack, kubectl, private_server, tmp_path / "archiving")
     writer = Writer(app)
     try:
         writer.start()
@@ -247,9 +254,7 @@ def test_a_synchronous_archive_named_in_synchronous_standby_names_loses_no_retur
     spool; every row whose commit returned is recovered from the bucket alone."""
     app = _ledger(private_server)
     prefix = f"e2e-sync-{secrets.token_hex(4)}"
-    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={private_server.uri}")
-    create_s3_secret(kubectl, stack)
-    archiving = _operator(stack, tmp_path / "archiving", kubectl.namespace)
+    archiving = _archiving_operator(stack, kubectl, private_server, tmp_path / "archiving")
     writer = Writer(app)
     try:
         kubectl.apply(walarchive(NAME, storage=s3_storage(stack, prefix), synchronous=True))
@@ -312,10 +317,8 @@ def test_restores_to_an_lsn_and_to_a_restore_point_of_a_walarchive_stop_there(
     """Rows 1-10, then the LSN; rows 11-20, then pg_create_restore_point; rows 21-30: a Restore to
     the LSN has rows 1-10, one to the restore point rows 1-20."""
     app = _ledger(private_server)
-    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={private_server.uri}")
-    create_s3_secret(kubectl, stack)
-    operator = _operator(
-        stack, tmp_path / "operator", kubectl.namespace, f"--scratch-dir={reachable_scratch}"
+    operator = _archiving_operator(
+        stack, kubectl, private_server, tmp_path / "operator", f"--scratch-dir={reachable_scratch}"
     )
     targets = {"to-lsn": f"lsn_{secrets.token_hex(4)}", "to-point": f"point_{secrets.token_hex(4)}"}
     try:
@@ -368,10 +371,8 @@ def test_a_restore_to_a_time_inside_a_gap_is_refused_and_the_target_untouched(
 ) -> None:
     """The walarchive e2e's gap (the slot dropped while the operator is away, rows written then),
     and a Restore to a time among those rows: refused by the archive's catalog, before any server."""
-    kubectl.run("create", "secret", "generic", "habitat-db", f"--from-literal=uri={private_server.uri}")
-    create_s3_secret(kubectl, stack)
-    operator = _operator(
-        stack, tmp_path / "operator", kubectl.namespace, f"--scratch-dir={reachable_scratch}"
+    operator = _archiving_operator(
+        stack, kubectl, private_server, tmp_path / "operator", f"--scratch-dir={reachable_scratch}"
     )
     try:
         kubectl.apply(walarchive(NAME, storage=s3_storage(stack, f"e2e-gap-{secrets.token_hex(4)}")))
