@@ -423,6 +423,7 @@ def report(
     half = loaded / 2
     first = max((lag for at, lag in samples.lag_bytes if at < half), default=0)
     second = max((lag for at, lag in samples.lag_bytes if at >= half), default=0)
+    worst_at = max(samples.lag_bytes, key=lambda sample: sample[1], default=(0.0, 0))[0]
     bounded = second <= first + DEFAULT_SEGMENT_SIZE
     rpo = sorted(samples.rpo_seconds)
     rpo_median = statistics.median(rpo) if rpo else float("inf")
@@ -438,7 +439,7 @@ def report(
         f"archive lag under load: median {statistics.median(lag for _, lag in samples.lag_bytes) / mib:.1f}"
         " MiB,"
         f" worst {first / mib:.1f} MiB (first half) and {second / mib:.1f} MiB (second half):"
-        f" {'bounded' if bounded else 'GROWING'}"
+        f" {'bounded' if bounded else 'GROWING'}; the worst {worst_at:.1f}s into the load"
     )
     print(
         f"live RPO under load ({len(rpo)} samples): median {rpo_median:.2f}s, p95"
