@@ -50,7 +50,7 @@ demo: venv
 	scripts/with-stack scripts/demo
 
 bench: venv
-	scripts/with-stack sh -c "$(BIN)/python -m bench.backup && $(BIN)/python -m bench.restore && $(BIN)/python -m bench.s3_memory && $(BIN)/python -m bench.objects && $(BIN)/python -m bench.migration && $(BIN)/python -m bench.scale && $(BIN)/python -m bench.replay"
+	scripts/with-stack sh -c "$(BIN)/python -m bench.backup && $(BIN)/python -m bench.restore && $(BIN)/python -m bench.s3_memory && $(BIN)/python -m bench.objects && $(BIN)/python -m bench.migration && $(BIN)/python -m bench.scale && $(BIN)/python -m bench.replay && $(BIN)/python -m bench.pitr"
 
 clean: stack-down
 	rm -rf $(VENV) .bin

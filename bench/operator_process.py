@@ -33,9 +33,9 @@ def free_port() -> int:
 
 
 class Operator:
-    """`habitat-operator run` watching `namespaces`, or all of them."""
+    """`habitat-operator run` watching `namespaces`, or all of them; `extra_args`: more `run` flags."""
 
-    def __init__(self, workdir: Path, namespaces: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, namespaces: Sequence[str] = (), extra_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.log = workdir / "operator.log"
         argv = [
@@ -45,6 +45,7 @@ class Operator:
             f"--metrics-port={self.port}",
             f"--backup-root={workdir / 'backups'}",
             "--log-format=json",
+            *extra_args,
         ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -2,13 +2,19 @@
 stack's S3, with default settings: it streams, takes the first base backup, archives segments and
 the growing one, and says so in status and metrics; a slot dropped while the operator is away is a
 gap (condition, Event, a new base backup, the window restarting after it); a SIGKILLed operator
-loses no WAL and lists no unfinished base backup; deleting the WalArchive drops its slot."""
+loses no WAL and lists no unfinished base backup; deleting the WalArchive drops its slot; a slot
+over maxRetainedWal fires the alert in the stack's Prometheus and, with onExceeded: drop, is dropped
+as a gap."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ from tests.e2e.helpers import (
     wait_for,
     walarchive,
 )
+from tests.e2e.prometheus import firing, scraping
 from tests.harness import Kubectl, Stack
 
 pytestmark = pytest.mark.e2e
@@ -281,3 +288,95 @@ def test_an_operator_killed_mid_base_backup_lists_no_unfinished_one_and_loses_no
     no_wal_lost(archive, archived_past(kubectl, switched, operator_alive))
     for key in (key for key in archive.listing("base/") if key.endswith(".json")):
         archive.check_entry(key)  # every base backup listed has its whole tar
+
+
+@contextmanager
+def stalled_receiver(operator: OperatorProcess) -> Iterator[int]:
+    """The operator's pg_receivewal stopped (SIGSTOP) as a hung archiver is: it keeps its connection
+    and the slot, which advances no more; continued on leaving (if it still runs)."""
+    assert operator.process is not None
+    pid = operator.process.pid
+    found = wait_for("pg_receivewal", lambda: children(pid, "pg_receivewal"), 30, operator)
+    os.kill(found[0], signal.SIGSTOP)
+    try:
+        yield found[0]
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(found[0], signal.SIGCONT)
+
+
+def hold_back(server: PrivateServer, segments: int) -> None:
+    """`segments` more WAL segments on the server: a row and a switch each."""
+    server.execute("CREATE TABLE IF NOT EXISTS churn (id serial PRIMARY KEY)")
+    for _ in range(segments):
+        server.execute("INSERT INTO churn DEFAULT VALUES")
+        server.execute("SELECT pg_switch_wal()")
+
+
+def budget_condition(found: dict[str, Any]) -> dict[str, Any]:
+    return condition({"status": found}, "SlotOverBudget")
+
+
+BUDGET = "48MiB"  # a fresh slot holds back up to two segments before its first one is confirmed
+
+
+def test_a_slot_over_its_budget_fires_the_alert_then_with_on_exceeded_drop_is_dropped_as_a_gap(
+    stack: Stack,
+    operator_alive: OperatorProcess,
+    kubectl: Kubectl,
+    private_server: PrivateServer,
+    archive_of: tuple[Archive, dict[str, Any]],
+) -> None:
+    """A hung archiver lets its slot hold back WAL past maxRetainedWal. `onExceeded: alert`: the alert
+    fires in the stack's Prometheus, the condition and an Event say so, the slot stays. Then
+    `onExceeded: drop`: the next look drops the slot, records a SlotDropped gap, streams on from a
+    new slot and takes a base backup after the gap."""
+    archive, body = archive_of
+    body["spec"]["slot"] = {"maxRetainedWal": BUDGET}  # onExceeded: alert
+    alert, labels = "HabitatWalSlotRetentionOverBudget", {"namespace": kubectl.namespace, "walarchive": NAME}
+    with scraping(stack, operator_alive):
+        kubectl.apply(body)
+        found = streaming(kubectl, operator_alive)
+        slot, first = found["slot"], found["lastBaseBackup"]["name"]
+        assert not firing(stack, alert, **labels)
+        with stalled_receiver(operator_alive):
+            hold_back(private_server, 5)
+            stalled_at = parse_lsn(private_server.execute("SELECT pg_current_wal_lsn()::text")[0])
+            wait_for(f"{alert} to fire", lambda: firing(stack, alert, **labels), TIMEOUT, operator_alive)
+            over = wait_for(  # at once (status gets slotRetainedBytes at most every 30s: not waited for)
+                "the SlotOverBudget condition",
+                lambda: (found := status(kubectl)) and budget_condition(found)["status"] == "True" and found,
+                TIMEOUT,
+                operator_alive,
+            )
+            assert budget_condition(over)["reason"] == "SlotRetentionExceeded"
+            assert slot_of(private_server, slot) is not None and not over.get("gaps")  # alert only
+
+            body["spec"]["slot"]["onExceeded"] = "drop"
+            kubectl.apply(body)
+            dropped = wait_for(
+                "a SlotDropped gap",
+                lambda: [g for g in status(kubectl).get("gaps") or [] if g["reason"] == "SlotDropped"],
+                TIMEOUT,
+                operator_alive,
+            )
+    warned = [e for e in events(kubectl) if e["reason"] == "SlotRetentionExceeded"]
+    assert warned and f"over maxRetainedWal {BUDGET}" in warned[0]["message"], warned
+    assert f"over maxRetainedWal {BUDGET} (onExceeded: drop)" in dropped[0]["message"], dropped
+    assert condition({"status": status(kubectl)}, "Reconciling")["reason"] == "GapDetected"
+    assert archive.listing("gaps/")
+    # A new slot from the server's position then, streamed on, and a base backup after the gap.
+    wait_for(
+        "the slot created again and streamed on",
+        lambda: (row := slot_of(private_server, slot)) and row[0] and parse_lsn(row[1]) >= stalled_at,
+        TIMEOUT,
+        operator_alive,
+    )
+    wait_for(
+        "a base backup after the gap",
+        lambda: status(kubectl).get("lastBaseBackup", {}).get("name") not in (None, first),
+        TIMEOUT,
+        operator_alive,
+    )
+    assert [g["reason"] for g in status(kubectl)["gaps"]] == ["SlotDropped"]  # dropped once
+    assert budget_condition(status(kubectl))["status"] == "False"

@@ -25,6 +25,7 @@ from habitat_operator.config import OperatorConfig
 from habitat_operator.controllers.base.core import Recheck, RetryLater
 from habitat_operator.controllers.base.slots import OperationSlots
 from habitat_operator.controllers.walarchive import metrics
+from habitat_operator.controllers.walarchive import run as run_module
 from habitat_operator.controllers.walarchive.engines import Archive, PostgresWal
 from habitat_operator.controllers.walarchive.run import SPOOL_FOLDER, WalArchiveRun
 from habitat_operator.controllers.walarchive.streams import Streams
@@ -768,6 +769,56 @@ def test_a_slot_over_budget_with_drop_is_dropped_as_a_gap_and_streaming_starts_a
 
     play(scenario)
     assert [entry["reason"] for entry in gap_entries(config)] == ["SlotDropped"]
+
+
+def test_after_a_drop_the_receiver_starts_from_the_new_slot_not_from_the_spool(
+    fake_kube: FakeKube, config: OperatorConfig, wal: FakeWal, clock: Clock
+) -> None:
+    """pg_receivewal resumes where its spool's newest segment ends, and only an empty spool makes it
+    start at the slot: after a drop the spool holds WAL from before the gap that the server no
+    longer keeps, so the spool goes with the slot (the gap says that WAL is lost anyway)."""
+    fake_kube.put_secret(NS, DB_SECRET, {"uri": URI})
+    fake_kube.add(ARCHIVES, archive_body(slot={"maxRetainedWal": "1GiB", "onExceeded": "drop"}))
+    daemon = Daemon(fake_kube, config, wal)
+
+    async def scenario() -> None:
+        await daemon.look()
+        spool = daemon.run().spool
+        spool.mkdir(parents=True, exist_ok=True)
+        stale = spool / "000000010000000000000005.partial"
+        stale.write_bytes(b"WAL from before the gap")
+        wal.retained = 2 << 30
+        clock.advance(60)
+        await daemon.look()
+        assert wal.dropped == [SLOT] and wal.receiver_now.running
+        assert not stale.exists()
+
+    play(scenario)
+
+
+def test_a_slot_made_again_after_a_drop_is_not_dropped_again_before_the_receiver_confirms(
+    fake_kube: FakeKube, config: OperatorConfig, wal: FakeWal, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new slot holds WAL from the server's last checkpoint until pg_receivewal first confirms a
+    position (every 10 s): over the budget for its first looks when much WAL came since that
+    checkpoint. Dropping it then would be a second gap for nothing."""
+    fake_kube.put_secret(NS, DB_SECRET, {"uri": URI})
+    fake_kube.add(ARCHIVES, archive_body(slot={"maxRetainedWal": "1GiB", "onExceeded": "drop"}))
+    daemon = Daemon(fake_kube, config, wal)
+
+    async def scenario() -> None:
+        await daemon.look()
+        wal.retained = 2 << 30
+        await daemon.look()
+        await daemon.look()
+        await daemon.look()
+        assert wal.dropped == [SLOT] and len(daemon.status()["gaps"]) == 1
+        assert "dropping it" not in fake_kube.events_for(NAME)[-1].message
+        monkeypatch.setattr(run_module, "REDROP_GRACE_SECONDS", 0.0)  # the receiver never confirms
+        await daemon.look()
+        assert wal.dropped == [SLOT, SLOT]
+
+    play(scenario)
 
 
 # ---------------------------------------------------------------- suspend and the daemon's end

@@ -90,6 +90,10 @@ RETENTION_SECONDS = 3600.0
 BASE_BACKUP_BACKOFF_SECONDS = 60.0
 MAX_BASE_BACKUP_BACKOFF_SECONDS = 3600.0
 MAX_PARTIAL_UPLOAD_INTERVAL = 3600.0
+# A slot made again after a drop holds WAL from the server's last checkpoint until pg_receivewal
+# first confirms a position (it does every 10 s): over the budget at once if much WAL came since
+# that checkpoint. It is not judged against the budget for this long.
+REDROP_GRACE_SECONDS = 30.0
 # Under the backup root (a persistent volume): a spool that survives a restart keeps the slot's
 # promise; a lost one is a gap, detected on the next start.
 SPOOL_FOLDER = ".habitat-wal-spool"
@@ -404,7 +408,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         budget = parse_byte_size(spec.slot.max_retained_wal)
         retained = slot.retained_bytes
         metrics.SLOT_RETAINED_BYTES.labels(self.namespace, self.name).set(retained)
-        over = retained > budget
+        over = retained > budget and time.monotonic() - stream.dropped_at >= REDROP_GRACE_SECONDS
         if over and not stream.over_budget:
             message = (
                 f"replication slot {stream.slot} holds back {human_size(retained)} of WAL on the server, "
@@ -424,6 +428,10 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
         if stream.receiver is not None:
             await stream.receiver.stop()
         await self.engines.drop_slot(stream.target, stream.slot)
+        # pg_receivewal resumes at the spool's newest segment, WAL the server no longer keeps: an
+        # empty spool makes it start at the new slot. What the spool held is behind the gap.
+        await self.engines.remove_spool(stream.spool)
+        stream.partial = None
         stream.over_budget = False
         await self._gap(
             stream,
@@ -434,6 +442,7 @@ class WalArchiveRun(ConvergentRun[WalArchiveSpec, WalArchiveStatus]):
             f"{spec.slot.max_retained_wal} (onExceeded: drop): the WAL it held is not archived",
         )
         await self.engines.create_slot(stream.target, stream.slot)
+        stream.dropped_at = time.monotonic()
         await self._start_receiver(stream, spec)
 
     async def _gap(

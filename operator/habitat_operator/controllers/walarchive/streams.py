@@ -58,6 +58,7 @@ class Stream:
     window: RecoveryWindow = field(default_factory=lambda: RecoveryWindow(None, None))
     progress_written: float = -math.inf  # monotonic: when status last got the LSNs
     over_budget: bool = False
+    dropped_at: float = -math.inf  # monotonic: when the operator last dropped the slot over its budget
     storage_stale: bool = False  # its keys were refused: read the Secrets again
     closed: bool = field(default=False, init=False)
 
