@@ -1,4 +1,4 @@
-"""Starts the operator: logging, Kubernetes clients, Kopf's settings, and the metrics/health server."""
+"""Starts the operator: logging, Kopf's settings, and the metrics/health server."""
 
 from __future__ import annotations
 
