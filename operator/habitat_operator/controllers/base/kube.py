@@ -55,7 +55,8 @@ class _Client:
 
 
 async def connect(connection: Connection) -> None:
-    """Uses `connection` from now on (Kopf's login handler calls it at each login)."""
+    """Uses `connection` from now on (Kopf's login handler calls it at each login, which happens again
+    only after a 401: a call still in flight on the old session fails, and its step is retried)."""
     await close()
     _Client.connection = connection
 
@@ -82,7 +83,7 @@ async def _request(
 ) -> Any:
     """A request by path, its JSON answer as plain data; ApiError for an answer of 400 or more."""
     session, server = _session()
-    headers = {"Accept": "application/json", "Content-Type": content_type}
+    headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": FIELD_MANAGER}
     data = None if body is None else json.dumps(body)
     async with session.request(method, server + path, params=query, data=data, headers=headers) as response:
         answer = await response.read()
