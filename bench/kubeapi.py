@@ -65,18 +65,23 @@ class Api:
 
 
 class Watch:
-    """The events of one watch request, until the apiserver ends it or `stop` closes it."""
+    """The events of one watch request, until the apiserver ends it or `stop` is called."""
 
     def __init__(self, response: HTTPResponse) -> None:
         self._response = response
+        self._stopped = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         with self._response:
             for line in self._response:
+                if self._stopped:
+                    return
                 event = json.loads(line)
                 if event.get("type") == "ERROR":
                     raise ApiError(int(event["object"].get("code", 0)), str(event["object"].get("message")))
                 yield event
 
     def stop(self) -> None:
-        self._response.close()
+        # The reading thread closes the response at its next event (or when the apiserver ends the
+        # watch): closing it from another thread would wait for the read to let go of its buffer.
+        self._stopped = True

@@ -81,7 +81,7 @@ class ReplicaWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        with contextlib.suppress(OSError, ValueError):  # stop() cuts the stream
+        with contextlib.suppress(OSError, ValueError):  # the stream ends however it ends once stopped
             for event in self._watch:
                 self.seen.append((time.monotonic(), int(event["object"]["spec"]["replicas"])))
 
