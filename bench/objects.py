@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.kubeapi import GROUP, VERSION, Api, ApiError, custom
 from bench.operator_process import REPO, Operator, wait_until
 
-GROUP, VERSION, PLURAL = "ops.habitat.dev", "v1alpha1", "backups"
+PLURAL = "backups"
 RESTORES = "restores"
 DATABASE = "bench_objects"
 FINISHED = {"Succeeded", "Failed"}
@@ -92,15 +92,10 @@ def small_database(admin_uri: str) -> str:
     return uri
 
 
-def apiserver_requests(client: kubernetes.client.ApiClient) -> Counter[tuple[str, str]]:
+def apiserver_requests(api: Api) -> Counter[tuple[str, str]]:
     """apiserver_request_total so far, summed by (verb, group/resource), WATCH excluded."""
-    url = f"{client.configuration.host}/metrics"
-    headers: dict[str, str] = {}
-    client.update_params_for_auth(headers, [], ["BearerToken"], "GET", url, None)
-    response = client.call_api("GET", url, header_params=headers)
-    response.read()
     counts: Counter[tuple[str, str]] = Counter()
-    for family in text_string_to_metric_families(response.data.decode()):
+    for family in text_string_to_metric_families(api.text("/metrics")):
         if family.name != "apiserver_request":
             continue
         for sample in family.samples:
@@ -118,27 +113,21 @@ def apiserver_requests(client: kubernetes.client.ApiClient) -> Counter[tuple[str
 class StatusWatch:
     """Records when each object in a namespace first shows a status phase."""
 
-    def __init__(self, custom: kubernetes.client.CustomObjectsApi, namespace: str) -> None:
+    def __init__(self, api: Api, namespace: str) -> None:
         self.first_status: dict[str, float] = {}
         self.stopping = False
         self.changed = threading.Condition()
-        listing = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-        self.watch = kubernetes.watch.Watch()
-        self.stream = self.watch.stream(
-            custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            resource_version=listing["metadata"]["resourceVersion"],
-            timeout_seconds=300,
+        path = custom(PLURAL, namespace)
+        listing = api.request("GET", path)
+        self.watch = api.watch(
+            path, resourceVersion=listing["metadata"]["resourceVersion"], timeoutSeconds="300"
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            for event in self.stream:
+            for event in self.watch:
                 obj = event["object"]
                 name = obj["metadata"]["name"]
                 if (obj.get("status") or {}).get("phase") and name not in self.first_status:
@@ -211,34 +200,32 @@ def operator_requests(requests: Counter[tuple[str, str]]) -> dict[tuple[str, str
     return {key: n for key, n in requests.items() if key[1].startswith(GROUP) and n}
 
 
-def create_objects(
-    custom: kubernetes.client.CustomObjectsApi, namespaces: list[str], schedules: int, runs: int
-) -> None:
+def create_objects(api: Api, namespaces: list[str], schedules: int, runs: int) -> None:
     """The schedules, then `runs` one-shot Backups, then a drill of each once its Backup is done."""
 
     def create(plural: str, i: int, body: dict[str, Any]) -> None:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespaces[i % len(namespaces)], plural, body)
+        api.request("POST", custom(plural, namespaces[i % len(namespaces)]), body)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: create(PLURAL, i, schedule(f"s-{i:05d}")), range(schedules)))
         list(pool.map(lambda i: create(PLURAL, i, finished_backup(f"b-{i:05d}")), range(runs)))
-    wait_until("the one-shot Backups to finish", lambda: count_finished(custom, PLURAL) >= runs, 900, 2)
+    wait_until("the one-shot Backups to finish", lambda: count_finished(api, PLURAL) >= runs, 900, 2)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: create(RESTORES, i, finished_drill(f"r-{i:05d}", f"b-{i:05d}")), range(runs)))
 
 
-def count_finished(custom: kubernetes.client.CustomObjectsApi, plural: str) -> int:
-    items = custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
+def labelled(api: Api, plural: str) -> list[dict[str, Any]]:
+    return list(api.request("GET", custom(plural), labelSelector=LABEL)["items"])
+
+
+def count_finished(api: Api, plural: str) -> int:
+    items = labelled(api, plural)
     return sum(1 for item in items if (item.get("status") or {}).get("phase") in FINISHED)
 
 
-def count_with_status(custom: kubernetes.client.CustomObjectsApi) -> int:
+def count_with_status(api: Api) -> int:
     """Objects that have a status; runs count once they have finished."""
-    items = [
-        item
-        for plural in (PLURAL, RESTORES)
-        for item in custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
-    ]
+    items = [item for plural in (PLURAL, RESTORES) for item in labelled(api, plural)]
     return sum(
         1
         for item in items
@@ -247,15 +234,15 @@ def count_with_status(custom: kubernetes.client.CustomObjectsApi) -> int:
     )
 
 
-def measure_latency(custom: kubernetes.client.CustomObjectsApi, namespace: str, count: int) -> list[float]:
+def measure_latency(api: Api, namespace: str, count: int) -> list[float]:
     """Seconds from sending each create to the watch showing its first status, one object at a time."""
-    watch = StatusWatch(custom, namespace)
+    watch = StatusWatch(api, namespace)
     latencies = []
     try:
         for i in range(count):
             name = f"latency-{i:03d}"
             sent = time.monotonic()
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, schedule(name))
+            api.request("POST", custom(PLURAL, namespace), schedule(name))
             latencies.append(watch.wait(name, timeout=60) - sent)
             time.sleep(0.2)
     finally:
@@ -294,39 +281,37 @@ def report(figures: Figures, schedules: int, runs: int, namespaces: int, rest_se
         print(f"    {verb:8} {resource:40} {count}")
 
 
-def cleanup(
-    core: kubernetes.client.CoreV1Api,
-    custom: kubernetes.client.CustomObjectsApi,
-    namespaces: list[str],
-    operator: Operator,
-) -> None:
+def cleanup(api: Api, namespaces: list[str], operator: Operator) -> None:
     """Deletes the namespaces; the operator removes its finalizers, or this does once it has stopped."""
     print("\ncleaning up ...", flush=True)
     for namespace in namespaces:
         try:
-            core.delete_namespace(namespace)
-        except kubernetes.client.ApiException as error:
+            api.request("DELETE", f"/api/v1/namespaces/{namespace}")
+        except ApiError as error:
             if error.status != 404:
                 raise
+
+    def namespaces_left() -> list[Any]:
+        return list(api.request("GET", "/api/v1/namespaces", labelSelector=LABEL)["items"])
+
     deadline = time.monotonic() + 120
-    while core.list_namespace(label_selector=LABEL).items and time.monotonic() < deadline:
+    while namespaces_left() and time.monotonic() < deadline:
         time.sleep(2)
     operator.stop()
     for plural in (PLURAL, RESTORES):
-        left = custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=LABEL)["items"]
+        left = labelled(api, plural)
         if left:
             print(f"the operator left {len(left)} {plural} finalizers after 120 s; removing them")
         for item in left:
             meta = item["metadata"]
             patch = {"metadata": {"finalizers": None}}
+            path = custom(plural, meta["namespace"], meta["name"])
             try:
-                custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, meta["namespace"], plural, meta["name"], patch
-                )
-            except kubernetes.client.ApiException as error:
+                api.request("PATCH", path, patch, "application/merge-patch+json")
+            except ApiError as error:
                 if error.status != 404:
                     raise
-    wait_until("the namespaces to go", lambda: not core.list_namespace(label_selector=LABEL).items, 300, 2)
+    wait_until("the namespaces to go", lambda: not namespaces_left(), 300, 2)
 
 
 def main() -> None:
@@ -339,9 +324,7 @@ def main() -> None:
     parser.add_argument("--latency-objects", type=int, default=20)
     args = parser.parse_args()
 
-    kubernetes.config.load_kube_config()  # the stack's admin kubeconfig (KUBECONFIG)
-    client = kubernetes.client.ApiClient()
-    core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+    api = Api()  # the stack's admin kubeconfig (KUBECONFIG)
     kubectl = os.environ.get("HABITAT_KUBECTL", "kubectl")
     for argv in (
         ["apply", "--server-side", "-k", str(REPO / "crds")],
@@ -355,28 +338,30 @@ def main() -> None:
         try:
             uri = small_database(os.environ["HABITAT_PG_URI"])
             for namespace in namespaces:
-                core.create_namespace({"metadata": {"name": namespace, "labels": {LABEL: "1"}}})
+                api.request(
+                    "POST", "/api/v1/namespaces", {"metadata": {"name": namespace, "labels": {LABEL: "1"}}}
+                )
                 secret = {"metadata": {"name": "habitat-db"}, "stringData": {"uri": uri}}
-                core.create_namespaced_secret(namespace, secret)
+                api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
             objects = args.schedules + 2 * args.runs
             print(f"operator pid {operators[0].process.pid}; creating {objects} objects ...", flush=True)
             started = time.monotonic()
-            create_objects(custom, namespaces, args.schedules, args.runs)
+            create_objects(api, namespaces, args.schedules, args.runs)
             created = time.monotonic() - started
             wait_until(
                 "every object to have a status (runs: to finish)",
-                lambda: count_with_status(custom) >= objects,
+                lambda: count_with_status(api) >= objects,
                 timeout=900,
                 interval=2,
             )
             print(f"created in {created:.1f}s; all have a status after {time.monotonic() - started:.1f}s")
             time.sleep(args.settle_seconds)
 
-            cpu_before, requests_before = operators[0].cpu_seconds(), apiserver_requests(client)
+            cpu_before, requests_before = operators[0].cpu_seconds(), apiserver_requests(api)
             time.sleep(args.rest_seconds)
-            cpu_after, requests_after = operators[0].cpu_seconds(), apiserver_requests(client)
+            cpu_after, requests_after = operators[0].cpu_seconds(), apiserver_requests(api)
             rss = operators[0].rss_mb()
-            latencies = measure_latency(custom, namespaces[0], args.latency_objects)
+            latencies = measure_latency(api, namespaces[0], args.latency_objects)
             status_seconds = plugin_status_seconds(kubectl)
             print(
                 f"kubectl habitat status -A: {status_seconds:.2f}s, median of 3"
@@ -384,7 +369,7 @@ def main() -> None:
             )
 
             operators[0].stop()
-            before_restart = apiserver_requests(client)
+            before_restart = apiserver_requests(api)
             operators.append(Operator(Path(tmp)))
             time.sleep(args.settle_seconds)
             figures = Figures(
@@ -393,11 +378,11 @@ def main() -> None:
                 requests=requests_after - requests_before,
                 latencies=latencies,
                 restart_rss_mb=operators[-1].rss_mb(),
-                restart_requests=apiserver_requests(client) - before_restart,
+                restart_requests=apiserver_requests(api) - before_restart,
             )
             report(figures, args.schedules, args.runs, args.namespaces, args.rest_seconds)
         finally:
-            cleanup(core, custom, namespaces, operators[-1])
+            cleanup(api, namespaces, operators[-1])
 
 
 if __name__ == "__main__":

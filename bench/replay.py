@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pika
 import psycopg
 from pika.adapters.asyncio_connection import AsyncioConnection
 
+from bench.kubeapi import Api, custom
 from bench.operator_process import REPO, Operator
 from habitat_operator.controllers.replayjob.run import WINDOW
 
@@ -171,20 +171,14 @@ def replay_job(
             "batchSize": batch_size,
         },
     }
-    api = kubernetes.client.CustomObjectsApi()
+    api = Api()
     started = time.perf_counter()
-    api.create_namespaced_custom_object("ops.habitat.dev", "v1alpha1", NAMESPACE, "replayjobs", job)
+    api.request("POST", custom("replayjobs", NAMESPACE), job)
     marks: list[tuple[float, int]] = []
-    watch = kubernetes.watch.Watch()
-    for event in watch.stream(
-        api.list_namespaced_custom_object,
-        "ops.habitat.dev",
-        "v1alpha1",
-        NAMESPACE,
-        "replayjobs",
-        field_selector=f"metadata.name={name}",
-        timeout_seconds=600,
-    ):
+    watch = api.watch(
+        custom("replayjobs", NAMESPACE), fieldSelector=f"metadata.name={name}", timeoutSeconds="600"
+    )
+    for event in watch:
         now = time.perf_counter()
         status = event["object"].get("status") or {}
         if status.get("phase") == "Failed":
@@ -198,7 +192,7 @@ def replay_job(
     else:  # the watch timed out: no figure to report
         raise SystemExit(f"ReplayJob {name} did not finish within 600 s")
     elapsed = now - started
-    api.delete_namespaced_custom_object("ops.habitat.dev", "v1alpha1", NAMESPACE, "replayjobs", name)
+    api.request("DELETE", custom("replayjobs", NAMESPACE, name))
     if len(marks) < 2:
         return total / elapsed, total / elapsed
     return total / elapsed, (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
@@ -240,7 +234,6 @@ def main() -> None:
     db_uri = ensure_database(os.environ["HABITAT_PG_URI"], args.events)
     large_uri = ensure_database(os.environ["HABITAT_PG_URI"], LARGE_EVENTS, LARGE_DATABASE, large=True)
     stack = Stack()
-    kubernetes.config.load_kube_config()
     subprocess.run(
         [stack.kubectl, "apply", "--server-side", "-k", str(REPO / "crds")], check=True, capture_output=True
     )

@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pika
-import urllib3
 
+from bench.kubeapi import GROUP, VERSION, Api, custom
 from bench.operator_process import REPO, Operator, wait_until
 
-GROUP, VERSION = "ops.habitat.dev", "v1alpha1"
 NAMESPACE = "bench-scale"
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
 GOAL_MARGIN_SECONDS = 0.2
 
 
@@ -75,19 +74,16 @@ def policy(name: str, queue: str) -> dict[str, Any]:
 class ReplicaWatch:
     """Records (time, spec.replicas) of one Deployment from a watch, as the apiserver reports them."""
 
-    def __init__(self, apps: kubernetes.client.AppsV1Api, name: str) -> None:
+    def __init__(self, api: Api, name: str) -> None:
         self.seen: list[tuple[float, int]] = []
-        self._watch = kubernetes.watch.Watch()
-        self._thread = threading.Thread(target=self._run, args=(apps, name), daemon=True)
+        self._watch = api.watch(DEPLOYMENTS, fieldSelector=f"metadata.name={name}")
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self, apps: kubernetes.client.AppsV1Api, name: str) -> None:
-        events = self._watch.stream(
-            apps.list_namespaced_deployment, NAMESPACE, field_selector=f"metadata.name={name}"
-        )
-        with contextlib.suppress(urllib3.exceptions.ProtocolError):  # stop() cuts the stream
-            for event in events:
-                self.seen.append((time.monotonic(), int(event["object"].spec.replicas)))
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the stream ends however it ends once stopped
+            for event in self._watch:
+                self.seen.append((time.monotonic(), int(event["object"]["spec"]["replicas"])))
 
     def first_at(self, replicas: int, after: float) -> float | None:
         return next((t for t, r in self.seen if t >= after and r == replicas), None)
@@ -115,7 +111,7 @@ class Queue:
         self.connection.close()
 
 
-def raw_poll_seconds(amqp_uri: str, queue: str, apps: kubernetes.client.AppsV1Api, rounds: int = 20) -> float:
+def raw_poll_seconds(amqp_uri: str, queue: str, api: Api, rounds: int = 20) -> float:
     """The raw tools' floor: a passive declare on a new connection, then a server-side apply of /scale."""
     times = []
     for i in range(rounds):
@@ -129,25 +125,17 @@ def raw_poll_seconds(amqp_uri: str, queue: str, apps: kubernetes.client.AppsV1Ap
             "metadata": {"name": "raw"},
             "spec": {"replicas": 1 + i % 2},
         }
-        apps.patch_namespaced_deployment_scale(
-            "raw",
-            NAMESPACE,
-            body,
-            field_manager="bench",
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
+        path = f"{DEPLOYMENTS}/raw/scale"
+        api.request("PATCH", path, body, "application/apply-patch+yaml", fieldManager="bench", force="true")
         times.append(time.monotonic() - started)
     return statistics.median(times)
 
 
-def latency(custom: Any, apps: kubernetes.client.AppsV1Api, amqp_uri: str, changes: int) -> list[float]:
+def latency(api: Api, amqp_uri: str, changes: int) -> list[float]:
     queue = Queue(amqp_uri, "bench-scale-latency")
-    apps.create_namespaced_deployment(NAMESPACE, deployment("latency"))
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, "scalepolicies", policy("latency", queue.name)
-    )
-    watch = ReplicaWatch(apps, "latency")
+    api.request("POST", DEPLOYMENTS, deployment("latency"))
+    api.request("POST", custom("scalepolicies", NAMESPACE), policy("latency", queue.name))
+    watch = ReplicaWatch(api, "latency")
     wait_until("the policy's first poll", lambda: watch.first_at(1, 0) is not None, 30, 0.1)
     results, replicas = [], 1
     for i in range(changes):
@@ -165,25 +153,19 @@ def latency(custom: Any, apps: kubernetes.client.AppsV1Api, amqp_uri: str, chang
 
 
 def cpu_per_poll(
-    custom: Any,
-    apps: kubernetes.client.AppsV1Api,
-    operator: Operator,
-    amqp_uri: str,
-    policies: int,
-    seconds: float,
+    api: Api, operator: Operator, amqp_uri: str, policies: int, seconds: float
 ) -> tuple[float, float]:
     queue = Queue(amqp_uri, "bench-scale-cpu")
     queue.set_depth(25)
     for i in range(policies):
         name = f"p{i:03d}"
-        apps.create_namespaced_deployment(NAMESPACE, deployment(name))
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, "scalepolicies", policy(name, queue.name)
-        )
+        api.request("POST", DEPLOYMENTS, deployment(name))
+        api.request("POST", custom("scalepolicies", NAMESPACE), policy(name, queue.name))
 
     def all_scaled() -> bool:
-        items = apps.list_namespaced_deployment(NAMESPACE, label_selector=None).items
-        return sum(1 for d in items if d.metadata.name.startswith("p") and d.spec.replicas == 3) == policies
+        items = api.request("GET", DEPLOYMENTS)["items"]
+        scaled = [d for d in items if d["metadata"]["name"].startswith("p") and d["spec"]["replicas"] == 3]
+        return len(scaled) == policies
 
     wait_until("every policy to scale its Deployment", all_scaled, 120, 1)
     cpu_before, started = operator.cpu_seconds(), time.monotonic()
@@ -202,49 +184,43 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=30.0)
     args = parser.parse_args()
 
-    kubernetes.config.load_kube_config()  # the stack's admin kubeconfig (KUBECONFIG)
-    client = kubernetes.client.ApiClient()
-    core, apps = kubernetes.client.CoreV1Api(client), kubernetes.client.AppsV1Api(client)
-    custom = kubernetes.client.CustomObjectsApi(client)
+    api = Api()  # the stack's admin kubeconfig (KUBECONFIG)
     amqp_uri = os.environ["HABITAT_AMQP_URI"]
     kubectl = os.environ.get("HABITAT_KUBECTL", "kubectl")
     subprocess.run(
         [kubectl, "apply", "--server-side", "-k", str(REPO / "crds")], check=True, capture_output=True
     )
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    core.create_namespaced_secret(
-        NAMESPACE, {"metadata": {"name": "rabbitmq"}, "stringData": {"uri": amqp_uri}}
-    )
-    apps.create_namespaced_deployment(NAMESPACE, deployment("raw"))
+    api.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    secret = {"metadata": {"name": "rabbitmq"}, "stringData": {"uri": amqp_uri}}
+    api.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    api.request("POST", DEPLOYMENTS, deployment("raw"))
     with tempfile.TemporaryDirectory() as tmp:
         operator = Operator(Path(tmp))
         try:
             raw_queue = Queue(amqp_uri, "bench-scale-raw")
-            raw = raw_poll_seconds(amqp_uri, raw_queue.name, apps)
+            raw = raw_poll_seconds(amqp_uri, raw_queue.name, api)
             raw_queue.delete()
-            times = latency(custom, apps, amqp_uri, args.changes)
+            times = latency(api, amqp_uri, args.changes)
             median, worst = statistics.median(times), max(times)
             goal = 1 + GOAL_MARGIN_SECONDS
             print(f"queue-depth change -> replicas, pollingInterval 1 s, {len(times)} changes:")
             print(f"  operator: median {median:.3f} s, max {worst:.3f} s (goal: median <= {goal:.1f} s)")
             print(f"  raw read + write (passive declare, SSA of /scale): {raw:.3f} s")
             print(f"  median vs raw {median / raw:.1f}x; the poll's wait is half the interval on average")
-            per_poll, percent = cpu_per_poll(
-                custom, apps, operator, amqp_uri, args.policies, args.cpu_seconds
-            )
+            per_poll, percent = cpu_per_poll(api, operator, amqp_uri, args.policies, args.cpu_seconds)
             print(
                 f"{args.policies} policies polling each second: {percent:.1f}% of a core, "
                 f"{per_poll * 1000:.2f} ms of CPU per policy per poll; RSS {operator.rss_mb():.0f} MB"
             )
         finally:
             # While the operator runs: it removes the finalizer of each policy's daemon.
-            core.delete_namespace(NAMESPACE)
-            wait_until("the namespace to go", lambda: NAMESPACE not in namespaces(core), 180)
+            api.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}")
+            wait_until("the namespace to go", lambda: NAMESPACE not in namespaces(api), 180)
             operator.stop()
 
 
-def namespaces(core: kubernetes.client.CoreV1Api) -> set[str]:
-    return {item.metadata.name for item in core.list_namespace().items}
+def namespaces(api: Api) -> set[str]:
+    return {item["metadata"]["name"] for item in api.request("GET", "/api/v1/namespaces")["items"]}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Liveness that means something: /healthz fails when the operator can no longer do its work.
 
-Every Kubernetes call of the operator goes through the event loop's default thread pool. A heartbeat
-sends a no-op through that pool every second; when none has come back for STALL_SECONDS (the
-pool starved, or the loop blocked), /healthz says so and the kubelet restarts the pod. A loop that
-is blocked outright cannot answer /healthz at all, which fails the probe too.
+The event loop runs every Kubernetes call; its default thread pool resolves the apiserver's name for
+each new connection and reads the login's files. A heartbeat sends a no-op through that pool every
+second; when none has come back for STALL_SECONDS (the pool starved, or the loop blocked), /healthz
+says so and the kubelet restarts the pod. A loop that is blocked outright cannot answer /healthz at
+all, which fails the probe too.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ MALLOC_ARENAS = 2
 def limit_malloc_arenas() -> None:
     """At most MALLOC_ARENAS glibc arenas, shared by all threads (as MALLOC_ARENA_MAX, which the image
     also sets). Uncapped, every thread that allocates gets an arena of its own, up to 8 per core: the
-    Kubernetes client's threads decode responses into theirs, and what a burst freed there stays
-    with that arena. Call it before any thread starts: glibc fixes the limit at its first new arena."""
+    engines' threads copy dumps into theirs, and what a burst freed there stays with that arena.
+    Call it before any thread starts: glibc fixes the limit at its first new arena."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, MALLOC_ARENAS)

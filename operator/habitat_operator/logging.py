@@ -56,5 +56,5 @@ def configure(log_format: LogFormat = "console", level: int = logging.INFO) -> N
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Client libraries are chatty at INFO about every connection.
-    for noisy in ("kubernetes", "urllib3", "pika", "aiohttp.access"):
+    for noisy in ("urllib3", "pika", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""Starts the operator: logging, Kubernetes clients, Kopf's settings, and the metrics/health server."""
+"""Starts the operator: logging, Kopf's settings, and the metrics/health server."""
 
 from __future__ import annotations
 
@@ -129,6 +129,7 @@ async def _main(options: Options) -> None:
         beating.cancel()
         trimming.cancel()
         await runner.cleanup()
+        await kube.close()
 
 
 def run(options: Options) -> None:
@@ -142,7 +143,6 @@ def run(options: Options) -> None:
         log.warning("removed a scratch folder left by a crash", extra={"path": str(folder)})
     map_large_buffers()
     keep_bodies_lean()
-    kube.configure()
     metrics.record_build_info()
     log.info("starting habitat-operator", extra={"namespaces": options.namespaces or "all"})
     asyncio.run(_main(options))

@@ -325,6 +325,5 @@ def install(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     calls = ("patch_status", "create", "list_objects", "get", "delete", "read_secret", "event")
     for name in (*calls, "read_scale", "apply_replicas"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
-    monkeypatch.setattr(kube, "_custom", _unreachable)
     monkeypatch.setattr(kube, "_request", _unreachable)
     return fake

@@ -1,8 +1,8 @@
 """The engines' own threads, apart from the event loop's default executor.
 
-The default executor (min(32, CPUs + 4) threads) serves the operator's Kubernetes client; engines'
-blocking work (copying a dump's output, hashing, decrypting, file I/O) runs here instead, so that a
-dump waiting on a database lock never delays a status write.
+The default executor (min(32, CPUs + 4) threads) resolves the apiserver's name and serves the
+login; engines' blocking work (copying a dump's output, hashing, decrypting, file I/O) runs here
+instead, so that a dump waiting on a database lock never delays a status write.
 """
 
 import asyncio

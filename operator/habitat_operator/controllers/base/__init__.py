@@ -1,1 +1,1 @@
-"""What every kind's controller shares: the Kubernetes client, status, conditions, lifecycle, locks."""
+"""What every kind's controller shares: the Kubernetes calls, status, conditions, lifecycle, locks."""

@@ -1,25 +1,29 @@
 """The operator's own Kubernetes API calls (Kopf does the watching): status writes, children, Events.
 
-The only module that imports `kubernetes`. The official client is synchronous; every call here runs
-in a worker thread so that handlers stay async. API errors that callers act on come out as the
-exceptions below, never as the client's ApiException.
+Plain requests by path over one aiohttp session, with the connection the login handler found
+(`connect`, handlers/login.py) and within the request slots Kopf's session also uses (apiserver.py).
+API errors that callers act on come out as the exceptions below; any other answer of 400 or more as
+ApiError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import functools
+import json
 import logging
 from typing import Any
 
-import kubernetes
-from kubernetes.client import ApiException
+import aiohttp
 
 from habitat_operator import timestamps
 from habitat_operator.api import GROUP, VERSION
+from habitat_operator.controllers.base.apiserver import Connection, open_session
 
 JsonDict = dict[str, Any]
+
+# A call that takes longer than this has lost its connection; the step fails and is retried.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 
 
 class Forbidden(Exception):
@@ -34,41 +38,73 @@ class Conflict(Exception):
     """The object changed since the resourceVersion a write was based on (HTTP 409 on a patch)."""
 
 
-def configure() -> None:
-    """Loads in-cluster credentials when running in a pod, else the current kubeconfig."""
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+class ApiError(Exception):
+    """Any other refusal: the HTTP status and the apiserver's own message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
 
 
-@functools.cache
-def _api_client() -> kubernetes.client.ApiClient:
-    """One client, so one connection pool: a client per call would open a TLS connection per call."""
-    return kubernetes.client.ApiClient()
+class _Client:
+    """The connection, and the session opened from it in the loop that uses it."""
+
+    connection: Connection | None = None
+    session: aiohttp.ClientSession | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
-def _custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(_api_client())
+async def connect(connection: Connection) -> None:
+    """Uses `connection` from now on (Kopf's login handler calls it at each login, which happens again
+    only after a 401: a call still in flight on the old session fails, and its step is retried)."""
+    await close()
+    _Client.connection = connection
 
 
-def _request(
-    method: str, path: str, body: JsonDict | None = None, content_type: str = "application/json", **query: Any
+async def close() -> None:
+    """Closes the session (its connections); the next call opens another."""
+    session, _Client.session = _Client.session, None
+    if session is not None and _Client.loop is asyncio.get_running_loop():
+        await session.close()
+
+
+def _session() -> tuple[aiohttp.ClientSession, str]:
+    if _Client.connection is None:
+        raise RuntimeError("kube.connect() was not called: Kopf's login handler calls it")
+    loop = asyncio.get_running_loop()
+    if _Client.session is None or _Client.loop is not loop:
+        # One session, so one connection pool: a session per call would open a TLS connection per call.
+        _Client.session, _Client.loop = open_session(_Client.connection, REQUEST_TIMEOUT), loop
+    return _Client.session, _Client.connection.server
+
+
+async def _request(
+    method: str, path: str, body: JsonDict | None = None, content_type: str = "application/json", **query: str
 ) -> Any:
-    """A request by path, its JSON answer as plain data. Secrets, ConfigMaps, Events and /scale go
-    this way: the generated CoreV1Api and AppsV1Api would add about 30 MB of RSS for four calls."""
-    client = _api_client()
-    request = client.param_serialize(
-        method,
-        path,
-        query_params=list(query.items()),
-        header_params={"Accept": "application/json", "Content-Type": content_type},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = client.call_api(*request)
-    response.read()
-    return client.response_deserialize(response, {"200": "object", "201": "object"}).data
+    """A request by path, its JSON answer as plain data; ApiError for an answer of 400 or more."""
+    session, server = _session()
+    headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": FIELD_MANAGER}
+    data = None if body is None else json.dumps(body)
+    async with session.request(method, server + path, params=query, data=data, headers=headers) as response:
+        answer = await response.read()
+        if response.status >= 400:
+            raise ApiError(response.status, _message(answer, response.reason))
+        return json.loads(answer)
+
+
+def _message(answer: bytes, reason: str | None) -> str:
+    """The message of the apiserver's Status object, else the HTTP reason."""
+    try:
+        status = json.loads(answer)
+    except ValueError:
+        status = None
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message or reason or "no message")
+
+
+def _custom(namespace: str, plural: str, name: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
 
 
 # The apps/v1 kinds whose /scale subresource the operator reads and writes, by kind.
@@ -76,11 +112,11 @@ _SCALE_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
 FIELD_MANAGER = "habitat-operator"
 
 
-async def _read(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-    """A GET in a worker thread: None when the object does not exist, Forbidden when RBAC says no."""
+async def _read(what: str, path: str) -> Any:
+    """A GET: None when the object does not exist, Forbidden when RBAC says no."""
     try:
-        return await asyncio.to_thread(call, *args, **kwargs)
-    except ApiException as error:
+        return await _request("GET", path)
+    except ApiError as error:
         if error.status == 404:
             return None
         if error.status == 403:
@@ -92,7 +128,7 @@ async def read_scale(kind: str, namespace: str, name: str) -> JsonDict | None:
     """The target's /scale subresource ({spec: {replicas}, status: {replicas, selector}}); None when
     the target does not exist. Raises Forbidden."""
     path = f"/apis/apps/v1/namespaces/{namespace}/{_SCALE_PLURALS[kind]}/{name}/scale"
-    scale = await _read(f"{kind} {namespace}/{name}", _request, "GET", path)
+    scale = await _read(f"{kind} {namespace}/{name}", path)
     return None if scale is None else dict(scale)
 
 
@@ -112,16 +148,10 @@ async def apply_replicas(kind: str, namespace: str, name: str, replicas: int) ->
     }
     path = f"/apis/apps/v1/namespaces/{namespace}/{_SCALE_PLURALS[kind]}/{name}/scale"
     try:
-        await asyncio.to_thread(
-            _request,
-            "PATCH",
-            path,
-            body,
-            "application/apply-patch+yaml",
-            fieldManager=FIELD_MANAGER,
-            force=True,
+        await _request(
+            "PATCH", path, body, "application/apply-patch+yaml", fieldManager=FIELD_MANAGER, force="true"
         )
-    except ApiException as error:
+    except ApiError as error:
         if error.status == 403:
             raise Forbidden(f"{kind} {namespace}/{name}/scale") from None
         raise
@@ -136,24 +166,21 @@ async def patch_status(
     body: JsonDict = {"status": status}
     if resource_version is not None:
         body["metadata"] = {"resourceVersion": resource_version}
+    path = f"{_custom(namespace, plural, name)}/status"
     try:
-        result = await asyncio.to_thread(
-            _custom().patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, body
-        )
-    except ApiException as error:
+        result = await _request("PATCH", path, body, "application/merge-patch+json")
+    except ApiError as error:
         if error.status == 409:
             raise Conflict(f"{plural} {namespace}/{name}") from None
         raise
-    version = (dict(result).get("metadata") or {}).get("resourceVersion")
+    version = (result.get("metadata") or {}).get("resourceVersion")
     return None if version is None else str(version)
 
 
 async def create(plural: str, namespace: str, body: JsonDict) -> JsonDict:
     try:
-        result = await asyncio.to_thread(
-            _custom().create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
-        )
-    except ApiException as error:
+        result = await _request("POST", _custom(namespace, plural), body)
+    except ApiError as error:
         if error.status == 409:
             raise AlreadyExists(body["metadata"]["name"]) from None
         raise
@@ -161,23 +188,14 @@ async def create(plural: str, namespace: str, body: JsonDict) -> JsonDict:
 
 
 async def list_objects(plural: str, namespace: str, label_selector: str) -> list[JsonDict]:
-    result = await asyncio.to_thread(
-        _custom().list_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        plural,
-        label_selector=label_selector,
-    )
-    return list(result.get("items", []))
+    result = await _request("GET", _custom(namespace, plural), labelSelector=label_selector)
+    return list(result.get("items") or [])
 
 
 async def get(plural: str, namespace: str, name: str) -> JsonDict | None:
     try:
-        result = await asyncio.to_thread(
-            _custom().get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-        )
-    except ApiException as error:
+        result = await _request("GET", _custom(namespace, plural, name))
+    except ApiError as error:
         if error.status == 404:
             return None
         raise
@@ -186,19 +204,15 @@ async def get(plural: str, namespace: str, name: str) -> JsonDict | None:
 
 async def delete(plural: str, namespace: str, name: str) -> None:
     try:
-        await asyncio.to_thread(
-            _custom().delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-        )
-    except ApiException as error:
+        await _request("DELETE", _custom(namespace, plural, name))
+    except ApiError as error:
         if error.status != 404:
             raise
 
 
 async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
     """A Secret's data, decoded; None when it does not exist. Raises Forbidden."""
-    secret = await _read(
-        f"Secret {namespace}/{name}", _request, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}"
-    )
+    secret = await _read(f"Secret {namespace}/{name}", f"/api/v1/namespaces/{namespace}/secrets/{name}")
     if secret is None:
         return None
     return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
@@ -207,7 +221,7 @@ async def read_secret(namespace: str, name: str) -> dict[str, bytes] | None:
 async def read_config_map(namespace: str, name: str) -> dict[str, str] | None:
     """A ConfigMap's data; None when it does not exist. Raises Forbidden."""
     path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
-    config_map = await _read(f"ConfigMap {namespace}/{name}", _request, "GET", path)
+    config_map = await _read(f"ConfigMap {namespace}/{name}", path)
     return None if config_map is None else dict(config_map.get("data") or {})
 
 
@@ -234,8 +248,6 @@ async def event(body: JsonDict, type_: str, reason: str, message: str) -> None:
         "count": 1,
     }
     try:
-        await asyncio.to_thread(
-            _request, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", event_body
-        )
-    except ApiException as error:
-        logging.getLogger(__name__).warning("could not post event %s: %s", reason, error.reason)
+        await _request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", event_body)
+    except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+        logging.getLogger(__name__).warning("could not post event %s: %s", reason, error)
