@@ -65,6 +65,7 @@ def test_restore_into_an_empty_database_matches_the_source(
         "backup": "source",
         "uri": source_backup["status"]["artifact"]["uri"],
         "sha256": source_backup["status"]["artifact"]["sha256"],
+        "sizeBytes": source_backup["status"]["artifact"]["sizeBytes"],  # for the drill's measured RTO
     }
     assert status["verification"] == [{"name": "events", "passed": True, "value": "1000"}]
     assert status["verificationSummary"] == "1/1 passed"

@@ -272,6 +272,7 @@ def test_latest_of_restores_only_a_trustworthy_entry_of_its_own_namespace(
         assert done["status"]["restoredFrom"] == {
             "uri": f"s3://{stack.s3_bucket}/{key}",
             "sha256": entry["sha256"],
+            "sizeBytes": entry["sizeBytes"],
         }
         assert rows(database_uri(pg_admin_uri, targets[0])) == before
         skipped = [e["message"] for e in events(kubectl) if e["reason"] == "CatalogEntrySkipped"]
@@ -408,7 +409,11 @@ def test_directory_format_with_jobs_goes_up_as_one_tar_and_restores_with_jobs(
     try:
         done = finished(kubectl, "from-tar", operator_alive)
         assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
-        assert done["status"]["restoredFrom"] == {"uri": artifact["uri"], "sha256": artifact["sha256"]}
+        assert done["status"]["restoredFrom"] == {
+            "uri": artifact["uri"],
+            "sha256": artifact["sha256"],
+            "sizeBytes": artifact["sizeBytes"],
+        }
         assert rows(target) == before
         assert list(operator_alive.scratch_dir.iterdir()) == []  # the unpacked copy is gone
     finally:
