@@ -66,19 +66,31 @@ def test_problems_come_first_and_name_reason_and_message() -> None:
     assert sections["scalePolicies"][0]["desired"] == 3
 
 
+def run_of(schedule: str, item: dict[str, Any]) -> dict[str, Any]:
+    item["metadata"]["ownerReferences"] = [{"name": schedule, "controller": True}]
+    return item
+
+
 def test_a_database_shows_its_newest_verified_backup_drill_and_recoverability() -> None:
+    """As the operator writes them: the Backup schedule holds the RPO but no database (its runs
+    do), and the drill schedule, another object, holds the RTO."""
     done: dict[str, Any] = {"phase": "Succeeded", "database": "db:5432/app"}
     schedule = obj(
         "Backup",
         "nightly",
-        {"schedule": "@daily", "objectives": {"rpo": "1h", "rto": "30m"}},
-        database="db:5432/app",
-        recoverability={"rpo": "12m", "rpoSeconds": 720, "measuredRto": "4m", "objectivesMet": True},
+        {"schedule": "@daily", "objectives": {"rpo": "1h"}},
+        recoverability={"rpo": "12m", "rpoSeconds": 720, "objectivesMet": True},
     )
     older = obj("Backup", "nightly-1", verification="Verified", completedAt="2026-12-06T03:00:00Z", **done)
     newer = obj("Backup", "nightly-2", verification="Verified", completedAt="2026-12-07T03:00:00Z", **done)
     unverified = obj(
         "Backup", "nightly-3", verification="NotVerified", completedAt="2026-12-07T11:00:00Z", **done
+    )
+    drills = obj(
+        "Restore",
+        "weekly-drill",
+        {"drill": True, "schedule": "@weekly", "objectives": {"rto": "30m"}},
+        recoverability={"measuredRto": "4m", "measuredRtoSeconds": 240, "objectivesMet": False},
     )
     drill = obj(
         "Restore",
@@ -88,7 +100,8 @@ def test_a_database_shows_its_newest_verified_backup_drill_and_recoverability() 
         completedAt="2026-12-07T04:00:00Z",
         restoredFrom={"backup": "nightly-2"},
     )
-    [database] = build([schedule, older, newer, unverified, drill], NOW)["databases"]
+    runs = [run_of("nightly", b) for b in (older, newer, unverified)]
+    [database] = build([schedule, *runs, drills, run_of("weekly-drill", drill)], NOW)["databases"]
     assert database == {
         "namespace": "shop",
         "database": "db:5432/app",
@@ -96,7 +109,7 @@ def test_a_database_shows_its_newest_verified_backup_drill_and_recoverability() 
         "backupAge": "9h",
         "rpo": "12m / 1h",
         "rto": "4m / 30m",
-        "objectivesMet": True,
+        "objectivesMet": False,  # the drill schedule's verdict counts too
         "newestDrill": "drill-1 (Succeeded, 8h ago)",
     }
 

@@ -112,40 +112,81 @@ def summary(by_kind: Mapping[str, list[Obj]]) -> list[Row]:
 
 
 def databases(backups: list[Obj], restores: list[Obj], now: dt.datetime) -> list[Row]:
-    """One row per (namespace, database) backed up: its newest verified backup and its drills."""
+    """One row per (namespace, database) backed up: its newest verified backup, its drills, and the
+    live RPO and measured RTO of the Backup and drill schedules that protect it."""
+    database_of = _databases_of(backups)
     groups: dict[tuple[str, str], list[Obj]] = defaultdict(list)
     for backup in backups:
-        database = _status(backup).get("database")
-        if database:
+        if database := database_of.get((_namespace(backup), _name(backup))):
             groups[(_namespace(backup), database)].append(backup)
+    drill_schedules: dict[tuple[str, str], list[Obj]] = defaultdict(list)
+    for schedule in restores:
+        is_drill_schedule = _spec(schedule).get("schedule") and _spec(schedule).get("drill")
+        if is_drill_schedule and (database := _drilled_database(schedule, restores, database_of)):
+            drill_schedules[(_namespace(schedule), database)].append(schedule)
     drills = _drills_by_backup(restores)
     rows: list[Row] = []
     for (namespace, database), members in sorted(groups.items()):
         verified = [b for b in members if _status(b).get("verification") == "Verified" and _completed(b)]
         newest = max(verified, key=_completed, default=None)
         schedules = [b for b in members if _spec(b).get("schedule")]
-        recoverability = _newest_recoverability(schedules)
+        drilling = drill_schedules[(namespace, database)]
+        rpo = _newest_recoverability(schedules, "rpoSeconds")
+        rto = _newest_recoverability(drilling, "measuredRtoSeconds")
         drill = max(
             (d for b in members for d in drills.get((namespace, _name(b)), [])), key=_completed, default=None
         )
-        objectives: Mapping[str, Any] = next(
-            (_spec(s)["objectives"] for s in schedules if _spec(s).get("objectives")), {}
-        )
+        verdicts = [
+            met
+            for s in (*schedules, *drilling)
+            if (met := (_status(s).get("recoverability") or {}).get("objectivesMet")) is not None
+        ]
         rows.append(
             {
                 "namespace": namespace,
                 "database": database,
                 "newestVerifiedBackup": _name(newest) if newest else None,
                 "backupAge": _age(_completed(newest), now) if newest else None,
-                "rpo": _versus(recoverability.get("rpo"), objectives.get("rpo")),
-                "rto": _versus(recoverability.get("measuredRto"), objectives.get("rto")),
-                "objectivesMet": recoverability.get("objectivesMet"),
+                "rpo": _versus(rpo.get("rpo"), _objective(schedules, "rpo")),
+                "rto": _versus(rto.get("measuredRto"), _objective(drilling, "rto")),
+                "objectivesMet": all(verdicts) if verdicts else None,
                 "newestDrill": f"{_name(drill)} ({_phase(drill)}, {_age(_completed(drill), now)} ago)"
                 if drill
                 else None,
             }
         )
     return rows
+
+
+def _databases_of(backups: list[Obj]) -> dict[tuple[str, str], str]:
+    """Each Backup's database; a schedule writes none of its own, so it takes its runs'."""
+    found = {(_namespace(b), _name(b)): database for b in backups if (database := _status(b).get("database"))}
+    for run in backups:
+        owner = _controller(run)
+        if owner and (database := found.get((_namespace(run), _name(run)))):
+            found.setdefault((_namespace(run), owner), database)
+    return found
+
+
+def _drilled_database(
+    schedule: Obj, restores: list[Obj], database_of: Mapping[tuple[str, str], str]
+) -> str | None:
+    """The database a drill schedule proves: that of the Backup its runs restored, or that it names."""
+    namespace = _namespace(schedule)
+    restored = [
+        backup
+        for run in restores
+        if _namespace(run) == namespace and _controller(run) == _name(schedule)
+        if (backup := (_status(run).get("restoredFrom") or {}).get("backup"))
+    ]
+    named = ((_spec(schedule).get("source") or {}).get("backupRef") or {}).get("name")
+    return next(
+        (database_of[(namespace, b)] for b in (*restored, named) if b and (namespace, b) in database_of), None
+    )
+
+
+def _objective(schedules: list[Obj], which: str) -> str | None:
+    return next((o[which] for s in schedules if (o := _spec(s).get("objectives") or {}).get(which)), None)
 
 
 def migration(item: Obj) -> Row:
@@ -218,9 +259,10 @@ def _drills_by_backup(restores: list[Obj]) -> dict[tuple[str, str], list[Obj]]:
     return drills
 
 
-def _newest_recoverability(schedules: list[Obj]) -> Mapping[str, Any]:
+def _newest_recoverability(schedules: list[Obj], worst: str) -> Mapping[str, Any]:
+    """The recoverability of the schedule with the largest figure, the one an objective misses first."""
     found = [_status(s)["recoverability"] for s in schedules if _status(s).get("recoverability")]
-    return max(found, key=lambda r: r.get("rpoSeconds") or 0, default={})
+    return max(found, key=lambda r: r.get(worst) or 0, default={})
 
 
 def _versus(actual: str | None, objective: str | None) -> str | None:
@@ -257,6 +299,12 @@ def _completed(item: Obj) -> str:
 
 def _name(item: Obj) -> str:
     return str(item["metadata"]["name"])
+
+
+def _controller(item: Obj) -> str | None:
+    """The name of the object that controls `item` (a schedule, for its runs)."""
+    references = item.get("metadata", {}).get("ownerReferences") or []
+    return next((r.get("name") for r in references if r.get("controller")), None)
 
 
 def _namespace(item: Obj) -> str:
