@@ -323,6 +323,8 @@ def test_diagnose_lists_the_habitat_alerts_firing_in_the_namespace(
             timeout=60,
         )
         result = habitat("diagnose", "-o", "json", f"--prometheus-url={stack.prometheus_url}")
-    [alert] = [c for c in checks_of(result) if c["check"] == "alerts"]
-    assert (alert["result"], alert["hint"]) == ("WARN", "docs/runbooks/HabitatBackupFailed.md")  # a warning
+    # Cluster-wide alerts (no namespace label) are listed too: in the full suite one may be firing.
+    alerts = [c for c in checks_of(result) if c["check"] == "alerts"]
+    [alert] = [c for c in alerts if c["hint"] == "docs/runbooks/HabitatBackupFailed.md"]
+    assert alert["result"] == "WARN"  # a warning
     assert kubectl.namespace in alert["message"]
