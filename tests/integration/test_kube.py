@@ -80,7 +80,9 @@ def test_custom_objects_round_trip(crds: None, admin: apiserver.Connection, name
         assert [item["metadata"]["name"] for item in listed] == ["b2"]
         await kube.delete("backups", namespace, "b1")
         await kube.delete("backups", namespace, "b1")  # gone already: no error
-        assert await kube.get("backups", namespace, "b1") is None
+        # Gone, or going: an operator of the full suite may hold it by its finalizer for a moment.
+        left = await kube.get("backups", namespace, "b1")
+        assert left is None or left["metadata"].get("deletionTimestamp")
         with pytest.raises(kube.ApiError) as refused:  # the CRD's schema: the apiserver's own words
             await kube.create("backups", namespace, {**backup("b3"), "spec": {"suspend": "often"}})
         assert refused.value.status == 422 and "suspend" in str(refused.value)
